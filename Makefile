@@ -1,0 +1,40 @@
+# tlm.c — make train_tlm | make test | make data | make run
+CC ?= gcc
+CFLAGS ?= -O3 -march=native
+CFLAGS += -std=c11 -Wall -Wextra
+OPENMP ?= -fopenmp
+LDLIBS = -lm
+PYTHON ?= python3
+
+.PHONY: all test data run portable clean
+
+all: train_tlm test_tlm
+
+train_tlm: train_tlm.c
+	$(CC) $(CFLAGS) $(OPENMP) $< $(LDLIBS) -o $@
+
+# one binary, two precisions: test_tlm.c compiled in double (gradient checks) and in float
+test_tlm: test_tlm.c train_tlm.c
+	$(CC) $(CFLAGS) -Wno-unused-function $(OPENMP) -DTLM_DOUBLE -c test_tlm.c -o test_tlm_double.o
+	$(CC) $(CFLAGS) -Wno-unused-function $(OPENMP) -c test_tlm.c -o test_tlm_float.o
+	$(CC) $(CFLAGS) $(OPENMP) test_tlm_float.o test_tlm_double.o $(LDLIBS) -o $@
+	rm -f test_tlm_float.o test_tlm_double.o
+
+test: train_tlm test_tlm
+	./test_tlm
+
+# the build for machines without OpenMP or -march=native: plain C11, one thread
+portable:
+	$(MAKE) clean
+	$(MAKE) all CFLAGS=-O2 OPENMP=
+
+data: data/brown_gpt2_train.bin
+
+data/brown_gpt2_train.bin:
+	$(PYTHON) dev/prepare_data.py --corpus brown --tokenizer gpt2
+
+run: train_tlm data
+	./train_tlm
+
+clean:
+	rm -f train_tlm test_tlm *.o

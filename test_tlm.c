@@ -1,0 +1,573 @@
+/*
+ * test_tlm.c — tests for train_tlm.c.
+ *
+ * This file is compiled twice and linked into one binary, ./test_tlm:
+ *   - with TLM_DOUBLE: train_tlm.c in double precision, where every parameter tensor's
+ *     gradient, for every architecture and every taper, is checked against central finite
+ *     differences (run_gradient_tests);
+ *   - in float, as trained: the taper's budget, the blocked matmul against its plain
+ *     reference, loaders and their errors, checkpoints, bit-exact resume, overfitting one
+ *     batch, the command line (main).
+ * Both copies #include train_tlm.c with TLM_TESTING, so they test the very same code; all
+ * of it is static, so the two precisions live side by side without clashing.
+ * The last line is "N passed, N failed"; the exit code is non-zero on any failure.
+ */
+#define TLM_TESTING
+#include "train_tlm.c"
+#include <sys/wait.h>
+
+static int passed, failed;
+
+static void check(int ok, const char *fmt, ...) {
+    if (ok) { passed++; return; }
+    failed++;
+    va_list ap;
+    va_start(ap, fmt);
+    printf("FAIL: ");
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+}
+
+// Runs fn(arg) expecting it to die() with a message containing `want`.
+static int dies_with(void (*fn)(void *), void *arg, const char *want) {
+    jmp_buf here;
+    tlm_error_jump = &here;
+    tlm_last_error[0] = 0;
+    if (setjmp(here) == 0) {
+        fn(arg);
+        tlm_error_jump = NULL;
+        return 0;
+    }
+    tlm_error_jump = NULL;
+    return strstr(tlm_last_error, want) != NULL;
+}
+
+// a small config every test starts from
+static Config tiny_config(Arch arch, Taper taper) {
+    Config c = { .arch = arch, .layers = 3, .dim = 8, .heads = 2, .vocab = 11, .seq_len = 6,
+                 .mlp_width = 16, .taper = taper, .taper_start = 1.5, .taper_end = 0.5, .taper_multiple = 4,
+                 .window = 3, .mem_depth = 2, .mem_hidden = 5, .mem_chunk = 2,
+                 .cms_levels = 2, .cms_width = 8, .cms_chunks = { 0, 2, 3, 0 } };
+    return c;
+}
+
+#ifdef TLM_DOUBLE
+// ----------------------------------------------------------------------------
+// gradient checks, in double precision
+
+// Compares the analytic gradient of one tensor with central differences at chosen entries.
+// A tensor passes when |a - n| <= 1e-6 |n| + 1e-9 for the whole vector of checked entries
+// and every entry is within 1e-5 relative (+1e-8 absolute); a wrong backward misses by far more.
+static int grads_agree(const double *analytic, const double *numeric, int n, double *worst) {
+    double diff = 0, ref = 0;
+    int ok = 1;
+    *worst = 0;
+    for (int i = 0; i < n; i++) {
+        double d = fabs(analytic[i] - numeric[i]), scale = fmax(fabs(analytic[i]), fabs(numeric[i]));
+        diff += d * d;
+        ref += numeric[i] * numeric[i];
+        if (d > 1e-5 * scale + 1e-8) ok = 0;
+        if (d / (scale + 1e-12) > *worst) *worst = d / (scale + 1e-12);
+    }
+    return ok && sqrt(diff) <= 1e-6 * sqrt(ref) + 1e-9;
+}
+
+static Model *gradcheck_model(Config cfg, int B, int T, int **tokens, int **targets) {
+    Model *m = model_create(&cfg, B, T);
+    init_params(m, 7);
+    // larger weights than at initialisation, so that every path carries a clear gradient
+    Rng rng = rng_seeded(11);
+    for (size_t i = 0; i < m->num_params; i++) m->params[i] += 0.3 * rng_normal(&rng);
+    *tokens = xcalloc(B * T, sizeof(int), "test");
+    *targets = xcalloc(B * T, sizeof(int), "test");
+    for (int i = 0; i < B * T; i++) {
+        (*tokens)[i] = rng_u32(&rng) % cfg.vocab;
+        (*targets)[i] = rng_u32(&rng) % cfg.vocab;
+    }
+    return m;
+}
+
+// Checks every parameter tensor of the model (all entries of small tensors, 48 random ones
+// of larger tensors); returns the number of tensors that disagree.
+static int gradcheck(const char *label, Config cfg) {
+    int B = 2, T = 6, *tokens, *targets, bad = 0;
+    Model *m = gradcheck_model(cfg, B, T, &tokens, &targets);
+    model_zero_grad(m);
+    model_forward(m, tokens, targets, B, T);
+    model_backward(m, B, T, 1);
+    double *analytic = xcalloc(m->num_params, sizeof(double), "test");
+    memcpy(analytic, m->grads, m->num_params * sizeof(double));
+    Rng rng = rng_seeded(5);
+    const double h = 1e-5;
+    for (int t = 0; t < m->table.count; t++) {
+        const ParamTensor *pt = &m->table.tensor[t];
+        int n = pt->size <= 256 ? (int)pt->size : 48;
+        double a[256], num[256], worst;
+        for (int j = 0; j < n; j++) {
+            size_t i = pt->offset + (pt->size <= 256 ? (size_t)j : rng_u32(&rng) % pt->size);
+            double p = m->params[i];
+            m->params[i] = p + h;
+            double up = model_forward(m, tokens, targets, B, T);
+            m->params[i] = p - h;
+            double down = model_forward(m, tokens, targets, B, T);
+            m->params[i] = p;
+            a[j] = analytic[i];
+            num[j] = (up - down) / (2 * h);
+        }
+        int ok = grads_agree(a, num, n, &worst);
+        check(ok, "gradient %s: layer %d %s (%dx%d): worst relative error %.3g", label, pt->layer, pt->name, pt->rows, pt->cols, worst);
+        bad += !ok;
+    }
+    free(analytic); free(tokens); free(targets);
+    model_free(m);
+    return bad;
+}
+
+// The check must be able to fail: a gradient off by 1% in one entry, or with one sign
+// flipped, is caught.
+static void test_gradcheck_can_fail(void) {
+    double a[4] = { 0.5, -0.25, 1e-3, 2.0 }, n[4] = { 0.5, -0.25, 1e-3, 2.0 }, worst;
+    check(grads_agree(a, n, 4, &worst), "negative control: identical gradients must agree");
+    a[3] *= 1.01;
+    check(!grads_agree(a, n, 4, &worst), "negative control: a 1%% error must be caught");
+    a[3] = n[3];
+    a[2] = -a[2];
+    check(!grads_agree(a, n, 4, &worst), "negative control: a flipped sign must be caught");
+}
+
+int run_gradient_tests(int *p, int *f);
+int run_gradient_tests(int *p, int *f) {
+    test_gradcheck_can_fail();
+    char label[128];
+    for (int arch = 0; arch < ARCH_COUNT; arch++)
+        for (int taper = 0; taper < TAPER_COUNT; taper++) {
+            Config c = tiny_config((Arch)arch, (Taper)taper);
+            snprintf(label, sizeof(label), "%s/%s", arch_names[arch], taper_names[taper]);
+            int bad = gradcheck(label, c);
+            printf("  gradients %-22s %s\n", label, bad ? "FAIL" : "ok");
+        }
+    // the variants: untied head, headwise gate, memory depth 1, several chunk sizes, 3 CMS levels
+    struct { const char *label; Arch arch; int untied, headwise, depth, chunk, levels; } v[] = {
+        { "transformer untied", ARCH_TRANSFORMER, 1, 0, 2, 2, 2 },
+        { "gated headwise", ARCH_GATED, 0, 1, 2, 2, 2 },
+        { "titans depth1 chunk1", ARCH_TITANS, 0, 0, 1, 1, 2 },
+        { "titans depth1 chunk4", ARCH_TITANS, 0, 0, 1, 4, 2 },
+        { "titans depth2 chunk1", ARCH_TITANS, 0, 0, 2, 1, 2 },
+        { "titans depth2 chunk6", ARCH_TITANS, 0, 0, 2, 6, 2 },
+        { "hope 3 levels", ARCH_HOPE, 0, 0, 2, 2, 3 },
+        { "hope 1 level", ARCH_HOPE, 0, 0, 2, 2, 1 },
+    };
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        Config c = tiny_config(v[i].arch, TAPER_COSINE);
+        c.untied = v[i].untied; c.gate_headwise = v[i].headwise; c.mem_depth = v[i].depth;
+        c.mem_chunk = v[i].chunk; c.cms_levels = v[i].levels;
+        if (v[i].levels == 3) { c.cms_chunks[1] = 1; c.cms_chunks[2] = 4; }
+        int bad = gradcheck(v[i].label, c);
+        printf("  gradients %-22s %s\n", v[i].label, bad ? "FAIL" : "ok");
+    }
+    *p = passed;
+    *f = failed;
+    return failed;
+}
+
+#else
+// ----------------------------------------------------------------------------
+// float tests: everything else
+
+int run_gradient_tests(int *p, int *f);
+
+static void test_taper_budget(void) {
+    int widths[MAX_LAYERS], cases = 0, ok_all = 1;
+    char err[256];
+    const double ends[][2] = { { 1.5, 0.5 }, { 2.0, 0.25 }, { 1.2, 0.8 }, { 3.0, 1.0 }, { 1.0, 1.0 }, { 0.5, 1.5 } };
+    const int mults[] = { 1, 8, 32 };
+    for (int L = 1; L <= 24; L++)
+        for (int H = 32; H <= 1024; H *= 2)
+            for (int t = 0; t < TAPER_COUNT; t++)
+                for (size_t e = 0; e < sizeof(ends) / sizeof(ends[0]); e++)
+                    for (size_t k = 0; k < 3; k++) {
+                        if (taper_widths(widths, L, H, (Taper)t, ends[e][0], ends[e][1], mults[k], err, sizeof(err)))
+                            continue; // refused (checked below): a width would reach 0
+                        cases++;
+                        long sum = 0;
+                        for (int l = 0; l < L; l++) {
+                            sum += widths[l];
+                            if (widths[l] <= 0 || widths[l] % mults[k]) ok_all = 0;
+                            if (t == TAPER_UNIFORM && widths[l] != H) ok_all = 0;
+                        }
+                        if (sum != (long)L * H) ok_all = 0;
+                    }
+    check(ok_all && cases > 3000, "taper: %d schedules keep sum(width) == L*H exactly", cases);
+    // the shape: cosine narrows monotonically from 1.5H to 0.5H, reverse widens
+    taper_widths(widths, 12, 384, TAPER_COSINE, 1.5, 0.5, 32, err, sizeof(err));
+    int mono = 1;
+    for (int l = 1; l < 12; l++) mono &= widths[l] <= widths[l - 1];
+    check(mono && widths[0] >= 544 && widths[11] <= 224, "taper: cosine 1.5 -> 0.5 narrows (%d .. %d)", widths[0], widths[11]);
+    int rev[MAX_LAYERS];
+    taper_widths(rev, 12, 384, TAPER_REVERSE, 1.5, 0.5, 32, err, sizeof(err));
+    int mirrored = 1;
+    for (int l = 0; l < 12; l++) mirrored &= rev[l] == widths[11 - l];
+    check(mirrored, "taper: reverse is the cosine mirrored");
+    // the paper's 1.5/0.5 averages H without rescaling: exact widths for 2 layers
+    taper_widths(widths, 2, 64, TAPER_COSINE, 1.5, 0.5, 32, err, sizeof(err));
+    check(widths[0] == 96 && widths[1] == 32, "taper: 2 layers, 1.5/0.5 of 64 gives 96, 32 (got %d, %d)", widths[0], widths[1]);
+    // rescaling: start 3, end 1 is rescaled to average H
+    taper_widths(widths, 2, 64, TAPER_LINEAR, 3.0, 1.0, 16, err, sizeof(err));
+    check(widths[0] == 96 && widths[1] == 32, "taper: 3/1 rescales to mean H (got %d, %d)", widths[0], widths[1]);
+    // impossible configs are refused with a reason
+    check(taper_widths(widths, 4, 32, TAPER_COSINE, 1.9, 0.1, 32, err, sizeof(err)) != 0 && strstr(err, "width below"),
+          "taper: a width that would reach 0 is refused (%s)", err);
+    check(taper_widths(widths, 4, 48, TAPER_COSINE, 1.5, 0.5, 32, err, sizeof(err)) != 0 && strstr(err, "multiple"),
+          "taper: a width that is no multiple is refused (%s)", err);
+    check(taper_widths(widths, 4, 64, TAPER_COSINE, -1, 0.5, 32, err, sizeof(err)) != 0, "taper: negative start refused");
+}
+
+static void test_param_counts(void) {
+    for (int arch = 0; arch < ARCH_COUNT; arch++) {
+        size_t counts[TAPER_COUNT];
+        int same = 1;
+        for (int t = 0; t < TAPER_COUNT; t++) {
+            Config c = tiny_config((Arch)arch, (Taper)t);
+            c.layers = 7; c.dim = 32; c.heads = 4; c.mlp_width = 96; c.taper_multiple = 8; c.cms_width = 64;
+            Model *m = model_create(&c, 1, 4);
+            counts[t] = m->num_params;
+            same &= counts[t] == counts[0];
+            model_free(m);
+        }
+        check(same, "param count: %s has the same parameters under every taper (%zu)", arch_names[arch], counts[0]);
+    }
+}
+
+// the blocked matmul in float against the plain triple loop, at awkward shapes
+static void test_matmul(void) {
+    const int shapes[][3] = { { 1, 1, 1 }, { 7, 13, 5 }, { 64, 96, 128 }, { 100, 300, 33 }, { 257, 515, 130 }, { 33, 50257 % 997, 71 } };
+    Rng rng = rng_seeded(3);
+    for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+        int N = shapes[s][0], C = shapes[s][1], OC = shapes[s][2];
+        real *inp = xcalloc((size_t)N * C, sizeof(real), "t"), *w = xcalloc((size_t)OC * C, sizeof(real), "t");
+        real *out = xcalloc((size_t)N * OC, sizeof(real), "t"), *ref = xcalloc((size_t)N * OC, sizeof(real), "t");
+        real *dout = xcalloc((size_t)N * OC, sizeof(real), "t");
+        real *dinp = xcalloc((size_t)N * C, sizeof(real), "t"), *dinp_ref = xcalloc((size_t)N * C, sizeof(real), "t");
+        real *dw = xcalloc((size_t)OC * C, sizeof(real), "t"), *dw_ref = xcalloc((size_t)OC * C, sizeof(real), "t");
+        for (size_t i = 0; i < (size_t)N * C; i++) inp[i] = (real)rng_normal(&rng);
+        for (size_t i = 0; i < (size_t)OC * C; i++) w[i] = (real)rng_normal(&rng);
+        for (size_t i = 0; i < (size_t)N * OC; i++) dout[i] = (real)rng_normal(&rng);
+        for (size_t i = 0; i < (size_t)N * C; i++) dinp[i] = dinp_ref[i] = 1; // accumulates onto what is there
+        matmul_forward(out, inp, w, N, C, OC);
+        matmul_forward_reference(ref, inp, w, N, C, OC);
+        matmul_backward(dinp, dw, dout, inp, w, N, C, OC);
+        matmul_backward_reference(dinp_ref, dw_ref, dout, inp, w, N, C, OC);
+        double e1 = 0, e2 = 0, e3 = 0;
+        for (size_t i = 0; i < (size_t)N * OC; i++) e1 = fmax(e1, fabs(out[i] - ref[i]) / (1 + fabs(ref[i])));
+        for (size_t i = 0; i < (size_t)N * C; i++) e2 = fmax(e2, fabs(dinp[i] - dinp_ref[i]) / (1 + fabs(dinp_ref[i])));
+        for (size_t i = 0; i < (size_t)OC * C; i++) e3 = fmax(e3, fabs(dw[i] - dw_ref[i]) / (1 + fabs(dw_ref[i])));
+        check(e1 < 1e-4 && e2 < 1e-4 && e3 < 1e-4, "matmul %dx%dx%d: blocked vs reference error %.2g %.2g %.2g", N, C, OC, e1, e2, e3);
+        free(inp); free(w); free(out); free(ref); free(dout); free(dinp); free(dinp_ref); free(dw); free(dw_ref);
+    }
+}
+
+// --- files the tests write ------------------------------------------------------------------
+static char tmpdir[256];
+static const char *tmp_path(const char *name) {
+    static char buf[8][512];
+    static int k;
+    k = (k + 1) % 8;
+    snprintf(buf[k], sizeof(buf[k]), "%s/%s", tmpdir, name);
+    return buf[k];
+}
+
+// a shard of n tokens; header fields and the token values can be corrupted on purpose
+static void write_shard(const char *path, int n, int magic, int version, int header_count, int vocab, int max_token, int extra_bytes) {
+    FILE *f = open_file(path, "wb");
+    int32_t h[256] = { magic, version, header_count, vocab };
+    fwrite(h, sizeof(h), 1, f);
+    Rng rng = rng_seeded(17);
+    for (int i = 0; i < n; i++) {
+        // a learnable pattern: mostly counting upwards, some noise
+        uint16_t t = (uint16_t)((i % 7 == 0 ? rng_u32(&rng) : (uint32_t)i) % max_token);
+        fwrite(&t, 2, 1, f);
+    }
+    for (int i = 0; i < extra_bytes; i++) fputc(0, f);
+    fclose(f);
+}
+
+static void open_train(void *path) {
+    DataLoader d;
+    dataloader_open(&d, (const char *)path, "--train");
+    d.vocab = 11;
+    int tok[16], tgt[16];
+    dataloader_next(&d, tok, tgt, 2, 4);
+    dataloader_free(&d);
+}
+
+static void test_shard_loader(void) {
+    write_shard(tmp_path("good.bin"), 500, SHARD_MAGIC, 1, 500, 11, 11, 0);
+    DataLoader d;
+    dataloader_open(&d, tmp_path("good.bin"), "--train");
+    check(d.count == 1 && d.ntok[0] == 500 && dataloader_vocab(&d) == 11, "shard: header read (vocab in slot 3)");
+    d.vocab = 11;
+    int tok[8], tgt[8];
+    dataloader_next(&d, tok, tgt, 2, 4);
+    int shifted = 1;
+    for (int i = 0; i < 7; i++) shifted &= tgt[i] == tok[i + 1];
+    check(shifted, "shard: targets are the inputs shifted by one");
+    dataloader_free(&d);
+    // a glob of two shards
+    write_shard(tmp_path("multi_000.bin"), 100, SHARD_MAGIC, 1, 100, 11, 11, 0);
+    write_shard(tmp_path("multi_001.bin"), 120, SHARD_MAGIC, 1, 120, 11, 11, 0);
+    dataloader_open(&d, tmp_path("multi_*.bin"), "--train");
+    check(d.count == 2 && d.ntok[1] == 120, "shard: a glob opens every shard");
+    d.vocab = 11;
+    for (int i = 0; i < 40; i++) dataloader_next(&d, tok, tgt, 2, 4);
+    check(d.at.epoch >= 1, "shard: the loader wraps around after the last shard");
+    dataloader_free(&d);
+    // malformed files: each is one clear error naming the file
+    write_shard(tmp_path("magic.bin"), 100, 12345, 1, 100, 11, 11, 0);
+    check(dies_with(open_train, (void *)tmp_path("magic.bin"), "bad magic"), "shard: bad magic refused");
+    write_shard(tmp_path("trunc.bin"), 100, SHARD_MAGIC, 1, 200, 11, 11, 0);
+    check(dies_with(open_train, (void *)tmp_path("trunc.bin"), "truncated"), "shard: truncated file refused");
+    write_shard(tmp_path("trail.bin"), 100, SHARD_MAGIC, 1, 100, 11, 11, 6);
+    check(dies_with(open_train, (void *)tmp_path("trail.bin"), "trailing"), "shard: trailing bytes refused");
+    write_shard(tmp_path("vocab.bin"), 100, SHARD_MAGIC, 1, 100, 11, 50, 0);
+    check(dies_with(open_train, (void *)tmp_path("vocab.bin"), "not below the vocabulary"), "shard: token >= vocab refused");
+    write_shard(tmp_path("version.bin"), 100, SHARD_MAGIC, 7, 100, 11, 11, 0);
+    check(dies_with(open_train, (void *)tmp_path("version.bin"), "version"), "shard: unknown version refused");
+    FILE *f = open_file(tmp_path("short.bin"), "wb");
+    fputs("tiny", f);
+    fclose(f);
+    check(dies_with(open_train, (void *)tmp_path("short.bin"), "header"), "shard: file shorter than the header refused");
+    check(dies_with(open_train, (void *)tmp_path("missing_*.bin"), "no such file"), "shard: a glob matching nothing refused");
+    write_shard(tmp_path("small.bin"), 5, SHARD_MAGIC, 1, 5, 11, 11, 0);
+    check(dies_with(open_train, (void *)tmp_path("small.bin"), "a batch needs"), "shard: a shard smaller than a batch refused");
+}
+
+// --- checkpoints ------------------------------------------------------------------------------
+static void load_into_tiny(void *path) {
+    Config c = tiny_config(ARCH_TRANSFORMER, TAPER_COSINE);
+    Model *m = model_create(&c, 1, 4);
+    checkpoint_load(m, (const char *)path, NULL);
+    model_free(m);
+}
+
+static void test_checkpoints(void) {
+    for (int arch = 0; arch < ARCH_COUNT; arch++) {
+        Config c = tiny_config((Arch)arch, TAPER_COSINE);
+        Model *a = model_create(&c, 1, 4), *b = model_create(&c, 1, 4);
+        init_params(a, 1);
+        init_params(b, 2);
+        a->step = 42;
+        DataPosition pos = { 0, 123, 2 }, got = { 0, 0, 0 };
+        check(checkpoint_save(a, tmp_path("rt.ckpt"), pos) == 0, "checkpoint: save %s", arch_names[arch]);
+        Config read;
+        int32_t h[H_SIZE];
+        checkpoint_read_config(tmp_path("rt.ckpt"), &read, h);
+        checkpoint_load(b, tmp_path("rt.ckpt"), &got);
+        check(read.arch == c.arch && !memcmp(a->params, b->params, a->num_params * sizeof(real)) && b->step == 42 &&
+              got.pos == 123 && got.epoch == 2, "checkpoint: %s round trip restores parameters, step, data position", arch_names[arch]);
+        model_free(a); model_free(b);
+    }
+    FILE *f = open_file(tmp_path("rt.ckpt"), "rb");
+    long size = file_size(f);
+    char *bytes = xcalloc(size, 1, "t");
+    read_exact(bytes, 1, size, f, "rt.ckpt");
+    fclose(f);
+    // truncated
+    f = open_file(tmp_path("cut.ckpt"), "wb");
+    fwrite(bytes, 1, size - 10, f);
+    fclose(f);
+    check(dies_with(load_into_tiny, (void *)tmp_path("cut.ckpt"), "truncated"), "checkpoint: truncated file refused");
+    // wrong magic
+    memcpy(bytes, "XXXX", 4);
+    f = open_file(tmp_path("magic.ckpt"), "wb");
+    fwrite(bytes, 1, size, f);
+    fclose(f);
+    check(dies_with(load_into_tiny, (void *)tmp_path("magic.ckpt"), "not a tlm checkpoint"), "checkpoint: bad magic refused");
+    // a checkpoint of another shape does not load into this model
+    Config c = tiny_config(ARCH_TRANSFORMER, TAPER_COSINE);
+    c.dim = 12;
+    Model *m = model_create(&c, 1, 4);
+    DataPosition pos = { 0, 0, 0 };
+    checkpoint_save(m, tmp_path("other.ckpt"), pos);
+    model_free(m);
+    check(dies_with(load_into_tiny, (void *)tmp_path("other.ckpt"), "parameters"), "checkpoint: another shape refused");
+    check(dies_with(load_into_tiny, (void *)tmp_path("none.ckpt"), "cannot open"), "checkpoint: missing file refused");
+    // a failed save leaves the previous checkpoint intact
+    check(checkpoint_save(m = model_create(&c, 1, 4), "/nonexistent-dir/x.ckpt", pos) != 0, "checkpoint: unwritable path reported");
+    model_free(m);
+    free(bytes);
+}
+
+// --- training: bit-exact resume and overfitting ------------------------------------------------
+static void test_resume_bit_exact(void) {
+    Config c = tiny_config(ARCH_TRANSFORMER, TAPER_COSINE);
+    c.dim = 16; c.mlp_width = 32; c.vocab = 11;
+    AdamW adam = { 3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f };
+    int B = 2, T = 6, steps = 6;
+    double straight[6], resumed[6], norm;
+    write_shard(tmp_path("resume.bin"), 400, SHARD_MAGIC, 1, 400, 11, 11, 0);
+    DataLoader d;
+    // straight: 6 steps
+    Model *a = model_create(&c, B, T);
+    init_params(a, 9);
+    dataloader_open(&d, tmp_path("resume.bin"), "--train");
+    d.vocab = 11;
+    for (int s = 0; s < steps; s++) straight[s] = train_step(a, &d, &adam, learning_rate(s, adam.lr, 2, steps), 2, B, T, &norm);
+    dataloader_free(&d);
+    // 3 steps, save, fresh model, load, 3 more
+    Model *b = model_create(&c, B, T);
+    init_params(b, 9);
+    dataloader_open(&d, tmp_path("resume.bin"), "--train");
+    d.vocab = 11;
+    for (int s = 0; s < 3; s++) resumed[s] = train_step(b, &d, &adam, learning_rate(s, adam.lr, 2, steps), 2, B, T, &norm);
+    checkpoint_save(b, tmp_path("resume.ckpt"), d.at);
+    dataloader_free(&d);
+    model_free(b);
+    b = model_create(&c, B, T);
+    DataPosition at;
+    checkpoint_load(b, tmp_path("resume.ckpt"), &at);
+    dataloader_open(&d, tmp_path("resume.bin"), "--train");
+    d.vocab = 11;
+    dataloader_seek(&d, at);
+    for (int s = b->step; s < steps; s++) resumed[s] = train_step(b, &d, &adam, learning_rate(s, adam.lr, 2, steps), 2, B, T, &norm);
+    dataloader_free(&d);
+    check(!memcmp(straight, resumed, sizeof(straight)) && !memcmp(a->params, b->params, a->num_params * sizeof(real)),
+          "resume: 3 steps + save + load + 3 steps is bit-identical to 6 steps (%.9g vs %.9g)", straight[5], resumed[5]);
+    model_free(a); model_free(b);
+}
+
+static void test_overfit(void) {
+    for (int arch = 0; arch < ARCH_COUNT; arch++) {
+        Config c = tiny_config((Arch)arch, TAPER_COSINE);
+        c.dim = 32; c.heads = 4; c.mlp_width = 64; c.seq_len = 16; c.vocab = 11; c.taper_multiple = 8;
+        c.window = 8; c.mem_hidden = 16; c.mem_chunk = 4; c.cms_width = 32; c.cms_chunks[1] = 4;
+        int B = 2, T = 16;
+        Model *m = model_create(&c, B, T);
+        init_params(m, 5);
+        AdamW adam = { 1e-2f, 0.9f, 0.95f, 1e-8f, 0.0f, 1.0f };
+        Rng rng = rng_seeded(4);
+        int tokens[32], targets[32];
+        for (int i = 0; i < B * T; i++) { tokens[i] = rng_u32(&rng) % 11; targets[i] = rng_u32(&rng) % 11; }
+        double first = 0, loss = 0;
+        for (int s = 0; s < 150; s++) {
+            model_zero_grad(m);
+            loss = model_forward(m, tokens, targets, B, T);
+            if (s == 0) first = loss;
+            model_backward(m, B, T, 1);
+            adamw_step(m, &adam, adam.lr, grad_norm(m));
+        }
+        check(loss < 0.05 && first > 2.0, "overfit: %s memorises one batch (loss %.3f -> %.4f)", arch_names[arch], first, loss);
+        model_free(m);
+    }
+}
+
+// Hope with a single level (no fast memories) is exactly the Transformer.
+static void test_hope_one_level_is_transformer(void) {
+    Config t = tiny_config(ARCH_TRANSFORMER, TAPER_COSINE), h = tiny_config(ARCH_HOPE, TAPER_COSINE);
+    h.cms_levels = 1;
+    Model *a = model_create(&t, 2, 6), *b = model_create(&h, 2, 6);
+    init_params(a, 3);
+    init_params(b, 3);
+    int tokens[12], targets[12];
+    for (int i = 0; i < 12; i++) { tokens[i] = (i * 5) % 11; targets[i] = (i * 3 + 1) % 11; }
+    real la = model_forward(a, tokens, targets, 2, 6), lb = model_forward(b, tokens, targets, 2, 6);
+    check(a->num_params == b->num_params && !memcmp(a->params, b->params, a->num_params * sizeof(real)) && la == lb,
+          "hope: cms-levels 1 equals the transformer (params %zu/%zu, loss %.9g/%.9g)", a->num_params, b->num_params, la, lb);
+    model_free(a); model_free(b);
+}
+
+// --- the command line, through the real binary --------------------------------------------------
+static int run_trainer(const char *args) {
+    char cmd[2048];
+    snprintf(cmd, sizeof(cmd), "OMP_NUM_THREADS=1 ./train_tlm %s > %s 2>&1", args, tmp_path("cli.out"));
+    int status = system(cmd);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+static int output_has(const char *want) {
+    FILE *f = fopen(tmp_path("cli.out"), "r");
+    if (!f) return 0;
+    char buf[65536];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    return strstr(buf, want) != NULL;
+}
+// the "loss" fields of the train records of a JSONL log, from step `from` on
+static int train_losses(const char *log, int from, char out[][32], int max) {
+    FILE *f = fopen(log, "r");
+    if (!f) return 0;
+    char line[4096];
+    int n = 0;
+    while (fgets(line, sizeof(line), f) && n < max) {
+        int step;
+        char loss[32];
+        if (sscanf(line, "{\"event\":\"train\",\"step\":%d,\"loss\":%31[^,]", &step, loss) == 2 && step >= from)
+            snprintf(out[n++], 32, "%s", loss);
+    }
+    fclose(f);
+    return n;
+}
+
+static void test_cli(void) {
+    if (access("./train_tlm", X_OK) != 0) { check(0, "cli: ./train_tlm is not built (make train_tlm)"); return; }
+    char data[1024];
+    write_shard(tmp_path("cli_train.bin"), 3000, SHARD_MAGIC, 1, 3000, 11, 11, 0);
+    write_shard(tmp_path("cli_val.bin"), 600, SHARD_MAGIC, 1, 600, 11, 11, 0);
+    snprintf(data, sizeof(data), "--train %s --val %s --layers 2 --dim 16 --heads 2 --mlp-width 32 --taper-multiple 8 "
+             "--seq-len 8 --batch 2 --eval-batches 2 --sample-every 0", tmp_path("cli_train.bin"), tmp_path("cli_val.bin"));
+    char args[2048];
+    check(run_trainer("--help") == 0 && output_has("--taper-multiple"), "cli: --help lists the options");
+    check(run_trainer("--no-such-flag") == 2 && output_has("unknown option"), "cli: unknown flag is a usage error");
+    check(run_trainer("--steps 12abc") == 2 && output_has("not an integer"), "cli: malformed number is a usage error");
+    check(run_trainer("--lr") == 2 && output_has("needs a value"), "cli: missing value is a usage error");
+    check(run_trainer("--taper conical") == 2 && output_has("unknown value"), "cli: unknown schedule is a usage error");
+    snprintf(args, sizeof(args), "%s --train %s", data, tmp_path("magic.bin"));
+    check(run_trainer(args) == 1 && output_has("bad magic"), "cli: a bad shard is a one-line error");
+    // bit-exact resume through the binary: 6 steps straight vs 3 + save + load + 3
+    snprintf(args, sizeof(args), "%s --steps 6 --eval-every 3 --log %s", data, tmp_path("straight.jsonl"));
+    remove(tmp_path("straight.jsonl"));
+    check(run_trainer(args) == 0, "cli: a short training run succeeds");
+    snprintf(args, sizeof(args), "%s --steps 3 --decay-steps 6 --eval-every 3 --save %s", data, tmp_path("cli.ckpt"));
+    check(run_trainer(args) == 0 && access(tmp_path("cli.ckpt"), R_OK) == 0, "cli: --save writes a checkpoint");
+    snprintf(args, sizeof(args), "%s --steps 6 --eval-every 3 --load %s --log %s", data, tmp_path("cli.ckpt"), tmp_path("resumed.jsonl"));
+    remove(tmp_path("resumed.jsonl"));
+    check(run_trainer(args) == 0, "cli: --load resumes");
+    char a[8][32], b[8][32];
+    int na = train_losses(tmp_path("straight.jsonl"), 4, a, 8), nb = train_losses(tmp_path("resumed.jsonl"), 4, b, 8);
+    int same = na == 3 && nb == 3;
+    for (int i = 0; i < na && same; i++) same = !strcmp(a[i], b[i]);
+    check(same, "cli: resumed losses of steps 4-6 are bit-identical to the straight run's (%s vs %s)", na ? a[na - 1] : "-", nb ? b[nb - 1] : "-");
+    snprintf(args, sizeof(args), "%s --load %s --eval-only", data, tmp_path("cli.ckpt"));
+    check(run_trainer(args) == 0 && output_has("val loss"), "cli: --eval-only prints the val loss");
+    snprintf(args, sizeof(args), "%s --load %s --arch gated", data, tmp_path("cli.ckpt"));
+    check(run_trainer(args) == 1 && output_has("different --arch"), "cli: loading with the wrong --arch is an error");
+    snprintf(args, sizeof(args), "%s --load %s --analyze --log %s", data, tmp_path("cli.ckpt"), tmp_path("analysis.jsonl"));
+    check(run_trainer(args) == 0 && output_has("dloss skip"), "cli: --analyze prints the layer table");
+}
+
+int main(void) {
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/test_tlm_%d", (int)getpid());
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "mkdir -p %s", tmpdir);
+    if (system(cmd) != 0) { printf("cannot create %s\n", tmpdir); return 1; }
+    double t0 = wall_time();
+    printf("gradient checks (double precision):\n");
+    int gp = 0, gf = 0;
+    run_gradient_tests(&gp, &gf);
+    printf("float tests:\n");
+    test_taper_budget();
+    test_param_counts();
+    test_matmul();
+    test_shard_loader();
+    test_checkpoints();
+    test_resume_bit_exact();
+    test_overfit();
+    test_hope_one_level_is_transformer();
+    test_cli();
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
+    if (system(cmd) != 0) printf("note: could not remove %s\n", tmpdir);
+    printf("%.1f s\n", wall_time() - t0);
+    printf("%d passed, %d failed\n", passed + gp, failed + gf);
+    return failed + gf ? 1 : 0;
+}
+#endif

@@ -1,0 +1,2295 @@
+/*
+ * train_tlm.c — Tapered Language Models, trained from scratch in one C file.
+ *
+ * A language model stacks L blocks, and usually every block's MLP has the same hidden
+ * width H. A Tapered Language Model (TLM, arXiv 2606.23670) keeps the total MLP budget
+ * L*H fixed but moves it across depth: wide MLPs early, narrow ones late, on a cosine
+ * schedule from 1.5*H down to 0.5*H. Same parameters, same FLOPs, lower loss; the
+ * reverse taper (narrow early, wide late) hurts.
+ *
+ * This file holds the whole method for four architectures that share one block:
+ *
+ *     x = x + Mixer(RMSNorm(x))          transformer, hope : causal attention with RoPE
+ *                                        gated             : attention * sigmoid gate
+ *                                        titans            : sliding-window attention gated
+ *                                                            by a neural memory (MAG)
+ *     x = x + MLP_l(RMSNorm(x))          SwiGLU of width mlp_width[l]  (hope: followed by
+ *                                        fast memory levels, each with its own residual)
+ *
+ * The only place the architectures differ is mixer_forward/backward and mlp_forward/
+ * backward; the only place the taper lives is taper_widths(), and its output is the
+ * per-layer width that every MLP tensor of layer l is allocated with.
+ *
+ * Sections, in reading order:
+ *   1. precision, utilities, checked I/O, random numbers
+ *   2. THE TAPER: per-layer MLP widths at a fixed budget
+ *   3. layer kernels, each forward followed by its backward
+ *   4. the model: config, parameter table, activations, forward, backward, AdamW
+ *   5. checkpoints
+ *   6. data: token shards and the tokenizer
+ *   7. evaluation, sampling, layer analysis
+ *   8. main: command line and training loop
+ *
+ * Build: make train_tlm   (gcc -O3 -march=native -fopenmp)   Tests: make test
+ * test_tlm.c #includes this file with TLM_TESTING defined (no main) and, for the
+ * gradient checks, TLM_DOUBLE, so the tests run exactly this code in double precision.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <float.h>
+#include <glob.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+// ----------------------------------------------------------------------------
+// 1. precision, utilities, checked I/O, random numbers
+
+// One code path, two precisions: float for training, double for the gradient checks.
+#ifdef TLM_DOUBLE
+typedef double real;
+static inline real r_exp(real x) { return exp(x); }
+static inline real r_log(real x) { return log(x); }
+static inline real r_sqrt(real x) { return sqrt(x); }
+static inline real r_cos(real x) { return cos(x); }
+static inline real r_sin(real x) { return sin(x); }
+#else
+typedef float real;
+static inline real r_exp(real x) { return expf(x); }
+static inline real r_log(real x) { return logf(x); }
+static inline real r_sqrt(real x) { return sqrtf(x); }
+static inline real r_cos(real x) { return cosf(x); }
+static inline real r_sin(real x) { return sinf(x); }
+#endif
+static inline real sigmoid(real x) { return 1 / (1 + r_exp(-x)); }
+static const double PI = 3.14159265358979323846;
+
+static int num_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+static double wall_time(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+// Every error is one line naming what was wrong, then a non-zero exit. The tests
+// replace the exit with a longjmp so that they can check that an error happened.
+#ifdef TLM_TESTING
+#include <setjmp.h>
+static jmp_buf *tlm_error_jump;
+static char tlm_last_error[512];
+#endif
+static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+#ifdef TLM_TESTING
+    if (tlm_error_jump) {
+        vsnprintf(tlm_last_error, sizeof(tlm_last_error), fmt, ap);
+        va_end(ap);
+        longjmp(*tlm_error_jump, 1);
+    }
+#endif
+    fprintf(stderr, "error: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    exit(1);
+}
+
+static void *xcalloc(size_t n, size_t size, const char *what) {
+    if (size && n > SIZE_MAX / size) die("%s: size overflow", what);
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) die("%s: out of memory allocating %.1f MiB", what, (double)n * size / (1 << 20));
+    return p;
+}
+
+static FILE *open_file(const char *path, const char *mode) {
+    FILE *f = fopen(path, mode);
+    if (!f) die("%s: cannot open: %s", path, strerror(errno));
+    return f;
+}
+// Reads exactly n items or dies naming the file: a short read means a truncated file.
+static void read_exact(void *buf, size_t size, size_t n, FILE *f, const char *path) {
+    if (fread(buf, size, n, f) != n) die("%s: file is truncated", path);
+}
+static int write_all(const void *buf, size_t size, size_t n, FILE *f) {
+    return fwrite(buf, size, n, f) == n;
+}
+static long file_size(FILE *f) {
+    long here = ftell(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, here, SEEK_SET);
+    return n;
+}
+
+// xorshift64* random numbers: the same seed gives the same model and the same run.
+typedef struct { uint64_t state; } Rng;
+static Rng rng_seeded(uint64_t seed) {
+    Rng r = { seed * 0x9E3779B97F4A7C15ull + 0x2545F4914F6CDD1Dull };
+    if (!r.state) r.state = 1;
+    return r;
+}
+static uint32_t rng_u32(Rng *r) {
+    r->state ^= r->state >> 12;
+    r->state ^= r->state << 25;
+    r->state ^= r->state >> 27;
+    return (uint32_t)((r->state * 0x2545F4914F6CDD1Dull) >> 32);
+}
+static double rng_uniform(Rng *r) { return (rng_u32(r) + 0.5) / 4294967296.0; } // (0,1)
+static double rng_normal(Rng *r) { // Box-Muller
+    double u1 = rng_uniform(r), u2 = rng_uniform(r);
+    return sqrt(-2.0 * log(u1)) * cos(2.0 * PI * u2);
+}
+
+// ----------------------------------------------------------------------------
+// 2. THE TAPER: per-layer MLP widths at a fixed budget
+//
+// The uniform model gives every layer the hidden width H. A taper gives layer l the width
+//     width_l = H * f(l / (L-1)),   f a schedule from `start` (first layer) to `end` (last)
+// then rescales f so that its mean over the L layers is exactly 1, rounds every width to a
+// multiple of `multiple` and makes the rounded widths sum to exactly L*H. Every MLP tensor
+// is linear in its width, so every schedule has the same parameter count and FLOPs.
+//
+//     uniform  f(x) = 1
+//     cosine   f(x) = e + (s-e) * (1 + cos(pi x)) / 2      the paper's: flat at both ends
+//     linear   f(x) = s + (e-s) * x
+//     sigmoid  f(x) = e + (s-e) * step(x)                  logistic step centred at x = 1/2
+//     reverse  f(x) = cosine(1 - x)                        narrow early, wide late
+//
+// With s + e = 2 the cosine already averages exactly 1 (its cosines cancel in pairs).
+
+typedef enum { TAPER_UNIFORM, TAPER_COSINE, TAPER_LINEAR, TAPER_SIGMOID, TAPER_REVERSE, TAPER_COUNT } Taper;
+static const char *taper_names[TAPER_COUNT] = { "uniform", "cosine", "linear", "sigmoid", "reverse" };
+
+static double taper_factor(Taper taper, double x, double s, double e) {
+    switch (taper) {
+    case TAPER_UNIFORM: return 1.0;
+    case TAPER_COSINE:  return e + (s - e) * (1 + cos(PI * x)) / 2;
+    case TAPER_LINEAR:  return s + (e - s) * x;
+    case TAPER_SIGMOID: {
+        const double k = 10.0; // steepness; rescaled so that f(0) = s and f(1) = e exactly
+        double lo = 1 / (1 + exp(-k / 2)), hi = 1 / (1 + exp(k / 2));
+        double step = (1 / (1 + exp(k * (x - 0.5))) - hi) / (lo - hi);
+        return e + (s - e) * step;
+    }
+    case TAPER_REVERSE: return taper_factor(TAPER_COSINE, 1 - x, s, e);
+    default: return 1.0;
+    }
+}
+
+// Fills widths[0..L-1]. Returns 0 on success, or -1 with a one-line reason in err.
+static int taper_widths(int *widths, int L, int H, Taper taper, double start, double end,
+                        int multiple, char *err, size_t errlen) {
+    if (L < 1 || H < 1 || multiple < 1) {
+        snprintf(err, errlen, "layers, width and multiple must be positive (got %d, %d, %d)", L, H, multiple);
+        return -1;
+    }
+    if (H % multiple != 0) {
+        snprintf(err, errlen, "MLP width %d is not a multiple of --taper-multiple %d", H, multiple);
+        return -1;
+    }
+    if (taper != TAPER_UNIFORM && (!(start > 0) || !(end > 0) || !isfinite(start) || !isfinite(end))) {
+        snprintf(err, errlen, "taper start and end must be positive (got %g, %g)", start, end);
+        return -1;
+    }
+    // the schedule, rescaled to mean 1
+    double f[L], sum = 0;
+    for (int l = 0; l < L; l++) {
+        f[l] = taper_factor(taper, L > 1 ? (double)l / (L - 1) : 0.0, start, end);
+        sum += f[l];
+    }
+    // round to multiples by largest remainder: floor every layer's share of the L*H/multiple
+    // units, then hand the units left over to the largest fractional parts (earlier layer
+    // first on ties), so that the total is exactly L*H
+    int units = L * (H / multiple), given = 0;
+    double frac[L];
+    for (int l = 0; l < L; l++) {
+        double want = units * f[l] / sum;
+        widths[l] = (int)floor(want + 1e-9);
+        frac[l] = want - widths[l];
+        given += widths[l];
+    }
+    while (given < units) {
+        int best = 0;
+        for (int l = 1; l < L; l++) if (frac[l] > frac[best] + 1e-12) best = l;
+        widths[best]++;
+        frac[best] = -1;
+        given++;
+    }
+    for (int l = 0; l < L; l++) {
+        if (widths[l] < 1) {
+            snprintf(err, errlen, "%s taper %g -> %g gives layer %d a width below one multiple of %d "
+                     "(need a larger --mlp-width, a smaller --taper-multiple or a milder taper)",
+                     taper_names[taper], start, end, l, multiple);
+            return -1;
+        }
+        widths[l] *= multiple;
+    }
+    return 0;
+}
+
+// ----------------------------------------------------------------------------
+// 3. layer kernels, each forward followed by its backward
+//
+// Activations are row-major (N, C) with N = B*T positions. Weight matrices are (OC, C):
+// a linear layer is out = inp W^T, as in PyTorch and llm.c.
+
+// --- matrix multiplication ---------------------------------------------------
+//
+// One blocked kernel, gemm(), computes C (M,N) (+)= A (M,K) B (K,N), where A or B may be
+// read transposed. Blocking (BLIS style): the K dimension is cut into slices of KC; for
+// each slice the output is cut into MC x NC tiles shared out to the threads; a thread copies
+// ("packs") its A tile into MR-row strips and its B tile into NR-column strips, contiguous
+// in k, and then a micro-kernel keeps an MR x NR block of C in registers while it streams
+// the two strips: MR*NR multiply-adds per MR+NR loads. The strips fit in L1, the tiles in
+// L2. Every output tile is summed over k in the same order whatever the thread count, so
+// results are bit-identical for any OMP_NUM_THREADS. The inner loops are plain C that
+// gcc/clang vectorize with -O3 -march=native; matmul_forward_reference() below is the
+// plain triple loop it is tested against.
+
+enum { GEMM_MR = 8, GEMM_NR = 32, GEMM_MC = 96, GEMM_NC = 512, GEMM_KC = 256 };
+static real *gemm_pack_buffers; // per thread: MC*KC for A, then NC*KC for B
+static int gemm_pack_threads;
+
+static void gemm_init(void) {
+    int n = num_threads();
+    if (gemm_pack_buffers && gemm_pack_threads >= n) return;
+    free(gemm_pack_buffers);
+    gemm_pack_threads = n;
+    gemm_pack_buffers = xcalloc((size_t)n * (GEMM_MC + GEMM_NC) * GEMM_KC, sizeof(real), "matmul buffers");
+}
+
+// C[0:mr, 0:nr] (+)= sum_p a[p, 0:MR] (x) b[p, 0:NR], from packed strips
+static void gemm_micro_kernel(int kc, const real *restrict a, const real *restrict b,
+                              real *restrict c, int ldc, int mr, int nr, int overwrite) {
+    real acc[GEMM_MR][GEMM_NR] = {{0}};
+    for (int p = 0; p < kc; p++) {
+        const real *restrict ap = a + p * GEMM_MR;
+        const real *restrict bp = b + p * GEMM_NR;
+        for (int i = 0; i < GEMM_MR; i++)
+            for (int j = 0; j < GEMM_NR; j++)
+                acc[i][j] += ap[i] * bp[j];
+    }
+    for (int i = 0; i < mr; i++) {
+        real *restrict ci = c + (size_t)i * ldc;
+        if (overwrite) for (int j = 0; j < nr; j++) ci[j] = acc[i][j];
+        else           for (int j = 0; j < nr; j++) ci[j] += acc[i][j];
+    }
+}
+
+// C (M,N) = A (M,K) B (K,N) (+ C if accumulate). A(i,k) = trans_a ? A[k*lda+i] : A[i*lda+k],
+// B(k,j) = trans_b ? B[j*ldb+k] : B[k*ldb+j]; C(i,j) = C[i*ldc+j].
+static void gemm(real *C, const real *A, const real *B, int M, int N, int K,
+                 int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
+    if (!gemm_pack_buffers || gemm_pack_threads < num_threads()) gemm_init();
+    if (K == 0 && !accumulate) {
+        for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, N * sizeof(real));
+        return;
+    }
+    int m_tiles = (M + GEMM_MC - 1) / GEMM_MC, n_tiles = (N + GEMM_NC - 1) / GEMM_NC;
+    for (int pc = 0; pc < K; pc += GEMM_KC) {
+        int kc = K - pc < GEMM_KC ? K - pc : GEMM_KC;
+        int overwrite = pc == 0 && !accumulate;
+        #pragma omp parallel for collapse(2) schedule(dynamic)
+        for (int it = 0; it < m_tiles; it++) {
+            for (int jt = 0; jt < n_tiles; jt++) {
+                int ic = it * GEMM_MC, jc = jt * GEMM_NC;
+                int mc = M - ic < GEMM_MC ? M - ic : GEMM_MC;
+                int nc = N - jc < GEMM_NC ? N - jc : GEMM_NC;
+                real *pack_a = gemm_pack_buffers + (size_t)thread_id() * (GEMM_MC + GEMM_NC) * GEMM_KC;
+                real *pack_b = pack_a + GEMM_MC * GEMM_KC;
+                // pack A tile into strips of MR rows: pack_a[ir*kc + p*MR + i] = A(ic+ir+i, pc+p)
+                for (int ir = 0; ir < mc; ir += GEMM_MR) {
+                    real *dst = pack_a + (size_t)ir * kc;
+                    for (int p = 0; p < kc; p++)
+                        for (int i = 0; i < GEMM_MR; i++) {
+                            size_t row = ic + ir + i, col = pc + p;
+                            dst[p * GEMM_MR + i] = ir + i >= mc ? 0
+                                : trans_a ? A[col * lda + row] : A[row * lda + col];
+                        }
+                }
+                // pack B tile into strips of NR columns: pack_b[jr*kc + p*NR + j] = B(pc+p, jc+jr+j)
+                for (int jr = 0; jr < nc; jr += GEMM_NR) {
+                    real *dst = pack_b + (size_t)jr * kc;
+                    for (int p = 0; p < kc; p++) {
+                        size_t row = pc + p;
+                        if (!trans_b && jr + GEMM_NR <= nc) {
+                            memcpy(dst + p * GEMM_NR, B + row * ldb + jc + jr, GEMM_NR * sizeof(real));
+                            continue;
+                        }
+                        for (int j = 0; j < GEMM_NR; j++) {
+                            size_t col = jc + jr + j;
+                            dst[p * GEMM_NR + j] = jr + j >= nc ? 0
+                                : trans_b ? B[col * ldb + row] : B[row * ldb + col];
+                        }
+                    }
+                }
+                for (int jr = 0; jr < nc; jr += GEMM_NR)
+                    for (int ir = 0; ir < mc; ir += GEMM_MR)
+                        gemm_micro_kernel(kc, pack_a + (size_t)ir * kc, pack_b + (size_t)jr * kc,
+                                          C + (size_t)(ic + ir) * ldc + jc + jr, ldc,
+                                          mc - ir < GEMM_MR ? mc - ir : GEMM_MR,
+                                          nc - jr < GEMM_NR ? nc - jr : GEMM_NR, overwrite);
+            }
+        }
+    }
+}
+
+// out (N,OC) = inp (N,C) W^T,   W (OC,C)
+static void matmul_forward(real *out, const real *inp, const real *w, int N, int C, int OC) {
+    gemm(out, inp, w, N, OC, C, 0, C, 1, C, OC, 0);
+}
+// dinp (N,C) += dout (N,OC) W ;   dW (OC,C) += dout^T inp
+static void matmul_backward(real *dinp, real *dw, const real *dout, const real *inp, const real *w,
+                            int N, int C, int OC) {
+    if (dinp) gemm(dinp, dout, w, N, C, OC, 0, OC, 0, C, C, 1);
+    if (dw)   gemm(dw, dout, inp, OC, C, N, 1, OC, 0, C, C, 1);
+}
+
+// The plain triple loops the blocked kernel is tested against.
+static inline void matmul_forward_reference(real *out, const real *inp, const real *w, int N, int C, int OC) {
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) {
+            real s = 0;
+            for (int c = 0; c < C; c++) s += inp[(size_t)n * C + c] * w[(size_t)o * C + c];
+            out[(size_t)n * OC + o] = s;
+        }
+}
+static inline void matmul_backward_reference(real *dinp, real *dw, const real *dout, const real *inp,
+                                      const real *w, int N, int C, int OC) {
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) {
+            real d = dout[(size_t)n * OC + o];
+            for (int c = 0; c < C; c++) {
+                dinp[(size_t)n * C + c] += d * w[(size_t)o * C + c];
+                dw[(size_t)o * C + c] += d * inp[(size_t)n * C + c];
+            }
+        }
+}
+
+// --- token embedding -----------------------------------------------------------
+// x[n,:] = wte[token[n], :]        x (N,C), wte (V,C)
+static void embedding_forward(real *x, const int *tokens, const real *wte, int N, int C) {
+    for (int n = 0; n < N; n++) memcpy(x + (size_t)n * C, wte + (size_t)tokens[n] * C, C * sizeof(real));
+}
+// dwte[token[n], :] += dx[n, :]
+static void embedding_backward(real *dwte, const real *dx, const int *tokens, int N, int C) {
+    for (int n = 0; n < N; n++) {
+        real *row = dwte + (size_t)tokens[n] * C;
+        for (int c = 0; c < C; c++) row[c] += dx[(size_t)n * C + c];
+    }
+}
+
+// --- RMSNorm ---------------------------------------------------------------------
+// y = x * r * w,   r = 1 / sqrt(mean(x^2) + eps)        x, y (N,C); w (C); rstd (N)
+static const real rms_eps = 1e-5f;
+static void rmsnorm_forward(real *y, real *rstd, const real *x, const real *w, int N, int C) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const real *xn = x + (size_t)n * C;
+        real ss = 0;
+        for (int c = 0; c < C; c++) ss += xn[c] * xn[c];
+        real r = 1 / r_sqrt(ss / C + rms_eps);
+        for (int c = 0; c < C; c++) y[(size_t)n * C + c] = xn[c] * r * w[c];
+        rstd[n] = r;
+    }
+}
+// dx += r w dy - x r^3 (sum_c dy_c w_c x_c) / C ;   dw += sum_n dy x r
+static void rmsnorm_backward(real *dx, real *dw, const real *dy, const real *x, const real *w,
+                             const real *rstd, int N, int C) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const real *xn = x + (size_t)n * C, *dyn = dy + (size_t)n * C;
+        real r = rstd[n], dot = 0;
+        for (int c = 0; c < C; c++) dot += dyn[c] * w[c] * xn[c];
+        real k = dot * r * r * r / C;
+        for (int c = 0; c < C; c++) dx[(size_t)n * C + c] += r * w[c] * dyn[c] - k * xn[c];
+    }
+    // the weight gradient sums over positions: one channel per thread keeps the order fixed
+    #pragma omp parallel for
+    for (int c = 0; c < C; c++) {
+        real s = 0;
+        for (int n = 0; n < N; n++) s += dy[(size_t)n * C + c] * x[(size_t)n * C + c] * rstd[n];
+        dw[c] += s;
+    }
+}
+
+// --- rotary position embedding (RoPE) ------------------------------------------------
+// Each head's vector is rotated pairwise: (a, b) at pair i and position t becomes
+//   (a cos - b sin, a sin + b cos),  angle = t * 10000^(-2i/hs).
+// rope_tab holds cos, sin for (T, hs/2). The rotation is orthogonal, so the backward is
+// the same rotation by -angle. Applied in place to `heads` heads of size hs in each row
+// of x (N = B*T rows, row stride ld).
+static void rope_table(real *tab, int T, int hs) {
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < hs / 2; i++) {
+            double angle = t * pow(10000.0, -2.0 * i / hs);
+            tab[(t * (hs / 2) + i) * 2 + 0] = (real)cos(angle);
+            tab[(t * (hs / 2) + i) * 2 + 1] = (real)sin(angle);
+        }
+}
+static void rope_rotate(real *x, const real *tab, int B, int T, int heads, int hs, int ld, real sign) {
+    #pragma omp parallel for
+    for (int bt = 0; bt < B * T; bt++) {
+        int t = bt % T;
+        for (int h = 0; h < heads; h++) {
+            real *v = x + (size_t)bt * ld + h * hs;
+            for (int i = 0; i < hs / 2; i++) {
+                real c = tab[(t * (hs / 2) + i) * 2], s = sign * tab[(t * (hs / 2) + i) * 2 + 1];
+                real a = v[2 * i], b = v[2 * i + 1];
+                v[2 * i] = a * c - b * s;
+                v[2 * i + 1] = a * s + b * c;
+            }
+        }
+    }
+}
+static void rope_forward(real *x, const real *tab, int B, int T, int heads, int hs, int ld) {
+    rope_rotate(x, tab, B, T, heads, hs, ld, 1);
+}
+static void rope_backward(real *dx, const real *tab, int B, int T, int heads, int hs, int ld) {
+    rope_rotate(dx, tab, B, T, heads, hs, ld, -1);
+}
+
+// --- causal self-attention ---------------------------------------------------------
+// qkv (B,T,3C) holds q | k | v for NH heads of size hs = C/NH. For each head and query t:
+//   s_tu = q_t . k_u / sqrt(hs)   for t-window < u <= t   (window 0: all u <= t)
+//   p_t  = softmax(s_t) ;   out_t = sum_u p_tu v_u
+// att (B,NH,T,T) keeps p for the backward; out (B,T,C).
+static void attention_forward(real *out, real *att, const real *qkv, int B, int T, int C, int NH, int window) {
+    int hs = C / NH;
+    real scale = 1 / r_sqrt((real)hs);
+    #pragma omp parallel for collapse(3)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                const real *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                real *p = att + (((size_t)b * NH + h) * T + t) * T;
+                int u0 = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
+                real maxs = -FLT_MAX;
+                for (int u = u0; u <= t; u++) {
+                    const real *k = qkv + ((size_t)b * T + u) * 3 * C + C + h * hs;
+                    real s = 0;
+                    for (int i = 0; i < hs; i++) s += q[i] * k[i];
+                    p[u] = s * scale;
+                    if (p[u] > maxs) maxs = p[u];
+                }
+                real sum = 0;
+                for (int u = 0; u < T; u++) {
+                    if (u < u0 || u > t) { p[u] = 0; continue; }
+                    p[u] = r_exp(p[u] - maxs);
+                    sum += p[u];
+                }
+                real *o = out + ((size_t)b * T + t) * C + h * hs;
+                for (int i = 0; i < hs; i++) o[i] = 0;
+                for (int u = u0; u <= t; u++) {
+                    p[u] /= sum;
+                    const real *v = qkv + ((size_t)b * T + u) * 3 * C + 2 * C + h * hs;
+                    for (int i = 0; i < hs; i++) o[i] += p[u] * v[i];
+                }
+            }
+}
+// dp_tu = dout_t . v_u ;  dv_u += p_tu dout_t ;  ds_tu = p_tu (dp_tu - sum_u' p_tu' dp_tu')
+// dq_t += scale sum_u ds_tu k_u ;  dk_u += scale ds_tu q_t.      dqkv (B,T,3C) is accumulated.
+// One thread owns one (b, h), so the scattered dk, dv writes never race.
+static void attention_backward(real *dqkv, const real *dout, const real *qkv, const real *att,
+                               int B, int T, int C, int NH, int window) {
+    int hs = C / NH;
+    real scale = 1 / r_sqrt((real)hs);
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            real dp[T];
+            for (int t = 0; t < T; t++) {
+                const real *p = att + (((size_t)b * NH + h) * T + t) * T;
+                const real *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                const real *dout_t = dout + ((size_t)b * T + t) * C + h * hs;
+                real *dq = dqkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                int u0 = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
+                real pdp = 0;
+                for (int u = u0; u <= t; u++) {
+                    const real *v = qkv + ((size_t)b * T + u) * 3 * C + 2 * C + h * hs;
+                    real *dv = dqkv + ((size_t)b * T + u) * 3 * C + 2 * C + h * hs;
+                    real d = 0;
+                    for (int i = 0; i < hs; i++) {
+                        d += dout_t[i] * v[i];
+                        dv[i] += p[u] * dout_t[i];
+                    }
+                    dp[u] = d;
+                    pdp += p[u] * d;
+                }
+                for (int u = u0; u <= t; u++) {
+                    real ds = p[u] * (dp[u] - pdp) * scale;
+                    const real *k = qkv + ((size_t)b * T + u) * 3 * C + C + h * hs;
+                    real *dk = dqkv + ((size_t)b * T + u) * 3 * C + C + h * hs;
+                    for (int i = 0; i < hs; i++) {
+                        dq[i] += ds * k[i];
+                        dk[i] += ds * q[i];
+                    }
+                }
+            }
+        }
+}
+
+// --- sigmoid output gate (Gated Attention, Qiu et al. 2025, position G1) -----------------
+// out = a * g,   g = sigmoid(z)       a (N,C); z, g (N,G) with G = C (elementwise) or NH
+// (headwise: one gate per head, broadcast over the head's hs channels).
+static void gate_forward(real *out, real *g, const real *a, const real *z, int N, int C, int G) {
+    int span = C / G;
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < C; c++) {
+            real gc = sigmoid(z[(size_t)n * G + c / span]);
+            if (c % span == 0) g[(size_t)n * G + c / span] = gc;
+            out[(size_t)n * C + c] = a[(size_t)n * C + c] * gc;
+        }
+}
+// da += dout * g ;   dz = sum over the gate's channels of dout * a * g (1 - g)
+static void gate_backward(real *da, real *dz, const real *dout, const real *a, const real *g, int N, int C, int G) {
+    int span = C / G;
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < G; j++) {
+            real gj = g[(size_t)n * G + j], s = 0;
+            for (int c = j * span; c < (j + 1) * span; c++) {
+                da[(size_t)n * C + c] += dout[(size_t)n * C + c] * gj;
+                s += dout[(size_t)n * C + c] * a[(size_t)n * C + c];
+            }
+            dz[(size_t)n * G + j] = s * gj * (1 - gj);
+        }
+}
+
+// --- SwiGLU ----------------------------------------------------------------------------
+// h (N,2F) holds h1 | h3 = x W1^T | x W3^T (W1, W3 are adjacent in memory, so one matmul
+// with the (2F,C) matrix computes both). hg (N,F) = silu(h1) * h3, silu(u) = u sigmoid(u).
+static void swiglu_forward(real *hg, const real *h, int N, int F) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const real *h1 = h + (size_t)n * 2 * F, *h3 = h1 + F;
+        for (int i = 0; i < F; i++) hg[(size_t)n * F + i] = h1[i] * sigmoid(h1[i]) * h3[i];
+    }
+}
+// dh1 = dhg h3 silu'(h1),  silu'(u) = s (1 + u (1 - s)), s = sigmoid(u) ;  dh3 = dhg silu(h1)
+static void swiglu_backward(real *dh, const real *dhg, const real *h, int N, int F) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        const real *h1 = h + (size_t)n * 2 * F, *h3 = h1 + F;
+        real *dh1 = dh + (size_t)n * 2 * F, *dh3 = dh1 + F;
+        for (int i = 0; i < F; i++) {
+            real s = sigmoid(h1[i]), d = dhg[(size_t)n * F + i];
+            dh1[i] = d * h3[i] * s * (1 + h1[i] * (1 - s));
+            dh3[i] = d * h1[i] * s;
+        }
+    }
+}
+
+// --- softmax cross-entropy ---------------------------------------------------------------
+// probs (N,V) = softmax(logits), computed in place; losses[n] = -log probs[n, target[n]].
+static void crossentropy_forward(real *losses, real *logits, const int *targets, int N, int V) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        real *row = logits + (size_t)n * V;
+        real maxv = -FLT_MAX, sum = 0;
+        for (int v = 0; v < V; v++) if (row[v] > maxv) maxv = row[v];
+        for (int v = 0; v < V; v++) { row[v] = r_exp(row[v] - maxv); sum += row[v]; }
+        for (int v = 0; v < V; v++) row[v] /= sum;
+        losses[n] = -r_log(row[targets[n]] > 0 ? row[targets[n]] : (real)1e-30);
+    }
+}
+// d loss_mean / d logits = (probs - onehot(target)) * dloss,  in place over probs
+static void crossentropy_backward(real *probs, const int *targets, int N, int V, real dloss) {
+    #pragma omp parallel for
+    for (int n = 0; n < N; n++) {
+        real *row = probs + (size_t)n * V;
+        for (int v = 0; v < V; v++) row[v] *= dloss;
+        row[targets[n]] -= dloss;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// 4. the model: config, parameter table, activations, forward, backward, AdamW
+
+typedef enum { ARCH_TRANSFORMER, ARCH_GATED, ARCH_TITANS, ARCH_HOPE, ARCH_COUNT } Arch;
+static const char *arch_names[ARCH_COUNT] = { "transformer", "gated", "titans", "hope" };
+
+enum { MAX_LAYERS = 64, MAX_CMS_LEVELS = 4 };
+
+typedef struct {
+    Arch arch;
+    int layers, dim, heads, vocab, seq_len; // L, C, NH, V, T (the longest sequence)
+    int mlp_width;                          // H: the uniform model's hidden width = mean width
+    Taper taper;
+    double taper_start, taper_end;          // f(first layer), f(last layer), in multiples of H
+    int taper_multiple;                     // every width is a multiple of this
+    int untied;                             // separate output head instead of wte^T
+    int gate_headwise;                      // gated: one gate per head instead of per channel
+    int window;                             // titans: sliding-window size of the attention
+    int mem_depth, mem_hidden, mem_chunk;   // titans: memory depth (1, 2), MLP width, chunk
+    int cms_levels, cms_width;              // hope: levels incl. the slow SwiGLU; fast levels' width
+    int cms_chunks[MAX_CMS_LEVELS];         // hope: update period of levels 2..k (index 1..k-1)
+    // derived by the taper:
+    int mlp_widths[MAX_LAYERS];             // SwiGLU hidden width of every layer
+    int cms_widths[MAX_LAYERS];             // hope: hidden width of every fast level of a layer
+} Config;
+
+// --- the parameter table ----------------------------------------------------------------
+// Every parameter lives in one contiguous block, layer after layer, in the order
+// layout_params() declares it; the gradients and both AdamW moments use the same layout.
+// The checkpoint stores the block in this order, so this function is also the checkpoint's
+// format. Each layer gets a view (LayerWeights) of its own tensors with its own widths, so
+// no kernel ever computes an offset.
+
+// NORMAL: N(0, 0.02); RESIDUAL: N(0, 0.02/sqrt(2L)) for matrices that write into the residual
+// stream; GATE_BIAS: the memory gates' biases (see init_params); SCALE: the constant 0.1
+typedef enum { INIT_NORMAL, INIT_RESIDUAL, INIT_ONES, INIT_GATE_BIAS, INIT_SCALE } Init;
+
+typedef struct {
+    char name[24];
+    int layer;          // -1: outside the blocks
+    int rows, cols;     // shape; vectors have rows = 1
+    int is_mlp;         // counts as MLP (tapered) in the per-layer table
+    int decay;          // AdamW weight decay applies (matrices)
+    Init init;
+    size_t offset, size;
+} ParamTensor;
+
+typedef struct {
+    real *attn_norm;                // (C)
+    real *wqkv;                     // (3C, C)   q | k | v
+    real *wgate;                    // (G, C)    gated: G = C, or NH when headwise
+    real *mem_wqkv;                 // (3C, C)   titans: memory q | k | v
+    real *mem_wgates;               // (3NH, C)  titans: step | momentum | forget, per head
+    real *mem_bgates;               // (3NH)
+    real *mem_w0;                   // (NH, P)   titans: initial memory weights per head
+    real *mem_norm;                 // (C)       titans: RMSNorm gain on the read-out
+    real *wo;                       // (C, C)
+    real *mlp_norm;                 // (C)
+    real *w1, *w3;                  // (F, C) each, adjacent: one (2F, C) matrix
+    real *w2;                       // (C, F)
+    // hope: fast levels 1..cms_levels-1 (level 0 is the SwiGLU above)
+    real *cms_norm[MAX_CMS_LEVELS];   // (C)
+    real *cms_wqkv[MAX_CMS_LEVELS];   // (3C, C)
+    real *cms_wgates[MAX_CMS_LEVELS]; // (3, C)
+    real *cms_bgates[MAX_CMS_LEVELS]; // (3)
+    real *cms_w0[MAX_CMS_LEVELS];     // (P)  P = 2 C m, m = cms_widths[l]
+    real *cms_scale[MAX_CMS_LEVELS];  // (C)  output gain
+} LayerWeights;
+
+typedef struct {
+    real *wte;                      // (V, C) token embedding
+    LayerWeights layer[MAX_LAYERS];
+    real *final_norm;               // (C)
+    real *lm_head;                  // (V, C) only when untied; else wte
+} Weights;
+
+typedef struct {
+    ParamTensor tensor[MAX_LAYERS * 32 + 8];
+    int count;
+    size_t total;
+    real *base;                     // NULL while only counting
+} ParamTable;
+
+static real *declare(ParamTable *pt, const char *name, int layer, int rows, int cols, int is_mlp, int decay, Init init) {
+    ParamTensor *t = &pt->tensor[pt->count++];
+    snprintf(t->name, sizeof(t->name), "%s", name);
+    t->layer = layer; t->rows = rows; t->cols = cols; t->is_mlp = is_mlp; t->decay = decay; t->init = init;
+    t->offset = pt->total;
+    t->size = (size_t)rows * cols;
+    pt->total += t->size;
+    return pt->base ? pt->base + t->offset : NULL;
+}
+
+// the memory MLP's parameter count: linear d x d, or W1 (m,d) and W2 (d,m)
+static int memory_params(int depth, int d, int m) { return depth == 1 ? d * d : 2 * d * m; }
+
+static void layout_params(const Config *c, real *base, ParamTable *pt, Weights *w) {
+    int C = c->dim, NH = c->heads, V = c->vocab;
+    memset(pt, 0, sizeof(*pt));
+    memset(w, 0, sizeof(*w));
+    pt->base = base;
+    w->wte = declare(pt, "wte", -1, V, C, 0, 1, INIT_NORMAL);
+    for (int l = 0; l < c->layers; l++) {
+        LayerWeights *lw = &w->layer[l];
+        int F = c->mlp_widths[l];
+        lw->attn_norm = declare(pt, "attn_norm", l, 1, C, 0, 0, INIT_ONES);
+        lw->wqkv = declare(pt, "wqkv", l, 3 * C, C, 0, 1, INIT_NORMAL);
+        if (c->arch == ARCH_GATED)
+            lw->wgate = declare(pt, "wgate", l, c->gate_headwise ? NH : C, C, 0, 1, INIT_NORMAL);
+        if (c->arch == ARCH_TITANS) {
+            int P = memory_params(c->mem_depth, C / NH, c->mem_hidden);
+            lw->mem_wqkv = declare(pt, "mem_wqkv", l, 3 * C, C, 0, 1, INIT_NORMAL);
+            lw->mem_wgates = declare(pt, "mem_wgates", l, 3 * NH, C, 0, 1, INIT_NORMAL);
+            lw->mem_bgates = declare(pt, "mem_bgates", l, 1, 3 * NH, 0, 0, INIT_GATE_BIAS);
+            lw->mem_w0 = declare(pt, "mem_w0", l, NH, P, 0, 0, INIT_NORMAL);
+            lw->mem_norm = declare(pt, "mem_norm", l, 1, C, 0, 0, INIT_ONES);
+        }
+        lw->wo = declare(pt, "wo", l, C, C, 0, 1, INIT_RESIDUAL);
+        lw->mlp_norm = declare(pt, "mlp_norm", l, 1, C, 1, 0, INIT_ONES);
+        lw->w1 = declare(pt, "w1", l, F, C, 1, 1, INIT_NORMAL);
+        lw->w3 = declare(pt, "w3", l, F, C, 1, 1, INIT_NORMAL);
+        lw->w2 = declare(pt, "w2", l, C, F, 1, 1, INIT_RESIDUAL);
+        if (c->arch == ARCH_HOPE) {
+            for (int k = 1; k < c->cms_levels; k++) {
+                int P = memory_params(2, C, c->cms_widths[l]);
+                lw->cms_norm[k] = declare(pt, "cms_norm", l, 1, C, 1, 0, INIT_ONES);
+                lw->cms_wqkv[k] = declare(pt, "cms_wqkv", l, 3 * C, C, 1, 1, INIT_NORMAL);
+                lw->cms_wgates[k] = declare(pt, "cms_wgates", l, 3, C, 1, 1, INIT_NORMAL);
+                lw->cms_bgates[k] = declare(pt, "cms_bgates", l, 1, 3, 1, 0, INIT_GATE_BIAS);
+                lw->cms_w0[k] = declare(pt, "cms_w0", l, 1, P, 1, 0, INIT_NORMAL);
+                lw->cms_scale[k] = declare(pt, "cms_scale", l, 1, C, 1, 0, INIT_SCALE);
+            }
+        }
+    }
+    w->final_norm = declare(pt, "final_norm", -1, 1, C, 0, 0, INIT_ONES);
+    w->lm_head = c->untied ? declare(pt, "lm_head", -1, V, C, 0, 1, INIT_NORMAL) : w->wte;
+}
+
+// --- activations ------------------------------------------------------------------------
+// Everything the backward needs, per layer, for B sequences of T tokens (N = B*T rows).
+// One allocation; layout_activations() hands out the pieces (and, with base NULL, counts).
+
+// The neural memory of Titans and of Hope's fast levels: projections of the block's
+// normalised input into keys, values, queries and per-token gates, then the memory
+// recurrence (memory_forward below) per sequence and head.
+typedef struct {
+    real *qkv;                  // (N, 3C) raw projections x Wqkv^T
+    real *k, *v, *q;            // (B, NH, T, hs) per head; k and q L2-normalised
+    real *k_inv, *q_inv;        // (B, NH, T) 1/|k|, 1/|q| before normalisation
+    real *gates;                // (N, 3NH) gate pre-activations x Wg^T + b
+    real *theta, *eta, *alpha;  // (B, NH, T) step size, momentum, forgetting
+    real *states;               // (B, NH, S) memory weights and momentum at chunk boundaries
+    real *yh;                   // (B, NH, T, hs) read-out per head
+    real *y;                    // (N, C) read-out, heads back in token order
+} MemoryActs;
+
+typedef struct {
+    real *ln1, *ln1_rstd;       // (N, C), (N)  RMSNorm of the block input
+    real *qkv;                  // (N, 3C) q | k | v, RoPE applied to q and k
+    real *att;                  // (B, NH, T, T) attention probabilities
+    real *attn;                 // (N, C) attention output
+    real *gate;                 // (N, G) gated: sigmoid(ln1 Wg^T)
+    MemoryActs mem;             // titans
+    real *my_norm, *my_rstd;    // (N, C), (N) titans: RMSNorm of the memory read-out
+    real *mgate;                // (N, C) titans: sigmoid(my_norm)
+    real *mixed;                // (N, C) input of W_O
+    real *res1;                 // (N, C) x + mixer
+    real *ln2, *ln2_rstd;       // (N, C), (N)
+    real *h;                    // (N, 2F) h1 | h3
+    real *hg;                   // (N, F) silu(h1) * h3
+    real *res2;                 // (N, C) res1 + SwiGLU
+    // hope: fast level k reads res[k-1] (res[0] = res2) and writes res[k] = res[k-1] + scale * y
+    real *cms_ln[MAX_CMS_LEVELS], *cms_rstd[MAX_CMS_LEVELS];
+    MemoryActs cms[MAX_CMS_LEVELS];
+    real *cms_res[MAX_CMS_LEVELS];
+    real *out;                  // (N, C) the block output: res2, or the last fast level's
+} LayerActs;
+
+typedef struct {
+    real *x0;                   // (N, C) token embeddings
+    LayerActs layer[MAX_LAYERS];
+    real *lnf, *lnf_rstd;       // (N, C), (N)
+    real *logits;               // (N, V) logits, then probabilities, then their gradient
+    real *losses;               // (N)
+    // gradient scratch, shared by all layers (sized for the widest)
+    real *dres;                 // (N, C) gradient of the residual stream
+    real *dln;                  // (N, C)
+    real *dmixed;               // (N, C)
+    real *dattn;                // (N, C)
+    real *dqkv;                 // (N, 3C)
+    real *dgate;                // (N, C)
+    real *dh;                   // (N, 2 Fmax)
+    real *dhg;                  // (N, Fmax)
+    real *dy;                   // (N, C) memory read-out
+    real *dmk, *dmv, *dmq;      // (B, NH, T, hs)
+    real *dtheta, *deta, *dalpha; // (B, NH, T)
+    real *dmgates;              // (N, 3NH)
+    real *dyh;                  // (B, NH, T, hs) dy with heads split
+    real *dw0_parts;            // (B, NH, Pmax) per-sequence memory gradients, summed in order
+    real *mem_scratch;          // (threads, mem_scratch_stride) the memory kernel's workspace
+    size_t mem_scratch_stride;
+    real *tmp;                  // (N, C) forward scratch
+} Acts;
+
+static real *take(size_t *cursor, real *base, size_t n) {
+    size_t at = *cursor;
+    *cursor += (n + 15) & ~(size_t)15; // keep every piece 64-byte aligned
+    return base ? base + at : NULL;
+}
+
+// --- STUB (replaced by the neural memory kernel) ---
+static size_t memory_state_size(int T, int chunk, int P) { return 2 * (size_t)P * ((T + chunk - 1) / chunk + 1); }
+static size_t memory_scratch_size(int T, int d, int m, int depth, int chunk) { (void)T; (void)d; (void)m; (void)depth; (void)chunk; return 16; }
+static void memory_forward(real *y, real *states, real *scratch, const real *k, const real *v, const real *q,
+    const real *theta, const real *eta, const real *alpha, const real *W0, int T, int d, int m, int depth, int C, int rcs) {
+    (void)y;(void)states;(void)scratch;(void)k;(void)v;(void)q;(void)theta;(void)eta;(void)alpha;(void)W0;(void)T;(void)d;(void)m;(void)depth;(void)C;(void)rcs; die("memory not implemented"); }
+static void memory_backward(real *dk, real *dv, real *dq, real *dtheta, real *deta, real *dalpha, real *dW0, real *scratch,
+    const real *dy, const real *states, const real *k, const real *v, const real *q, const real *theta, const real *eta,
+    const real *alpha, const real *W0, int T, int d, int m, int depth, int C, int rcs) {
+    (void)dk;(void)dv;(void)dq;(void)dtheta;(void)deta;(void)dalpha;(void)dW0;(void)scratch;(void)dy;(void)states;(void)k;(void)v;(void)q;(void)theta;(void)eta;(void)alpha;(void)W0;(void)T;(void)d;(void)m;(void)depth;(void)C;(void)rcs; die("memory not implemented"); }
+// __END_MEMORY_STUB__
+
+typedef struct {
+    Config cfg;
+    ParamTable table;
+    size_t num_params;
+    real *params, *grads;       // (num_params) each, layout_params order
+    float *adam_m, *adam_v;     // AdamW moments, same layout
+    Weights w, g;               // views into params and grads
+    int B, T;                   // activation capacity
+    Acts a;
+    real *act_memory;
+    size_t act_size;
+    real *rope;                 // (T, hs/2, 2) cos, sin
+    int *tokens, *targets;      // (B*T)
+    int step;                   // optimizer steps taken
+    // layer analysis: skip a layer's MLP slot, or the whole layer, in forward
+    const int *skip_mlp, *skip_layer;
+} Model;
+
+static int gate_width(const Config *c) { return c->gate_headwise ? c->heads : c->dim; }
+
+static void layout_memory_acts(MemoryActs *m, size_t *cur, real *base, int B, int T, int C, int NH, int P, int chunk) {
+    size_t N = (size_t)B * T;
+    m->qkv = take(cur, base, N * 3 * C);
+    m->k = take(cur, base, N * C);
+    m->v = take(cur, base, N * C);
+    m->q = take(cur, base, N * C);
+    m->k_inv = take(cur, base, N * NH);
+    m->q_inv = take(cur, base, N * NH);
+    m->gates = take(cur, base, N * 3 * NH);
+    m->theta = take(cur, base, N * NH);
+    m->eta = take(cur, base, N * NH);
+    m->alpha = take(cur, base, N * NH);
+    m->states = take(cur, base, (size_t)B * NH * memory_state_size(T, chunk, P));
+    m->yh = take(cur, base, N * C);
+    m->y = take(cur, base, N * C);
+}
+
+static size_t layout_activations(Model *model, real *base, int B, int T) {
+    const Config *c = &model->cfg;
+    Acts *a = &model->a;
+    size_t N = (size_t)B * T, cur = 0;
+    int C = c->dim, NH = c->heads, V = c->vocab, Fmax = 0, Pmax = 0;
+    size_t scratch = 0;
+    a->x0 = take(&cur, base, N * C);
+    for (int l = 0; l < c->layers; l++) {
+        LayerActs *la = &a->layer[l];
+        int F = c->mlp_widths[l];
+        if (F > Fmax) Fmax = F;
+        memset(la, 0, sizeof(*la));
+        la->ln1 = take(&cur, base, N * C);
+        la->ln1_rstd = take(&cur, base, N);
+        la->qkv = take(&cur, base, N * 3 * C);
+        la->att = take(&cur, base, N * NH * T);
+        la->attn = take(&cur, base, N * C);
+        if (c->arch == ARCH_GATED) la->gate = take(&cur, base, N * gate_width(c));
+        if (c->arch == ARCH_TITANS) {
+            int hs = C / NH, P = memory_params(c->mem_depth, hs, c->mem_hidden);
+            layout_memory_acts(&la->mem, &cur, base, B, T, C, NH, P, c->mem_chunk);
+            la->my_norm = take(&cur, base, N * C);
+            la->my_rstd = take(&cur, base, N);
+            la->mgate = take(&cur, base, N * C);
+            if (P > Pmax) Pmax = P;
+            size_t s = memory_scratch_size(T, hs, c->mem_hidden, c->mem_depth, c->mem_chunk);
+            if (s > scratch) scratch = s;
+        }
+        // transformer and hope feed the attention output straight into W_O
+        la->mixed = c->arch == ARCH_GATED || c->arch == ARCH_TITANS ? take(&cur, base, N * C) : la->attn;
+        la->res1 = take(&cur, base, N * C);
+        la->ln2 = take(&cur, base, N * C);
+        la->ln2_rstd = take(&cur, base, N);
+        la->h = take(&cur, base, N * 2 * F);
+        la->hg = take(&cur, base, N * F);
+        la->res2 = take(&cur, base, N * C);
+        la->out = la->res2;
+        if (c->arch == ARCH_HOPE) {
+            la->cms_res[0] = la->res2;
+            for (int k = 1; k < c->cms_levels; k++) {
+                int m = c->cms_widths[l], P = memory_params(2, C, m);
+                la->cms_ln[k] = take(&cur, base, N * C);
+                la->cms_rstd[k] = take(&cur, base, N);
+                layout_memory_acts(&la->cms[k], &cur, base, B, T, C, 1, P, c->cms_chunks[k]);
+                la->cms_res[k] = take(&cur, base, N * C);
+                la->out = la->cms_res[k];
+                if (P > Pmax) Pmax = P;
+                size_t s = memory_scratch_size(T, C, m, 2, c->cms_chunks[k]);
+                if (s > scratch) scratch = s;
+            }
+        }
+    }
+    a->lnf = take(&cur, base, N * C);
+    a->lnf_rstd = take(&cur, base, N);
+    a->logits = take(&cur, base, N * V);
+    a->losses = take(&cur, base, N);
+    a->dres = take(&cur, base, N * C);
+    a->dln = take(&cur, base, N * C);
+    a->dmixed = take(&cur, base, N * C);
+    a->dattn = take(&cur, base, N * C);
+    a->dqkv = take(&cur, base, N * 3 * C);
+    a->dgate = take(&cur, base, N * C);
+    a->dh = take(&cur, base, N * 2 * Fmax);
+    a->dhg = take(&cur, base, N * Fmax);
+    if (c->arch == ARCH_TITANS || c->arch == ARCH_HOPE) {
+        a->dy = take(&cur, base, N * C);
+        a->dmk = take(&cur, base, N * C);
+        a->dmv = take(&cur, base, N * C);
+        a->dmq = take(&cur, base, N * C);
+        a->dtheta = take(&cur, base, N * NH);
+        a->deta = take(&cur, base, N * NH);
+        a->dalpha = take(&cur, base, N * NH);
+        a->dmgates = take(&cur, base, N * 3 * NH);
+        a->dyh = take(&cur, base, N * C);
+        a->dw0_parts = take(&cur, base, (size_t)B * NH * Pmax);
+        a->mem_scratch = take(&cur, base, (size_t)num_threads() * scratch);
+        a->mem_scratch_stride = scratch;
+    }
+    a->tmp = take(&cur, base, N * C);
+    return cur;
+}
+
+// Checks a config and derives the per-layer widths. Every message names the flag.
+static void config_finish(Config *c) {
+    char err[256];
+    if (c->layers < 1 || c->layers > MAX_LAYERS) die("--layers must be in 1..%d (got %d)", MAX_LAYERS, c->layers);
+    if (c->dim < 2 || c->heads < 1 || c->dim % c->heads != 0)
+        die("--dim %d must be a positive multiple of --heads %d", c->dim, c->heads);
+    if ((c->dim / c->heads) % 2 != 0) die("head size --dim/--heads = %d must be even for RoPE", c->dim / c->heads);
+    if (c->vocab < 2 || c->vocab > 65536) die("--vocab must be in 2..65536 (tokens are uint16), got %d", c->vocab);
+    if (c->seq_len < 1 || c->seq_len > 8192) die("--seq-len must be in 1..8192, got %d", c->seq_len);
+    if (c->mlp_width < 1) die("--mlp-width must be positive, got %d", c->mlp_width);
+    if (taper_widths(c->mlp_widths, c->layers, c->mlp_width, c->taper, c->taper_start, c->taper_end,
+                     c->taper_multiple, err, sizeof(err)))
+        die("--taper: %s", err);
+    if (c->arch == ARCH_TITANS) {
+        if (c->window < 1) die("--window must be positive, got %d", c->window);
+        if (c->mem_depth != 1 && c->mem_depth != 2) die("--mem-depth must be 1 or 2, got %d", c->mem_depth);
+        if (c->mem_depth == 2 && c->mem_hidden < 1) die("--mem-hidden must be positive, got %d", c->mem_hidden);
+        if (c->mem_chunk < 1) die("--mem-chunk must be positive, got %d", c->mem_chunk);
+    }
+    if (c->arch == ARCH_HOPE) {
+        if (c->cms_levels < 1 || c->cms_levels > MAX_CMS_LEVELS)
+            die("--cms-levels must be in 1..%d, got %d", MAX_CMS_LEVELS, c->cms_levels);
+        for (int k = 1; k < c->cms_levels; k++)
+            if (c->cms_chunks[k] < 1) die("--cms-chunks: level %d needs a positive chunk size", k + 1);
+        if (c->cms_levels > 1 &&
+            taper_widths(c->cms_widths, c->layers, c->cms_width, c->taper, c->taper_start, c->taper_end,
+                         c->taper_multiple, err, sizeof(err)))
+            die("--cms-width: %s", err);
+    }
+}
+
+static void init_params(Model *m, uint64_t seed) {
+    const Config *c = &m->cfg;
+    Rng rng = rng_seeded(seed);
+    for (int i = 0; i < m->table.count; i++) {
+        const ParamTensor *t = &m->table.tensor[i];
+        real *p = m->params + t->offset;
+        for (size_t j = 0; j < t->size; j++) {
+            switch (t->init) {
+            case INIT_NORMAL:   p[j] = (real)(0.02 * rng_normal(&rng)); break;
+            case INIT_RESIDUAL: p[j] = (real)(0.02 / sqrt(2.0 * c->layers) * rng_normal(&rng)); break;
+            case INIT_ONES:     p[j] = 1; break;
+            case INIT_SCALE:    p[j] = (real)0.1; break;
+            case INIT_GATE_BIAS: {
+                // groups of the (3*heads) biases: step size, momentum, forgetting. At init a
+                // token writes with theta = sigmoid(-2) = 0.12, keeps eta = sigmoid(2) = 0.88 of
+                // the momentum and forgets alpha = sigmoid(-4) = 0.018 of the memory.
+                static const real bias[3] = { -2, 2, -4 };
+                p[j] = bias[j / (t->size / 3)];
+                break;
+            }
+            }
+        }
+    }
+}
+
+static Model *model_create(const Config *cfg, int B, int T) {
+    Model *m = xcalloc(1, sizeof(Model), "model");
+    m->cfg = *cfg;
+    config_finish(&m->cfg);
+    if (T > m->cfg.seq_len) die("--seq-len %d is shorter than the %d tokens asked for", m->cfg.seq_len, T);
+    Weights scratch;
+    layout_params(&m->cfg, NULL, &m->table, &scratch);
+    m->num_params = m->table.total;
+    m->params = xcalloc(m->num_params, sizeof(real), "parameters");
+    m->grads = xcalloc(m->num_params, sizeof(real), "gradients");
+    layout_params(&m->cfg, m->params, &m->table, &m->w);
+    layout_params(&m->cfg, m->grads, &m->table, &m->g);
+    m->B = B;
+    m->T = T;
+    m->act_size = layout_activations(m, NULL, B, T);
+    m->act_memory = xcalloc(m->act_size, sizeof(real), "activations");
+    layout_activations(m, m->act_memory, B, T);
+    int hs = m->cfg.dim / m->cfg.heads;
+    m->rope = xcalloc((size_t)T * hs, sizeof(real), "rope table");
+    rope_table(m->rope, T, hs);
+    m->tokens = xcalloc((size_t)B * T, sizeof(int), "tokens");
+    m->targets = xcalloc((size_t)B * T, sizeof(int), "targets");
+    gemm_init();
+    return m;
+}
+
+static void model_free(Model *m) {
+    if (!m) return;
+    free(m->params); free(m->grads); free(m->adam_m); free(m->adam_v);
+    free(m->act_memory); free(m->rope); free(m->tokens); free(m->targets);
+    free(m);
+}
+
+// --- the neural memory module (Titans' mixer branch, Hope's fast levels) -------------------
+// From the normalised block input x (N,C):
+//   q, k, v = split_heads(x Wqkv^T),  k <- k/|k|, q <- q/|q|        per head of size hs
+//   z = x Wg^T + b :  theta = theta_max sigmoid(z_step), eta = sigmoid(z_mom), alpha = sigmoid(z_forget)
+//   y = memory recurrence (memory_forward) per sequence and head, heads merged back (N,C)
+static const real theta_max = 1;
+
+static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqkv, const real *wgates,
+                                  const real *bgates, const real *w0, real *scratch, size_t scratch_stride,
+                                  int B, int T, int C, int NH, int depth, int hidden, int chunk, int read_chunk_start) {
+    int N = B * T, hs = C / NH, P = memory_params(depth, hs, hidden);
+    size_t S = memory_state_size(T, chunk, P);
+    matmul_forward(ma->qkv, x, wqkv, N, C, 3 * C);
+    matmul_forward(ma->gates, x, wgates, N, C, 3 * NH);
+    #pragma omp parallel for collapse(3)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                size_t n = (size_t)b * T + t, i = ((size_t)b * NH + h) * T + t;
+                const real *q = ma->qkv + n * 3 * C + h * hs, *k = q + C, *v = q + 2 * C;
+                real qq = 0, kk = 0;
+                for (int j = 0; j < hs; j++) { qq += q[j] * q[j]; kk += k[j] * k[j]; }
+                real q_inv = 1 / r_sqrt(qq + (real)1e-12), k_inv = 1 / r_sqrt(kk + (real)1e-12);
+                for (int j = 0; j < hs; j++) {
+                    ma->q[i * hs + j] = q[j] * q_inv;
+                    ma->k[i * hs + j] = k[j] * k_inv;
+                    ma->v[i * hs + j] = v[j];
+                }
+                ma->q_inv[i] = q_inv;
+                ma->k_inv[i] = k_inv;
+                real *z = ma->gates + n * 3 * NH;
+                for (int g = 0; g < 3; g++) z[g * NH + h] += bgates[g * NH + h];
+                ma->theta[i] = theta_max * sigmoid(z[h]);
+                ma->eta[i] = sigmoid(z[NH + h]);
+                ma->alpha[i] = sigmoid(z[2 * NH + h]);
+            }
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            size_t bh = (size_t)b * NH + h;
+            memory_forward(ma->yh + bh * T * hs, ma->states + bh * S, scratch + thread_id() * scratch_stride,
+                           ma->k + bh * T * hs, ma->v + bh * T * hs, ma->q + bh * T * hs,
+                           ma->theta + bh * T, ma->eta + bh * T, ma->alpha + bh * T, w0 + (size_t)h * P,
+                           T, hs, hidden, depth, chunk, read_chunk_start);
+        }
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < NH; h++)
+                memcpy(ma->y + ((size_t)b * T + t) * C + h * hs, ma->yh + (((size_t)b * NH + h) * T + t) * hs, hs * sizeof(real));
+}
+
+// Backward of the module: dy (N,C) in; dx (N,C) and the weight gradients accumulated.
+//   memory_backward gives dk, dv, dq, dtheta, deta, dalpha and dW0 per sequence and head;
+//   through k <- k/|k|: dk_raw = (dk - k (k . dk)) / |k|  (same for q);
+//   through the gates: dz = dtheta theta (1 - theta/theta_max), deta eta (1 - eta), ...
+static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates, real *dbgates, real *dw0,
+                                   const real *dy, const MemoryActs *ma, const real *x, const real *wqkv,
+                                   const real *wgates, const real *w0, int B, int T, int C, int NH,
+                                   int depth, int hidden, int chunk, int read_chunk_start) {
+    int N = B * T, hs = C / NH, P = memory_params(depth, hs, hidden);
+    size_t S = memory_state_size(T, chunk, P);
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < NH; h++)
+                memcpy(a->dyh + (((size_t)b * NH + h) * T + t) * hs, dy + ((size_t)b * T + t) * C + h * hs, hs * sizeof(real));
+    memset(a->dmk, 0, (size_t)N * C * sizeof(real));
+    memset(a->dmv, 0, (size_t)N * C * sizeof(real));
+    memset(a->dmq, 0, (size_t)N * C * sizeof(real));
+    memset(a->dtheta, 0, (size_t)N * NH * sizeof(real));
+    memset(a->deta, 0, (size_t)N * NH * sizeof(real));
+    memset(a->dalpha, 0, (size_t)N * NH * sizeof(real));
+    memset(a->dw0_parts, 0, (size_t)B * NH * P * sizeof(real));
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            size_t bh = (size_t)b * NH + h;
+            memory_backward(a->dmk + bh * T * hs, a->dmv + bh * T * hs, a->dmq + bh * T * hs,
+                            a->dtheta + bh * T, a->deta + bh * T, a->dalpha + bh * T, a->dw0_parts + bh * P,
+                            a->mem_scratch + thread_id() * a->mem_scratch_stride, a->dyh + bh * T * hs,
+                            ma->states + bh * S, ma->k + bh * T * hs, ma->v + bh * T * hs, ma->q + bh * T * hs,
+                            ma->theta + bh * T, ma->eta + bh * T, ma->alpha + bh * T, w0 + (size_t)h * P,
+                            T, hs, hidden, depth, chunk, read_chunk_start);
+        }
+    // dW0[h] += sum over sequences, in a fixed order
+    #pragma omp parallel for
+    for (int h = 0; h < NH; h++)
+        for (int b = 0; b < B; b++)
+            for (int p = 0; p < P; p++) dw0[(size_t)h * P + p] += a->dw0_parts[((size_t)b * NH + h) * P + p];
+    real *dqkv = a->dqkv, *dz = a->dmgates;
+    #pragma omp parallel for collapse(3)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                size_t n = (size_t)b * T + t, i = ((size_t)b * NH + h) * T + t;
+                const real *q = ma->q + i * hs, *k = ma->k + i * hs;
+                const real *dq = a->dmq + i * hs, *dk = a->dmk + i * hs, *dv = a->dmv + i * hs;
+                real qdq = 0, kdk = 0;
+                for (int j = 0; j < hs; j++) { qdq += q[j] * dq[j]; kdk += k[j] * dk[j]; }
+                real *dq_raw = dqkv + n * 3 * C + h * hs, *dk_raw = dq_raw + C, *dv_raw = dq_raw + 2 * C;
+                for (int j = 0; j < hs; j++) {
+                    dq_raw[j] = (dq[j] - q[j] * qdq) * ma->q_inv[i];
+                    dk_raw[j] = (dk[j] - k[j] * kdk) * ma->k_inv[i];
+                    dv_raw[j] = dv[j];
+                }
+                real th = ma->theta[i], et = ma->eta[i], al = ma->alpha[i];
+                dz[n * 3 * NH + h] = a->dtheta[i] * th * (1 - th / theta_max);
+                dz[n * 3 * NH + NH + h] = a->deta[i] * et * (1 - et);
+                dz[n * 3 * NH + 2 * NH + h] = a->dalpha[i] * al * (1 - al);
+            }
+    for (int j = 0; j < 3 * NH; j++) {
+        real s = 0;
+        for (int n = 0; n < N; n++) s += dz[(size_t)n * 3 * NH + j];
+        dbgates[j] += s;
+    }
+    matmul_backward(dx, dwqkv, dqkv, x, wqkv, N, C, 3 * C);
+    matmul_backward(dx, dwgates, dz, x, wgates, N, C, 3 * NH);
+}
+
+// --- the mixer: the only place the architectures' sequence mixing differs ---------------------
+// in: la->ln1 (N,C).  out: la->mixed (N,C), which the block multiplies by W_O.
+//   transformer, hope:  mixed = Attn(q, k, v)
+//   gated:              mixed = Attn(q, k, v) * sigmoid(ln1 Wg^T)
+//   titans (MAG):       mixed = SWAttn(q, k, v) * sigmoid(RMSNorm(y)),  y = neural memory read-out
+static void attention_branch_forward(Model *m, int l, int B, int T, int window) {
+    const Config *c = &m->cfg;
+    LayerActs *la = &m->a.layer[l];
+    int N = B * T, C = c->dim, NH = c->heads;
+    matmul_forward(la->qkv, la->ln1, m->w.layer[l].wqkv, N, C, 3 * C);
+    rope_forward(la->qkv, m->rope, B, T, 2 * NH, C / NH, 3 * C); // q and k: the first 2*NH heads
+    attention_forward(la->attn, la->att, la->qkv, B, T, C, NH, window);
+}
+// dattn in; dln += (through q, k, v); dWqkv accumulated
+static void attention_branch_backward(Model *m, int l, int B, int T, int window, const real *dattn) {
+    const Config *c = &m->cfg;
+    LayerActs *la = &m->a.layer[l];
+    int N = B * T, C = c->dim, NH = c->heads;
+    memset(m->a.dqkv, 0, (size_t)N * 3 * C * sizeof(real));
+    attention_backward(m->a.dqkv, dattn, la->qkv, la->att, B, T, C, NH, window);
+    rope_backward(m->a.dqkv, m->rope, B, T, 2 * NH, C / NH, 3 * C);
+    matmul_backward(m->a.dln, m->g.layer[l].wqkv, m->a.dqkv, la->ln1, m->w.layer[l].wqkv, N, C, 3 * C);
+}
+
+static void mixer_forward(Model *m, int l, int B, int T) {
+    const Config *c = &m->cfg;
+    LayerActs *la = &m->a.layer[l];
+    const LayerWeights *w = &m->w.layer[l];
+    int N = B * T, C = c->dim, NH = c->heads;
+    switch (c->arch) {
+    case ARCH_TRANSFORMER:
+    case ARCH_HOPE:
+        attention_branch_forward(m, l, B, T, 0); // la->mixed is la->attn
+        break;
+    case ARCH_GATED:
+        attention_branch_forward(m, l, B, T, 0);
+        matmul_forward(m->a.tmp, la->ln1, w->wgate, N, C, gate_width(c));
+        gate_forward(la->mixed, la->gate, la->attn, m->a.tmp, N, C, gate_width(c));
+        break;
+    case ARCH_TITANS:
+        attention_branch_forward(m, l, B, T, c->window);
+        memory_module_forward(&la->mem, la->ln1, w->mem_wqkv, w->mem_wgates, w->mem_bgates, w->mem_w0,
+                              m->a.mem_scratch, m->a.mem_scratch_stride, B, T, C, NH,
+                              c->mem_depth, c->mem_hidden, c->mem_chunk, 0);
+        rmsnorm_forward(la->my_norm, la->my_rstd, la->mem.y, w->mem_norm, N, C);
+        gate_forward(la->mixed, la->mgate, la->attn, la->my_norm, N, C, C);
+        break;
+    default: break;
+    }
+}
+
+// in: a.dmixed (N,C). out: a.dln (N,C) overwritten; weight gradients accumulated.
+static void mixer_backward(Model *m, int l, int B, int T) {
+    const Config *c = &m->cfg;
+    LayerActs *la = &m->a.layer[l];
+    const LayerWeights *w = &m->w.layer[l];
+    LayerWeights *g = &m->g.layer[l];
+    Acts *a = &m->a;
+    int N = B * T, C = c->dim, NH = c->heads;
+    memset(a->dln, 0, (size_t)N * C * sizeof(real));
+    switch (c->arch) {
+    case ARCH_TRANSFORMER:
+    case ARCH_HOPE:
+        attention_branch_backward(m, l, B, T, 0, a->dmixed);
+        break;
+    case ARCH_GATED:
+        memset(a->dattn, 0, (size_t)N * C * sizeof(real));
+        gate_backward(a->dattn, a->dgate, a->dmixed, la->attn, la->gate, N, C, gate_width(c));
+        matmul_backward(a->dln, g->wgate, a->dgate, la->ln1, w->wgate, N, C, gate_width(c));
+        attention_branch_backward(m, l, B, T, 0, a->dattn);
+        break;
+    case ARCH_TITANS:
+        memset(a->dattn, 0, (size_t)N * C * sizeof(real));
+        gate_backward(a->dattn, a->dgate, a->dmixed, la->attn, la->mgate, N, C, C);
+        memset(a->dy, 0, (size_t)N * C * sizeof(real));
+        rmsnorm_backward(a->dy, g->mem_norm, a->dgate, la->mem.y, w->mem_norm, la->my_rstd, N, C);
+        memory_module_backward(a, a->dln, g->mem_wqkv, g->mem_wgates, g->mem_bgates, g->mem_w0, a->dy,
+                               &la->mem, la->ln1, w->mem_wqkv, w->mem_wgates, w->mem_w0, B, T, C, NH,
+                               c->mem_depth, c->mem_hidden, c->mem_chunk, 0);
+        attention_branch_backward(m, l, B, T, c->window, a->dattn);
+        break;
+    default: break;
+    }
+}
+
+// --- the MLP slot: where the taper acts ---------------------------------------------------
+// in: la->res1.  out: la->out.
+//   every arch:  res2 = res1 + W2 (silu(W1 u) * W3 u),  u = RMSNorm(res1),  W1, W3 (F_l, C), W2 (C, F_l)
+//   hope adds the fast levels of its continuum memory, k = 1..levels-1, each with a residual:
+//                res_k = res_{k-1} + scale_k * Memory_k(RMSNorm(res_{k-1})),   hidden width cms_widths[l]
+static void mlp_forward(Model *m, int l, int B, int T) {
+    const Config *c = &m->cfg;
+    LayerActs *la = &m->a.layer[l];
+    const LayerWeights *w = &m->w.layer[l];
+    int N = B * T, C = c->dim, F = c->mlp_widths[l];
+    rmsnorm_forward(la->ln2, la->ln2_rstd, la->res1, w->mlp_norm, N, C);
+    matmul_forward(la->h, la->ln2, w->w1, N, C, 2 * F); // w1 | w3 as one (2F, C) matrix
+    swiglu_forward(la->hg, la->h, N, F);
+    matmul_forward(m->a.tmp, la->hg, w->w2, N, F, C);
+    for (size_t i = 0; i < (size_t)N * C; i++) la->res2[i] = la->res1[i] + m->a.tmp[i];
+    if (c->arch != ARCH_HOPE) return;
+    for (int k = 1; k < c->cms_levels; k++) {
+        const real *in = la->cms_res[k - 1];
+        rmsnorm_forward(la->cms_ln[k], la->cms_rstd[k], in, w->cms_norm[k], N, C);
+        memory_module_forward(&la->cms[k], la->cms_ln[k], w->cms_wqkv[k], w->cms_wgates[k], w->cms_bgates[k],
+                              w->cms_w0[k], m->a.mem_scratch, m->a.mem_scratch_stride, B, T, C, 1,
+                              2, c->cms_widths[l], c->cms_chunks[k], 1);
+        for (size_t i = 0; i < (size_t)N * C; i++)
+            la->cms_res[k][i] = in[i] + w->cms_scale[k][i % C] * la->cms[k].y[i];
+    }
+}
+
+// in: a.dres = d loss / d la->out.  out: a.dres = d loss / d la->res1 (accumulated in place).
+static void mlp_backward(Model *m, int l, int B, int T) {
+    const Config *c = &m->cfg;
+    LayerActs *la = &m->a.layer[l];
+    const LayerWeights *w = &m->w.layer[l];
+    LayerWeights *g = &m->g.layer[l];
+    Acts *a = &m->a;
+    int N = B * T, C = c->dim, F = c->mlp_widths[l];
+    if (c->arch == ARCH_HOPE) {
+        for (int k = c->cms_levels - 1; k >= 1; k--) {
+            // dscale += sum_n dres * y ;  dy = dres * scale ;  dres += RMSNorm backward of dln
+            const real *y = la->cms[k].y;
+            for (int j = 0; j < C; j++) {
+                real s = 0;
+                for (int n = 0; n < N; n++) s += a->dres[(size_t)n * C + j] * y[(size_t)n * C + j];
+                g->cms_scale[k][j] += s;
+            }
+            for (size_t i = 0; i < (size_t)N * C; i++) a->dy[i] = a->dres[i] * w->cms_scale[k][i % C];
+            memset(a->dln, 0, (size_t)N * C * sizeof(real));
+            memory_module_backward(a, a->dln, g->cms_wqkv[k], g->cms_wgates[k], g->cms_bgates[k], g->cms_w0[k],
+                                   a->dy, &la->cms[k], la->cms_ln[k], w->cms_wqkv[k], w->cms_wgates[k],
+                                   w->cms_w0[k], B, T, C, 1, 2, c->cms_widths[l], c->cms_chunks[k], 1);
+            rmsnorm_backward(a->dres, g->cms_norm[k], a->dln, la->cms_res[k - 1], w->cms_norm[k],
+                             la->cms_rstd[k], N, C);
+        }
+    }
+    // dhg = dres W2 ; dW2 += dres^T hg ; dh = SwiGLU backward ; dln = dh W13 ; dW13 += dh^T ln2
+    memset(a->dhg, 0, (size_t)N * F * sizeof(real));
+    matmul_backward(a->dhg, g->w2, a->dres, la->hg, w->w2, N, F, C);
+    swiglu_backward(a->dh, a->dhg, la->h, N, F);
+    memset(a->dln, 0, (size_t)N * C * sizeof(real));
+    matmul_backward(a->dln, g->w1, a->dh, la->ln2, w->w1, N, C, 2 * F);
+    rmsnorm_backward(a->dres, g->mlp_norm, a->dln, la->res1, w->mlp_norm, la->ln2_rstd, N, C);
+}
+
+// --- the whole model ----------------------------------------------------------------------
+// x_0 = wte[tokens]; x_{l+1} = Block_l(x_l); logits = RMSNorm(x_L) W_head^T; loss = mean CE.
+// Returns the mean loss over the B*T positions (targets given) or 0 (targets NULL).
+static real model_forward(Model *m, const int *tokens, const int *targets, int B, int T) {
+    const Config *c = &m->cfg;
+    Acts *a = &m->a;
+    if (B > m->B || T > m->T) die("internal: batch %dx%d exceeds the model's %dx%d", B, T, m->B, m->T);
+    int N = B * T, C = c->dim, V = c->vocab;
+    for (int n = 0; n < N; n++)
+        if (tokens[n] < 0 || tokens[n] >= V || (targets && (targets[n] < 0 || targets[n] >= V)))
+            die("token %d at position %d is outside the vocabulary of %d", targets && (targets[n] < 0 || targets[n] >= V) ? targets[n] : tokens[n], n, V);
+    embedding_forward(a->x0, tokens, m->w.wte, N, C);
+    const real *x = a->x0;
+    for (int l = 0; l < c->layers; l++) {
+        LayerActs *la = &a->layer[l];
+        const LayerWeights *w = &m->w.layer[l];
+        // x -> x + W_O Mixer(RMSNorm(x))
+        rmsnorm_forward(la->ln1, la->ln1_rstd, x, w->attn_norm, N, C);
+        mixer_forward(m, l, B, T);
+        matmul_forward(a->tmp, la->mixed, w->wo, N, C, C);
+        for (size_t i = 0; i < (size_t)N * C; i++) la->res1[i] = x[i] + a->tmp[i];
+        // x -> x + MLP_l(RMSNorm(x))
+        mlp_forward(m, l, B, T);
+        // layer analysis only: drop this layer's MLP slot, or the whole layer
+        if (m->skip_mlp && m->skip_mlp[l]) memcpy(la->out, la->res1, (size_t)N * C * sizeof(real));
+        if (m->skip_layer && m->skip_layer[l]) memcpy(la->out, x, (size_t)N * C * sizeof(real));
+        x = la->out;
+    }
+    rmsnorm_forward(a->lnf, a->lnf_rstd, x, m->w.final_norm, N, C);
+    matmul_forward(a->logits, a->lnf, m->w.lm_head, N, C, V);
+    if (!targets) return 0;
+    if (m->tokens != tokens) memcpy(m->tokens, tokens, (size_t)N * sizeof(int)); // for the backward
+    if (m->targets != targets) memcpy(m->targets, targets, (size_t)N * sizeof(int));
+    crossentropy_forward(a->losses, a->logits, targets, N, V);
+    double sum = 0;
+    for (int n = 0; n < N; n++) sum += a->losses[n];
+    return (real)(sum / N);
+}
+
+static void model_zero_grad(Model *m) { memset(m->grads, 0, m->num_params * sizeof(real)); }
+
+// Accumulates into m->grads the gradient of (loss_scale * mean loss) of the last forward.
+static void model_backward(Model *m, int B, int T, real loss_scale) {
+    const Config *c = &m->cfg;
+    Acts *a = &m->a;
+    int N = B * T, C = c->dim, V = c->vocab;
+    // dlogits = (p - onehot) / N ; dlnf = dlogits W_head ; dW_head += dlogits^T lnf
+    crossentropy_backward(a->logits, m->targets, N, V, loss_scale / N);
+    memset(a->dln, 0, (size_t)N * C * sizeof(real));
+    matmul_backward(a->dln, m->g.lm_head, a->logits, a->lnf, m->w.lm_head, N, C, V);
+    memset(a->dres, 0, (size_t)N * C * sizeof(real));
+    const real *x_last = c->layers ? a->layer[c->layers - 1].out : a->x0;
+    rmsnorm_backward(a->dres, m->g.final_norm, a->dln, x_last, m->w.final_norm, a->lnf_rstd, N, C);
+    for (int l = c->layers - 1; l >= 0; l--) {
+        LayerActs *la = &a->layer[l];
+        const LayerWeights *w = &m->w.layer[l];
+        LayerWeights *g = &m->g.layer[l];
+        const real *x = l ? a->layer[l - 1].out : a->x0;
+        mlp_backward(m, l, B, T); // dres: d out -> d res1
+        // dmixed = dres W_O ; dW_O += dres^T mixed
+        memset(a->dmixed, 0, (size_t)N * C * sizeof(real));
+        matmul_backward(a->dmixed, g->wo, a->dres, la->mixed, w->wo, N, C, C);
+        mixer_backward(m, l, B, T);
+        rmsnorm_backward(a->dres, g->attn_norm, a->dln, x, w->attn_norm, la->ln1_rstd, N, C);
+    }
+    embedding_backward(m->g.wte, a->dres, m->tokens, N, C);
+}
+
+// --- AdamW ----------------------------------------------------------------------------------
+// Global gradient-norm clipping, then per parameter:
+//   m = b1 m + (1-b1) g ;  v = b2 v + (1-b2) g^2 ;  p -= lr (m_hat / (sqrt(v_hat) + eps) + wd p)
+// with weight decay wd only on matrices (decoupled, as in Loshchilov & Hutter).
+typedef struct { float lr, beta1, beta2, eps, weight_decay, grad_clip; } AdamW;
+
+// sum of squares over fixed 4096-element blocks, added in order: the same for any thread count
+static double grad_norm(const Model *m) {
+    size_t n = m->num_params, blocks = (n + 4095) / 4096;
+    double *part = xcalloc(blocks, sizeof(double), "grad norm");
+    #pragma omp parallel for
+    for (size_t b = 0; b < blocks; b++) {
+        double s = 0;
+        for (size_t i = b * 4096; i < n && i < (b + 1) * 4096; i++) s += (double)m->grads[i] * m->grads[i];
+        part[b] = s;
+    }
+    double total = 0;
+    for (size_t b = 0; b < blocks; b++) total += part[b];
+    free(part);
+    return sqrt(total);
+}
+
+// One update with the gradients in m->grads, whose global norm is `norm`.
+static void adamw_step(Model *m, const AdamW *opt, float lr, double norm) {
+    if (!m->adam_m) {
+        m->adam_m = xcalloc(m->num_params, sizeof(float), "AdamW state");
+        m->adam_v = xcalloc(m->num_params, sizeof(float), "AdamW state");
+    }
+    float clip = opt->grad_clip > 0 && norm > opt->grad_clip ? (float)(opt->grad_clip / norm) : 1.0f;
+    m->step++;
+    float bc1 = 1 - powf(opt->beta1, (float)m->step), bc2 = 1 - powf(opt->beta2, (float)m->step);
+    for (int i = 0; i < m->table.count; i++) {
+        const ParamTensor *t = &m->table.tensor[i];
+        float wd = t->decay ? opt->weight_decay : 0;
+        #pragma omp parallel for
+        for (size_t j = t->offset; j < t->offset + t->size; j++) {
+            float g = (float)m->grads[j] * clip;
+            float mj = opt->beta1 * m->adam_m[j] + (1 - opt->beta1) * g;
+            float vj = opt->beta2 * m->adam_v[j] + (1 - opt->beta2) * g * g;
+            m->adam_m[j] = mj;
+            m->adam_v[j] = vj;
+            float update = (mj / bc1) / (sqrtf(vj / bc2) + opt->eps) + wd * (float)m->params[j];
+            m->params[j] -= (real)(lr * update);
+        }
+    }
+}
+
+// linear warmup to lr, then cosine decay to lr/10 at decay_steps, flat after
+static float learning_rate(int step, float lr, int warmup, int decay_steps) {
+    if (step < warmup) return lr * (step + 1) / warmup;
+    if (step >= decay_steps) return lr * 0.1f;
+    double progress = (double)(step - warmup) / (decay_steps - warmup > 0 ? decay_steps - warmup : 1);
+    return (float)(lr * (0.1 + 0.9 * 0.5 * (1 + cos(PI * progress))));
+}
+
+// ----------------------------------------------------------------------------
+// 5. checkpoints
+//
+// A checkpoint is a header of 256 int32 (fields below; floats stored as their float32 bits),
+// then the parameters as float32 in layout_params() order, then, if has_optimizer, AdamW's
+// first and then second moments in the same order. It is written to PATH.tmp and renamed
+// over PATH, so a crash or a full disk never leaves a half-written checkpoint behind.
+
+enum {
+    CKPT_MAGIC = 20260623, CKPT_VERSION = 1,
+    H_MAGIC = 0, H_VERSION, H_ARCH, H_LAYERS, H_DIM, H_HEADS, H_VOCAB, H_SEQ_LEN, H_MLP_WIDTH,
+    H_TAPER, H_TAPER_START, H_TAPER_END, H_TAPER_MULTIPLE, H_UNTIED, H_GATE_HEADWISE, H_WINDOW,
+    H_MEM_DEPTH, H_MEM_HIDDEN, H_MEM_CHUNK, H_CMS_LEVELS, H_CMS_WIDTH, H_CMS_CHUNKS, // 4 slots
+    H_NUM_PARAMS_LO = 32, H_NUM_PARAMS_HI, H_STEP, H_HAS_OPTIMIZER, H_DATA_SHARD, H_DATA_POS_LO,
+    H_DATA_POS_HI, H_DATA_EPOCH,
+    H_MLP_WIDTHS = 64,  // MAX_LAYERS slots
+    H_CMS_WIDTHS = 128, // MAX_LAYERS slots
+    H_SIZE = 256
+};
+
+typedef struct { int shard; size_t pos; int epoch; } DataPosition;
+
+static int32_t float_bits(float f) { int32_t i; memcpy(&i, &f, 4); return i; }
+static float bits_float(int32_t i) { float f; memcpy(&f, &i, 4); return f; }
+
+static void checkpoint_header(int32_t *h, const Model *m, DataPosition pos) {
+    const Config *c = &m->cfg;
+    memset(h, 0, H_SIZE * sizeof(int32_t));
+    h[H_MAGIC] = CKPT_MAGIC; h[H_VERSION] = CKPT_VERSION; h[H_ARCH] = c->arch;
+    h[H_LAYERS] = c->layers; h[H_DIM] = c->dim; h[H_HEADS] = c->heads; h[H_VOCAB] = c->vocab;
+    h[H_SEQ_LEN] = c->seq_len; h[H_MLP_WIDTH] = c->mlp_width; h[H_TAPER] = c->taper;
+    h[H_TAPER_START] = float_bits((float)c->taper_start); h[H_TAPER_END] = float_bits((float)c->taper_end);
+    h[H_TAPER_MULTIPLE] = c->taper_multiple; h[H_UNTIED] = c->untied; h[H_GATE_HEADWISE] = c->gate_headwise;
+    h[H_WINDOW] = c->window; h[H_MEM_DEPTH] = c->mem_depth; h[H_MEM_HIDDEN] = c->mem_hidden;
+    h[H_MEM_CHUNK] = c->mem_chunk; h[H_CMS_LEVELS] = c->cms_levels; h[H_CMS_WIDTH] = c->cms_width;
+    for (int k = 0; k < MAX_CMS_LEVELS; k++) h[H_CMS_CHUNKS + k] = c->cms_chunks[k];
+    h[H_NUM_PARAMS_LO] = (int32_t)(m->num_params & 0xffffffffu);
+    h[H_NUM_PARAMS_HI] = (int32_t)(m->num_params >> 32);
+    h[H_STEP] = m->step; h[H_HAS_OPTIMIZER] = m->adam_m != NULL;
+    h[H_DATA_SHARD] = pos.shard; h[H_DATA_EPOCH] = pos.epoch;
+    h[H_DATA_POS_LO] = (int32_t)(pos.pos & 0xffffffffu); h[H_DATA_POS_HI] = (int32_t)((uint64_t)pos.pos >> 32);
+    for (int l = 0; l < c->layers; l++) { h[H_MLP_WIDTHS + l] = c->mlp_widths[l]; h[H_CMS_WIDTHS + l] = c->cms_widths[l]; }
+}
+
+// Writes array as float32, in blocks so that no second copy of the model is needed.
+static int write_floats(FILE *f, const void *src, int src_is_real, size_t n) {
+    float buf[4096];
+    for (size_t i = 0; i < n; i += 4096) {
+        size_t k = n - i < 4096 ? n - i : 4096;
+        for (size_t j = 0; j < k; j++) buf[j] = src_is_real ? (float)((const real *)src)[i + j] : ((const float *)src)[i + j];
+        if (!write_all(buf, sizeof(float), k, f)) return 0;
+    }
+    return 1;
+}
+
+// Returns 0 on success; on failure prints why and leaves any previous checkpoint untouched.
+static int checkpoint_save(const Model *m, const char *path, DataPosition pos) {
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) { fprintf(stderr, "error: %s: cannot write checkpoint: %s\n", tmp, strerror(errno)); return -1; }
+    int32_t h[H_SIZE];
+    checkpoint_header(h, m, pos);
+    int ok = write_all(h, sizeof(int32_t), H_SIZE, f) && write_floats(f, m->params, 1, m->num_params);
+    if (ok && m->adam_m) ok = write_floats(f, m->adam_m, 0, m->num_params) && write_floats(f, m->adam_v, 0, m->num_params);
+    ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    int err = errno;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok) {
+        fprintf(stderr, "error: %s: writing checkpoint failed: %s (previous checkpoint kept)\n", path, strerror(err ? err : EIO));
+        remove(tmp);
+        return -1;
+    }
+    if (rename(tmp, path) != 0) {
+        fprintf(stderr, "error: %s: cannot rename %s into place: %s\n", path, tmp, strerror(errno));
+        remove(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+// Reads a checkpoint's header into a Config; everything is checked before it is trusted.
+static void checkpoint_read_config(const char *path, Config *c, int32_t *h) {
+    FILE *f = open_file(path, "rb");
+    if (file_size(f) < (long)(H_SIZE * sizeof(int32_t))) die("%s: not a tlm checkpoint (file too short)", path);
+    read_exact(h, sizeof(int32_t), H_SIZE, f, path);
+    fclose(f);
+    if (h[H_MAGIC] != CKPT_MAGIC) die("%s: not a tlm checkpoint (bad magic %d)", path, h[H_MAGIC]);
+    if (h[H_VERSION] != CKPT_VERSION) die("%s: unsupported checkpoint version %d", path, h[H_VERSION]);
+    if (h[H_ARCH] < 0 || h[H_ARCH] >= ARCH_COUNT) die("%s: unknown architecture id %d", path, h[H_ARCH]);
+    if (h[H_TAPER] < 0 || h[H_TAPER] >= TAPER_COUNT) die("%s: unknown taper id %d", path, h[H_TAPER]);
+    if (h[H_LAYERS] < 1 || h[H_LAYERS] > MAX_LAYERS) die("%s: bad layer count %d", path, h[H_LAYERS]);
+    memset(c, 0, sizeof(*c));
+    c->arch = (Arch)h[H_ARCH]; c->layers = h[H_LAYERS]; c->dim = h[H_DIM]; c->heads = h[H_HEADS];
+    c->vocab = h[H_VOCAB]; c->seq_len = h[H_SEQ_LEN]; c->mlp_width = h[H_MLP_WIDTH]; c->taper = (Taper)h[H_TAPER];
+    c->taper_start = bits_float(h[H_TAPER_START]); c->taper_end = bits_float(h[H_TAPER_END]);
+    c->taper_multiple = h[H_TAPER_MULTIPLE]; c->untied = h[H_UNTIED]; c->gate_headwise = h[H_GATE_HEADWISE];
+    c->window = h[H_WINDOW]; c->mem_depth = h[H_MEM_DEPTH]; c->mem_hidden = h[H_MEM_HIDDEN];
+    c->mem_chunk = h[H_MEM_CHUNK]; c->cms_levels = h[H_CMS_LEVELS]; c->cms_width = h[H_CMS_WIDTH];
+    for (int k = 0; k < MAX_CMS_LEVELS; k++) c->cms_chunks[k] = h[H_CMS_CHUNKS + k];
+    // the widths are derived again from the schedule and must agree with the stored ones
+    Config check = *c;
+    config_finish(&check);
+    for (int l = 0; l < c->layers; l++)
+        if (check.mlp_widths[l] != h[H_MLP_WIDTHS + l] || (c->arch == ARCH_HOPE && c->cms_levels > 1 && check.cms_widths[l] != h[H_CMS_WIDTHS + l]))
+            die("%s: stored width of layer %d does not match its taper", path, l);
+}
+
+// Loads parameters (and optimizer state, if present) into a model built from that config.
+static void checkpoint_load(Model *m, const char *path, DataPosition *pos) {
+    int32_t h[H_SIZE];
+    Config c;
+    checkpoint_read_config(path, &c, h);
+    size_t n = (size_t)(uint32_t)h[H_NUM_PARAMS_LO] | ((size_t)(uint32_t)h[H_NUM_PARAMS_HI] << 32);
+    if (n != m->num_params) die("%s: holds %zu parameters, the model has %zu", path, n, m->num_params);
+    if (h[H_HAS_OPTIMIZER] != 0 && h[H_HAS_OPTIMIZER] != 1) die("%s: bad optimizer flag", path);
+    if (h[H_STEP] < 0) die("%s: bad step %d", path, h[H_STEP]);
+    FILE *f = open_file(path, "rb");
+    long expect = (long)(H_SIZE * sizeof(int32_t) + n * sizeof(float) * (h[H_HAS_OPTIMIZER] ? 3 : 1));
+    if (file_size(f) != expect)
+        die("%s: size %ld bytes, expected %ld (truncated or corrupt)", path, file_size(f), expect);
+    fseek(f, H_SIZE * sizeof(int32_t), SEEK_SET);
+    float buf[4096];
+    for (size_t i = 0; i < n; i += 4096) {
+        size_t k = n - i < 4096 ? n - i : 4096;
+        read_exact(buf, sizeof(float), k, f, path);
+        for (size_t j = 0; j < k; j++) {
+            if (!isfinite(buf[j])) die("%s: parameter %zu is not a finite number", path, i + j);
+            m->params[i + j] = buf[j];
+        }
+    }
+    if (h[H_HAS_OPTIMIZER]) {
+        if (!m->adam_m) {
+            m->adam_m = xcalloc(n, sizeof(float), "AdamW state");
+            m->adam_v = xcalloc(n, sizeof(float), "AdamW state");
+        }
+        read_exact(m->adam_m, sizeof(float), n, f, path);
+        read_exact(m->adam_v, sizeof(float), n, f, path);
+    }
+    fclose(f);
+    m->step = h[H_STEP];
+    if (pos) {
+        pos->shard = h[H_DATA_SHARD];
+        pos->pos = (size_t)(uint32_t)h[H_DATA_POS_LO] | ((size_t)(uint32_t)h[H_DATA_POS_HI] << 32);
+        pos->epoch = h[H_DATA_EPOCH];
+    }
+}
+
+// ----------------------------------------------------------------------------
+// 6. data: token shards and the tokenizer
+//
+// A shard is llm.c's format: a header of 256 int32 (magic 20240520, version 1, token count,
+// and in slot 3 the vocabulary size, 0 if unknown), then the tokens as uint16.
+
+enum { SHARD_MAGIC = 20240520, SHARD_HEADER = 256 };
+
+typedef struct {
+    char **paths;
+    size_t *ntok;           // tokens in each shard
+    int count;
+    int vocab;              // tokens must be below this (checked as each shard is read)
+    uint16_t *tokens;       // the current shard
+    DataPosition at;
+    int loaded;             // index of the shard in tokens, -1 none
+} DataLoader;
+
+// Checks one shard's header and size; returns its token count and header vocabulary.
+static size_t shard_check(const char *path, int *vocab_in_header) {
+    FILE *f = open_file(path, "rb");
+    int32_t h[SHARD_HEADER];
+    if (file_size(f) < (long)sizeof(h)) die("%s: not a token shard (shorter than its 1024-byte header)", path);
+    read_exact(h, sizeof(int32_t), SHARD_HEADER, f, path);
+    if (h[0] != SHARD_MAGIC) die("%s: not a token shard (bad magic %d, expected %d)", path, h[0], SHARD_MAGIC);
+    if (h[1] != 1) die("%s: unsupported shard version %d", path, h[1]);
+    if (h[2] <= 0) die("%s: shard holds no tokens", path);
+    if (h[3] < 0 || h[3] > 65536) die("%s: bad vocabulary size %d in header", path, h[3]);
+    long expect = (long)sizeof(h) + (long)h[2] * 2;
+    long size = file_size(f);
+    if (size < expect) die("%s: truncated: header says %d tokens (%ld bytes), file has %ld bytes", path, h[2], expect, size);
+    if (size > expect) die("%s: %ld bytes of trailing data after %d tokens", path, size - expect, h[2]);
+    fclose(f);
+    if (vocab_in_header) *vocab_in_header = h[3];
+    return (size_t)h[2];
+}
+
+static void dataloader_open(DataLoader *d, const char *pattern, const char *flag) {
+    memset(d, 0, sizeof(*d));
+    d->loaded = -1;
+    glob_t g;
+    int r = glob(pattern, 0, NULL, &g);
+    if (r != 0 || g.gl_pathc == 0) {
+        if (r == 0) globfree(&g);
+        die("%s %s: no such file (run `make data` to prepare the default data)", flag, pattern);
+    }
+    d->count = (int)g.gl_pathc;
+    d->paths = xcalloc(d->count, sizeof(char *), "shard list");
+    d->ntok = xcalloc(d->count, sizeof(size_t), "shard list");
+    for (int i = 0; i < d->count; i++) {
+        d->paths[i] = strdup(g.gl_pathv[i]);
+        d->ntok[i] = shard_check(d->paths[i], NULL);
+    }
+    globfree(&g);
+}
+
+static int dataloader_vocab(const DataLoader *d) {
+    int v;
+    shard_check(d->paths[0], &v);
+    return v;
+}
+
+static void dataloader_free(DataLoader *d) {
+    for (int i = 0; i < d->count; i++) free(d->paths[i]);
+    free(d->paths); free(d->ntok); free(d->tokens);
+    memset(d, 0, sizeof(*d));
+}
+
+static void dataloader_load_shard(DataLoader *d, int i) {
+    if (d->loaded == i) return;
+    free(d->tokens);
+    d->tokens = xcalloc(d->ntok[i], sizeof(uint16_t), "token shard");
+    FILE *f = open_file(d->paths[i], "rb");
+    fseek(f, SHARD_HEADER * sizeof(int32_t), SEEK_SET);
+    read_exact(d->tokens, sizeof(uint16_t), d->ntok[i], f, d->paths[i]);
+    fclose(f);
+    for (size_t j = 0; j < d->ntok[i]; j++)
+        if (d->tokens[j] >= d->vocab)
+            die("%s: token %u at position %zu is not below the vocabulary size %d", d->paths[i], d->tokens[j], j, d->vocab);
+    d->loaded = i;
+}
+
+// Next B sequences of T tokens and their next-token targets, read as one run of B*T+1
+// tokens from the current shard; moves to the next shard (and wraps) when it runs out.
+static void dataloader_next(DataLoader *d, int *tokens, int *targets, int B, int T) {
+    size_t need = (size_t)B * T + 1;
+    for (int tries = 0; d->at.pos + need > d->ntok[d->at.shard]; tries++) {
+        if (tries > d->count) die("%s: holds %zu tokens, a batch needs %zu (lower --batch or --seq-len)", d->paths[d->at.shard], d->ntok[d->at.shard], need);
+        d->at.pos = 0;
+        if (++d->at.shard == d->count) { d->at.shard = 0; d->at.epoch++; }
+    }
+    dataloader_load_shard(d, d->at.shard);
+    const uint16_t *src = d->tokens + d->at.pos;
+    for (size_t i = 0; i < need - 1; i++) { tokens[i] = src[i]; targets[i] = src[i + 1]; }
+    d->at.pos += need - 1;
+}
+
+static void dataloader_seek(DataLoader *d, DataPosition at) {
+    if (at.shard < 0 || at.shard >= d->count || at.pos > d->ntok[at.shard])
+        die("checkpoint's data position (shard %d, token %zu) is not in the training data given", at.shard, at.pos);
+    d->at = at;
+}
+
+// --- tokenizer ---------------------------------------------------------------------------
+// llm.c's format: header of 256 uint32 (magic 20240328, version 1 or 2, vocab size, and in
+// version 2 the end-of-text token), then per token one length byte and that many bytes.
+typedef struct {
+    int vocab, eot;
+    char **piece;
+    unsigned char *len;
+} Tokenizer;
+
+static int tokenizer_load(Tokenizer *tk, const char *path, int vocab) {
+    memset(tk, 0, sizeof(*tk));
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    uint32_t h[256];
+    read_exact(h, sizeof(uint32_t), 256, f, path);
+    if (h[0] != 20240328) die("%s: not a tokenizer file (bad magic %u)", path, h[0]);
+    if (h[1] != 1 && h[1] != 2) die("%s: unsupported tokenizer version %u", path, h[1]);
+    if ((int)h[2] != vocab) die("%s: tokenizer has %u tokens, the model's vocabulary is %d", path, h[2], vocab);
+    tk->vocab = (int)h[2];
+    tk->eot = h[1] == 2 ? (int)h[3] : 50256;
+    if (tk->eot < 0 || tk->eot >= tk->vocab) tk->eot = 0;
+    tk->piece = xcalloc(tk->vocab, sizeof(char *), "tokenizer");
+    tk->len = xcalloc(tk->vocab, 1, "tokenizer");
+    for (int i = 0; i < tk->vocab; i++) {
+        read_exact(&tk->len[i], 1, 1, f, path);
+        tk->piece[i] = xcalloc(tk->len[i] + 1, 1, "tokenizer");
+        read_exact(tk->piece[i], 1, tk->len[i], f, path);
+    }
+    fclose(f);
+    return 0;
+}
+
+static void tokenizer_free(Tokenizer *tk) {
+    for (int i = 0; i < tk->vocab; i++) free(tk->piece[i]);
+    free(tk->piece); free(tk->len);
+    memset(tk, 0, sizeof(*tk));
+}
+
+// Prints a token's bytes, keeping printable text and newlines; without a tokenizer file a
+// 256-token vocabulary is read as bytes and anything else as <id>.
+static void print_token(const Tokenizer *tk, int token) {
+    if (tk->piece) {
+        for (int i = 0; i < tk->len[token]; i++) {
+            unsigned char ch = (unsigned char)tk->piece[token][i];
+            if (ch >= 32 || ch == '\n' || ch == '\t') putchar(ch);
+        }
+    } else if (tk->vocab == 256) {
+        if (token >= 32 || token == '\n') putchar(token);
+    } else {
+        printf("<%d>", token);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// 7. training step, evaluation, sampling, layer analysis
+
+// One optimizer step: grad_accum micro-batches of B x T tokens, then AdamW unless the loss or
+// the gradient is not finite (then the parameters are left as they were). Returns the mean
+// loss; *norm gets the gradient norm before clipping.
+static double train_step(Model *m, DataLoader *data, const AdamW *opt, float lr, int grad_accum, int B, int T, double *norm) {
+    model_zero_grad(m);
+    double loss = 0;
+    for (int micro = 0; micro < grad_accum; micro++) {
+        dataloader_next(data, m->tokens, m->targets, B, T);
+        loss += model_forward(m, m->tokens, m->targets, B, T) / grad_accum;
+        model_backward(m, B, T, (real)(1.0 / grad_accum));
+    }
+    *norm = grad_norm(m);
+    if (isfinite(loss) && isfinite(*norm)) adamw_step(m, opt, lr, *norm);
+    return loss;
+}
+
+// mean loss over the first `batches` batches of the validation data
+static double evaluate(Model *m, DataLoader *val, int batches, int B, int T) {
+    DataPosition start = { 0, 0, 0 };
+    val->at = start;
+    double sum = 0;
+    for (int i = 0; i < batches; i++) {
+        dataloader_next(val, m->tokens, m->targets, B, T);
+        sum += model_forward(m, m->tokens, m->targets, B, T);
+    }
+    return sum / batches;
+}
+
+// Generates `len` tokens after the end-of-text token, sampling at temperature 1.
+static void sample_text(Model *m, const Tokenizer *tk, int len, uint64_t seed) {
+    Rng rng = rng_seeded(seed);
+    int T = m->T, V = m->cfg.vocab;
+    int *seq = xcalloc(T, sizeof(int), "sample");
+    seq[0] = tk->eot < V ? tk->eot : 0;
+    int n = 1;
+    for (int i = 0; i < len; i++) {
+        int window = n < T ? n : T, start = n - window;
+        model_forward(m, seq + start, NULL, 1, window);
+        const real *logits = m->a.logits + (size_t)(window - 1) * V;
+        real maxv = -FLT_MAX;
+        for (int v = 0; v < V; v++) if (logits[v] > maxv) maxv = logits[v];
+        double sum = 0;
+        for (int v = 0; v < V; v++) sum += exp((double)(logits[v] - maxv));
+        double r = rng_uniform(&rng) * sum, acc = 0;
+        int next = V - 1;
+        for (int v = 0; v < V; v++) {
+            acc += exp((double)(logits[v] - maxv));
+            if (acc >= r) { next = v; break; }
+        }
+        print_token(tk, next);
+        fflush(stdout);
+        if (n == T) { memmove(seq, seq + 1, (T - 1) * sizeof(int)); n--; }
+        seq[n++] = next;
+    }
+    printf("\n");
+    free(seq);
+}
+
+// For each layer l, on validation batches: how much the layer changes the residual stream,
+//   rel_update = |x_{l+1} - x_l| / |x_l|   (and split: mixer |res1 - x|/|x|, MLP |out - res1|/|res1|)
+//   cos_sim    = cos(x_l, x_{l+1})          averaged over positions
+// and how much the loss rises when the layer's MLP slot, or the whole layer, is skipped.
+typedef struct { double rel_mixer, rel_mlp, rel, cos_sim, dloss_skip_mlp, dloss_skip_layer; } LayerStats;
+
+static void analyze_layers(Model *m, DataLoader *val, int batches, int B, int T, LayerStats *stats, double *base_loss) {
+    const Config *c = &m->cfg;
+    int L = c->layers, C = c->dim, N = B * T;
+    memset(stats, 0, L * sizeof(LayerStats));
+    DataPosition start = { 0, 0, 0 };
+    val->at = start;
+    for (int i = 0; i < batches; i++) {
+        dataloader_next(val, m->tokens, m->targets, B, T);
+        model_forward(m, m->tokens, NULL, B, T);
+        for (int l = 0; l < L; l++) {
+            const LayerActs *la = &m->a.layer[l];
+            const real *x = l ? m->a.layer[l - 1].out : m->a.x0;
+            for (int n = 0; n < N; n++) {
+                double xx = 0, mix = 0, res1 = 0, mlp = 0, upd = 0, dot = 0, oo = 0;
+                for (int j = 0; j < C; j++) {
+                    size_t k = (size_t)n * C + j;
+                    xx += (double)x[k] * x[k];
+                    res1 += (double)la->res1[k] * la->res1[k];
+                    mix += (double)(la->res1[k] - x[k]) * (la->res1[k] - x[k]);
+                    mlp += (double)(la->out[k] - la->res1[k]) * (la->out[k] - la->res1[k]);
+                    upd += (double)(la->out[k] - x[k]) * (la->out[k] - x[k]);
+                    dot += (double)x[k] * la->out[k];
+                    oo += (double)la->out[k] * la->out[k];
+                }
+                stats[l].rel_mixer += sqrt(mix / (xx + 1e-30)) / ((double)N * batches);
+                stats[l].rel_mlp += sqrt(mlp / (res1 + 1e-30)) / ((double)N * batches);
+                stats[l].rel += sqrt(upd / (xx + 1e-30)) / ((double)N * batches);
+                stats[l].cos_sim += dot / sqrt(xx * oo + 1e-30) / ((double)N * batches);
+            }
+        }
+    }
+    *base_loss = evaluate(m, val, batches, B, T);
+    int *skip = xcalloc(L, sizeof(int), "analysis");
+    for (int l = 0; l < L; l++) {
+        skip[l] = 1;
+        m->skip_mlp = skip;
+        stats[l].dloss_skip_mlp = evaluate(m, val, batches, B, T) - *base_loss;
+        m->skip_mlp = NULL;
+        m->skip_layer = skip;
+        stats[l].dloss_skip_layer = evaluate(m, val, batches, B, T) - *base_loss;
+        m->skip_layer = NULL;
+        skip[l] = 0;
+    }
+    free(skip);
+}
+
+// ----------------------------------------------------------------------------
+// 8. main: command line and training loop
+
+#ifndef TLM_TESTING
+
+typedef struct {
+    Config cfg;
+    const char *train, *val, *save, *load, *log, *tokenizer;
+    int batch, grad_accum, steps, warmup, decay_steps, eval_every, eval_batches;
+    int sample_every, sample_len, save_every, eval_only, analyze, match_params;
+    double lr, weight_decay, grad_clip;
+    long seed;
+    const char *cms_chunks;
+} Options;
+
+typedef enum { OPT_INT, OPT_LONG, OPT_REAL, OPT_STRING, OPT_FLAG, OPT_ARCH, OPT_TAPER } OptType;
+typedef struct {
+    const char *name;
+    OptType type;
+    void *value;
+    int model;          // part of the model's shape: must agree with a loaded checkpoint
+    const char *help;
+    int set;            // given on the command line
+} Option;
+
+static Options opt = {
+    .cfg = { .arch = ARCH_TRANSFORMER, .layers = 6, .dim = 128, .heads = 4, .vocab = 0, .seq_len = 128,
+             .mlp_width = 384, .taper = TAPER_COSINE, .taper_start = 1.5, .taper_end = 0.5,
+             .taper_multiple = 32, .window = 64, .mem_depth = 2, .mem_hidden = 64, .mem_chunk = 16,
+             .cms_levels = 2, .cms_width = 128 },
+    .train = "data/brown_gpt2_train.bin", .val = "data/brown_gpt2_val.bin", .save = "", .load = "",
+    .log = "", .tokenizer = "", .batch = 8, .grad_accum = 1, .steps = 300, .warmup = 20,
+    .decay_steps = 0, .eval_every = 50, .eval_batches = 8, .sample_every = 100, .sample_len = 48,
+    .save_every = 0, .lr = 3e-3, .weight_decay = 0.1, .grad_clip = 1.0, .seed = 1337,
+    .cms_chunks = "16,64",
+};
+
+static Option options[] = {
+    { "arch", OPT_ARCH, &opt.cfg.arch, 1, "transformer | gated | titans | hope", 0 },
+    { "layers", OPT_INT, &opt.cfg.layers, 1, "number of blocks L", 0 },
+    { "dim", OPT_INT, &opt.cfg.dim, 1, "model width C", 0 },
+    { "heads", OPT_INT, &opt.cfg.heads, 1, "attention heads", 0 },
+    { "vocab", OPT_INT, &opt.cfg.vocab, 1, "vocabulary size (default: from the train shard's header, else 50257)", 0 },
+    { "mlp-width", OPT_INT, &opt.cfg.mlp_width, 1, "mean MLP hidden width H (the uniform model's width)", 0 },
+    { "taper", OPT_TAPER, &opt.cfg.taper, 1, "uniform | cosine | linear | sigmoid | reverse", 0 },
+    { "taper-start", OPT_REAL, &opt.cfg.taper_start, 1, "first layer's width in multiples of H", 0 },
+    { "taper-end", OPT_REAL, &opt.cfg.taper_end, 1, "last layer's width in multiples of H", 0 },
+    { "taper-multiple", OPT_INT, &opt.cfg.taper_multiple, 1, "round every width to a multiple of this", 0 },
+    { "seq-len", OPT_INT, &opt.cfg.seq_len, 1, "sequence length T", 0 },
+    { "untied", OPT_FLAG, &opt.cfg.untied, 1, "separate output head (default: tied to the embedding)", 0 },
+    { "gate-headwise", OPT_FLAG, &opt.cfg.gate_headwise, 1, "gated: one gate per head instead of per channel", 0 },
+    { "match-params", OPT_FLAG, &opt.match_params, 0, "gated: shrink the MLP width to pay for the gate", 0 },
+    { "window", OPT_INT, &opt.cfg.window, 1, "titans: sliding attention window", 0 },
+    { "mem-depth", OPT_INT, &opt.cfg.mem_depth, 1, "titans: memory depth, 1 (linear) or 2 (MLP)", 0 },
+    { "mem-hidden", OPT_INT, &opt.cfg.mem_hidden, 1, "titans: hidden width of the depth-2 memory", 0 },
+    { "mem-chunk", OPT_INT, &opt.cfg.mem_chunk, 1, "titans: tokens per memory chunk (1 = exact recurrence)", 0 },
+    { "cms-levels", OPT_INT, &opt.cfg.cms_levels, 1, "hope: memory levels, including the slow SwiGLU", 0 },
+    { "cms-width", OPT_INT, &opt.cfg.cms_width, 1, "hope: mean hidden width of the fast levels", 0 },
+    { "cms-chunks", OPT_STRING, &opt.cms_chunks, 1, "hope: update period of levels 2, 3, ..", 0 },
+    { "train", OPT_STRING, &opt.train, 0, "training shard(s), a file or a glob", 0 },
+    { "val", OPT_STRING, &opt.val, 0, "validation shard(s)", 0 },
+    { "tokenizer", OPT_STRING, &opt.tokenizer, 0, "tokenizer file for samples (default: beside --train)", 0 },
+    { "batch", OPT_INT, &opt.batch, 0, "sequences per micro-batch B", 0 },
+    { "grad-accum", OPT_INT, &opt.grad_accum, 0, "micro-batches per optimizer step", 0 },
+    { "steps", OPT_INT, &opt.steps, 0, "total optimizer steps (a resumed run continues to this)", 0 },
+    { "lr", OPT_REAL, &opt.lr, 0, "peak learning rate", 0 },
+    { "warmup", OPT_INT, &opt.warmup, 0, "linear warmup steps", 0 },
+    { "decay-steps", OPT_INT, &opt.decay_steps, 0, "length of the cosine schedule (0: --steps)", 0 },
+    { "weight-decay", OPT_REAL, &opt.weight_decay, 0, "AdamW decoupled weight decay (matrices only)", 0 },
+    { "grad-clip", OPT_REAL, &opt.grad_clip, 0, "clip the global gradient norm to this (0: off)", 0 },
+    { "seed", OPT_LONG, &opt.seed, 0, "random seed (initialisation and samples)", 0 },
+    { "eval-every", OPT_INT, &opt.eval_every, 0, "validate every N steps (0: only first and last)", 0 },
+    { "eval-batches", OPT_INT, &opt.eval_batches, 0, "validation batches per evaluation", 0 },
+    { "sample-every", OPT_INT, &opt.sample_every, 0, "print a text sample every N steps (0: never)", 0 },
+    { "sample-len", OPT_INT, &opt.sample_len, 0, "tokens per sample", 0 },
+    { "save", OPT_STRING, &opt.save, 0, "checkpoint file to write", 0 },
+    { "save-every", OPT_INT, &opt.save_every, 0, "save every N steps (0: --eval-every) and at the end", 0 },
+    { "load", OPT_STRING, &opt.load, 0, "checkpoint to resume from (model, optimizer, data position)", 0 },
+    { "eval-only", OPT_FLAG, &opt.eval_only, 0, "with --load: print the validation loss and exit", 0 },
+    { "analyze", OPT_FLAG, &opt.analyze, 0, "with --load: per-layer contribution analysis", 0 },
+    { "log", OPT_STRING, &opt.log, 0, "append JSONL records (config, train, val, ...) to this file", 0 },
+};
+enum { NUM_OPTIONS = sizeof(options) / sizeof(options[0]) };
+
+static void usage(FILE *out) {
+    fprintf(out, "usage: ./train_tlm [options]\n"
+                 "Trains a (tapered) language model; with no options a small cosine-tapered Transformer\n"
+                 "on data/brown_gpt2_*.bin (make data). Options (default in brackets):\n");
+    for (int i = 0; i < NUM_OPTIONS; i++) {
+        const Option *o = &options[i];
+        char def[64] = "";
+        switch (o->type) {
+        case OPT_INT:    snprintf(def, sizeof(def), "%d", *(int *)o->value); break;
+        case OPT_LONG:   snprintf(def, sizeof(def), "%ld", *(long *)o->value); break;
+        case OPT_REAL:   snprintf(def, sizeof(def), "%g", *(double *)o->value); break;
+        case OPT_STRING: snprintf(def, sizeof(def), "%s", *(const char **)o->value); break;
+        case OPT_FLAG:   snprintf(def, sizeof(def), "off"); break;
+        case OPT_ARCH:   snprintf(def, sizeof(def), "%s", arch_names[*(Arch *)o->value]); break;
+        case OPT_TAPER:  snprintf(def, sizeof(def), "%s", taper_names[*(Taper *)o->value]); break;
+        }
+        char name[40];
+        snprintf(name, sizeof(name), "--%s%s", o->name, o->type == OPT_FLAG ? "" : " X");
+        fprintf(out, "  %-22s %s%s%s%s\n", name, o->help, def[0] ? " [" : "", def, def[0] ? "]" : "");
+    }
+    fprintf(out, "  %-22s %s\n", "-h, --help", "show this help");
+}
+
+static void usage_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "error: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n(run ./train_tlm --help for the options)\n");
+    va_end(ap);
+    exit(2);
+}
+
+static void parse_args(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
+        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) { usage(stdout); exit(0); }
+        if (strncmp(arg, "--", 2) != 0) usage_error("unexpected argument '%s'", arg);
+        char name[64];
+        const char *eq = strchr(arg + 2, '='), *value = NULL;
+        size_t len = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
+        if (len >= sizeof(name)) usage_error("unknown option '%s'", arg);
+        memcpy(name, arg + 2, len);
+        name[len] = 0;
+        Option *o = NULL;
+        for (int k = 0; k < NUM_OPTIONS; k++) if (!strcmp(options[k].name, name)) o = &options[k];
+        if (!o) usage_error("unknown option '--%s'", name);
+        if (o->type == OPT_FLAG) {
+            if (eq) usage_error("--%s takes no value", name);
+            *(int *)o->value = 1;
+            o->set = 1;
+            continue;
+        }
+        if (eq) value = eq + 1;
+        else if (i + 1 < argc) value = argv[++i];
+        else usage_error("--%s needs a value", name);
+        char *end = NULL;
+        errno = 0;
+        switch (o->type) {
+        case OPT_INT: case OPT_LONG: {
+            long v = strtol(value, &end, 10);
+            if (!*value || *end || errno || (o->type == OPT_INT && (v < INT32_MIN || v > INT32_MAX)))
+                usage_error("--%s: '%s' is not an integer", name, value);
+            if (o->type == OPT_INT) *(int *)o->value = (int)v; else *(long *)o->value = v;
+            break;
+        }
+        case OPT_REAL: {
+            double v = strtod(value, &end);
+            if (!*value || *end || errno || !isfinite(v)) usage_error("--%s: '%s' is not a number", name, value);
+            *(double *)o->value = v;
+            break;
+        }
+        case OPT_STRING: *(const char **)o->value = value; break;
+        case OPT_ARCH: case OPT_TAPER: {
+            int n = o->type == OPT_ARCH ? ARCH_COUNT : TAPER_COUNT, found = -1;
+            for (int k = 0; k < n; k++)
+                if (!strcmp(value, o->type == OPT_ARCH ? arch_names[k] : taper_names[k])) found = k;
+            if (found < 0) usage_error("--%s: unknown value '%s'", name, value);
+            if (o->type == OPT_ARCH) *(Arch *)o->value = (Arch)found; else *(Taper *)o->value = (Taper)found;
+            break;
+        }
+        default: break;
+        }
+        o->set = 1;
+    }
+}
+
+static void parse_cms_chunks(Config *c, const char *s) {
+    const char *p = s;
+    for (int k = 1; k < MAX_CMS_LEVELS; k++) c->cms_chunks[k] = 0;
+    for (int k = 1; *p; k++) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 1 || v > 1 << 20 || (*end && *end != ',') || k >= MAX_CMS_LEVELS)
+            usage_error("--cms-chunks: '%s' is not a list of up to %d positive integers", s, MAX_CMS_LEVELS - 1);
+        c->cms_chunks[k] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    for (int k = 1; k < c->cms_levels && k < MAX_CMS_LEVELS; k++)
+        if (!c->cms_chunks[k]) usage_error("--cms-chunks: '%s' gives no chunk size for level %d of --cms-levels %d", s, k + 1, c->cms_levels);
+}
+
+// --- logging -----------------------------------------------------------------------------
+static FILE *log_file;
+static void log_json(const char *fmt, ...) {
+    if (!log_file) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(log_file, fmt, ap);
+    va_end(ap);
+    fputc('\n', log_file);
+    fflush(log_file);
+}
+
+static void print_layer_table(const Model *m) {
+    const Config *c = &m->cfg;
+    size_t mixer[MAX_LAYERS] = {0}, mlp[MAX_LAYERS] = {0}, other = 0;
+    for (int i = 0; i < m->table.count; i++) {
+        const ParamTensor *t = &m->table.tensor[i];
+        if (t->layer < 0) other += t->size;
+        else if (t->is_mlp) mlp[t->layer] += t->size;
+        else mixer[t->layer] += t->size;
+    }
+    printf("%s, %d layers, dim %d, %d heads, vocab %d, seq %d; MLP taper %s %.2g -> %.2g of H = %d\n",
+           arch_names[c->arch], c->layers, c->dim, c->heads, c->vocab, c->seq_len, taper_names[c->taper],
+           c->taper == TAPER_UNIFORM ? 1.0 : c->taper_start, c->taper == TAPER_UNIFORM ? 1.0 : c->taper_end, c->mlp_width);
+    printf("  layer  mlp width%s   mixer params    mlp params  bar\n", c->arch == ARCH_HOPE && c->cms_levels > 1 ? "  fast width" : "");
+    int maxw = 0;
+    for (int l = 0; l < c->layers; l++) if (c->mlp_widths[l] > maxw) maxw = c->mlp_widths[l];
+    for (int l = 0; l < c->layers; l++) {
+        char bar[41];
+        int n = (int)(40.0 * c->mlp_widths[l] / maxw + 0.5);
+        memset(bar, '#', n);
+        bar[n] = 0;
+        printf("  %5d  %9d", l, c->mlp_widths[l]);
+        if (c->arch == ARCH_HOPE && c->cms_levels > 1) printf("  %10d", c->cms_widths[l]);
+        printf("  %13zu  %12zu  %s\n", mixer[l], mlp[l], bar);
+    }
+    printf("  embedding, final norm%s: %zu\n", c->untied ? ", head" : "", other);
+    printf("  total parameters: %zu\n", m->num_params);
+}
+
+static volatile sig_atomic_t interrupted;
+static void on_sigint(int sig) { (void)sig; interrupted = 1; }
+
+static void default_tokenizer_path(char *out, size_t n, const char *train, int vocab) {
+    const char *slash = strrchr(train, '/');
+    int dirlen = slash ? (int)(slash - train + 1) : 0;
+    snprintf(out, n, "%.*s%s_tokenizer.bin", dirlen, train, vocab == 256 ? "byte" : "gpt2");
+}
+
+int main(int argc, char **argv) {
+    parse_args(argc, argv);
+    Config *cfg = &opt.cfg;
+    parse_cms_chunks(cfg, opt.cms_chunks);
+    if (opt.batch < 1 || opt.grad_accum < 1) usage_error("--batch and --grad-accum must be positive");
+    if (opt.steps < 0 || opt.warmup < 0 || opt.decay_steps < 0 || opt.eval_every < 0 || opt.sample_every < 0 || opt.save_every < 0)
+        usage_error("step counts must not be negative");
+    if (opt.eval_batches < 1) usage_error("--eval-batches must be positive");
+    if (!(opt.lr > 0)) usage_error("--lr must be positive");
+    if ((opt.eval_only || opt.analyze) && !opt.load[0]) usage_error("--eval-only and --analyze need --load");
+
+    DataPosition resume_at = { 0, 0, 0 };
+    if (opt.load[0]) {
+        // the checkpoint decides the model's shape; flags that name another shape are an error
+        Config saved;
+        int32_t h[H_SIZE];
+        checkpoint_read_config(opt.load, &saved, h);
+        for (int k = 0; k < NUM_OPTIONS; k++) {
+            if (!options[k].model || !options[k].set) continue;
+            Config want = *cfg;
+            int same = 1;
+            const char *n = options[k].name;
+            if (!strcmp(n, "arch")) same = want.arch == saved.arch;
+            else if (!strcmp(n, "layers")) same = want.layers == saved.layers;
+            else if (!strcmp(n, "dim")) same = want.dim == saved.dim;
+            else if (!strcmp(n, "heads")) same = want.heads == saved.heads;
+            else if (!strcmp(n, "vocab")) same = want.vocab == saved.vocab;
+            else if (!strcmp(n, "mlp-width")) same = want.mlp_width == saved.mlp_width;
+            else if (!strcmp(n, "taper")) same = want.taper == saved.taper;
+            else if (!strcmp(n, "seq-len")) same = want.seq_len == saved.seq_len;
+            else if (!strcmp(n, "untied")) same = want.untied == saved.untied;
+            else if (!strcmp(n, "mem-depth")) same = want.mem_depth == saved.mem_depth;
+            else if (!strcmp(n, "mem-chunk")) same = want.mem_chunk == saved.mem_chunk;
+            else if (!strcmp(n, "cms-levels")) same = want.cms_levels == saved.cms_levels;
+            if (!same) die("%s: checkpoint was made with a different --%s (it is a %s model); drop the flag or start a new run",
+                           opt.load, n, arch_names[saved.arch]);
+        }
+        *cfg = saved;
+    }
+
+    DataLoader train = {0}, val = {0};
+    if (!opt.eval_only && !opt.analyze) dataloader_open(&train, opt.train, "--train");
+    dataloader_open(&val, opt.val, "--val");
+    if (!cfg->vocab) {
+        cfg->vocab = dataloader_vocab(train.count ? &train : &val);
+        if (!cfg->vocab) cfg->vocab = 50257;
+    }
+    if (opt.match_params && cfg->arch == ARCH_GATED && !opt.load[0]) {
+        // W_G costs G*C parameters per layer and one unit of MLP width costs 3C, so the mean width
+        // shrinks by G/3, rounded to the taper multiple (the gate's parameters are then matched
+        // to within 3C * multiple / 2 per layer)
+        int cut = (int)(gate_width(cfg) / 3.0 / cfg->taper_multiple + 0.5) * cfg->taper_multiple;
+        cfg->mlp_width -= cut;
+        printf("--match-params: mean MLP width %d -> %d to pay for the gate\n", cfg->mlp_width + cut, cfg->mlp_width);
+    }
+    train.vocab = val.vocab = cfg->vocab;
+    int B = opt.batch, T = cfg->seq_len;
+    Model *m = model_create(cfg, B, T);
+    if (opt.load[0]) {
+        checkpoint_load(m, opt.load, &resume_at);
+        printf("loaded %s (step %d)\n", opt.load, m->step);
+    } else {
+        init_params(m, (uint64_t)opt.seed);
+    }
+    cfg = &m->cfg;
+    print_layer_table(m);
+    printf("threads: %d\n", num_threads());
+
+    if (opt.log[0]) {
+        log_file = fopen(opt.log, "a");
+        if (!log_file) die("--log %s: cannot open: %s", opt.log, strerror(errno));
+        char widths[MAX_LAYERS * 8] = "", cms[MAX_LAYERS * 8] = "";
+        for (int l = 0; l < cfg->layers; l++) {
+            snprintf(widths + strlen(widths), sizeof(widths) - strlen(widths), "%s%d", l ? "," : "", cfg->mlp_widths[l]);
+            snprintf(cms + strlen(cms), sizeof(cms) - strlen(cms), "%s%d", l ? "," : "", cfg->cms_widths[l]);
+        }
+        log_json("{\"event\":\"config\",\"arch\":\"%s\",\"layers\":%d,\"dim\":%d,\"heads\":%d,\"vocab\":%d,"
+                 "\"seq_len\":%d,\"mlp_width\":%d,\"taper\":\"%s\",\"taper_start\":%g,\"taper_end\":%g,"
+                 "\"taper_multiple\":%d,\"untied\":%d,\"gate_headwise\":%d,\"window\":%d,\"mem_depth\":%d,"
+                 "\"mem_hidden\":%d,\"mem_chunk\":%d,\"cms_levels\":%d,\"cms_width\":%d,\"cms_widths\":[%s],"
+                 "\"mlp_widths\":[%s],\"params\":%zu,\"batch\":%d,\"grad_accum\":%d,\"steps\":%d,\"lr\":%g,"
+                 "\"warmup\":%d,\"decay_steps\":%d,\"weight_decay\":%g,\"grad_clip\":%g,\"seed\":%ld,"
+                 "\"train\":\"%s\",\"val\":\"%s\",\"threads\":%d,\"resumed_step\":%d}",
+                 arch_names[cfg->arch], cfg->layers, cfg->dim, cfg->heads, cfg->vocab, cfg->seq_len,
+                 cfg->mlp_width, taper_names[cfg->taper], cfg->taper_start, cfg->taper_end, cfg->taper_multiple,
+                 cfg->untied, cfg->gate_headwise, cfg->window, cfg->mem_depth, cfg->mem_hidden, cfg->mem_chunk,
+                 cfg->cms_levels, cfg->cms_width, cms, widths, m->num_params, B, opt.grad_accum, opt.steps,
+                 opt.lr, opt.warmup, opt.decay_steps ? opt.decay_steps : opt.steps, opt.weight_decay,
+                 opt.grad_clip, opt.seed, opt.train, opt.val, num_threads(), m->step);
+    }
+
+    if (opt.eval_only) {
+        double loss = evaluate(m, &val, opt.eval_batches, B, T);
+        printf("val loss %.4f | perplexity %.2f | %d batches of %dx%d\n", loss, exp(loss), opt.eval_batches, B, T);
+        log_json("{\"event\":\"val\",\"step\":%d,\"loss\":%.6f,\"ppl\":%.4f}", m->step, loss, exp(loss));
+        return 0;
+    }
+    if (opt.analyze) {
+        LayerStats stats[MAX_LAYERS];
+        double base;
+        analyze_layers(m, &val, opt.eval_batches, B, T, stats, &base);
+        printf("layer contribution analysis on %d val batches (val loss %.4f)\n", opt.eval_batches, base);
+        printf("  layer  mlp width  |dx|/|x| mixer  |dx|/|x| mlp  |dx|/|x|  cos(x, x')  dloss skip mlp  dloss skip layer\n");
+        for (int l = 0; l < cfg->layers; l++) {
+            printf("  %5d  %9d  %14.4f  %12.4f  %8.4f  %10.4f  %14.4f  %16.4f\n", l, cfg->mlp_widths[l],
+                   stats[l].rel_mixer, stats[l].rel_mlp, stats[l].rel, stats[l].cos_sim,
+                   stats[l].dloss_skip_mlp, stats[l].dloss_skip_layer);
+            log_json("{\"event\":\"analysis\",\"layer\":%d,\"mlp_width\":%d,\"rel_update_mixer\":%.6f,"
+                     "\"rel_update_mlp\":%.6f,\"rel_update\":%.6f,\"cos_sim\":%.6f,\"dloss_skip_mlp\":%.6f,"
+                     "\"dloss_skip_layer\":%.6f}", l, cfg->mlp_widths[l], stats[l].rel_mixer, stats[l].rel_mlp,
+                     stats[l].rel, stats[l].cos_sim, stats[l].dloss_skip_mlp, stats[l].dloss_skip_layer);
+        }
+        log_json("{\"event\":\"done\",\"step\":%d,\"val_loss\":%.6f,\"seconds\":0}", m->step, base);
+        return 0;
+    }
+
+    Tokenizer tk = {0};
+    char tk_path[4096];
+    if (opt.tokenizer[0]) snprintf(tk_path, sizeof(tk_path), "%s", opt.tokenizer);
+    else default_tokenizer_path(tk_path, sizeof(tk_path), opt.train, cfg->vocab);
+    if (opt.sample_every && tokenizer_load(&tk, tk_path, cfg->vocab) != 0) {
+        if (opt.tokenizer[0]) die("--tokenizer %s: cannot open: %s", opt.tokenizer, strerror(errno));
+        printf("note: no tokenizer at %s, samples print %s\n", tk_path, cfg->vocab == 256 ? "bytes" : "token ids");
+        tk.vocab = cfg->vocab;
+        tk.eot = cfg->vocab == 256 ? '\n' : 0;
+    }
+    if (opt.load[0]) dataloader_seek(&train, resume_at);
+
+    AdamW adam = { (float)opt.lr, 0.9f, 0.95f, 1e-8f, (float)opt.weight_decay, (float)opt.grad_clip };
+    int decay_steps = opt.decay_steps ? opt.decay_steps : opt.steps;
+    int save_every = opt.save_every ? opt.save_every : opt.eval_every;
+    size_t tokens_per_step = (size_t)B * T * opt.grad_accum;
+    signal(SIGINT, on_sigint);
+    double t_start = wall_time(), t_train = 0, last_val = NAN;
+    int steps_timed = 0, save_failed = 0;
+    if (m->step >= opt.steps) printf("checkpoint is at step %d, --steps is %d: nothing to train\n", m->step, opt.steps);
+    if (m->step < opt.steps || !opt.load[0]) {
+        last_val = evaluate(m, &val, opt.eval_batches, B, T);
+        printf("step %5d | val loss %.4f | perplexity %.2f\n", m->step, last_val, exp(last_val));
+        log_json("{\"event\":\"val\",\"step\":%d,\"loss\":%.6f,\"ppl\":%.4f,\"tokens\":%zu}", m->step, last_val, exp(last_val), m->step * tokens_per_step);
+    }
+    while (m->step < opt.steps && !interrupted) {
+        int step = m->step; // steps taken so far; this is step + 1
+        double t0 = wall_time();
+        float lr = learning_rate(step, adam.lr, opt.warmup, decay_steps);
+        double norm, loss = train_step(m, &train, &adam, lr, opt.grad_accum, B, T, &norm);
+        if (!isfinite(loss) || !isfinite(norm)) {
+            // stop before anything is saved: the last checkpoint on disk stays the last good one
+            fprintf(stderr, "error: step %d: loss %g, gradient norm %g is not finite; stopping (no checkpoint written)\n", step + 1, loss, norm);
+            log_json("{\"event\":\"error\",\"step\":%d,\"message\":\"non-finite loss or gradient\"}", step + 1);
+            return 1;
+        }
+        double dt = wall_time() - t0;
+        t_train += dt;
+        steps_timed++;
+        double eta = (opt.steps - m->step) * (t_train / steps_timed);
+        printf("step %5d/%d | loss %.4f | lr %.2e | norm %6.3f | %6.0f ms | %7.0f tok/s | eta %.1f %s\n",
+               m->step, opt.steps, loss, lr, norm, dt * 1000, tokens_per_step / dt,
+               eta >= 60 ? eta / 60 : eta, eta >= 60 ? "min" : "s");
+        log_json("{\"event\":\"train\",\"step\":%d,\"loss\":%.9g,\"lr\":%.6g,\"grad_norm\":%.6f,\"ms\":%.2f,"
+                 "\"tokens_per_s\":%.1f,\"tokens\":%zu}", m->step, loss, lr, norm, dt * 1000, tokens_per_step / dt,
+                 m->step * tokens_per_step);
+        int last = m->step == opt.steps;
+        if (last || (opt.eval_every && m->step % opt.eval_every == 0)) {
+            last_val = evaluate(m, &val, opt.eval_batches, B, T);
+            printf("step %5d | val loss %.4f | perplexity %.2f\n", m->step, last_val, exp(last_val));
+            log_json("{\"event\":\"val\",\"step\":%d,\"loss\":%.6f,\"ppl\":%.4f,\"tokens\":%zu}", m->step, last_val, exp(last_val), m->step * tokens_per_step);
+        }
+        if (opt.sample_every && (m->step % opt.sample_every == 0 || last)) {
+            printf("--- sample at step %d ---\n", m->step);
+            sample_text(m, &tk, opt.sample_len < T ? opt.sample_len : T, (uint64_t)opt.seed + m->step);
+            printf("---\n");
+        }
+        if (opt.save[0] && (last || interrupted || (save_every && m->step % save_every == 0))) {
+            if (checkpoint_save(m, opt.save, train.at) == 0) printf("saved %s (step %d)\n", opt.save, m->step);
+            else save_failed = 1;
+        }
+    }
+    if (interrupted) {
+        printf("interrupted at step %d%s\n", m->step, opt.save[0] ? ", checkpoint saved; resume with --load" : "");
+        return 130;
+    }
+    double seconds = wall_time() - t_start;
+    printf("done: %d steps, val loss %.4f, %.1f s (%.0f tok/s training)\n", m->step, last_val, seconds,
+           steps_timed ? steps_timed * tokens_per_step / t_train : 0.0);
+    log_json("{\"event\":\"done\",\"step\":%d,\"val_loss\":%.6f,\"seconds\":%.2f}", m->step, last_val, seconds);
+    if (log_file) fclose(log_file);
+    tokenizer_free(&tk);
+    dataloader_free(&train);
+    dataloader_free(&val);
+    model_free(m);
+    return save_failed ? 1 : 0;
+}
+#endif // TLM_TESTING
