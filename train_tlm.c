@@ -977,14 +977,15 @@ static void config_finish(Config *c) {
     if ((c->dim / c->heads) % 2 != 0) die("head size --dim/--heads = %d must be even for RoPE", c->dim / c->heads);
     if (c->vocab < 2 || c->vocab > 65536) die("--vocab must be in 2..65536 (tokens are uint16), got %d", c->vocab);
     if (c->seq_len < 1 || c->seq_len > 8192) die("--seq-len must be in 1..8192, got %d", c->seq_len);
-    if (c->mlp_width < 1) die("--mlp-width must be positive, got %d", c->mlp_width);
+    if (c->mlp_width < 1 || c->mlp_width > 1 << 18) die("--mlp-width must be in 1..%d, got %d", 1 << 18, c->mlp_width);
+    if (c->dim > 1 << 14) die("--dim must be at most %d, got %d", 1 << 14, c->dim);
     if (taper_widths(c->mlp_widths, c->layers, c->mlp_width, c->taper, c->taper_start, c->taper_end,
                      c->taper_multiple, err, sizeof(err)))
         die("--taper: %s", err);
     if (c->arch == ARCH_TITANS) {
         if (c->window < 1) die("--window must be positive, got %d", c->window);
         if (c->mem_depth != 1 && c->mem_depth != 2) die("--mem-depth must be 1 or 2, got %d", c->mem_depth);
-        if (c->mem_depth == 2 && c->mem_hidden < 1) die("--mem-hidden must be positive, got %d", c->mem_hidden);
+        if (c->mem_depth == 2 && (c->mem_hidden < 1 || c->mem_hidden > 1 << 14)) die("--mem-hidden must be in 1..%d, got %d", 1 << 14, c->mem_hidden);
         if (c->mem_chunk < 1) die("--mem-chunk must be positive, got %d", c->mem_chunk);
     }
     if (c->arch == ARCH_HOPE) {
@@ -992,6 +993,7 @@ static void config_finish(Config *c) {
             die("--cms-levels must be in 1..%d, got %d", MAX_CMS_LEVELS, c->cms_levels);
         for (int k = 1; k < c->cms_levels; k++)
             if (c->cms_chunks[k] < 1) die("--cms-chunks: level %d needs a positive chunk size", k + 1);
+        if (c->cms_levels > 1 && (c->cms_width < 1 || c->cms_width > 1 << 14)) die("--cms-width must be in 1..%d, got %d", 1 << 14, c->cms_width);
         if (c->cms_levels > 1 &&
             taper_widths(c->cms_widths, c->layers, c->cms_width, c->taper, c->taper_start, c->taper_end,
                          c->taper_multiple, err, sizeof(err)))
@@ -1024,14 +1026,30 @@ static void init_params(Model *m, uint64_t seed) {
     }
 }
 
+// Memory a model may take: the machine's physical memory, unless a test sets a limit.
+static double tlm_memory_limit;
+static double memory_limit(void) {
+    if (tlm_memory_limit > 0) return tlm_memory_limit;
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && page > 0 ? (double)pages * page : 16.0 * (1 << 30);
+}
+
 static Model *model_create(const Config *cfg, int B, int T) {
     Model *m = xcalloc(1, sizeof(Model), "model");
     m->cfg = *cfg;
     config_finish(&m->cfg);
     if (T > m->cfg.seq_len) die("--seq-len %d is shorter than the %d tokens asked for", m->cfg.seq_len, T);
+    if (B < 1 || (double)B * T > (1 << 24)) die("--batch %d x --seq-len %d: at most %d tokens per micro-batch", B, T, 1 << 24);
     Weights scratch;
     layout_params(&m->cfg, NULL, &m->table, &scratch);
     m->num_params = m->table.total;
+    // refuse up front what would not fit: parameters, gradients, two AdamW moments, activations
+    double act_bytes = (double)layout_activations(m, NULL, B, T) * sizeof(real);
+    double bytes = (double)m->num_params * (2 * sizeof(real) + 2 * sizeof(float)) + act_bytes;
+    if (bytes > memory_limit())
+        die("this model needs %.2f GiB (%zu parameters; %.2f GiB of activations for %d x %d tokens), more than the %.2f GiB "
+            "of memory here: make it smaller or lower --batch / --seq-len", bytes / (1 << 30), m->num_params,
+            act_bytes / (1 << 30), B, T, memory_limit() / (1 << 30));
     m->params = xcalloc(m->num_params, sizeof(real), "parameters");
     m->grads = xcalloc(m->num_params, sizeof(real), "gradients");
     layout_params(&m->cfg, m->params, &m->table, &m->w);
@@ -1867,8 +1885,6 @@ static void analyze_layers(Model *m, DataLoader *val, int batches, int B, int T,
 // ----------------------------------------------------------------------------
 // 8. main: command line and training loop
 
-#ifndef TLM_TESTING
-
 typedef struct {
     Config cfg;
     const char *train, *val, *save, *load, *log, *tokenizer;
@@ -1889,7 +1905,7 @@ typedef struct {
     int set;            // given on the command line
 } Option;
 
-static Options opt = {
+static const Options default_options = {
     .cfg = { .arch = ARCH_TRANSFORMER, .layers = 6, .dim = 128, .heads = 4, .vocab = 0, .seq_len = 128,
              .mlp_width = 384, .taper = TAPER_COSINE, .taper_start = 1.5, .taper_end = 0.5,
              .taper_multiple = 32, .window = 64, .mem_depth = 2, .mem_hidden = 64, .mem_chunk = 16,
@@ -1900,6 +1916,7 @@ static Options opt = {
     .save_every = 0, .lr = 3e-3, .weight_decay = 0.1, .grad_clip = 1.0, .seed = 1337,
     .cms_chunks = "16,64",
 };
+static Options opt;
 
 static Option options[] = {
     { "arch", OPT_ARCH, &opt.cfg.arch, 1, "transformer | gated | titans | hope", 0 },
@@ -1974,6 +1991,13 @@ static void usage(FILE *out) {
 static void usage_error(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
+#ifdef TLM_TESTING
+    if (tlm_error_jump) {
+        vsnprintf(tlm_last_error, sizeof(tlm_last_error), fmt, ap);
+        va_end(ap);
+        longjmp(*tlm_error_jump, 2);
+    }
+#endif
     fprintf(stderr, "error: ");
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n(run ./train_tlm --help for the options)\n");
@@ -1981,10 +2005,28 @@ static void usage_error(const char *fmt, ...) {
     exit(2);
 }
 
-static void parse_args(int argc, char **argv) {
+static void parse_cms_chunks(Config *c, const char *s) {
+    const char *p = s;
+    for (int k = 1; k < MAX_CMS_LEVELS; k++) c->cms_chunks[k] = 0;
+    for (int k = 1; *p; k++) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 1 || v > 1 << 20 || (*end && *end != ',') || k >= MAX_CMS_LEVELS)
+            usage_error("--cms-chunks: '%s' is not a list of up to %d positive integers", s, MAX_CMS_LEVELS - 1);
+        c->cms_chunks[k] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    for (int k = 1; k < c->cms_levels && k < MAX_CMS_LEVELS; k++)
+        if (!c->cms_chunks[k]) usage_error("--cms-chunks: '%s' gives no chunk size for level %d of --cms-levels %d", s, k + 1, c->cms_levels);
+}
+
+// Fills opt from the defaults and the command line; returns 1 if help was asked for.
+static int parse_args(int argc, char **argv) {
+    opt = default_options;
+    for (int k = 0; k < NUM_OPTIONS; k++) options[k].set = 0;
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
-        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) { usage(stdout); exit(0); }
+        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) return 1;
         if (strncmp(arg, "--", 2) != 0) usage_error("unexpected argument '%s'", arg);
         char name[64];
         const char *eq = strchr(arg + 2, '='), *value = NULL;
@@ -2033,21 +2075,16 @@ static void parse_args(int argc, char **argv) {
         }
         o->set = 1;
     }
-}
-
-static void parse_cms_chunks(Config *c, const char *s) {
-    const char *p = s;
-    for (int k = 1; k < MAX_CMS_LEVELS; k++) c->cms_chunks[k] = 0;
-    for (int k = 1; *p; k++) {
-        char *end;
-        long v = strtol(p, &end, 10);
-        if (end == p || v < 1 || v > 1 << 20 || (*end && *end != ',') || k >= MAX_CMS_LEVELS)
-            usage_error("--cms-chunks: '%s' is not a list of up to %d positive integers", s, MAX_CMS_LEVELS - 1);
-        c->cms_chunks[k] = (int)v;
-        p = *end ? end + 1 : end;
-    }
-    for (int k = 1; k < c->cms_levels && k < MAX_CMS_LEVELS; k++)
-        if (!c->cms_chunks[k]) usage_error("--cms-chunks: '%s' gives no chunk size for level %d of --cms-levels %d", s, k + 1, c->cms_levels);
+    parse_cms_chunks(&opt.cfg, opt.cms_chunks);
+    if (opt.batch < 1 || opt.grad_accum < 1) usage_error("--batch and --grad-accum must be positive");
+    if (opt.steps < 0 || opt.warmup < 0 || opt.decay_steps < 0 || opt.eval_every < 0 || opt.sample_every < 0 || opt.save_every < 0)
+        usage_error("step counts must not be negative");
+    if (opt.eval_batches < 1) usage_error("--eval-batches must be positive");
+    if (opt.sample_len < 1) usage_error("--sample-len must be positive");
+    if (!(opt.lr > 0)) usage_error("--lr must be positive");
+    if (opt.weight_decay < 0 || opt.grad_clip < 0) usage_error("--weight-decay and --grad-clip must not be negative");
+    if ((opt.eval_only || opt.analyze) && !opt.load[0]) usage_error("--eval-only and --analyze need --load");
+    return 0;
 }
 
 // --- logging -----------------------------------------------------------------------------
@@ -2099,16 +2136,10 @@ static void default_tokenizer_path(char *out, size_t n, const char *train, int v
     snprintf(out, n, "%.*s%s_tokenizer.bin", dirlen, train, vocab == 256 ? "byte" : "gpt2");
 }
 
+#ifndef TLM_TESTING
 int main(int argc, char **argv) {
-    parse_args(argc, argv);
+    if (parse_args(argc, argv)) { usage(stdout); return 0; }
     Config *cfg = &opt.cfg;
-    parse_cms_chunks(cfg, opt.cms_chunks);
-    if (opt.batch < 1 || opt.grad_accum < 1) usage_error("--batch and --grad-accum must be positive");
-    if (opt.steps < 0 || opt.warmup < 0 || opt.decay_steps < 0 || opt.eval_every < 0 || opt.sample_every < 0 || opt.save_every < 0)
-        usage_error("step counts must not be negative");
-    if (opt.eval_batches < 1) usage_error("--eval-batches must be positive");
-    if (!(opt.lr > 0)) usage_error("--lr must be positive");
-    if ((opt.eval_only || opt.analyze) && !opt.load[0]) usage_error("--eval-only and --analyze need --load");
 
     DataPosition resume_at = { 0, 0, 0 };
     if (opt.load[0]) {
