@@ -6,7 +6,7 @@ OPENMP ?= -fopenmp
 LDLIBS = -lm
 PYTHON ?= python3
 
-.PHONY: all test data run portable clean
+.PHONY: all test data run portable clean bench test-mutants
 
 all: train_tlm test_tlm
 
@@ -38,3 +38,15 @@ run: train_tlm data
 
 clean:
 	rm -f train_tlm test_tlm *.o
+
+# a benchmark, not a test: full training steps and the matmul at the model's shapes
+dev/bench_tlm: dev/bench_tlm.c train_tlm.c
+	$(CC) $(CFLAGS) -Wno-unused-function $(OPENMP) $< $(LDLIBS) -o $@
+
+bench: dev/bench_tlm
+	./dev/bench_tlm --threads $(BENCH_THREADS)
+BENCH_THREADS ?= 1,2
+
+# every deliberately broken backward must make the tests fail
+test-mutants: train_tlm
+	bash dev/mutation_test.sh

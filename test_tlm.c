@@ -14,6 +14,7 @@
  */
 #define TLM_TESTING
 #include "train_tlm.c"
+#include <sys/resource.h>
 #include <sys/wait.h>
 
 static int passed, failed;
@@ -367,6 +368,12 @@ static void test_checkpoints(void) {
               got.pos == 123 && got.epoch == 2, "checkpoint: %s round trip restores parameters, step, data position", arch_names[arch]);
         model_free(a); model_free(b);
     }
+    // a valid checkpoint of the tiny transformer, then broken copies of it
+    Config c0 = tiny_config(ARCH_TRANSFORMER, TAPER_COSINE);
+    Model *m0 = model_create(&c0, 1, 4);
+    DataPosition pos0 = { 0, 0, 0 };
+    checkpoint_save(m0, tmp_path("rt.ckpt"), pos0);
+    model_free(m0);
     FILE *f = open_file(tmp_path("rt.ckpt"), "rb");
     long size = file_size(f);
     char *bytes = xcalloc(size, 1, "t");
@@ -486,11 +493,14 @@ static int run_trainer(const char *args) {
 static int output_has(const char *want) {
     FILE *f = fopen(tmp_path("cli.out"), "r");
     if (!f) return 0;
-    char buf[65536];
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    long n = file_size(f);
+    char *buf = xcalloc(n + 1, 1, "test");
+    n = (long)fread(buf, 1, n, f);
     buf[n] = 0;
     fclose(f);
-    return strstr(buf, want) != NULL;
+    int found = strstr(buf, want) != NULL;
+    free(buf);
+    return found;
 }
 // the "loss" fields of the train records of a JSONL log, from step `from` on
 static int train_losses(const char *log, int from, char out[][32], int max) {
@@ -543,6 +553,56 @@ static void test_cli(void) {
     check(run_trainer(args) == 1 && output_has("different --arch"), "cli: loading with the wrong --arch is an error");
     snprintf(args, sizeof(args), "%s --load %s --analyze --log %s", data, tmp_path("cli.ckpt"), tmp_path("analysis.jsonl"));
     check(run_trainer(args) == 0 && output_has("dloss skip"), "cli: --analyze prints the layer table");
+    // a diverging run stops at the first non-finite loss and keeps the last good checkpoint
+    snprintf(args, sizeof(args), "%s --steps 20 --lr 1e30 --warmup 0 --grad-clip 0 --save-every 1 --save %s", data, tmp_path("nan.ckpt"));
+    int rc = run_trainer(args);
+    check(rc == 1 && output_has("not finite"), "cli: a non-finite loss stops training with the step named (exit %d)", rc);
+    snprintf(args, sizeof(args), "%s --load %s --eval-only", data, tmp_path("nan.ckpt"));
+    check(run_trainer(args) == 0, "cli: the checkpoint left by a diverged run is finite and loads");
+    // Ctrl-C saves a checkpoint and exits
+    snprintf(args, sizeof(args), "%s --steps 100000 --eval-every 0 --save %s", data, tmp_path("int.ckpt"));
+    char cmd[4096];
+    snprintf(cmd, sizeof(cmd), "OMP_NUM_THREADS=1 ./train_tlm %s > %s 2>&1 & pid=$!; sleep 1.5; kill -INT $pid; wait $pid",
+             args, tmp_path("cli.out"));
+    int status = system(cmd);
+    check(WIFEXITED(status) && WEXITSTATUS(status) == 130 && output_has("interrupted") && access(tmp_path("int.ckpt"), R_OK) == 0,
+          "cli: SIGINT saves a checkpoint and exits with 130");
+}
+
+// A save that fails half way (here: the file-size limit, as on a full disk) reports the error
+// and leaves the previous checkpoint byte for byte as it was.
+static void test_failed_save_keeps_old(void) {
+    Config c = tiny_config(ARCH_TRANSFORMER, TAPER_COSINE);
+    Model *m = model_create(&c, 1, 4);
+    init_params(m, 1);
+    DataPosition pos = { 0, 0, 0 };
+    const char *path = tmp_path("keep.ckpt");
+    checkpoint_save(m, path, pos);
+    FILE *f = open_file(path, "rb");
+    long size = file_size(f);
+    char *before = xcalloc(size, 1, "t"), *after = xcalloc(size, 1, "t");
+    read_exact(before, 1, size, f, path);
+    fclose(f);
+    init_params(m, 2);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct rlimit lim = { 2048, 2048 };
+        signal(SIGXFSZ, SIG_IGN);
+        setrlimit(RLIMIT_FSIZE, &lim);
+        freopen("/dev/null", "w", stderr);
+        _exit(checkpoint_save(m, path, pos) == 0 ? 0 : 3);
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    f = open_file(path, "rb");
+    int same = file_size(f) == size;
+    if (same) { read_exact(after, 1, size, f, path); same = !memcmp(before, after, size); }
+    fclose(f);
+    check(WIFEXITED(status) && WEXITSTATUS(status) == 3, "checkpoint: a save that runs out of space is reported");
+    check(same && access(tmp_path("keep.ckpt.tmp"), F_OK) != 0, "checkpoint: the previous checkpoint survives a failed save intact");
+    free(before); free(after);
+    model_free(m);
 }
 
 int main(void) {
@@ -560,6 +620,7 @@ int main(void) {
     test_matmul();
     test_shard_loader();
     test_checkpoints();
+    test_failed_save_keeps_old();
     test_resume_bit_exact();
     test_overfit();
     test_hope_one_level_is_transformer();

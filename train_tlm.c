@@ -34,7 +34,7 @@
  * test_tlm.c #includes this file with TLM_TESTING defined (no main) and, for the
  * gradient checks, TLM_DOUBLE, so the tests run exactly this code in double precision.
  */
-#define _POSIX_C_SOURCE 200809L
+#define _XOPEN_SOURCE 700
 #include <errno.h>
 #include <float.h>
 #include <glob.h>
@@ -837,17 +837,334 @@ static real *take(size_t *cursor, real *base, size_t n) {
     return base ? base + at : NULL;
 }
 
-// --- STUB (replaced by the neural memory kernel) ---
-static size_t memory_state_size(int T, int chunk, int P) { return 2 * (size_t)P * ((T + chunk - 1) / chunk + 1); }
-static size_t memory_scratch_size(int T, int d, int m, int depth, int chunk) { (void)T; (void)d; (void)m; (void)depth; (void)chunk; return 16; }
+// --- the neural memory (Titans; Hope's fast levels) -----------------------------------------
+// One sequence of T tokens, one head of size d. The memory M_W is
+//   depth 1:  M(x) = W x                          W (d, d)
+//   depth 2:  M(x) = x + W2 silu(W1 x)            W1 (m, d), W2 (d, m), stored W1 then W2
+// with P parameters, learned at test time on the associative loss l_t(W) = |M_W(k_t) - v_t|^2:
+//   g_t = grad_W l_t(W_c)                 W_c: the weights at the start of t's chunk of C tokens
+//   S_t = eta_t S_{t-1} - theta_t g_t     surprise with momentum         (S_{-1} = 0)
+//   W_t = (1 - alpha_t) W_{t-1} + S_t     forgetting and update          (W_{-1} = W0, learned)
+//   y_t = M_{W_t}(q_t)   (Titans)   or   M_{W_c}(q_t)   (Hope: a chunk reads its start weights)
+// C = 1 is the exact token-by-token recurrence. The forward keeps W and S at chunk boundaries
+// only (states: (T/C + 1) x 2P); the backward recomputes the tokens of a chunk from there.
+
+static size_t memory_state_size(int T, int chunk, int P) { return (size_t)2 * P * ((T + chunk - 1) / chunk + 1); }
+// per thread: W_t and S_t of one chunk (2 C P), four P-vectors, sixteen vectors of d + m
+static size_t memory_scratch_size(int T, int d, int m, int depth, int chunk) {
+    int C = chunk < T ? chunk : T;
+    size_t P = (size_t)memory_params(depth, d, m);
+    return (2 * (size_t)C + 4) * P + 16 * (size_t)(d + m);
+}
+
+static inline real silu(real z) { return z * sigmoid(z); }
+static inline real silu_grad(real z) { real s = sigmoid(z); return s * (1 + z * (1 - s)); }
+static inline real silu_grad2(real z) { real s = sigmoid(z); return s * (1 - s) * (2 + z * (1 - 2 * s)); }
+
+// y = M_W(x). vec: scratch of 2m (z, a)
+static void memory_apply(real *y, const real *W, const real *x, int d, int m, int depth, real *vec) {
+    if (depth == 1) {
+        for (int i = 0; i < d; i++) {
+            real s = 0;
+            for (int j = 0; j < d; j++) s += W[i * d + j] * x[j];
+            y[i] = s;
+        }
+        return;
+    }
+    const real *W1 = W, *W2 = W + (size_t)m * d;
+    real *a = vec;
+    for (int j = 0; j < m; j++) {
+        real z = 0;
+        for (int i = 0; i < d; i++) z += W1[j * d + i] * x[i];
+        a[j] = silu(z);
+    }
+    for (int i = 0; i < d; i++) {
+        real s = x[i];
+        for (int j = 0; j < m; j++) s += W2[i * m + j] * a[j];
+        y[i] = s;
+    }
+}
+
+// dW += dM/dW^T dy ; dx += dM/dx^T dy       (y = M_W(x)). vec: scratch of 3m
+static void memory_apply_backward(real *dW, real *dx, const real *dy, const real *W, const real *x,
+                                  int d, int m, int depth, real *vec) {
+    if (depth == 1) {
+        for (int i = 0; i < d; i++)
+            for (int j = 0; j < d; j++) {
+                dW[i * d + j] += dy[i] * x[j];
+                dx[j] += W[i * d + j] * dy[i];
+            }
+        return;
+    }
+    const real *W1 = W, *W2 = W + (size_t)m * d;
+    real *dW1 = dW, *dW2 = dW + (size_t)m * d;
+    real *z = vec, *a = vec + m, *dz = vec + 2 * m;
+    for (int j = 0; j < m; j++) {
+        real s = 0;
+        for (int i = 0; i < d; i++) s += W1[j * d + i] * x[i];
+        z[j] = s;
+        a[j] = silu(s);
+        dz[j] = 0;
+    }
+    // y = x + W2 a:  dx += dy ; dW2 += dy a^T ; da = W2^T dy ; dz = da silu'(z)
+    for (int i = 0; i < d; i++) {
+        dx[i] += dy[i];
+        for (int j = 0; j < m; j++) {
+            dW2[i * m + j] += dy[i] * a[j];
+            dz[j] += W2[i * m + j] * dy[i];
+        }
+    }
+    // z = W1 x:  dW1 += dz x^T ; dx += W1^T dz
+    for (int j = 0; j < m; j++) {
+        dz[j] *= silu_grad(z[j]);
+        for (int i = 0; i < d; i++) {
+            dW1[j * d + i] += dz[j] * x[i];
+            dx[i] += W1[j * d + i] * dz[j];
+        }
+    }
+}
+
+// g = grad_W |M_W(k) - v|^2
+//   depth 1:  e = W k - v ;  g = 2 e k^T
+//   depth 2:  z = W1 k, a = silu(z), e = k + W2 a - v ;  g2 = 2 e a^T ;  g1 = 2 (W2^T e * silu'(z)) k^T
+// vec: scratch of 3m + d
+static void memory_grad(real *g, const real *W, const real *k, const real *v, int d, int m, int depth, real *vec) {
+    real *e = vec;
+    if (depth == 1) {
+        for (int i = 0; i < d; i++) {
+            real s = -v[i];
+            for (int j = 0; j < d; j++) s += W[i * d + j] * k[j];
+            e[i] = s;
+        }
+        for (int i = 0; i < d; i++)
+            for (int j = 0; j < d; j++) g[i * d + j] = 2 * e[i] * k[j];
+        return;
+    }
+    const real *W1 = W, *W2 = W + (size_t)m * d;
+    real *g1 = g, *g2 = g + (size_t)m * d;
+    real *z = vec + d, *a = z + m, *u = a + m;
+    for (int j = 0; j < m; j++) {
+        real s = 0;
+        for (int i = 0; i < d; i++) s += W1[j * d + i] * k[i];
+        z[j] = s;
+        a[j] = silu(s);
+        u[j] = 0;
+    }
+    for (int i = 0; i < d; i++) {
+        real s = k[i] - v[i];
+        for (int j = 0; j < m; j++) s += W2[i * m + j] * a[j];
+        e[i] = s;
+    }
+    for (int i = 0; i < d; i++)
+        for (int j = 0; j < m; j++) {
+            g2[i * m + j] = 2 * e[i] * a[j];
+            u[j] += W2[i * m + j] * e[i];
+        }
+    for (int j = 0; j < m; j++) {
+        u[j] *= silu_grad(z[j]);
+        for (int i = 0; i < d; i++) g1[j * d + i] = 2 * u[j] * k[i];
+    }
+}
+
+// Backward of g = grad_W l(W; k, v), for an incoming dg = scale * D:
+//   dW += (dg/dW)^T dg ;  dk += (dg/dk)^T dg ;  dv += (dg/dv)^T dg
+// (the second derivative of the loss: for depth 2 it needs silu''). vec: scratch of 12 max(d, m)
+static void memory_grad_backward(real *dW, real *dk, real *dv, const real *D, real scale, const real *W,
+                                 const real *k, const real *v, int d, int m, int depth, real *vec) {
+    if (depth == 1) {
+        // e = W k - v ; g = 2 e k^T.  de = 2 dg k ; dk += 2 dg^T e ; then through e: dW += de k^T, dk += W^T de, dv -= de
+        real *e = vec, *de = vec + d;
+        for (int i = 0; i < d; i++) {
+            real s = -v[i], t = 0;
+            for (int j = 0; j < d; j++) { s += W[i * d + j] * k[j]; t += D[i * d + j] * k[j]; }
+            e[i] = s;
+            de[i] = 2 * scale * t;
+        }
+        for (int i = 0; i < d; i++) {
+            for (int j = 0; j < d; j++) {
+                dk[j] += 2 * scale * D[i * d + j] * e[i] + W[i * d + j] * de[i];
+                dW[i * d + j] += de[i] * k[j];
+            }
+            dv[i] -= de[i];
+        }
+        return;
+    }
+    const real *W1 = W, *W2 = W + (size_t)m * d, *D1 = D, *D2 = D + (size_t)m * d;
+    real *dW1 = dW, *dW2 = dW + (size_t)m * d;
+    real *z = vec, *a = z + m, *sp = a + m, *r = sp + m, *da = r + m, *dz = da + m, *du = dz + m;
+    real *e = du + m, *de = e + d;
+    // recompute the forward of g
+    for (int j = 0; j < m; j++) {
+        real s = 0;
+        for (int i = 0; i < d; i++) s += W1[j * d + i] * k[i];
+        z[j] = s;
+        a[j] = silu(s);
+        sp[j] = silu_grad(s);
+        r[j] = 0;
+    }
+    for (int i = 0; i < d; i++) {
+        real s = k[i] - v[i];
+        for (int j = 0; j < m; j++) s += W2[i * m + j] * a[j];
+        e[i] = s;
+    }
+    for (int i = 0; i < d; i++)
+        for (int j = 0; j < m; j++) r[j] += W2[i * m + j] * e[i];           // r = W2^T e, u = r * silu'(z)
+    // g2 = 2 e a^T:  de = 2 dg2 a ;  da = 2 dg2^T e
+    // g1 = 2 u k^T:  du = 2 dg1 k ;  dk += 2 dg1^T u
+    for (int j = 0; j < m; j++) { da[j] = 0; du[j] = 0; }
+    for (int i = 0; i < d; i++) {
+        real s = 0;
+        for (int j = 0; j < m; j++) {
+            s += D2[i * m + j] * a[j];
+            da[j] += 2 * scale * D2[i * m + j] * e[i];
+        }
+        de[i] = 2 * scale * s;
+    }
+    for (int j = 0; j < m; j++) {
+        real s = 0, u = r[j] * sp[j];
+        for (int i = 0; i < d; i++) {
+            s += D1[j * d + i] * k[i];
+            dk[i] += 2 * scale * D1[j * d + i] * u;
+        }
+        du[j] = 2 * scale * s;
+    }
+    // u = r * silu'(z):  dr = du silu'(z) (kept in du) ;  dz = du r silu''(z)
+    for (int j = 0; j < m; j++) {
+        dz[j] = du[j] * r[j] * silu_grad2(z[j]);
+        du[j] *= sp[j];
+    }
+    // r = W2^T e:  dW2 += e dr^T ;  de += W2 dr
+    // e = k + W2 a - v:  dk += de ; dv -= de ; dW2 += de a^T ; da += W2^T de
+    for (int i = 0; i < d; i++) {
+        real s = 0;
+        for (int j = 0; j < m; j++) s += W2[i * m + j] * du[j];
+        de[i] += s;
+    }
+    for (int i = 0; i < d; i++) {
+        dk[i] += de[i];
+        dv[i] -= de[i];
+        for (int j = 0; j < m; j++) {
+            dW2[i * m + j] += e[i] * du[j] + de[i] * a[j];
+            da[j] += W2[i * m + j] * de[i];
+        }
+    }
+    // a = silu(z): dz += da silu'(z) ;  z = W1 k: dW1 += dz k^T ; dk += W1^T dz
+    for (int j = 0; j < m; j++) {
+        dz[j] += da[j] * sp[j];
+        for (int i = 0; i < d; i++) {
+            dW1[j * d + i] += dz[j] * k[i];
+            dk[i] += W1[j * d + i] * dz[j];
+        }
+    }
+}
+
+// y (T, d) from k, v, q (T, d) and the gates (T); states: see memory_state_size().
 static void memory_forward(real *y, real *states, real *scratch, const real *k, const real *v, const real *q,
-    const real *theta, const real *eta, const real *alpha, const real *W0, int T, int d, int m, int depth, int C, int rcs) {
-    (void)y;(void)states;(void)scratch;(void)k;(void)v;(void)q;(void)theta;(void)eta;(void)alpha;(void)W0;(void)T;(void)d;(void)m;(void)depth;(void)C;(void)rcs; die("memory not implemented"); }
-static void memory_backward(real *dk, real *dv, real *dq, real *dtheta, real *deta, real *dalpha, real *dW0, real *scratch,
-    const real *dy, const real *states, const real *k, const real *v, const real *q, const real *theta, const real *eta,
-    const real *alpha, const real *W0, int T, int d, int m, int depth, int C, int rcs) {
-    (void)dk;(void)dv;(void)dq;(void)dtheta;(void)deta;(void)dalpha;(void)dW0;(void)scratch;(void)dy;(void)states;(void)k;(void)v;(void)q;(void)theta;(void)eta;(void)alpha;(void)W0;(void)T;(void)d;(void)m;(void)depth;(void)C;(void)rcs; die("memory not implemented"); }
-// __END_MEMORY_STUB__
+                           const real *theta, const real *eta, const real *alpha, const real *W0,
+                           int T, int d, int m, int depth, int chunk, int read_chunk_start) {
+    int P = memory_params(depth, d, m);
+    real *W = scratch, *S = W + P, *g = S + P, *vec = g + 2 * (size_t)P;
+    memcpy(W, W0, P * sizeof(real));
+    memset(S, 0, P * sizeof(real));
+    for (int c = 0, s = 0; s < T; c++, s += chunk) {
+        real *Wc = states + (size_t)c * 2 * P;        // the chunk's start: W_c and S
+        memcpy(Wc, W, P * sizeof(real));
+        memcpy(Wc + P, S, P * sizeof(real));
+        for (int t = s; t < T && t < s + chunk; t++) {
+            memory_grad(g, Wc, k + (size_t)t * d, v + (size_t)t * d, d, m, depth, vec);
+            for (int p = 0; p < P; p++) {
+                S[p] = eta[t] * S[p] - theta[t] * g[p];
+                W[p] = (1 - alpha[t]) * W[p] + S[p];
+            }
+            memory_apply(y + (size_t)t * d, read_chunk_start ? Wc : W, q + (size_t)t * d, d, m, depth, vec);
+        }
+    }
+    int chunks = (T + chunk - 1) / chunk;
+    memcpy(states + (size_t)chunks * 2 * P, W, P * sizeof(real));
+    memcpy(states + (size_t)chunks * 2 * P + P, S, P * sizeof(real));
+}
+
+// Accumulates the gradients of every input of memory_forward, given dy (T, d). Adjoints,
+// going back through the tokens of each chunk (dW, dS: of W_t, S_t):
+//   read:        dW += dM/dW^T dy_t (Titans; Hope adds it to dW_c) ;  dq_t += dM/dq^T dy_t
+//   W_t = (1-alpha) W_{t-1} + S_t:   dS += dW ;  dalpha_t = -<W_{t-1}, dW> ;  dW <- (1-alpha_t) dW
+//   S_t = eta S_{t-1} - theta g_t:   dtheta_t = -<g_t, dS> ;  deta_t = <S_{t-1}, dS> ;
+//                                    dg_t = -theta_t dS (into dW_c, dk_t, dv_t) ;  dS <- eta_t dS
+// and at the chunk's start dW += dW_c, since W_c is W_{s-1}. At the very start dW0 += dW.
+static void memory_backward(real *dk, real *dv, real *dq, real *dtheta, real *deta, real *dalpha, real *dW0,
+                            real *scratch, const real *dy, const real *states, const real *k, const real *v,
+                            const real *q, const real *theta, const real *eta, const real *alpha, const real *W0,
+                            int T, int d, int m, int depth, int chunk, int read_chunk_start) {
+    (void)W0;
+    int P = memory_params(depth, d, m), C = chunk < T ? chunk : T;
+    real *Wt = scratch, *St = Wt + (size_t)C * P, *dW = St + (size_t)C * P, *dS = dW + P, *dWc = dS + P;
+    real *g = dWc + P, *vec = g + P;
+    memset(dW, 0, P * sizeof(real));
+    memset(dS, 0, P * sizeof(real));
+    int chunks = (T + chunk - 1) / chunk;
+    for (int c = chunks - 1; c >= 0; c--) {
+        int s = c * chunk, n = T - s < chunk ? T - s : chunk;
+        const real *Wc = states + (size_t)c * 2 * P, *Sc = Wc + P;
+        // recompute W_t, S_t of this chunk
+        for (int i = 0; i < n; i++) {
+            int t = s + i;
+            const real *Wp = i ? Wt + (size_t)(i - 1) * P : Wc, *Sp = i ? St + (size_t)(i - 1) * P : Sc;
+            real *Wi = Wt + (size_t)i * P, *Si = St + (size_t)i * P;
+            memory_grad(g, Wc, k + (size_t)t * d, v + (size_t)t * d, d, m, depth, vec);
+            for (int p = 0; p < P; p++) {
+                Si[p] = eta[t] * Sp[p] - theta[t] * g[p];
+                Wi[p] = (1 - alpha[t]) * Wp[p] + Si[p];
+            }
+        }
+        memset(dWc, 0, P * sizeof(real));
+        for (int i = n - 1; i >= 0; i--) {
+            int t = s + i;
+            const real *Wi = Wt + (size_t)i * P;
+            const real *Wp = i ? Wt + (size_t)(i - 1) * P : Wc, *Sp = i ? St + (size_t)(i - 1) * P : Sc;
+            if (read_chunk_start)
+                memory_apply_backward(dWc, dq + (size_t)t * d, dy + (size_t)t * d, Wc, q + (size_t)t * d, d, m, depth, vec);
+            else
+                memory_apply_backward(dW, dq + (size_t)t * d, dy + (size_t)t * d, Wi, q + (size_t)t * d, d, m, depth, vec);
+            real da = 0;
+            for (int p = 0; p < P; p++) {
+                dS[p] += dW[p];
+                da -= Wp[p] * dW[p];
+                dW[p] *= 1 - alpha[t];
+            }
+            dalpha[t] += da;
+            memory_grad(g, Wc, k + (size_t)t * d, v + (size_t)t * d, d, m, depth, vec);
+            real dth = 0, det = 0;
+            for (int p = 0; p < P; p++) {
+                dth -= g[p] * dS[p];
+                det += Sp[p] * dS[p];
+            }
+            dtheta[t] += dth;
+            deta[t] += det;
+            memory_grad_backward(dWc, dk + (size_t)t * d, dv + (size_t)t * d, dS, -theta[t], Wc,
+                                 k + (size_t)t * d, v + (size_t)t * d, d, m, depth, vec);
+            for (int p = 0; p < P; p++) dS[p] *= eta[t];
+        }
+        for (int p = 0; p < P; p++) dW[p] += dWc[p];
+    }
+    for (int p = 0; p < P; p++) dW0[p] += dW[p];
+}
+
+// The recurrence as plainly as it can be written: token by token (C = 1), Titans' read-out.
+// The tests check memory_forward with chunk 1 against it.
+static inline void memory_reference_forward(real *y, const real *k, const real *v, const real *q, const real *theta,
+                                            const real *eta, const real *alpha, const real *W0, int T, int d, int m, int depth) {
+    int P = memory_params(depth, d, m);
+    real *W = xcalloc(P, sizeof(real), "memory"), *S = xcalloc(P, sizeof(real), "memory");
+    real *g = xcalloc(P, sizeof(real), "memory"), *vec = xcalloc(16 * (size_t)(d + m), sizeof(real), "memory");
+    memcpy(W, W0, P * sizeof(real));
+    for (int t = 0; t < T; t++) {
+        memory_grad(g, W, k + (size_t)t * d, v + (size_t)t * d, d, m, depth, vec);
+        for (int p = 0; p < P; p++) S[p] = eta[t] * S[p] - theta[t] * g[p];
+        for (int p = 0; p < P; p++) W[p] = (1 - alpha[t]) * W[p] + S[p];
+        memory_apply(y + (size_t)t * d, W, q + (size_t)t * d, d, m, depth, vec);
+    }
+    free(W); free(S); free(g); free(vec);
+}
 
 typedef struct {
     Config cfg;
@@ -865,6 +1182,8 @@ typedef struct {
     int step;                   // optimizer steps taken
     // layer analysis: skip a layer's MLP slot, or the whole layer, in forward
     const int *skip_mlp, *skip_layer;
+    // wall time spent in forward + backward of the mixers (with W_O), the MLP slots, the head
+    double seconds_mixer, seconds_mlp, seconds_head;
 } Model;
 
 static int gate_width(const Config *c) { return c->gate_headwise ? c->heads : c->dim; }
@@ -1078,9 +1397,11 @@ static void model_free(Model *m) {
 // --- the neural memory module (Titans' mixer branch, Hope's fast levels) -------------------
 // From the normalised block input x (N,C):
 //   q, k, v = split_heads(x Wqkv^T),  k <- k/|k|, q <- q/|q|        per head of size hs
-//   z = x Wg^T + b :  theta = theta_max sigmoid(z_step), eta = sigmoid(z_mom), alpha = sigmoid(z_forget)
+//   z = x Wg^T + b :  theta = (theta_max / C) sigmoid(z_step), eta = sigmoid(z_mom), alpha = sigmoid(z_forget)
+// The step size is divided by the chunk size C: the C gradients of a chunk are all taken at the
+// chunk's start weights and add up, so this keeps a chunk's update at the scale of one step.
 //   y = memory recurrence (memory_forward) per sequence and head, heads merged back (N,C)
-static const real theta_max = 1;
+static const real theta_max = (real)0.3;
 
 static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqkv, const real *wgates,
                                   const real *bgates, const real *w0, real *scratch, size_t scratch_stride,
@@ -1107,7 +1428,7 @@ static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqk
                 ma->k_inv[i] = k_inv;
                 real *z = ma->gates + n * 3 * NH;
                 for (int g = 0; g < 3; g++) z[g * NH + h] += bgates[g * NH + h];
-                ma->theta[i] = theta_max * sigmoid(z[h]);
+                ma->theta[i] = theta_max / chunk * sigmoid(z[h]);
                 ma->eta[i] = sigmoid(z[NH + h]);
                 ma->alpha[i] = sigmoid(z[2 * NH + h]);
             }
@@ -1130,7 +1451,7 @@ static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqk
 // Backward of the module: dy (N,C) in; dx (N,C) and the weight gradients accumulated.
 //   memory_backward gives dk, dv, dq, dtheta, deta, dalpha and dW0 per sequence and head;
 //   through k <- k/|k|: dk_raw = (dk - k (k . dk)) / |k|  (same for q);
-//   through the gates: dz = dtheta theta (1 - theta/theta_max), deta eta (1 - eta), ...
+//   through the gates: dz = dtheta theta (1 - theta C/theta_max), deta eta (1 - eta), ...
 static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates, real *dbgates, real *dw0,
                                    const real *dy, const MemoryActs *ma, const real *x, const real *wqkv,
                                    const real *wgates, const real *w0, int B, int T, int C, int NH,
@@ -1182,7 +1503,7 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates
                     dv_raw[j] = dv[j];
                 }
                 real th = ma->theta[i], et = ma->eta[i], al = ma->alpha[i];
-                dz[n * 3 * NH + h] = a->dtheta[i] * th * (1 - th / theta_max);
+                dz[n * 3 * NH + h] = a->dtheta[i] * th * (1 - th * chunk / theta_max);
                 dz[n * 3 * NH + NH + h] = a->deta[i] * et * (1 - et);
                 dz[n * 3 * NH + 2 * NH + h] = a->dalpha[i] * al * (1 - al);
             }
@@ -1359,23 +1680,29 @@ static real model_forward(Model *m, const int *tokens, const int *targets, int B
         LayerActs *la = &a->layer[l];
         const LayerWeights *w = &m->w.layer[l];
         // x -> x + W_O Mixer(RMSNorm(x))
+        double t0 = wall_time();
         rmsnorm_forward(la->ln1, la->ln1_rstd, x, w->attn_norm, N, C);
         mixer_forward(m, l, B, T);
         matmul_forward(a->tmp, la->mixed, w->wo, N, C, C);
         for (size_t i = 0; i < (size_t)N * C; i++) la->res1[i] = x[i] + a->tmp[i];
+        double t1 = wall_time();
         // x -> x + MLP_l(RMSNorm(x))
         mlp_forward(m, l, B, T);
+        m->seconds_mlp += wall_time() - t1;
+        m->seconds_mixer += t1 - t0;
         // layer analysis only: drop this layer's MLP slot, or the whole layer
         if (m->skip_mlp && m->skip_mlp[l]) memcpy(la->out, la->res1, (size_t)N * C * sizeof(real));
         if (m->skip_layer && m->skip_layer[l]) memcpy(la->out, x, (size_t)N * C * sizeof(real));
         x = la->out;
     }
+    double t0 = wall_time();
     rmsnorm_forward(a->lnf, a->lnf_rstd, x, m->w.final_norm, N, C);
     matmul_forward(a->logits, a->lnf, m->w.lm_head, N, C, V);
-    if (!targets) return 0;
+    if (!targets) { m->seconds_head += wall_time() - t0; return 0; }
     if (m->tokens != tokens) memcpy(m->tokens, tokens, (size_t)N * sizeof(int)); // for the backward
     if (m->targets != targets) memcpy(m->targets, targets, (size_t)N * sizeof(int));
     crossentropy_forward(a->losses, a->logits, targets, N, V);
+    m->seconds_head += wall_time() - t0;
     double sum = 0;
     for (int n = 0; n < N; n++) sum += a->losses[n];
     return (real)(sum / N);
@@ -1389,23 +1716,29 @@ static void model_backward(Model *m, int B, int T, real loss_scale) {
     Acts *a = &m->a;
     int N = B * T, C = c->dim, V = c->vocab;
     // dlogits = (p - onehot) / N ; dlnf = dlogits W_head ; dW_head += dlogits^T lnf
+    double t0 = wall_time();
     crossentropy_backward(a->logits, m->targets, N, V, loss_scale / N);
     memset(a->dln, 0, (size_t)N * C * sizeof(real));
     matmul_backward(a->dln, m->g.lm_head, a->logits, a->lnf, m->w.lm_head, N, C, V);
     memset(a->dres, 0, (size_t)N * C * sizeof(real));
     const real *x_last = c->layers ? a->layer[c->layers - 1].out : a->x0;
     rmsnorm_backward(a->dres, m->g.final_norm, a->dln, x_last, m->w.final_norm, a->lnf_rstd, N, C);
+    m->seconds_head += wall_time() - t0;
     for (int l = c->layers - 1; l >= 0; l--) {
         LayerActs *la = &a->layer[l];
         const LayerWeights *w = &m->w.layer[l];
         LayerWeights *g = &m->g.layer[l];
         const real *x = l ? a->layer[l - 1].out : a->x0;
+        double t1 = wall_time();
         mlp_backward(m, l, B, T); // dres: d out -> d res1
+        double t2 = wall_time();
         // dmixed = dres W_O ; dW_O += dres^T mixed
         memset(a->dmixed, 0, (size_t)N * C * sizeof(real));
         matmul_backward(a->dmixed, g->wo, a->dres, la->mixed, w->wo, N, C, C);
         mixer_backward(m, l, B, T);
         rmsnorm_backward(a->dres, g->attn_norm, a->dln, x, w->attn_norm, la->ln1_rstd, N, C);
+        m->seconds_mlp += t2 - t1;
+        m->seconds_mixer += wall_time() - t2;
     }
     embedding_backward(m->g.wte, a->dres, m->tokens, N, C);
 }

@@ -1,0 +1,146 @@
+/*
+ * bench_tlm.c — `make bench`: how fast train_tlm.c trains, measured on full training steps.
+ *
+ * For each config it builds the model with train_tlm.c's own code (this file #includes it),
+ * runs a warm-up step and then timed steps of forward + backward + AdamW on random tokens,
+ * and prints parameters, tokens/s, ms per step, model GFLOP/s (6 * params * tokens/s, the
+ * convention of llm.c and nanoGPT), where the time goes (mixers incl. W_O, MLP slots, head
+ * incl. loss, the rest: embedding, norms, residuals, AdamW), and the peak resident memory.
+ * Each config runs in its own child process so that its peak memory is its own.
+ * Then a microbenchmark of the blocked matmul at the model's shapes.
+ *
+ *   ./dev/bench_tlm [--threads 1,2] [--only NAME] [--seconds S]
+ */
+#define TLM_TESTING
+#include "../train_tlm.c"
+#include <sys/resource.h>
+#include <sys/wait.h>
+
+typedef struct {
+    const char *name;
+    Arch arch;
+    int layers, dim, heads, vocab, mlp_width, seq_len, batch;
+} BenchConfig;
+
+static const BenchConfig configs[] = {
+    // GPT-2 sized Transformers: the SwiGLU width 2048 (resp. 1024) gives the MLP the same
+    // parameters as GPT-2's 4C GELU MLP (3*768*2048 == 2*768*3072)
+    { "gpt2-124M", ARCH_TRANSFORMER, 12, 768, 12, 50257, 2048, 64, 4 },
+    { "gpt2-30M", ARCH_TRANSFORMER, 6, 384, 6, 50257, 1024, 64, 4 },
+    // the classroom default (./train_tlm with no options), per architecture
+    { "default-transformer", ARCH_TRANSFORMER, 6, 128, 4, 50257, 384, 128, 8 },
+    { "default-gated", ARCH_GATED, 6, 128, 4, 50257, 384, 128, 8 },
+    { "default-titans", ARCH_TITANS, 6, 128, 4, 50257, 384, 128, 8 },
+    { "default-hope", ARCH_HOPE, 6, 128, 4, 50257, 384, 128, 8 },
+};
+enum { NUM_CONFIGS = sizeof(configs) / sizeof(configs[0]) };
+
+static void bench_config(const BenchConfig *bc, double seconds) {
+    Config c = { .arch = bc->arch, .layers = bc->layers, .dim = bc->dim, .heads = bc->heads, .vocab = bc->vocab,
+                 .seq_len = bc->seq_len, .mlp_width = bc->mlp_width, .taper = TAPER_COSINE, .taper_start = 1.5,
+                 .taper_end = 0.5, .taper_multiple = 32, .window = 64, .mem_depth = 2, .mem_hidden = 64,
+                 .mem_chunk = 16, .cms_levels = 2, .cms_width = 128, .cms_chunks = { 0, 16, 64, 0 } };
+    int B = bc->batch, T = bc->seq_len;
+    Model *m = model_create(&c, B, T);
+    init_params(m, 1);
+    Rng rng = rng_seeded(2);
+    for (int i = 0; i < B * T; i++) { m->tokens[i] = rng_u32(&rng) % c.vocab; m->targets[i] = rng_u32(&rng) % c.vocab; }
+    AdamW adam = { 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f };
+    int steps = 0;
+    double elapsed = 0;
+    for (int s = -1; elapsed < seconds || steps < 2; s++) {
+        if (s == 0) { m->seconds_mixer = m->seconds_mlp = m->seconds_head = 0; } // step -1 warms up
+        double t0 = wall_time();
+        model_zero_grad(m);
+        model_forward(m, m->tokens, m->targets, B, T);
+        model_backward(m, B, T, 1);
+        adamw_step(m, &adam, adam.lr, grad_norm(m));
+        if (s >= 0) { elapsed += wall_time() - t0; steps++; }
+    }
+    double ms = 1000 * elapsed / steps, tps = (double)B * T * steps / elapsed;
+    double gflops = 6.0 * m->num_params * tps / 1e9;
+    double mix = 100 * m->seconds_mixer / elapsed, mlp = 100 * m->seconds_mlp / elapsed, head = 100 * m->seconds_head / elapsed;
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("%-20s %3d %11zu %9.0f %9.1f %8.1f   %5.1f%% %5.1f%% %5.1f%% %5.1f%%  %7.0f MiB\n", bc->name, num_threads(),
+           m->num_params, tps, ms, gflops, mix, mlp, head, 100 - mix - mlp - head, ru.ru_maxrss / 1024.0);
+    fflush(stdout);
+    model_free(m);
+}
+
+// GFLOP/s of the three matmuls of a linear layer (N,C) -> (N,OC)
+static void bench_matmul(int N, int C, int OC) {
+    real *inp = xcalloc((size_t)N * C, sizeof(real), "bench"), *w = xcalloc((size_t)OC * C, sizeof(real), "bench");
+    real *out = xcalloc((size_t)N * OC, sizeof(real), "bench"), *dinp = xcalloc((size_t)N * C, sizeof(real), "bench");
+    real *dw = xcalloc((size_t)OC * C, sizeof(real), "bench");
+    for (size_t i = 0; i < (size_t)N * C; i++) inp[i] = (real)((i % 13) * 0.01);
+    for (size_t i = 0; i < (size_t)OC * C; i++) w[i] = (real)((i % 7) * 0.01);
+    double best[3] = { 1e9, 1e9, 1e9 };
+    for (int r = 0; r < 5; r++) {
+        double t0 = wall_time();
+        matmul_forward(out, inp, w, N, C, OC);
+        double t1 = wall_time();
+        matmul_backward(dinp, NULL, out, inp, w, N, C, OC);
+        double t2 = wall_time();
+        matmul_backward(NULL, dw, out, inp, w, N, C, OC);
+        double t3 = wall_time();
+        best[0] = fmin(best[0], t1 - t0); best[1] = fmin(best[1], t2 - t1); best[2] = fmin(best[2], t3 - t2);
+    }
+    double flop = 2.0 * N * C * OC / 1e9;
+    printf("  matmul N=%-5d C=%-5d OC=%-6d %3d threads: forward %6.1f  dinp %6.1f  dweight %6.1f GFLOP/s\n",
+           N, C, OC, num_threads(), flop / best[0], flop / best[1], flop / best[2]);
+    free(inp); free(w); free(out); free(dinp); free(dw);
+}
+
+int main(int argc, char **argv) {
+    const char *threads = NULL, *only = NULL;
+    double seconds = 4;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = argv[++i];
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+        else if (!strcmp(argv[i], "--seconds") && i + 1 < argc) seconds = atof(argv[++i]);
+        else { fprintf(stderr, "usage: %s [--threads 1,2] [--only NAME] [--seconds S]\n", argv[0]); return 2; }
+    }
+    int counts[16], n_counts = 0;
+    if (threads) {
+        for (const char *p = threads; *p && n_counts < 16;) {
+            counts[n_counts++] = atoi(p);
+            p = strchr(p, ',') ? strchr(p, ',') + 1 : p + strlen(p);
+        }
+    } else {
+        counts[n_counts++] = num_threads();
+    }
+    printf("full training steps (forward + backward + AdamW), fp32, cosine taper\n");
+    printf("%-20s %3s %11s %9s %9s %8s   %6s %6s %6s %6s  %11s\n", "config", "thr", "params", "tokens/s", "ms/step",
+           "GFLOP/s", "mixer", "mlp", "head", "other", "peak RSS");
+    for (int k = 0; k < n_counts; k++)
+        for (int i = 0; i < NUM_CONFIGS; i++) {
+            if (only && !strstr(configs[i].name, only)) continue;
+            fflush(stdout);
+            pid_t pid = fork();
+            if (pid == 0) {
+#ifdef _OPENMP
+                omp_set_num_threads(counts[k]);
+#endif
+                bench_config(&configs[i], seconds);
+                _exit(0);
+            }
+            int status;
+            waitpid(pid, &status, 0);
+            if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) printf("%-20s failed\n", configs[i].name);
+        }
+    printf("blocked matmul at the model's shapes\n");
+    for (int k = 0; k < n_counts; k++) {
+#ifdef _OPENMP
+        omp_set_num_threads(counts[k]);
+#endif
+        gemm_init();
+        bench_matmul(256, 768, 2304);
+        bench_matmul(256, 768, 4096);
+        bench_matmul(256, 2048, 768);
+        bench_matmul(256, 768, 50257);
+        bench_matmul(1024, 128, 768);
+        bench_matmul(1024, 128, 50257);
+    }
+    return 0;
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# A test must be able to fail: break the backward pass in one place at a time (a copy of
+# train_tlm.c with one line changed) and check that ./test_tlm then fails.
+#   bash dev/mutation_test.sh        (make test-mutants)
+set -u
+cd "$(dirname "$0")/.."
+CC=${CC:-gcc}
+FLAGS="-O2 -march=native -fopenmp -std=c11 -Wno-unused-function"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+caught=0 missed=0
+mutate() { # $1: what is broken, $2: sed expression
+    sed "$2" train_tlm.c > "$work/train_tlm.c"
+    if cmp -s "$work/train_tlm.c" train_tlm.c; then echo "not applied (update this script): $1"; missed=$((missed + 1)); return; fi
+    sed 's|#include "train_tlm.c"|#include "'"$work"'/train_tlm.c"|' test_tlm.c > "$work/test_tlm.c"
+    $CC $FLAGS -DTLM_DOUBLE -c "$work/test_tlm.c" -o "$work/d.o" && $CC $FLAGS -c "$work/test_tlm.c" -o "$work/f.o" &&
+        $CC -fopenmp "$work/f.o" "$work/d.o" -lm -o "$work/test_tlm" || { echo "build failed: $1"; missed=$((missed + 1)); return; }
+    result=$(cd "$work" && cp -r "$OLDPWD/train_tlm" . 2>/dev/null; ./test_tlm 2>&1 | tail -n 1)
+    case "$result" in
+        *" 0 failed"*) echo "MISSED  $1: $result"; missed=$((missed + 1)) ;;
+        *) echo "caught  $1: $result"; caught=$((caught + 1)) ;;
+    esac
+}
+mutate "RMSNorm backward without the r^3 term" 's/- k \* xn\[c\];/;/'
+mutate "SwiGLU backward without silu'"        's/dh1\[i\] = d \* h3\[i\] \* s \* (1 + h1\[i\] \* (1 - s));/dh1[i] = d * h3[i] * s;/'
+mutate "softmax backward without the mean"    's/real ds = p\[u\] \* (dp\[u\] - pdp) \* scale;/real ds = p[u] * dp[u] * scale;/'
+mutate "gate backward without sigmoid'"       's/dz\[(size_t)n \* G + j\] = s \* gj \* (1 - gj);/dz[(size_t)n * G + j] = s * gj;/'
+mutate "memory: no silu'' term"               's/dz\[j\] = du\[j\] \* r\[j\] \* silu_grad2(z\[j\]);/dz[j] = 0;/'
+mutate "memory: forgetting gradient sign"     's/dalpha\[t\] += da;/dalpha[t] -= da;/'
+mutate "memory: chunk start gets no gradient" 's/        for (int p = 0; p < P; p++) dW\[p\] += dWc\[p\];/        (void)0;/'
+mutate "memory: L2 norm backward skipped"     's/dq_raw\[j\] = (dq\[j\] - q\[j\] \* qdq) \* ma->q_inv\[i\];/dq_raw[j] = dq[j] * ma->q_inv[i];/'
+mutate "RoPE backward rotates the wrong way"  's/rope_rotate(dx, tab, B, T, heads, hs, ld, -1);/rope_rotate(dx, tab, B, T, heads, hs, ld, 1);/'
+mutate "AdamW: no bias correction"            's/float update = (mj \/ bc1) \/ (sqrtf(vj \/ bc2) + opt->eps)/float update = mj \/ (sqrtf(vj) + opt->eps)/'
+echo "$caught caught, $missed missed"
+[ "$missed" -eq 0 ]
