@@ -28,7 +28,11 @@ portable:
 	$(MAKE) clean
 	$(MAKE) all CFLAGS=-O2 OPENMP=
 
-data: data/brown_gpt2_train.bin
+# the Brown Corpus as bytes (the default data) and as GPT-2 BPE tokens
+data: data/brown_byte_train.bin data/brown_gpt2_train.bin
+
+data/brown_byte_train.bin:
+	$(PYTHON) dev/prepare_data.py --corpus brown --tokenizer byte
 
 data/brown_gpt2_train.bin:
 	$(PYTHON) dev/prepare_data.py --corpus brown --tokenizer gpt2

@@ -468,6 +468,50 @@ static void test_overfit(void) {
     }
 }
 
+// AdamW against the formula: after one step every update is lr * (sign(g) + wd p) for
+// matrices and lr * sign(g) for vectors (bias-corrected moments of one gradient are g, g^2);
+// clipping scales the gradient, which leaves the first Adam step unchanged, then the second
+// step follows m/(sqrt(v)+eps) with the moments of two steps.
+static void test_adamw(void) {
+    Config c = tiny_config(ARCH_TRANSFORMER, TAPER_UNIFORM);
+    Model *m = model_create(&c, 1, 4);
+    init_params(m, 1);
+    for (size_t i = 0; i < m->num_params; i++) m->grads[i] = (real)((i % 5) - 2.0) * 0.5f; // -1 .. 1, some 0
+    real *before = xcalloc(m->num_params, sizeof(real), "t");
+    memcpy(before, m->params, m->num_params * sizeof(real));
+    AdamW opt = { 0.01f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f };
+    adamw_step(m, &opt, opt.lr, grad_norm(m));
+    double worst = 0;
+    for (int t = 0; t < m->table.count; t++) {
+        const ParamTensor *pt = &m->table.tensor[t];
+        for (size_t i = pt->offset; i < pt->offset + pt->size; i++) {
+            double g = m->grads[i] * fmin(1.0, 1.0 / grad_norm(m)), sign = g > 0 ? 1 : g < 0 ? -1 : 0;
+            double want = before[i] - 0.01 * ((g ? sign : 0) + (pt->decay ? 0.1 * before[i] : 0));
+            worst = fmax(worst, fabs(m->params[i] - want));
+        }
+    }
+    check(worst < 1e-6, "adamw: first step is lr (sign(g) + wd p), decay on matrices only (error %.2g)", worst);
+    // second step, same gradient: m_hat = g, v_hat = g^2 again: another lr * sign(g) (+ decay)
+    memcpy(before, m->params, m->num_params * sizeof(real));
+    adamw_step(m, &opt, opt.lr, grad_norm(m));
+    worst = 0;
+    for (int t = 0; t < m->table.count; t++) {
+        const ParamTensor *pt = &m->table.tensor[t];
+        for (size_t i = pt->offset; i < pt->offset + pt->size; i++) {
+            double g = m->grads[i], sign = g > 0 ? 1 : g < 0 ? -1 : 0;
+            double want = before[i] - 0.01 * (sign + (pt->decay ? 0.1 * before[i] : 0));
+            worst = fmax(worst, fabs(m->params[i] - want));
+        }
+    }
+    check(worst < 1e-5 && m->step == 2, "adamw: bias correction keeps the second step at lr sign(g) (error %.2g)", worst);
+    // the schedule: warmup, cosine to lr/10, flat after
+    check(fabsf(learning_rate(0, 1, 10, 100) - 0.1f) < 1e-6f && fabsf(learning_rate(9, 1, 10, 100) - 1) < 1e-6f &&
+          fabsf(learning_rate(100, 1, 10, 100) - 0.1f) < 1e-6f && fabsf(learning_rate(55, 1, 10, 100) - 0.55f) < 1e-3f,
+          "learning rate: linear warmup, cosine decay to lr/10");
+    free(before);
+    model_free(m);
+}
+
 // Hope with a single level (no fast memories) is exactly the Transformer.
 static void test_hope_one_level_is_transformer(void) {
     Config t = tiny_config(ARCH_TRANSFORMER, TAPER_COSINE), h = tiny_config(ARCH_HOPE, TAPER_COSINE);
@@ -622,6 +666,7 @@ int main(void) {
     test_checkpoints();
     test_failed_save_keeps_old();
     test_resume_bit_exact();
+    test_adamw();
     test_overfit();
     test_hope_one_level_is_transformer();
     test_cli();

@@ -2239,13 +2239,13 @@ typedef struct {
 } Option;
 
 static const Options default_options = {
-    .cfg = { .arch = ARCH_TRANSFORMER, .layers = 6, .dim = 128, .heads = 4, .vocab = 0, .seq_len = 128,
+    .cfg = { .arch = ARCH_TRANSFORMER, .layers = 6, .dim = 128, .heads = 4, .vocab = 0, .seq_len = 256,
              .mlp_width = 384, .taper = TAPER_COSINE, .taper_start = 1.5, .taper_end = 0.5,
              .taper_multiple = 32, .window = 64, .mem_depth = 2, .mem_hidden = 64, .mem_chunk = 16,
              .cms_levels = 2, .cms_width = 128 },
-    .train = "data/brown_gpt2_train.bin", .val = "data/brown_gpt2_val.bin", .save = "", .load = "",
-    .log = "", .tokenizer = "", .batch = 8, .grad_accum = 1, .steps = 300, .warmup = 20,
-    .decay_steps = 0, .eval_every = 50, .eval_batches = 8, .sample_every = 100, .sample_len = 48,
+    .train = "data/brown_byte_train.bin", .val = "data/brown_byte_val.bin", .save = "", .load = "",
+    .log = "", .tokenizer = "", .batch = 8, .grad_accum = 1, .steps = 600, .warmup = 30,
+    .decay_steps = 0, .eval_every = 100, .eval_batches = 8, .sample_every = 200, .sample_len = 200,
     .save_every = 0, .lr = 3e-3, .weight_decay = 0.1, .grad_clip = 1.0, .seed = 1337,
     .cms_chunks = "16,64",
 };
@@ -2301,7 +2301,7 @@ enum { NUM_OPTIONS = sizeof(options) / sizeof(options[0]) };
 static void usage(FILE *out) {
     fprintf(out, "usage: ./train_tlm [options]\n"
                  "Trains a (tapered) language model; with no options a small cosine-tapered Transformer\n"
-                 "on data/brown_gpt2_*.bin (make data). Options (default in brackets):\n");
+                 "on the Brown Corpus as bytes, data/brown_byte_*.bin (make data). Options (default in brackets):\n");
     for (int i = 0; i < NUM_OPTIONS; i++) {
         const Option *o = &options[i];
         char def[64] = "";
