@@ -866,6 +866,7 @@ static void memory_apply(real *y, const real *W, const real *x, int d, int m, in
     if (depth == 1) {
         for (int i = 0; i < d; i++) {
             real s = 0;
+            #pragma omp simd reduction(+ : s)
             for (int j = 0; j < d; j++) s += W[i * d + j] * x[j];
             y[i] = s;
         }
@@ -875,11 +876,13 @@ static void memory_apply(real *y, const real *W, const real *x, int d, int m, in
     real *a = vec;
     for (int j = 0; j < m; j++) {
         real z = 0;
+        #pragma omp simd reduction(+ : z)
         for (int i = 0; i < d; i++) z += W1[j * d + i] * x[i];
         a[j] = silu(z);
     }
     for (int i = 0; i < d; i++) {
         real s = x[i];
+        #pragma omp simd reduction(+ : s)
         for (int j = 0; j < m; j++) s += W2[i * m + j] * a[j];
         y[i] = s;
     }
@@ -901,6 +904,7 @@ static void memory_apply_backward(real *dW, real *dx, const real *dy, const real
     real *z = vec, *a = vec + m, *dz = vec + 2 * m;
     for (int j = 0; j < m; j++) {
         real s = 0;
+        #pragma omp simd reduction(+ : s)
         for (int i = 0; i < d; i++) s += W1[j * d + i] * x[i];
         z[j] = s;
         a[j] = silu(s);
@@ -933,6 +937,7 @@ static void memory_grad(real *g, const real *W, const real *k, const real *v, in
     if (depth == 1) {
         for (int i = 0; i < d; i++) {
             real s = -v[i];
+            #pragma omp simd reduction(+ : s)
             for (int j = 0; j < d; j++) s += W[i * d + j] * k[j];
             e[i] = s;
         }
@@ -945,6 +950,7 @@ static void memory_grad(real *g, const real *W, const real *k, const real *v, in
     real *z = vec + d, *a = z + m, *u = a + m;
     for (int j = 0; j < m; j++) {
         real s = 0;
+        #pragma omp simd reduction(+ : s)
         for (int i = 0; i < d; i++) s += W1[j * d + i] * k[i];
         z[j] = s;
         a[j] = silu(s);
@@ -952,6 +958,7 @@ static void memory_grad(real *g, const real *W, const real *k, const real *v, in
     }
     for (int i = 0; i < d; i++) {
         real s = k[i] - v[i];
+        #pragma omp simd reduction(+ : s)
         for (int j = 0; j < m; j++) s += W2[i * m + j] * a[j];
         e[i] = s;
     }
@@ -976,6 +983,7 @@ static void memory_grad_backward(real *dW, real *dk, real *dv, const real *D, re
         real *e = vec, *de = vec + d;
         for (int i = 0; i < d; i++) {
             real s = -v[i], t = 0;
+            #pragma omp simd reduction(+ : s, t)
             for (int j = 0; j < d; j++) { s += W[i * d + j] * k[j]; t += D[i * d + j] * k[j]; }
             e[i] = s;
             de[i] = 2 * scale * t;
@@ -996,6 +1004,7 @@ static void memory_grad_backward(real *dW, real *dk, real *dv, const real *D, re
     // recompute the forward of g
     for (int j = 0; j < m; j++) {
         real s = 0;
+        #pragma omp simd reduction(+ : s)
         for (int i = 0; i < d; i++) s += W1[j * d + i] * k[i];
         z[j] = s;
         a[j] = silu(s);
@@ -1004,6 +1013,7 @@ static void memory_grad_backward(real *dW, real *dk, real *dv, const real *D, re
     }
     for (int i = 0; i < d; i++) {
         real s = k[i] - v[i];
+        #pragma omp simd reduction(+ : s)
         for (int j = 0; j < m; j++) s += W2[i * m + j] * a[j];
         e[i] = s;
     }
@@ -1014,6 +1024,7 @@ static void memory_grad_backward(real *dW, real *dk, real *dv, const real *D, re
     for (int j = 0; j < m; j++) { da[j] = 0; du[j] = 0; }
     for (int i = 0; i < d; i++) {
         real s = 0;
+        #pragma omp simd reduction(+ : s)
         for (int j = 0; j < m; j++) {
             s += D2[i * m + j] * a[j];
             da[j] += 2 * scale * D2[i * m + j] * e[i];
@@ -1022,6 +1033,7 @@ static void memory_grad_backward(real *dW, real *dk, real *dv, const real *D, re
     }
     for (int j = 0; j < m; j++) {
         real s = 0, u = r[j] * sp[j];
+        #pragma omp simd reduction(+ : s)
         for (int i = 0; i < d; i++) {
             s += D1[j * d + i] * k[i];
             dk[i] += 2 * scale * D1[j * d + i] * u;
@@ -1037,6 +1049,7 @@ static void memory_grad_backward(real *dW, real *dk, real *dv, const real *D, re
     // e = k + W2 a - v:  dk += de ; dv -= de ; dW2 += de a^T ; da += W2^T de
     for (int i = 0; i < d; i++) {
         real s = 0;
+        #pragma omp simd reduction(+ : s)
         for (int j = 0; j < m; j++) s += W2[i * m + j] * du[j];
         de[i] += s;
     }
@@ -1126,6 +1139,7 @@ static void memory_backward(real *dk, real *dv, real *dq, real *dtheta, real *de
             else
                 memory_apply_backward(dW, dq + (size_t)t * d, dy + (size_t)t * d, Wi, q + (size_t)t * d, d, m, depth, vec);
             real da = 0;
+            #pragma omp simd reduction(+ : da)
             for (int p = 0; p < P; p++) {
                 dS[p] += dW[p];
                 da -= Wp[p] * dW[p];
@@ -1134,6 +1148,7 @@ static void memory_backward(real *dk, real *dv, real *dq, real *dtheta, real *de
             dalpha[t] += da;
             memory_grad(g, Wc, k + (size_t)t * d, v + (size_t)t * d, d, m, depth, vec);
             real dth = 0, det = 0;
+            #pragma omp simd reduction(+ : dth, det)
             for (int p = 0; p < P; p++) {
                 dth -= g[p] * dS[p];
                 det += Sp[p] * dS[p];
@@ -1318,6 +1333,28 @@ static void config_finish(Config *c) {
                          c->taper_multiple, err, sizeof(err)))
             die("--cms-width: %s", err);
     }
+}
+
+static size_t count_params(const Config *cfg) {
+    Config c = *cfg;
+    config_finish(&c);
+    ParamTable pt;
+    Weights w;
+    layout_params(&c, NULL, &pt, &w);
+    return pt.total;
+}
+
+// --match-params: what an architecture adds beyond the transformer's mixer (the gate, the
+// memory, the fast levels) is paid for out of the MLP. One unit of mean MLP width H costs 3C
+// parameters per layer (W1, W3, W2), so H shrinks by extra / (3 C L), rounded to the nearest
+// multiple of the taper multiple: the two models then differ by less than 1.5 C L multiple.
+static void match_params(Config *c) {
+    Config base = *c;
+    base.arch = ARCH_TRANSFORMER;
+    double extra = (double)count_params(c) - (double)count_params(&base);
+    int cut = (int)floor(extra / (3.0 * c->dim * c->layers) / c->taper_multiple + 0.5) * c->taper_multiple;
+    if (cut >= c->mlp_width) die("--match-params: the %s additions (%.0f parameters) cost more than the whole MLP", arch_names[c->arch], extra);
+    c->mlp_width -= cut;
 }
 
 static void init_params(Model *m, uint64_t seed) {
@@ -2241,8 +2278,8 @@ typedef struct {
 static const Options default_options = {
     .cfg = { .arch = ARCH_TRANSFORMER, .layers = 6, .dim = 128, .heads = 4, .vocab = 0, .seq_len = 256,
              .mlp_width = 384, .taper = TAPER_COSINE, .taper_start = 1.5, .taper_end = 0.5,
-             .taper_multiple = 32, .window = 64, .mem_depth = 2, .mem_hidden = 64, .mem_chunk = 16,
-             .cms_levels = 2, .cms_width = 128 },
+             .taper_multiple = 32, .window = 64, .mem_depth = 2, .mem_hidden = 32, .mem_chunk = 16,
+             .cms_levels = 2, .cms_width = 64 },
     .train = "data/brown_byte_train.bin", .val = "data/brown_byte_val.bin", .save = "", .load = "",
     .log = "", .tokenizer = "", .batch = 8, .grad_accum = 1, .steps = 600, .warmup = 30,
     .decay_steps = 0, .eval_every = 100, .eval_batches = 8, .sample_every = 200, .sample_len = 200,
@@ -2265,7 +2302,7 @@ static Option options[] = {
     { "seq-len", OPT_INT, &opt.cfg.seq_len, 1, "sequence length T", 0 },
     { "untied", OPT_FLAG, &opt.cfg.untied, 1, "separate output head (default: tied to the embedding)", 0 },
     { "gate-headwise", OPT_FLAG, &opt.cfg.gate_headwise, 1, "gated: one gate per head instead of per channel", 0 },
-    { "match-params", OPT_FLAG, &opt.match_params, 0, "gated: shrink the MLP width to pay for the gate", 0 },
+    { "match-params", OPT_FLAG, &opt.match_params, 0, "shrink the mean MLP width to the transformer's parameter count", 0 },
     { "window", OPT_INT, &opt.cfg.window, 1, "titans: sliding attention window", 0 },
     { "mem-depth", OPT_INT, &opt.cfg.mem_depth, 1, "titans: memory depth, 1 (linear) or 2 (MLP)", 0 },
     { "mem-hidden", OPT_INT, &opt.cfg.mem_hidden, 1, "titans: hidden width of the depth-2 memory", 0 },
@@ -2510,13 +2547,10 @@ int main(int argc, char **argv) {
         cfg->vocab = dataloader_vocab(train.count ? &train : &val);
         if (!cfg->vocab) cfg->vocab = 50257;
     }
-    if (opt.match_params && cfg->arch == ARCH_GATED && !opt.load[0]) {
-        // W_G costs G*C parameters per layer and one unit of MLP width costs 3C, so the mean width
-        // shrinks by G/3, rounded to the taper multiple (the gate's parameters are then matched
-        // to within 3C * multiple / 2 per layer)
-        int cut = (int)(gate_width(cfg) / 3.0 / cfg->taper_multiple + 0.5) * cfg->taper_multiple;
-        cfg->mlp_width -= cut;
-        printf("--match-params: mean MLP width %d -> %d to pay for the gate\n", cfg->mlp_width + cut, cfg->mlp_width);
+    if (opt.match_params && !opt.load[0]) {
+        int before = cfg->mlp_width;
+        match_params(cfg);
+        printf("--match-params: mean MLP width %d -> %d, for the parameters of a transformer of the same shape\n", before, cfg->mlp_width);
     }
     train.vocab = val.vocab = cfg->vocab;
     int B = opt.batch, T = cfg->seq_len;

@@ -38,8 +38,8 @@ enum { NUM_CONFIGS = sizeof(configs) / sizeof(configs[0]) };
 static void bench_config(const BenchConfig *bc, double seconds) {
     Config c = { .arch = bc->arch, .layers = bc->layers, .dim = bc->dim, .heads = bc->heads, .vocab = bc->vocab,
                  .seq_len = bc->seq_len, .mlp_width = bc->mlp_width, .taper = TAPER_COSINE, .taper_start = 1.5,
-                 .taper_end = 0.5, .taper_multiple = 32, .window = 64, .mem_depth = 2, .mem_hidden = 64,
-                 .mem_chunk = 16, .cms_levels = 2, .cms_width = 128, .cms_chunks = { 0, 16, 64, 0 } };
+                 .taper_end = 0.5, .taper_multiple = 32, .window = 64, .mem_depth = 2, .mem_hidden = 32,
+                 .mem_chunk = 16, .cms_levels = 2, .cms_width = 64, .cms_chunks = { 0, 16, 64, 0 } };
     int B = bc->batch, T = bc->seq_len;
     Model *m = model_create(&c, B, T);
     init_params(m, 1);
