@@ -1438,7 +1438,7 @@ static void model_free(Model *m) {
 // The step size is divided by the chunk size C: the C gradients of a chunk are all taken at the
 // chunk's start weights and add up, so this keeps a chunk's update at the scale of one step.
 //   y = memory recurrence (memory_forward) per sequence and head, heads merged back (N,C)
-static const real theta_max = (real)0.3;
+static const real theta_max = (real)0.1, eta_max = (real)0.9;
 
 static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqkv, const real *wgates,
                                   const real *bgates, const real *w0, real *scratch, size_t scratch_stride,
@@ -1466,7 +1466,7 @@ static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqk
                 real *z = ma->gates + n * 3 * NH;
                 for (int g = 0; g < 3; g++) z[g * NH + h] += bgates[g * NH + h];
                 ma->theta[i] = theta_max / chunk * sigmoid(z[h]);
-                ma->eta[i] = sigmoid(z[NH + h]);
+                ma->eta[i] = eta_max * sigmoid(z[NH + h]);
                 ma->alpha[i] = sigmoid(z[2 * NH + h]);
             }
     #pragma omp parallel for collapse(2)
@@ -1541,7 +1541,7 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates
                 }
                 real th = ma->theta[i], et = ma->eta[i], al = ma->alpha[i];
                 dz[n * 3 * NH + h] = a->dtheta[i] * th * (1 - th * chunk / theta_max);
-                dz[n * 3 * NH + NH + h] = a->deta[i] * et * (1 - et);
+                dz[n * 3 * NH + NH + h] = a->deta[i] * et * (1 - et / eta_max);
                 dz[n * 3 * NH + 2 * NH + h] = a->dalpha[i] * al * (1 - al);
             }
     for (int j = 0; j < 3 * NH; j++) {
