@@ -6,7 +6,7 @@ OPENMP ?= -fopenmp
 LDLIBS = -lm
 PYTHON ?= python3
 
-.PHONY: all test data run portable clean bench test-mutants
+.PHONY: all test data run portable clean bench test-mutants test-asan fuzz
 
 all: train_tlm test_tlm
 
@@ -41,7 +41,7 @@ run: train_tlm data
 	./train_tlm
 
 clean:
-	rm -f train_tlm test_tlm *.o
+	rm -f train_tlm test_tlm train_tlm_asan test_tlm_asan dev/bench_tlm *.o
 
 # a benchmark, not a test: full training steps and the matmul at the model's shapes
 dev/bench_tlm: dev/bench_tlm.c train_tlm.c
@@ -54,3 +54,22 @@ BENCH_THREADS ?= 1,2
 # every deliberately broken backward must make the tests fail
 test-mutants: train_tlm
 	bash dev/mutation_test.sh
+
+# the tests and a short training run under AddressSanitizer and UndefinedBehaviorSanitizer.
+# detect_leaks=0 for the test binary only: its error tests longjmp out of die() (an exit in
+# the real program) and so leave half-built models behind on purpose.
+SANITIZE = -O2 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+test-asan: test_tlm.c train_tlm.c
+	$(CC) $(SANITIZE) -std=c11 -Wall -Wno-unused-function $(OPENMP) train_tlm.c $(LDLIBS) -o train_tlm_asan
+	$(CC) $(SANITIZE) -std=c11 -Wall -Wno-unused-function $(OPENMP) -DTLM_DOUBLE -c test_tlm.c -o test_tlm_asan_double.o
+	$(CC) $(SANITIZE) -std=c11 -Wall -Wno-unused-function $(OPENMP) -c test_tlm.c -o test_tlm_asan_float.o
+	$(CC) $(SANITIZE) $(OPENMP) test_tlm_asan_float.o test_tlm_asan_double.o $(LDLIBS) -o test_tlm_asan
+	rm -f test_tlm_asan_float.o test_tlm_asan_double.o
+	ASAN_OPTIONS=detect_leaks=0 TLM_TRAINER=./train_tlm_asan ./test_tlm_asan
+	bash dev/sanitized_run.sh ./train_tlm_asan
+
+# libFuzzer targets for the shard, checkpoint and tokenizer loaders and the command line
+# (clang and libclang-rt-14-dev): each runs FUZZ_SECONDS; see dev/fuzz/README.md
+FUZZ_SECONDS ?= 60
+fuzz:
+	bash dev/fuzz/run_fuzz.sh $(FUZZ_SECONDS)

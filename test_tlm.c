@@ -405,6 +405,116 @@ static void test_checkpoints(void) {
     free(bytes);
 }
 
+// --- regressions found by fuzzing (dev/fuzz/) ---------------------------------------------------
+// Finding 1 (fuzz_checkpoint crash-467ffe0c..., and by review --taper-start 1e308 on the command
+// line): taper_widths() divides by a sum of the schedule that is 0 (start 1.25, end 2.5e35: in
+// e + (s - e) * step, s is lost to rounding and f = 0) or inf (start 1e308: (s - e) * 2
+// overflows), and converts the NaN share to int: train_tlm.c:230
+// "runtime error: -nan is outside the range of representable values of type 'int'".
+// Such a taper must be refused with a message naming it.
+
+// copies a checkpoint, overwriting some header slots
+static void patch_checkpoint(const char *from, const char *to, int n, const int *slots, const int32_t *values) {
+    FILE *f = open_file(from, "rb");
+    long size = file_size(f);
+    char *bytes = xcalloc(size, 1, "test");
+    read_exact(bytes, 1, size, f, from);
+    fclose(f);
+    for (int i = 0; i < n; i++) memcpy(bytes + 4 * (size_t)slots[i], &values[i], 4);
+    f = open_file(to, "wb");
+    fwrite(bytes, 1, size, f);
+    fclose(f);
+    free(bytes);
+}
+
+static void read_config_only(void *path) {
+    Config c;
+    int32_t h[H_SIZE];
+    checkpoint_read_config((const char *)path, &c, h);
+}
+
+static void finish_config(void *c) { config_finish((Config *)c); }
+
+static void test_taper_extremes(void) {
+    int w[MAX_LAYERS];
+    char err[256] = "";
+    int r = taper_widths(w, 1, 16, TAPER_SIGMOID, 1.25, 2.4923e35, 4, err, sizeof(err));
+    check(r == -1 && strstr(err, "cannot be computed"), "taper: start and end 2e35 apart refused (%d: %s)", r, err);
+    err[0] = 0;
+    r = taper_widths(w, 3, 16, TAPER_COSINE, 1e308, 0.5, 4, err, sizeof(err));
+    check(r == -1 && strstr(err, "cannot be computed"), "taper: start 1e308 refused (%d: %s)", r, err);
+    err[0] = 0;
+    r = taper_widths(w, 64, 16, TAPER_LINEAR, 1e307, 1e307, 4, err, sizeof(err)); // each finite, the sum not
+    check(r == -1 && strstr(err, "cannot be computed"), "taper: a schedule whose sum overflows refused (%d: %s)", r, err);
+    err[0] = 0;
+    r = taper_widths(w, 5, 16, TAPER_COSINE, 3, 0.251e308, 4, err, sizeof(err)); // fuzz_cli crash-3329aef1
+    check(r == -1, "taper: start 3, end 2.5e307 refused without overflow (%d: %s)", r, err);
+    // still fine: a strong but computable taper
+    r = taper_widths(w, 4, 64, TAPER_COSINE, 100, 0.01, 4, err, sizeof(err));
+    check(r == 0 || strstr(err, "below one multiple"), "taper: a steep computable taper is not called uncomputable");
+    // the command line's way in: --taper-start 1e308
+    Config c = tiny_config(ARCH_TRANSFORMER, TAPER_COSINE);
+    c.taper_start = 1e308;
+    check(dies_with(finish_config, &c, "cannot be computed"), "taper: --taper-start 1e308 refused by config_finish");
+    // the checkpoint's way in (the fuzzer's input): a one-layer sigmoid taper 1.25 -> 2.4923e35
+    Config one = tiny_config(ARCH_TRANSFORMER, TAPER_SIGMOID);
+    one.layers = 1;
+    Model *m = model_create(&one, 1, 4);
+    DataPosition pos = { 0, 0, 0 };
+    checkpoint_save(m, tmp_path("taper_ok.ckpt"), pos);
+    model_free(m);
+    int slots[2] = { H_TAPER_START, H_TAPER_END };
+    int32_t values[2] = { float_bits(1.25f), float_bits(2.4923e35f) };
+    patch_checkpoint(tmp_path("taper_ok.ckpt"), tmp_path("taper_far.ckpt"), 2, slots, values);
+    check(dies_with(read_config_only, (void *)tmp_path("taper_far.ckpt"), "cannot be computed"),
+          "checkpoint: a taper that cannot be computed refused");
+}
+
+// Finding 2 (by review, confirmed with the fuzz harnesses' inputs in dev/fuzz/repro/):
+// config_finish() bounds neither --mem-chunk (titans) nor a checkpoint's cms_chunks (hope; the
+// command line caps them at 2^20) from above, so memory_state_size() computes T + chunk - 1 in
+// int and overflows: train_tlm.c:852 "signed integer overflow: 4 + 2147483647". In the plain
+// build the wrapped count is 0 chunks: the states array has one slot, memory_forward writes
+// the final state over the chunk's start, memory_backward runs over no chunk and the memory's
+// gradients are silently 0. And for --mem-depth 1 it does not check --mem-hidden at all,
+// while memory_scratch_size() sizes 16 vectors of d + mem_hidden: INT_MAX overflows
+// (train_tlm.c:857), a negative value shrinks the scratch (mem_hidden = -head size leaves no
+// room for the vector memory_backward writes past the chunk states: an overflow inside the
+// activation block that AddressSanitizer cannot see).
+static void create_tiny(void *c) {
+    Model *m = model_create((Config *)c, 1, 4);
+    model_free(m);
+}
+
+static void test_memory_config_bounds(void) {
+    Config c = tiny_config(ARCH_TITANS, TAPER_COSINE);
+    c.mem_chunk = 2147483647;
+    check(dies_with(create_tiny, &c, "--mem-chunk"), "titans: --mem-chunk 2147483647 refused");
+    c = tiny_config(ARCH_TITANS, TAPER_COSINE);
+    c.mem_chunk = 1 << 20;
+    check(!dies_with(create_tiny, &c, ""), "titans: --mem-chunk 1048576 (longer than the sequence) still works");
+    c = tiny_config(ARCH_TITANS, TAPER_COSINE);
+    c.mem_depth = 1;
+    c.mem_hidden = 2147483647;
+    check(dies_with(create_tiny, &c, "--mem-hidden"), "titans: --mem-hidden 2147483647 refused with --mem-depth 1");
+    c.mem_hidden = -(c.dim / c.heads);
+    check(dies_with(create_tiny, &c, "--mem-hidden"), "titans: a negative --mem-hidden refused with --mem-depth 1");
+    c = tiny_config(ARCH_HOPE, TAPER_COSINE);
+    c.cms_chunks[1] = 2147483647;
+    check(dies_with(create_tiny, &c, "--cms-chunks"), "hope: a level's chunk 2147483647 refused");
+    // the checkpoint's way in: a valid titans checkpoint with its mem_chunk slot set to INT_MAX
+    Config t = tiny_config(ARCH_TITANS, TAPER_COSINE);
+    Model *m = model_create(&t, 1, 4);
+    DataPosition pos = { 0, 0, 0 };
+    checkpoint_save(m, tmp_path("titans_ok.ckpt"), pos);
+    model_free(m);
+    int slot = H_MEM_CHUNK;
+    int32_t value = 2147483647;
+    patch_checkpoint(tmp_path("titans_ok.ckpt"), tmp_path("titans_chunk.ckpt"), 1, &slot, &value);
+    check(dies_with(read_config_only, (void *)tmp_path("titans_chunk.ckpt"), "--mem-chunk"),
+          "checkpoint: a titans checkpoint with mem_chunk 2147483647 refused");
+}
+
 // --- training: bit-exact resume and overfitting ------------------------------------------------
 static void test_resume_bit_exact(void) {
     Config c = tiny_config(ARCH_TRANSFORMER, TAPER_COSINE);
@@ -528,9 +638,14 @@ static void test_hope_one_level_is_transformer(void) {
 }
 
 // --- the command line, through the real binary --------------------------------------------------
+// the trainer binary under test: ./train_tlm, or $TLM_TRAINER (make test-asan: the sanitized build)
+static const char *trainer(void) {
+    const char *t = getenv("TLM_TRAINER");
+    return t && *t ? t : "./train_tlm";
+}
 static int run_trainer(const char *args) {
     char cmd[2048];
-    snprintf(cmd, sizeof(cmd), "OMP_NUM_THREADS=1 ./train_tlm %s > %s 2>&1", args, tmp_path("cli.out"));
+    snprintf(cmd, sizeof(cmd), "OMP_NUM_THREADS=1 %s %s > %s 2>&1", trainer(), args, tmp_path("cli.out"));
     int status = system(cmd);
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
@@ -563,7 +678,7 @@ static int train_losses(const char *log, int from, char out[][32], int max) {
 }
 
 static void test_cli(void) {
-    if (access("./train_tlm", X_OK) != 0) { check(0, "cli: ./train_tlm is not built (make train_tlm)"); return; }
+    if (access(trainer(), X_OK) != 0) { check(0, "cli: %s is not built (make train_tlm)", trainer()); return; }
     char data[1024];
     write_shard(tmp_path("cli_train.bin"), 3000, SHARD_MAGIC, 1, 3000, 11, 11, 0);
     write_shard(tmp_path("cli_val.bin"), 600, SHARD_MAGIC, 1, 600, 11, 11, 0);
@@ -606,8 +721,8 @@ static void test_cli(void) {
     // Ctrl-C saves a checkpoint and exits
     snprintf(args, sizeof(args), "%s --steps 100000 --eval-every 0 --save %s", data, tmp_path("int.ckpt"));
     char cmd[4096];
-    snprintf(cmd, sizeof(cmd), "OMP_NUM_THREADS=1 ./train_tlm %s > %s 2>&1 & pid=$!; sleep 1.5; kill -INT $pid; wait $pid",
-             args, tmp_path("cli.out"));
+    snprintf(cmd, sizeof(cmd), "OMP_NUM_THREADS=1 %s %s > %s 2>&1 & pid=$!; sleep 3; kill -INT $pid; wait $pid",
+             trainer(), args, tmp_path("cli.out"));
     int status = system(cmd);
     check(WIFEXITED(status) && WEXITSTATUS(status) == 130 && output_has("interrupted") && access(tmp_path("int.ckpt"), R_OK) == 0,
           "cli: SIGINT saves a checkpoint and exits with 130");
@@ -664,6 +779,8 @@ int main(void) {
     test_matmul();
     test_shard_loader();
     test_checkpoints();
+    test_taper_extremes();
+    test_memory_config_bounds();
     test_failed_save_keeps_old();
     test_resume_bit_exact();
     test_adamw();

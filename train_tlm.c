@@ -220,13 +220,20 @@ static int taper_widths(int *widths, int L, int H, Taper taper, double start, do
         f[l] = taper_factor(taper, L > 1 ? (double)l / (L - 1) : 0.0, start, end);
         sum += f[l];
     }
+    // absurd start/end (e.g. 1e308, or 1.25 -> 2e35 where the start is lost to rounding)
+    // leave no finite, positive schedule to share the width by
+    if (!isfinite(sum) || !(sum > 0)) {
+        snprintf(err, errlen, "%s taper %g -> %g cannot be computed (its widths overflow or vanish)",
+                 taper_names[taper], start, end);
+        return -1;
+    }
     // round to multiples by largest remainder: floor every layer's share of the L*H/multiple
     // units, then hand the units left over to the largest fractional parts (earlier layer
     // first on ties), so that the total is exactly L*H
     int units = L * (H / multiple), given = 0;
     double frac[L];
     for (int l = 0; l < L; l++) {
-        double want = units * f[l] / sum;
+        double want = units * (f[l] / sum); // (f / sum first: units * f may overflow)
         widths[l] = (int)floor(want + 1e-9);
         frac[l] = want - widths[l];
         given += widths[l];
@@ -1319,14 +1326,16 @@ static void config_finish(Config *c) {
     if (c->arch == ARCH_TITANS) {
         if (c->window < 1) die("--window must be positive, got %d", c->window);
         if (c->mem_depth != 1 && c->mem_depth != 2) die("--mem-depth must be 1 or 2, got %d", c->mem_depth);
-        if (c->mem_depth == 2 && (c->mem_hidden < 1 || c->mem_hidden > 1 << 14)) die("--mem-hidden must be in 1..%d, got %d", 1 << 14, c->mem_hidden);
-        if (c->mem_chunk < 1) die("--mem-chunk must be positive, got %d", c->mem_chunk);
+        // (the scratch is sized by mem_hidden even for the linear memory, so bound it always)
+        if (c->mem_hidden < 1 || c->mem_hidden > 1 << 14) die("--mem-hidden must be in 1..%d, got %d", 1 << 14, c->mem_hidden);
+        if (c->mem_chunk < 1 || c->mem_chunk > 1 << 20) die("--mem-chunk must be in 1..%d, got %d", 1 << 20, c->mem_chunk);
     }
     if (c->arch == ARCH_HOPE) {
         if (c->cms_levels < 1 || c->cms_levels > MAX_CMS_LEVELS)
             die("--cms-levels must be in 1..%d, got %d", MAX_CMS_LEVELS, c->cms_levels);
         for (int k = 1; k < c->cms_levels; k++)
-            if (c->cms_chunks[k] < 1) die("--cms-chunks: level %d needs a positive chunk size", k + 1);
+            if (c->cms_chunks[k] < 1 || c->cms_chunks[k] > 1 << 20)
+                die("--cms-chunks: level %d needs a chunk size in 1..%d, got %d", k + 1, 1 << 20, c->cms_chunks[k]);
         if (c->cms_levels > 1 && (c->cms_width < 1 || c->cms_width > 1 << 14)) die("--cms-width must be in 1..%d, got %d", 1 << 14, c->cms_width);
         if (c->cms_levels > 1 &&
             taper_widths(c->cms_widths, c->layers, c->cms_width, c->taper, c->taper_start, c->taper_end,
@@ -2119,7 +2128,7 @@ static int tokenizer_load(Tokenizer *tk, const char *path, int vocab) {
 }
 
 static void tokenizer_free(Tokenizer *tk) {
-    for (int i = 0; i < tk->vocab; i++) free(tk->piece[i]);
+    for (int i = 0; tk->piece && i < tk->vocab; i++) free(tk->piece[i]);
     free(tk->piece); free(tk->len);
     memset(tk, 0, sizeof(*tk));
 }
@@ -2498,7 +2507,7 @@ static void print_layer_table(const Model *m) {
 }
 
 static volatile sig_atomic_t interrupted;
-static void on_sigint(int sig) { (void)sig; interrupted = 1; }
+static void on_sigint(int sig) { interrupted = sig; }
 
 static void default_tokenizer_path(char *out, size_t n, const char *train, int vocab) {
     const char *slash = strrchr(train, '/');
@@ -2588,11 +2597,14 @@ int main(int argc, char **argv) {
                  opt.grad_clip, opt.seed, opt.train, opt.val, num_threads(), m->step);
     }
 
+    // from here on every way out goes through `done`, which frees what was made
+    int rc = 0;
+    Tokenizer tk = {0};
     if (opt.eval_only) {
         double loss = evaluate(m, &val, opt.eval_batches, B, T);
         printf("val loss %.4f | perplexity %.2f | %d batches of %dx%d\n", loss, exp(loss), opt.eval_batches, B, T);
         log_json("{\"event\":\"val\",\"step\":%d,\"loss\":%.6f,\"ppl\":%.4f}", m->step, loss, exp(loss));
-        return 0;
+        goto done;
     }
     if (opt.analyze) {
         LayerStats stats[MAX_LAYERS];
@@ -2610,10 +2622,9 @@ int main(int argc, char **argv) {
                      stats[l].rel, stats[l].cos_sim, stats[l].dloss_skip_mlp, stats[l].dloss_skip_layer);
         }
         log_json("{\"event\":\"done\",\"step\":%d,\"val_loss\":%.6f,\"seconds\":0}", m->step, base);
-        return 0;
+        goto done;
     }
 
-    Tokenizer tk = {0};
     char tk_path[4096];
     if (opt.tokenizer[0]) snprintf(tk_path, sizeof(tk_path), "%s", opt.tokenizer);
     else default_tokenizer_path(tk_path, sizeof(tk_path), opt.train, cfg->vocab);
@@ -2629,7 +2640,8 @@ int main(int argc, char **argv) {
     int decay_steps = opt.decay_steps ? opt.decay_steps : opt.steps;
     int save_every = opt.save_every ? opt.save_every : opt.eval_every;
     size_t tokens_per_step = (size_t)B * T * opt.grad_accum;
-    signal(SIGINT, on_sigint);
+    signal(SIGINT, on_sigint); // Ctrl-C, and `kill PID`: finish the step, save, exit
+    signal(SIGTERM, on_sigint);
     double t_start = wall_time(), t_train = 0, last_val = NAN;
     int steps_timed = 0, save_failed = 0;
     if (m->step >= opt.steps) printf("checkpoint is at step %d, --steps is %d: nothing to train\n", m->step, opt.steps);
@@ -2647,7 +2659,8 @@ int main(int argc, char **argv) {
             // stop before anything is saved: the last checkpoint on disk stays the last good one
             fprintf(stderr, "error: step %d: loss %g, gradient norm %g is not finite; stopping (no checkpoint written)\n", step + 1, loss, norm);
             log_json("{\"event\":\"error\",\"step\":%d,\"message\":\"non-finite loss or gradient\"}", step + 1);
-            return 1;
+            rc = 1;
+            goto done;
         }
         double dt = wall_time() - t0;
         t_train += dt;
@@ -2677,17 +2690,20 @@ int main(int argc, char **argv) {
     }
     if (interrupted) {
         printf("interrupted at step %d%s\n", m->step, opt.save[0] ? ", checkpoint saved; resume with --load" : "");
-        return 130;
+        rc = 128 + interrupted; // 130 for SIGINT, 143 for SIGTERM, as a shell reports them
+        goto done;
     }
     double seconds = wall_time() - t_start;
     printf("done: %d steps, val loss %.4f, %.1f s (%.0f tok/s training)\n", m->step, last_val, seconds,
            steps_timed ? steps_timed * tokens_per_step / t_train : 0.0);
     log_json("{\"event\":\"done\",\"step\":%d,\"val_loss\":%.6f,\"seconds\":%.2f}", m->step, last_val, seconds);
+    rc = save_failed ? 1 : 0;
+done:
     if (log_file) fclose(log_file);
     tokenizer_free(&tk);
     dataloader_free(&train);
     dataloader_free(&val);
     model_free(m);
-    return save_failed ? 1 : 0;
+    return rc;
 }
 #endif // TLM_TESTING

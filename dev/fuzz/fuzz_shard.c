@@ -1,0 +1,54 @@
+/*
+ * fuzz_shard — libFuzzer target for the token-shard loader (train_tlm.c section 6).
+ * The input is one shard file: dataloader_open, the vocabulary from dataloader_vocab (50257
+ * when the header says 0), then dataloader_seek and a few dataloader_next batches.
+ * Slots 4..7 of the 256-int32 header are unused by the format; the harness reads its batch
+ * shape and a seek position from them, so the fuzzer can vary those too:
+ *   B = 1 + h[4] % 4,  T = 1 + h[5] % 16,  seek to shard h[6], token (uint32)h[7] if h[6] != 0
+ *   or h[7] != 0 (a bad shard index must be refused by dataloader_seek).
+ * Build and run: dev/fuzz/run_fuzz.sh SECONDS fuzz_shard
+ */
+#define TLM_TESTING 1 // as -DTLM_TESTING: no main(), die() longjmps to *tlm_error_jump
+#include "fuzz_common.h"
+#include "../../train_tlm.c"
+#include "fuzz_common.h"
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) { (void)argc; (void)argv; fz_init(); return 0; }
+
+static DataLoader d;
+static int tok[4 * 16], tgt[4 * 16];
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    const char *path = fz_write_input("shard", data, size);
+    int32_t h[8] = { 0 };
+    memcpy(h, data, size < sizeof(h) ? size : sizeof(h));
+    int B = 1 + (int)((uint32_t)h[4] % 4), T = 1 + (int)((uint32_t)h[5] % 16);
+    FZ_TRY {
+        dataloader_open(&d, path, "--train");
+        FZ_ASSERT(d.count == 1 && d.ntok[0] > 0, "one shard with tokens after a successful open");
+        int v = dataloader_vocab(&d);
+        FZ_ASSERT(v >= 0 && v <= 65536, "header vocabulary %d accepted", v);
+        d.vocab = v ? v : 50257;
+        if (h[6] || h[7]) {
+            DataPosition at = { h[6], (size_t)(uint32_t)h[7], 0 };
+            dataloader_seek(&d, at);
+        }
+        for (int i = 0; i < 4; i++) {
+            size_t pos = d.at.pos;
+            dataloader_next(&d, tok, tgt, B, T);
+            FZ_ASSERT(d.loaded == 0 && d.at.pos <= d.ntok[0], "position %zu within the shard of %zu tokens", d.at.pos, d.ntok[0]);
+            FZ_ASSERT(d.at.pos == (pos + (size_t)B * T + 1 > d.ntok[0] ? 0 : pos) + (size_t)B * T,
+                      "batch of %d x %d advanced %zu -> %zu", B, T, pos, d.at.pos);
+            for (int j = 0; j < B * T; j++) {
+                FZ_ASSERT(tok[j] >= 0 && tok[j] < d.vocab && tgt[j] >= 0 && tgt[j] < d.vocab, "token %d / target %d outside the vocabulary %d", tok[j], tgt[j], d.vocab);
+                FZ_ASSERT(j + 1 == B * T || tgt[j] == tok[j + 1], "targets are the tokens shifted by one");
+            }
+        }
+        dataloader_free(&d);
+        fz_end(FZ_OK);
+    } FZ_CATCH {
+        memset(&d, 0, sizeof(d));
+    }
+    FZ_DONE();
+    return 0;
+}
