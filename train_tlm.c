@@ -266,36 +266,191 @@ static int taper_widths(int *widths, int L, int H, Taper taper, double start, do
 // --- matrix multiplication ---------------------------------------------------
 //
 // One blocked kernel, gemm(), computes C (M,N) (+)= A (M,K) B (K,N), where A or B may be
-// read transposed. Blocking (BLIS style): the K dimension is cut into slices of KC; for
-// each slice the output is cut into MC x NC tiles shared out to the threads; a thread copies
-// ("packs") its A tile into MR-row strips and its B tile into NR-column strips, contiguous
-// in k, and then a micro-kernel keeps an MR x NR block of C in registers while it streams
-// the two strips: MR*NR multiply-adds per MR+NR loads. The strips fit in L1, the tiles in
-// L2. Every output tile is summed over k in the same order whatever the thread count, so
-// results are bit-identical for any OMP_NUM_THREADS. The inner loops are plain C that
-// gcc/clang vectorize with -O3 -march=native; matmul_forward_reference() below is the
-// plain triple loop it is tested against.
+// read transposed. Blocking (BLIS style, in the loop order that suits row-major C):
+//
+//   for jc in N by nc (<= NC):           a column block of C
+//     for pc in K by kc:                 a slice of the k sum
+//       pack B[pc:+kc, jc:+nc]            into NR-column strips: the B block, shared by
+//                                         the threads, who pack it together
+//       for each strip of ~MR rows       (the threads share the strips out)
+//         pack A[rows, pc:+kc]            into one MR-row strip, private to the thread
+//         for jr in nc by NR:
+//           micro-kernel: C[rows, jc+jr:+NR] (+)= A strip x B strip
+//
+// The micro-kernel keeps an MR x NR block of C in registers and streams the two packed
+// strips, both contiguous in k: per k it loads NR values of B (vectors along j: the loop
+// that is vectorized) and broadcasts MR values of A, for MR*NR multiply-adds. An A strip
+// is reused across the whole B block, which stays in L2; the B strips stream from there.
+// Assumed caches (AMD Zen 4): L1d 32 KiB, L2 1 MiB per core; a B block is 512 KiB.
+//
+// Packing copies each operand into the order the kernel reads it. When the operand is
+// read along its rows (A not transposed, B transposed: inp and W in the forward pass)
+// this is a transpose, done 16 x 16 at a time in registers for float.
+//
+// Rows are cut into strips of nearly equal height (12.8 on average for M = 256: 13 or 12
+// rows) rather than full strips and a ragged last one: the AVX-512 kernel has a variant
+// for every row count, so no multiply-add is wasted on padding, and the strip count is a
+// multiple of the thread count, so every thread gets the same share. Columns past N in
+// the last B strip are packed as zeros and masked off when C is stored.
+//
+// Two B buffers alternate, so that a thread that is done with one block can start to
+// pack the next without waiting for the others: one barrier per block.
+//
+// Determinism: every C element is the sum over the K slices in order, each slice summed
+// in k order inside one micro-kernel call, whichever thread runs it and however the rows
+// are cut, so the results are bit-identical for any OMP_NUM_THREADS.
+//
+// Two micro-kernels: for float on an AVX-512 machine, 14 x 32 with intrinsics (28 zmm
+// accumulators); everywhere else (double, or no AVX-512) 8 x 32 in plain C, which
+// gcc/clang vectorize with -O3 -march=native. matmul_forward_reference() below is the
+// plain triple loop they are tested against.
 
-enum { GEMM_MR = 8, GEMM_NR = 32, GEMM_MC = 96, GEMM_NC = 512, GEMM_KC = 256 };
-static real *gemm_pack_buffers; // per thread: MC*KC for A, then NC*KC for B
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define GEMM_HAVE_AVX512 1
+#else
+#define GEMM_HAVE_AVX512 0
+#endif
+
+enum {
+    GEMM_MR_AVX512 = 14, // AVX-512 float kernel: 14 rows x 2 zmm (32 floats) = 28 accumulators
+    GEMM_MR_C = 8,       // plain-C kernel: 8 rows x 32 columns (gcc's best, also for AVX2)
+    GEMM_MR_MAX = 14,
+    GEMM_NR = 32,        // both kernels: 32 columns
+};
+// Cache blocking. A packed B block (kc x nc) must stay in L2 (1 MiB): GEMM_B_BLOCK reals
+// = 512 KiB in float. Columns are cut into blocks of at most GEMM_NC (a multiple of NR); k
+// into slices as long as the B block allows, at most GEMM_KC_MAX: kc = 256 for nc = 512,
+// 1024 for nc = 128. Long k slices mean fewer passes over C (the dW of a small model,
+// K = B*T = 1024, N = C = 128, is one pass); an A strip (MR x kc, 14 KiB at kc = 256,
+// 56 KiB at 1024) then lives in L1 or L2: it is read at 56 bytes per 28 FMAs, either will do.
+// (Tuned on the shapes in the report: NC 384/512/768 x B block 384/512/768 KiB are all
+// within a few per cent; these are the best.)
+#ifndef GEMM_NC
+#define GEMM_NC 512
+#endif
+#ifndef GEMM_KC_MAX
+#define GEMM_KC_MAX 1024
+#endif
+#ifndef GEMM_B_BLOCK
+#define GEMM_B_BLOCK (256 * 512)
+#endif
+static real *gemm_buffer_raw;  // the allocation, for free()
+static real *gemm_pack_b[2];   // two B blocks (GEMM_B_BLOCK), shared by the threads, 64-byte aligned
+static real *gemm_pack_a;      // per thread: one A strip, MR_MAX*KC_MAX (aligned)
 static int gemm_pack_threads;
 
 static void gemm_init(void) {
     int n = num_threads();
-    if (gemm_pack_buffers && gemm_pack_threads >= n) return;
-    free(gemm_pack_buffers);
+    if (gemm_buffer_raw && gemm_pack_threads >= n) return;
+    free(gemm_buffer_raw);
     gemm_pack_threads = n;
-    gemm_pack_buffers = xcalloc((size_t)n * (GEMM_MC + GEMM_NC) * GEMM_KC, sizeof(real), "matmul buffers");
+    size_t count = 2 * (size_t)GEMM_B_BLOCK + (size_t)n * GEMM_MR_MAX * GEMM_KC_MAX + 64;
+    gemm_buffer_raw = xcalloc(count, sizeof(real), "matmul buffers");
+    uintptr_t p = ((uintptr_t)gemm_buffer_raw + 63) & ~(uintptr_t)63;
+    gemm_pack_b[0] = (real *)p;
+    gemm_pack_b[1] = gemm_pack_b[0] + (size_t)GEMM_B_BLOCK;
+    gemm_pack_a = gemm_pack_b[1] + (size_t)GEMM_B_BLOCK;
 }
 
-// C[0:mr, 0:nr] (+)= sum_p a[p, 0:MR] (x) b[p, 0:NR], from packed strips
-static void gemm_micro_kernel(int kc, const real *restrict a, const real *restrict b,
-                              real *restrict c, int ldc, int mr, int nr, int overwrite) {
-    real acc[GEMM_MR][GEMM_NR] = {{0}};
+#if GEMM_HAVE_AVX512
+// dst[p*ldd + r] = src[r*lds + p] for r < 16, p < 16: a 16 x 16 transpose in zmm registers.
+// Rows r >= rows are read as zeros; lanes outside `lanes` are not stored. Four rounds of
+// shuffles, each interleaving pairs at twice the distance of the last: 1, 2, 4, 8 floats.
+static inline void gemm_transpose16(float *dst, int ldd, __mmask16 lanes,
+                                    const float *src, size_t lds, int rows) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) {
+        r[i] = i < rows ? _mm512_loadu_ps(src + i * lds) : _mm512_setzero_ps();
+        if (i < rows) _mm_prefetch((const char *)(src + i * lds + 64), _MM_HINT_T0); // 4 lines ahead
+    }
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i]     = _mm512_shuffle_ps(t[i],     t[i + 2], 0x44);
+        r[i + 1] = _mm512_shuffle_ps(t[i],     t[i + 2], 0xEE);
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i]      = _mm512_shuffle_f32x4(r[i],     r[i + 4],  0x88);
+        t[i + 4]  = _mm512_shuffle_f32x4(r[i],     r[i + 4],  0xDD);
+        t[i + 8]  = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+    }
+    for (int i = 0; i < 8; i++) {
+        r[i]     = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+    }
+    for (int p = 0; p < 16; p++) _mm512_mask_storeu_ps(dst + (size_t)p * ldd, lanes, r[p]);
+}
+#endif
+
+// dst[p*ldd + r] = src[r*lds + p] for r < rows, p < kc, and zeros for r in rows..ldd-1:
+// the packing of the operand that is read across its rows (A not transposed, B transposed)
+static void gemm_pack_transposed(real *restrict dst, int ldd, const real *src, int lds, int rows, int kc) {
+    int p0 = 0;
+#if GEMM_HAVE_AVX512
+    if (sizeof(real) == sizeof(float)) { // float: 16 x 16 blocks through registers
+        for (; p0 + 16 <= kc; p0 += 16)
+            for (int r = 0; r < ldd; r += 16) {
+                int n = rows - r < 0 ? 0 : rows - r < 16 ? rows - r : 16;
+                int w = ldd - r < 16 ? ldd - r : 16;
+                gemm_transpose16((float *)dst + (size_t)p0 * ldd + r, ldd, (__mmask16)((1u << w) - 1),
+                                 (const float *)src + (size_t)r * lds + p0, lds, n);
+            }
+    }
+#endif
+    for (int p = p0; p < kc; p++) { // p outer: contiguous stores, `rows` read streams
+        for (int r = 0; r < rows; r++) dst[(size_t)p * ldd + r] = src[(size_t)r * lds + p];
+        for (int r = rows; r < ldd; r++) dst[(size_t)p * ldd + r] = 0;
+    }
+}
+
+// dst[p*ldd + r] = src[p*lds + r] for r < rows, p < kc, zeros for r in rows..ldd-1: the
+// packing of the operand whose rows are already contiguous along the strip (A^T, B)
+static void gemm_pack_direct(real *restrict dst, int ldd, const real *src, int lds, int rows, int kc) {
     for (int p = 0; p < kc; p++) {
-        const real *restrict ap = a + p * GEMM_MR;
+        const real *s = src + (size_t)p * lds;
+#if defined(__GNUC__)
+        // when lds is large every p is another cache line (A^T: a row of dout, 200 KB apart
+        // for the lm head); fetch the values for the next strip now, to hide the memory latency
+        __builtin_prefetch(s + 2 * ldd - 1, 0, 2);
+#endif
+        for (int r = 0; r < rows; r++) dst[(size_t)p * ldd + r] = s[r];
+        for (int r = rows; r < ldd; r++) dst[(size_t)p * ldd + r] = 0;
+    }
+}
+
+// pack rows [i0, i0+mr) of A, k in [p0, p0+kc), as dst[p*MR + i]; rows mr..MR-1 are zeros
+static void gemm_pack_a_strip(real *restrict dst, const real *A, int lda, int trans_a,
+                              int i0, int mr, int p0, int kc, int MR) {
+    if (trans_a) gemm_pack_direct(dst, MR, A + (size_t)p0 * lda + i0, lda, mr, kc);
+    else         gemm_pack_transposed(dst, MR, A + (size_t)i0 * lda + p0, lda, mr, kc);
+}
+
+// pack columns [j0, j0+nr) of B, k in [p0, p0+kc), as dst[p*NR + j]; columns nr..NR-1 are zeros
+static void gemm_pack_b_strip(real *restrict dst, const real *B, int ldb, int trans_b,
+                              int j0, int nr, int p0, int kc) {
+    if (trans_b) gemm_pack_transposed(dst, GEMM_NR, B + (size_t)j0 * ldb + p0, ldb, nr, kc);
+    else         gemm_pack_direct(dst, GEMM_NR, B + (size_t)p0 * ldb + j0, ldb, nr, kc);
+}
+
+// Plain-C micro-kernel: C[0:mr, 0:nr] (+)= sum_p a[p, 0:MR] (x) b[p, 0:NR], from packed
+// strips. The j loop is the one the compiler vectorizes; acc lives in vector registers.
+// 8 x 32 is what gcc 12 does best with (float with AVX2 only: ~70 GFLOP/s on one Zen 4
+// core; double with AVX-512: ~38); 6 x 16 or 8 x 16 look kinder to the register file but
+// gcc then stops vectorizing (~5 GFLOP/s). clang 14 vectorizes this kernel in float
+// (~53) but not in double with AVX-512 (~2.5 GFLOP/s): build the tests with gcc.
+static void gemm_micro_kernel_c(int kc, const real *restrict a, const real *restrict b,
+                                real *restrict c, int ldc, int mr, int nr, int overwrite) {
+    real acc[GEMM_MR_C][GEMM_NR] = {{0}};
+    for (int p = 0; p < kc; p++) {
+        const real *restrict ap = a + p * GEMM_MR_C;
         const real *restrict bp = b + p * GEMM_NR;
-        for (int i = 0; i < GEMM_MR; i++)
+        for (int i = 0; i < GEMM_MR_C; i++)
             for (int j = 0; j < GEMM_NR; j++)
                 acc[i][j] += ap[i] * bp[j];
     }
@@ -306,59 +461,143 @@ static void gemm_micro_kernel(int kc, const real *restrict a, const real *restri
     }
 }
 
+#if GEMM_HAVE_AVX512
+// AVX-512 micro-kernel for float, MR (<= 14) rows x 32 columns. Per k: two 16-float
+// vectors of B (b0, b1), then for each row i one broadcast of A(i,k) and two fused
+// multiply-adds into that row's accumulators c0[i], c1[i]. With MR = 14 that is 28
+// accumulators + 2 B vectors + 1 broadcast = 31 of the 32 zmm registers, and 28 FMAs
+// per 2 vector loads + 14 broadcasts, so the FMA units, not the loads, set the pace.
+// MR is a compile-time constant in each call below, so the i loops unroll completely
+// and c0/c1 are registers, not memory.
+static inline __attribute__((always_inline))
+void gemm_avx512_rows(int kc, const float *restrict a, const float *restrict b,
+                      float *restrict c, int ldc, int nr, int overwrite, const int MR) {
+    __m512 c0[GEMM_MR_AVX512], c1[GEMM_MR_AVX512];
+    for (int i = 0; i < MR; i++) { // while the k loop runs, bring the C block into L1
+        _mm_prefetch((const char *)(c + (size_t)i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + (size_t)i * ldc + GEMM_NR - 1), _MM_HINT_T0);
+        c0[i] = _mm512_setzero_ps();
+        c1[i] = _mm512_setzero_ps();
+    }
+    for (int p = 0; p < kc; p++) {
+        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+        for (int i = 0; i < MR; i++) {
+            __m512 ai = _mm512_set1_ps(a[i]);
+            c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
+            c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
+        }
+        a += GEMM_MR_AVX512;
+        b += GEMM_NR;
+    }
+    // store: all 32 columns, or the first nr of them under a mask at the right edge of C
+    __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : (__mmask16)((1u << (nr - 16)) - 1);
+    for (int i = 0; i < MR; i++) {
+        float *ci = c + (size_t)i * ldc;
+        if (nr == GEMM_NR) {
+            if (!overwrite) {
+                c0[i] = _mm512_add_ps(c0[i], _mm512_loadu_ps(ci));
+                c1[i] = _mm512_add_ps(c1[i], _mm512_loadu_ps(ci + 16));
+            }
+            _mm512_storeu_ps(ci, c0[i]);
+            _mm512_storeu_ps(ci + 16, c1[i]);
+        } else {
+            if (!overwrite) {
+                c0[i] = _mm512_add_ps(c0[i], _mm512_maskz_loadu_ps(m0, ci));
+                c1[i] = _mm512_add_ps(c1[i], _mm512_maskz_loadu_ps(m1, ci + 16));
+            }
+            _mm512_mask_storeu_ps(ci, m0, c0[i]);
+            _mm512_mask_storeu_ps(ci + 16, m1, c1[i]);
+        }
+    }
+}
+
+// one instance per row count, so that the strips of 13 rows run as fast as those of 14
+static void gemm_micro_kernel_avx512(int kc, const float *a, const float *b, float *c,
+                                     int ldc, int mr, int nr, int overwrite) {
+    switch (mr) {
+    case 14: gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 14); break;
+    case 13: gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 13); break;
+    case 12: gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 12); break;
+    case 11: gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 11); break;
+    case 10: gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 10); break;
+    case 9:  gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 9);  break;
+    case 8:  gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 8);  break;
+    case 7:  gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 7);  break;
+    case 6:  gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 6);  break;
+    case 5:  gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 5);  break;
+    case 4:  gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 4);  break;
+    case 3:  gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 3);  break;
+    case 2:  gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 2);  break;
+    default: gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 1);  break;
+    }
+}
+#endif
+
 // C (M,N) = A (M,K) B (K,N) (+ C if accumulate). A(i,k) = trans_a ? A[k*lda+i] : A[i*lda+k],
 // B(k,j) = trans_b ? B[j*ldb+k] : B[k*ldb+j]; C(i,j) = C[i*ldc+j].
 static void gemm(real *C, const real *A, const real *B, int M, int N, int K,
                  int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
-    if (!gemm_pack_buffers || gemm_pack_threads < num_threads()) gemm_init();
-    if (K == 0 && !accumulate) {
-        for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, N * sizeof(real));
+    if (!gemm_buffer_raw || gemm_pack_threads < num_threads()) gemm_init();
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        if (!accumulate) for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, N * sizeof(real));
         return;
     }
-    int m_tiles = (M + GEMM_MC - 1) / GEMM_MC, n_tiles = (N + GEMM_NC - 1) / GEMM_NC;
-    for (int pc = 0; pc < K; pc += GEMM_KC) {
-        int kc = K - pc < GEMM_KC ? K - pc : GEMM_KC;
-        int overwrite = pc == 0 && !accumulate;
-        #pragma omp parallel for collapse(2) schedule(dynamic)
-        for (int it = 0; it < m_tiles; it++) {
-            for (int jt = 0; jt < n_tiles; jt++) {
-                int ic = it * GEMM_MC, jc = jt * GEMM_NC;
-                int mc = M - ic < GEMM_MC ? M - ic : GEMM_MC;
-                int nc = N - jc < GEMM_NC ? N - jc : GEMM_NC;
-                real *pack_a = gemm_pack_buffers + (size_t)thread_id() * (GEMM_MC + GEMM_NC) * GEMM_KC;
-                real *pack_b = pack_a + GEMM_MC * GEMM_KC;
-                // pack A tile into strips of MR rows: pack_a[ir*kc + p*MR + i] = A(ic+ir+i, pc+p)
-                for (int ir = 0; ir < mc; ir += GEMM_MR) {
-                    real *dst = pack_a + (size_t)ir * kc;
-                    for (int p = 0; p < kc; p++)
-                        for (int i = 0; i < GEMM_MR; i++) {
-                            size_t row = ic + ir + i, col = pc + p;
-                            dst[p * GEMM_MR + i] = ir + i >= mc ? 0
-                                : trans_a ? A[col * lda + row] : A[row * lda + col];
-                        }
+    const int avx512 = GEMM_HAVE_AVX512 && sizeof(real) == sizeof(float);
+    const int MR = avx512 ? GEMM_MR_AVX512 : GEMM_MR_C;
+    // slices of nearly equal size: K = 768 is 3 x 256, N = 768 is 2 x 384 (multiples of NR)
+    const int n_blocks = (N + GEMM_NC - 1) / GEMM_NC;
+    const int nc_even = ((N + n_blocks - 1) / n_blocks + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
+    const int kc_fit = GEMM_B_BLOCK / nc_even / 16 * 16; // a multiple of 16, as is GEMM_KC_MAX
+    const int kc_max = kc_fit < GEMM_KC_MAX ? kc_fit : GEMM_KC_MAX;
+    const int k_slices = (K + kc_max - 1) / kc_max;
+    // slices of nearly equal length, a multiple of 16 (the transposing packs go 16 k at a time)
+    const int kc_even = ((K + k_slices - 1) / k_slices + 15) / 16 * 16;
+    // row strips: strip s is rows [s*M/strips, (s+1)*M/strips); a multiple of the thread
+    // count, so that each thread gets the same number of rows (M = 256: 20 strips of 12.8)
+    const int threads = num_threads();
+    int strips = ((M + MR - 1) / MR + threads - 1) / threads * threads;
+    if (strips > M) strips = M;
+    #pragma omp parallel
+    {
+        real *pack_a = gemm_pack_a + (size_t)thread_id() * GEMM_MR_MAX * GEMM_KC_MAX;
+        int block = 0; // B blocks alternate between two buffers
+        for (int jc = 0; jc < N; jc += nc_even) {
+            int nc = N - jc < nc_even ? N - jc : nc_even;
+            int b_strips = (nc + GEMM_NR - 1) / GEMM_NR;
+            for (int pc = 0; pc < K; pc += kc_even) {
+                int kc = K - pc < kc_even ? K - pc : kc_even;
+                int overwrite = pc == 0 && !accumulate;
+                real *pack_b = gemm_pack_b[block++ & 1];
+                // B block: the threads pack it together; the loop ends with a barrier, after
+                // which every thread is done with the block before last, that used this buffer
+                #pragma omp for schedule(static)
+                for (int t = 0; t < b_strips; t++) {
+                    int jr = t * GEMM_NR, nr = nc - jr < GEMM_NR ? nc - jr : GEMM_NR;
+                    gemm_pack_b_strip(pack_b + (size_t)jr * kc, B, ldb, trans_b, jc + jr, nr, pc, kc);
                 }
-                // pack B tile into strips of NR columns: pack_b[jr*kc + p*NR + j] = B(pc+p, jc+jr+j)
-                for (int jr = 0; jr < nc; jr += GEMM_NR) {
-                    real *dst = pack_b + (size_t)jr * kc;
-                    for (int p = 0; p < kc; p++) {
-                        size_t row = pc + p;
-                        if (!trans_b && jr + GEMM_NR <= nc) {
-                            memcpy(dst + p * GEMM_NR, B + row * ldb + jc + jr, GEMM_NR * sizeof(real));
+                // row strips: each thread packs an A strip and sweeps it across the B block;
+                // no barrier at the end (nowait): a thread that is done goes on to pack the next
+                // B block into the other buffer
+                #pragma omp for schedule(static) nowait
+                for (int s = 0; s < strips; s++) {
+                    int i0 = (int)((long)s * M / strips), mr = (int)((long)(s + 1) * M / strips) - i0;
+                    gemm_pack_a_strip(pack_a, A, lda, trans_a, i0, mr, pc, kc, MR);
+                    for (int jr = 0; jr < nc; jr += GEMM_NR) {
+                        int nr = nc - jr < GEMM_NR ? nc - jr : GEMM_NR;
+                        real *c = C + (size_t)i0 * ldc + jc + jr;
+                        const real *b = pack_b + (size_t)jr * kc;
+#if GEMM_HAVE_AVX512
+                        if (avx512) {
+                            gemm_micro_kernel_avx512(kc, (const float *)pack_a, (const float *)b,
+                                                     (float *)c, ldc, mr, nr, overwrite);
                             continue;
                         }
-                        for (int j = 0; j < GEMM_NR; j++) {
-                            size_t col = jc + jr + j;
-                            dst[p * GEMM_NR + j] = jr + j >= nc ? 0
-                                : trans_b ? B[col * ldb + row] : B[row * ldb + col];
-                        }
+#endif
+                        gemm_micro_kernel_c(kc, pack_a, b, c, ldc, mr, nr, overwrite);
                     }
                 }
-                for (int jr = 0; jr < nc; jr += GEMM_NR)
-                    for (int ir = 0; ir < mc; ir += GEMM_MR)
-                        gemm_micro_kernel(kc, pack_a + (size_t)ir * kc, pack_b + (size_t)jr * kc,
-                                          C + (size_t)(ic + ir) * ldc + jc + jr, ldc,
-                                          mc - ir < GEMM_MR ? mc - ir : GEMM_MR,
-                                          nc - jr < GEMM_NR ? nc - jr : GEMM_NR, overwrite);
             }
         }
     }

@@ -27,11 +27,13 @@ static const BenchConfig configs[] = {
     // parameters as GPT-2's 4C GELU MLP (3*768*2048 == 2*768*3072)
     { "gpt2-124M", ARCH_TRANSFORMER, 12, 768, 12, 50257, 2048, 64, 4 },
     { "gpt2-30M", ARCH_TRANSFORMER, 6, 384, 6, 50257, 1024, 64, 4 },
-    // the classroom default (./train_tlm with no options), per architecture
-    { "default-transformer", ARCH_TRANSFORMER, 6, 128, 4, 50257, 384, 128, 8 },
-    { "default-gated", ARCH_GATED, 6, 128, 4, 50257, 384, 128, 8 },
-    { "default-titans", ARCH_TITANS, 6, 128, 4, 50257, 384, 128, 8 },
-    { "default-hope", ARCH_HOPE, 6, 128, 4, 50257, 384, 128, 8 },
+    // the classroom default (./train_tlm with no options: Brown bytes, 8 x 256 tokens), per
+    // architecture, at equal parameters (--match-params: gated, titans and hope pay for their
+    // additions out of the MLP width)
+    { "default-transformer", ARCH_TRANSFORMER, 6, 128, 4, 256, 384, 256, 8 },
+    { "default-gated", ARCH_GATED, 6, 128, 4, 256, 384, 256, 8 },
+    { "default-titans", ARCH_TITANS, 6, 128, 4, 256, 384, 256, 8 },
+    { "default-hope", ARCH_HOPE, 6, 128, 4, 256, 384, 256, 8 },
 };
 enum { NUM_CONFIGS = sizeof(configs) / sizeof(configs[0]) };
 
@@ -40,6 +42,7 @@ static void bench_config(const BenchConfig *bc, double seconds) {
                  .seq_len = bc->seq_len, .mlp_width = bc->mlp_width, .taper = TAPER_COSINE, .taper_start = 1.5,
                  .taper_end = 0.5, .taper_multiple = 32, .window = 64, .mem_depth = 2, .mem_hidden = 32,
                  .mem_chunk = 16, .cms_levels = 2, .cms_width = 64, .cms_chunks = { 0, 16, 64, 0 } };
+    if (c.vocab == 256) match_params(&c); // the classroom configs (model_create redoes the widths)
     int B = bc->batch, T = bc->seq_len;
     Model *m = model_create(&c, B, T);
     init_params(m, 1);
