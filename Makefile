@@ -1,4 +1,4 @@
-# tlm.c — make train_tlm | make test | make data | make run
+# tlm.c — make train_tlm | make test | make data | make run | make ablation-quick
 CC ?= gcc
 CFLAGS ?= -O3 -march=native
 CFLAGS += -std=c11 -Wall -Wextra
@@ -6,7 +6,7 @@ OPENMP ?= -fopenmp
 LDLIBS = -lm
 PYTHON ?= python3
 
-.PHONY: all test data run portable clean bench test-mutants test-asan fuzz
+.PHONY: all test data run portable clean bench test-mutants test-asan fuzz ablation ablation-quick
 
 all: train_tlm test_tlm
 
@@ -39,6 +39,14 @@ data/brown_gpt2_train.bin:
 
 run: train_tlm data
 	./train_tlm
+
+# the classroom experiment: uniform vs cosine vs reverse taper for every architecture
+# (dev/ablation.py -h); ABLATION_ARGS e.g. "-j 4 --seeds 5 --linear"
+ablation: train_tlm data/brown_byte_train.bin
+	$(PYTHON) dev/ablation.py $(ABLATION_ARGS)
+
+ablation-quick: train_tlm data/brown_byte_train.bin
+	$(PYTHON) dev/ablation.py --quick $(ABLATION_ARGS)
 
 clean:
 	rm -f train_tlm test_tlm train_tlm_asan test_tlm_asan dev/bench_tlm *.o
