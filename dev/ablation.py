@@ -677,7 +677,9 @@ def main():
     ap.add_argument("--train-args", default="", help="extra trainer flags, e.g. '--steps 300 --dim 96'; override DEFAULT_ARGS/QUICK_ARGS")
     ap.add_argument("--out", default=None, help="output dir [runs/ablation; --quick runs/ablation_quick]")
     ap.add_argument("--trainer", default="./train_tlm", help="trainer binary [./train_tlm]")
-    ap.add_argument("-j", "--jobs", type=int, default=1 if cores < 4 else cores // 2, help=f"parallel runs [{1 if cores < 4 else cores // 2} here: 1 below 4 cores, else cores/2]")
+    ap.add_argument("-j", "--jobs", type=int, default=None,
+                    help=f"parallel runs [--quick: one per core ({cores} here), each on one thread; "
+                         f"else {1 if cores < 4 else cores // 2} here: 1 below 4 cores, else cores/2]")
     ap.add_argument("--quick", action="store_true", help="small grid (QUICK_ARGS, QUICK_SEEDS), <= 10 min")
     ap.add_argument("--analyze", action=argparse.BooleanOptionalAction, default=None,
                     help="layer analysis of the uniform seed-1 checkpoints [on; off with --quick]")
@@ -693,6 +695,8 @@ def main():
     archs = [a.strip() for a in (args.archs or ",".join(ARCHS)).split(",") if a.strip()]
     if not archs or any(a not in ARCHS for a in archs) or len(set(archs)) != len(archs):
         ap.error(f"--archs: comma-separated, distinct, from {','.join(ARCHS)} (got {args.archs!r})")
+    if args.jobs is None:                         # tiny quick models run best one per core
+        args.jobs = cores if args.quick else (1 if cores < 4 else cores // 2)
     if args.jobs < 1:
         ap.error("-j must be >= 1")
     if args.seeds is not None and args.seeds < 1:
