@@ -2756,6 +2756,7 @@ static void default_tokenizer_path(char *out, size_t n, const char *train, int v
 
 #ifndef TLM_TESTING
 int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0); // a progress line at a time, also into a pipe or a file (tee)
     if (parse_args(argc, argv)) { usage(stdout); return 0; }
     Config *cfg = &opt.cfg;
 
