@@ -66,7 +66,7 @@ test-mutants: train_tlm
 # the tests and a short training run under AddressSanitizer and UndefinedBehaviorSanitizer.
 # detect_leaks=0 for the test binary only: its error tests longjmp out of die() (an exit in
 # the real program) and so leave half-built models behind on purpose.
-SANITIZE = -O2 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+SANITIZE = -O2 -march=native -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 test-asan: test_tlm.c train_tlm.c
 	$(CC) $(SANITIZE) -std=c11 -Wall -Wno-unused-function $(OPENMP) train_tlm.c $(LDLIBS) -o train_tlm_asan
 	$(CC) $(SANITIZE) -std=c11 -Wall -Wno-unused-function $(OPENMP) -DTLM_DOUBLE -c test_tlm.c -o test_tlm_asan_double.o
