@@ -6,15 +6,20 @@ OPENMP ?= -fopenmp
 LDLIBS = -lm
 PYTHON ?= python3
 
-.PHONY: all test data run portable clean bench test-mutants test-asan fuzz ablation ablation-quick
+.PHONY: all test data run portable clean bench test-mutants test-asan fuzz ablation ablation-quick FORCE
 
 all: train_tlm test_tlm
 
-train_tlm: train_tlm.c
+# the compiler and flags of the last build: when they change (make portable, then make),
+# the binaries are rebuilt even though the sources are older than them
+.build-flags: FORCE
+	@echo '$(CC) $(CFLAGS) $(OPENMP)' | cmp -s - $@ || echo '$(CC) $(CFLAGS) $(OPENMP)' > $@
+
+train_tlm: train_tlm.c .build-flags
 	$(CC) $(CFLAGS) $(OPENMP) $< $(LDLIBS) -o $@
 
 # one binary, two precisions: test_tlm.c compiled in double (gradient checks) and in float
-test_tlm: test_tlm.c train_tlm.c
+test_tlm: test_tlm.c train_tlm.c .build-flags
 	$(CC) $(CFLAGS) -Wno-unused-function $(OPENMP) -DTLM_DOUBLE -c test_tlm.c -o test_tlm_double.o
 	$(CC) $(CFLAGS) -Wno-unused-function $(OPENMP) -c test_tlm.c -o test_tlm_float.o
 	$(CC) $(CFLAGS) $(OPENMP) test_tlm_float.o test_tlm_double.o $(LDLIBS) -o $@
@@ -25,7 +30,6 @@ test: train_tlm test_tlm
 
 # the build for machines without OpenMP or -march=native: plain C11, one thread
 portable:
-	$(MAKE) clean
 	$(MAKE) all CFLAGS="-O2 -Wno-unknown-pragmas" OPENMP=
 
 # the Brown Corpus as bytes (the default data) and as GPT-2 BPE tokens
@@ -49,7 +53,7 @@ ablation-quick: train_tlm data/brown_byte_train.bin
 	$(PYTHON) dev/ablation.py --quick $(ABLATION_ARGS)
 
 clean:
-	rm -f train_tlm test_tlm train_tlm_asan test_tlm_asan dev/bench_tlm *.o
+	rm -f train_tlm test_tlm train_tlm_asan test_tlm_asan dev/bench_tlm *.o .build-flags
 
 # a benchmark, not a test: full training steps and the matmul at the model's shapes
 dev/bench_tlm: dev/bench_tlm.c train_tlm.c
