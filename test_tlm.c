@@ -351,6 +351,14 @@ static void load_into_tiny(void *path) {
     model_free(m);
 }
 
+// writes the checkpoint of a freshly created (untrained) model of config c
+static void save_fresh_checkpoint(Config c, const char *path) {
+    Model *m = model_create(&c, 1, 4);
+    DataPosition pos = { 0, 0, 0 };
+    checkpoint_save(m, path, pos);
+    model_free(m);
+}
+
 static void test_checkpoints(void) {
     for (int arch = 0; arch < ARCH_COUNT; arch++) {
         Config c = tiny_config((Arch)arch, TAPER_COSINE);
@@ -393,14 +401,13 @@ static void test_checkpoints(void) {
     // a checkpoint of another shape does not load into this model
     Config c = tiny_config(ARCH_TRANSFORMER, TAPER_COSINE);
     c.dim = 12;
-    Model *m = model_create(&c, 1, 4);
-    DataPosition pos = { 0, 0, 0 };
-    checkpoint_save(m, tmp_path("other.ckpt"), pos);
-    model_free(m);
+    save_fresh_checkpoint(c, tmp_path("other.ckpt"));
     check(dies_with(load_into_tiny, (void *)tmp_path("other.ckpt"), "parameters"), "checkpoint: another shape refused");
     check(dies_with(load_into_tiny, (void *)tmp_path("none.ckpt"), "cannot open"), "checkpoint: missing file refused");
     // a failed save leaves the previous checkpoint intact
-    check(checkpoint_save(m = model_create(&c, 1, 4), "/nonexistent-dir/x.ckpt", pos) != 0, "checkpoint: unwritable path reported");
+    Model *m = model_create(&c, 1, 4);
+    DataPosition pos = { 0, 0, 0 };
+    check(checkpoint_save(m, "/nonexistent-dir/x.ckpt", pos) != 0, "checkpoint: unwritable path reported");
     model_free(m);
     free(bytes);
 }
@@ -409,7 +416,7 @@ static void test_checkpoints(void) {
 // Finding 1 (fuzz_checkpoint crash-467ffe0c..., and by review --taper-start 1e308 on the command
 // line): taper_widths() divides by a sum of the schedule that is 0 (start 1.25, end 2.5e35: in
 // e + (s - e) * step, s is lost to rounding and f = 0) or inf (start 1e308: (s - e) * 2
-// overflows), and converts the NaN share to int: train_tlm.c:230
+// overflows), and converts the NaN share to int in taper_widths():
 // "runtime error: -nan is outside the range of representable values of type 'int'".
 // Such a taper must be refused with a message naming it.
 
@@ -459,10 +466,7 @@ static void test_taper_extremes(void) {
     // the checkpoint's way in (the fuzzer's input): a one-layer sigmoid taper 1.25 -> 2.4923e35
     Config one = tiny_config(ARCH_TRANSFORMER, TAPER_SIGMOID);
     one.layers = 1;
-    Model *m = model_create(&one, 1, 4);
-    DataPosition pos = { 0, 0, 0 };
-    checkpoint_save(m, tmp_path("taper_ok.ckpt"), pos);
-    model_free(m);
+    save_fresh_checkpoint(one, tmp_path("taper_ok.ckpt"));
     int slots[2] = { H_TAPER_START, H_TAPER_END };
     int32_t values[2] = { float_bits(1.25f), float_bits(2.4923e35f) };
     patch_checkpoint(tmp_path("taper_ok.ckpt"), tmp_path("taper_far.ckpt"), 2, slots, values);
@@ -503,11 +507,7 @@ static void test_memory_config_bounds(void) {
     c.cms_chunks[1] = 2147483647;
     check(dies_with(create_tiny, &c, "--cms-chunks"), "hope: a level's chunk 2147483647 refused");
     // the checkpoint's way in: a valid titans checkpoint with its mem_chunk slot set to INT_MAX
-    Config t = tiny_config(ARCH_TITANS, TAPER_COSINE);
-    Model *m = model_create(&t, 1, 4);
-    DataPosition pos = { 0, 0, 0 };
-    checkpoint_save(m, tmp_path("titans_ok.ckpt"), pos);
-    model_free(m);
+    save_fresh_checkpoint(tiny_config(ARCH_TITANS, TAPER_COSINE), tmp_path("titans_ok.ckpt"));
     int slot = H_MEM_CHUNK;
     int32_t value = 2147483647;
     patch_checkpoint(tmp_path("titans_ok.ckpt"), tmp_path("titans_chunk.ckpt"), 1, &slot, &value);

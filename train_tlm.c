@@ -2746,7 +2746,7 @@ static void print_layer_table(const Model *m) {
 }
 
 static volatile sig_atomic_t interrupted;
-static void on_sigint(int sig) { interrupted = sig; }
+static void on_interrupt(int sig) { interrupted = sig; } // SIGINT or SIGTERM
 
 static void default_tokenizer_path(char *out, size_t n, const char *train, int vocab) {
     const char *slash = strrchr(train, '/');
@@ -2880,8 +2880,8 @@ int main(int argc, char **argv) {
     int decay_steps = opt.decay_steps ? opt.decay_steps : opt.steps;
     int save_every = opt.save_every ? opt.save_every : opt.eval_every;
     size_t tokens_per_step = (size_t)B * T * opt.grad_accum;
-    signal(SIGINT, on_sigint); // Ctrl-C, and `kill PID`: finish the step, save, exit
-    signal(SIGTERM, on_sigint);
+    signal(SIGINT, on_interrupt); // Ctrl-C, and `kill PID`: finish the step, save, exit
+    signal(SIGTERM, on_interrupt);
     double t_start = wall_time(), t_train = 0, last_val = NAN;
     int steps_timed = 0, save_failed = 0;
     if (m->step >= opt.steps) printf("checkpoint is at step %d, --steps is %d: nothing to train\n", m->step, opt.steps);
