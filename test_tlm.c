@@ -268,6 +268,38 @@ static void test_matmul(void) {
     }
 }
 
+// the blocked attention in float against the one-query-at-a-time loops: T not a multiple of
+// the query block, odd head sizes, sliding windows shorter and longer than a block
+static void test_attention(void) {
+    const int shapes[][5] = { { 2, 70, 24, 3, 0 }, { 1, 130, 40, 4, 0 }, { 2, 129, 64, 2, 48 }, { 1, 5, 12, 4, 3 },
+                              { 3, 64, 96, 2, 0 }, { 1, 200, 20, 2, 100 } }; // B, T, C, NH, window
+    Rng rng = rng_seeded(5);
+    for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+        int B = shapes[s][0], T = shapes[s][1], C = shapes[s][2], NH = shapes[s][3], window = shapes[s][4];
+        size_t nqkv = (size_t)B * T * 3 * C, nout = (size_t)B * T * C, natt = (size_t)B * NH * T * T;
+        real *qkv = xcalloc(nqkv, sizeof(real), "t"), *dout = xcalloc(nout, sizeof(real), "t");
+        real *out = xcalloc(nout, sizeof(real), "t"), *out_ref = xcalloc(nout, sizeof(real), "t");
+        real *att = xcalloc(natt, sizeof(real), "t"), *att_ref = xcalloc(natt, sizeof(real), "t");
+        real *dqkv = xcalloc(nqkv, sizeof(real), "t"), *dqkv_ref = xcalloc(nqkv, sizeof(real), "t");
+        real *scratch = xcalloc((size_t)num_threads() * ATT_BLOCK * T, sizeof(real), "t");
+        for (size_t i = 0; i < nqkv; i++) qkv[i] = (real)(2 * rng_normal(&rng));
+        for (size_t i = 0; i < nout; i++) dout[i] = (real)rng_normal(&rng);
+        for (size_t i = 0; i < natt; i++) att[i] = 7; // every entry must be written, zeros included
+        for (size_t i = 0; i < nqkv; i++) dqkv[i] = dqkv_ref[i] = 1; // accumulates onto what is there
+        attention_forward(out, att, qkv, B, T, C, NH, window);
+        attention_forward_reference(out_ref, att_ref, qkv, B, T, C, NH, window);
+        attention_backward(dqkv, scratch, dout, qkv, att, B, T, C, NH, window);
+        attention_backward_reference(dqkv_ref, dout, qkv, att_ref, B, T, C, NH, window);
+        double e1 = 0, e2 = 0, e3 = 0;
+        for (size_t i = 0; i < nout; i++) e1 = fmax(e1, fabs(out[i] - out_ref[i]) / (1 + fabs(out_ref[i])));
+        for (size_t i = 0; i < natt; i++) e2 = fmax(e2, fabs(att[i] - att_ref[i]));
+        for (size_t i = 0; i < nqkv; i++) e3 = fmax(e3, fabs(dqkv[i] - dqkv_ref[i]) / (1 + fabs(dqkv_ref[i])));
+        check(e1 < 1e-4 && e2 < 1e-5 && e3 < 1e-4, "attention B%d T%d C%d NH%d window %d: blocked vs reference error %.2g %.2g %.2g",
+              B, T, C, NH, window, e1, e2, e3);
+        free(qkv); free(dout); free(out); free(out_ref); free(att); free(att_ref); free(dqkv); free(dqkv_ref); free(scratch);
+    }
+}
+
 // --- files the tests write ------------------------------------------------------------------
 static char tmpdir[256];
 static const char *tmp_path(const char *name) {
@@ -777,6 +809,7 @@ int main(void) {
     test_taper_budget();
     test_param_counts();
     test_matmul();
+    test_attention();
     test_shard_loader();
     test_checkpoints();
     test_taper_extremes();

@@ -80,6 +80,13 @@ static int num_threads(void) {
     return 1;
 #endif
 }
+static int num_threads_here(void) { // the size of the team running this code
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
 static int thread_id(void) {
 #ifdef _OPENMP
     return omp_get_thread_num();
@@ -338,19 +345,22 @@ enum {
 static real *gemm_buffer_raw;  // the allocation, for free()
 static real *gemm_pack_b[2];   // two B blocks (GEMM_B_BLOCK), shared by the threads, 64-byte aligned
 static real *gemm_pack_a;      // per thread: one A strip, MR_MAX*KC_MAX (aligned)
+static real *gemm_pack_b_own;  // per thread: one B block, for gemm_serial()
 static int gemm_pack_threads;
 
+// Called outside parallel regions (gemm() does; attention calls it before its loop).
 static void gemm_init(void) {
     int n = num_threads();
     if (gemm_buffer_raw && gemm_pack_threads >= n) return;
     free(gemm_buffer_raw);
     gemm_pack_threads = n;
-    size_t count = 2 * (size_t)GEMM_B_BLOCK + (size_t)n * GEMM_MR_MAX * GEMM_KC_MAX + 64;
+    size_t count = (2 + (size_t)n) * GEMM_B_BLOCK + (size_t)n * GEMM_MR_MAX * GEMM_KC_MAX + 64;
     gemm_buffer_raw = xcalloc(count, sizeof(real), "matmul buffers");
     uintptr_t p = ((uintptr_t)gemm_buffer_raw + 63) & ~(uintptr_t)63;
     gemm_pack_b[0] = (real *)p;
     gemm_pack_b[1] = gemm_pack_b[0] + (size_t)GEMM_B_BLOCK;
-    gemm_pack_a = gemm_pack_b[1] + (size_t)GEMM_B_BLOCK;
+    gemm_pack_b_own = gemm_pack_b[1] + (size_t)GEMM_B_BLOCK;
+    gemm_pack_a = gemm_pack_b_own + (size_t)n * GEMM_B_BLOCK;
 }
 
 #if GEMM_HAVE_AVX512
@@ -536,12 +546,16 @@ static void gemm_micro_kernel_avx512(int kc, const float *a, const float *b, flo
 
 // C (M,N) = A (M,K) B (K,N) (+ C if accumulate). A(i,k) = trans_a ? A[k*lda+i] : A[i*lda+k],
 // B(k,j) = trans_b ? B[j*ldb+k] : B[k*ldb+j]; C(i,j) = C[i*ldc+j].
-static void gemm(real *C, const real *A, const real *B, int M, int N, int K,
-                 int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
-    if (!gemm_buffer_raw || gemm_pack_threads < num_threads()) gemm_init();
+// gemm() runs one product on all threads (the linear layers); gemm_serial() runs it on the
+// calling thread alone, with that thread's own B buffer, for the many small products that a
+// parallel loop hands out one per thread (attention: one per sequence and head). Both are
+// gemm_run(), called by `threads` threads (rank: this one's place among them) that share out
+// the strips; each packs into the buffers of its OpenMP thread number.
+static void gemm_run(real *C, const real *A, const real *B, int M, int N, int K, int trans_a, int lda,
+                     int trans_b, int ldb, int ldc, int accumulate, int rank, int threads) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
-        if (!accumulate) for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, N * sizeof(real));
+        if (!accumulate && rank == 0) for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, N * sizeof(real));
         return;
     }
     const int avx512 = GEMM_HAVE_AVX512 && sizeof(real) == sizeof(float);
@@ -556,51 +570,61 @@ static void gemm(real *C, const real *A, const real *B, int M, int N, int K,
     const int kc_even = ((K + k_slices - 1) / k_slices + 15) / 16 * 16;
     // row strips: strip s is rows [s*M/strips, (s+1)*M/strips); a multiple of the thread
     // count, so that each thread gets the same number of rows (M = 256: 20 strips of 12.8)
-    const int threads = num_threads();
     int strips = ((M + MR - 1) / MR + threads - 1) / threads * threads;
     if (strips > M) strips = M;
-    #pragma omp parallel
-    {
-        real *pack_a = gemm_pack_a + (size_t)thread_id() * GEMM_MR_MAX * GEMM_KC_MAX;
-        int block = 0; // B blocks alternate between two buffers
-        for (int jc = 0; jc < N; jc += nc_even) {
-            int nc = N - jc < nc_even ? N - jc : nc_even;
-            int b_strips = (nc + GEMM_NR - 1) / GEMM_NR;
-            for (int pc = 0; pc < K; pc += kc_even) {
-                int kc = K - pc < kc_even ? K - pc : kc_even;
-                int overwrite = pc == 0 && !accumulate;
-                real *pack_b = gemm_pack_b[block++ & 1];
-                // B block: the threads pack it together; the loop ends with a barrier, after
-                // which every thread is done with the block before last, that used this buffer
-                #pragma omp for schedule(static)
-                for (int t = 0; t < b_strips; t++) {
-                    int jr = t * GEMM_NR, nr = nc - jr < GEMM_NR ? nc - jr : GEMM_NR;
-                    gemm_pack_b_strip(pack_b + (size_t)jr * kc, B, ldb, trans_b, jc + jr, nr, pc, kc);
-                }
-                // row strips: each thread packs an A strip and sweeps it across the B block;
-                // no barrier at the end (nowait): a thread that is done goes on to pack the next
-                // B block into the other buffer
-                #pragma omp for schedule(static) nowait
-                for (int s = 0; s < strips; s++) {
-                    int i0 = (int)((long)s * M / strips), mr = (int)((long)(s + 1) * M / strips) - i0;
-                    gemm_pack_a_strip(pack_a, A, lda, trans_a, i0, mr, pc, kc, MR);
-                    for (int jr = 0; jr < nc; jr += GEMM_NR) {
-                        int nr = nc - jr < GEMM_NR ? nc - jr : GEMM_NR;
-                        real *c = C + (size_t)i0 * ldc + jc + jr;
-                        const real *b = pack_b + (size_t)jr * kc;
+    const int s_lo = (int)((long)rank * strips / threads), s_hi = (int)((long)(rank + 1) * strips / threads);
+    const int tid = thread_id();
+    real *pack_a = gemm_pack_a + (size_t)tid * GEMM_MR_MAX * GEMM_KC_MAX;
+    int block = 0; // shared B blocks alternate between two buffers
+    for (int jc = 0; jc < N; jc += nc_even) {
+        int nc = N - jc < nc_even ? N - jc : nc_even;
+        int b_strips = (nc + GEMM_NR - 1) / GEMM_NR;
+        for (int pc = 0; pc < K; pc += kc_even) {
+            int kc = K - pc < kc_even ? K - pc : kc_even;
+            int overwrite = pc == 0 && !accumulate;
+            real *pack_b = threads == 1 ? gemm_pack_b_own + (size_t)tid * GEMM_B_BLOCK : gemm_pack_b[block++ & 1];
+            // B block: the threads pack it together, then wait for each other; after that
+            // barrier every thread is also done with the block before last, that used this buffer
+            for (int t = (int)((long)rank * b_strips / threads); t < (int)((long)(rank + 1) * b_strips / threads); t++) {
+                int jr = t * GEMM_NR, nr = nc - jr < GEMM_NR ? nc - jr : GEMM_NR;
+                gemm_pack_b_strip(pack_b + (size_t)jr * kc, B, ldb, trans_b, jc + jr, nr, pc, kc);
+            }
+            if (threads > 1) {
+                #pragma omp barrier
+            }
+            // row strips: each thread packs an A strip and sweeps it across the B block; no
+            // barrier at the end: a thread that is done goes on to pack the next B block into
+            // the other buffer
+            for (int s = s_lo; s < s_hi; s++) {
+                int i0 = (int)((long)s * M / strips), mr = (int)((long)(s + 1) * M / strips) - i0;
+                gemm_pack_a_strip(pack_a, A, lda, trans_a, i0, mr, pc, kc, MR);
+                for (int jr = 0; jr < nc; jr += GEMM_NR) {
+                    int nr = nc - jr < GEMM_NR ? nc - jr : GEMM_NR;
+                    real *c = C + (size_t)i0 * ldc + jc + jr;
+                    const real *b = pack_b + (size_t)jr * kc;
 #if GEMM_HAVE_AVX512
-                        if (avx512) {
-                            gemm_micro_kernel_avx512(kc, (const float *)pack_a, (const float *)b,
-                                                     (float *)c, ldc, mr, nr, overwrite);
-                            continue;
-                        }
-#endif
-                        gemm_micro_kernel_c(kc, pack_a, b, c, ldc, mr, nr, overwrite);
+                    if (avx512) {
+                        gemm_micro_kernel_avx512(kc, (const float *)pack_a, (const float *)b,
+                                                 (float *)c, ldc, mr, nr, overwrite);
+                        continue;
                     }
+#endif
+                    gemm_micro_kernel_c(kc, pack_a, b, c, ldc, mr, nr, overwrite);
                 }
             }
         }
     }
+}
+
+static void gemm(real *C, const real *A, const real *B, int M, int N, int K,
+                 int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
+    gemm_init();
+    #pragma omp parallel
+    gemm_run(C, A, B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, thread_id(), num_threads_here());
+}
+static void gemm_serial(real *C, const real *A, const real *B, int M, int N, int K,
+                        int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
+    gemm_run(C, A, B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, 0, 1);
 }
 
 // out (N,OC) = inp (N,C) W^T,   W (OC,C)
@@ -723,31 +747,108 @@ static void rope_backward(real *dx, const real *tab, int B, int T, int heads, in
 //   s_tu = q_t . k_u / sqrt(hs)   for t-window < u <= t   (window 0: all u <= t)
 //   p_t  = softmax(s_t) ;   out_t = sum_u p_tu v_u
 // att (B,NH,T,T) keeps p for the backward; out (B,T,C).
+//
+// Per sequence and head these are small matrix products, S = Q K^T and O = P V, so each
+// runs on the matmul's micro-kernel (gemm_serial: one thread per (b, h)). Queries go in
+// blocks of ATT_BLOCK rows; block [i0, i1) only sees the keys [lo, i1), lo = i0 - window + 1
+// (or 0), so the products skip what the causal mask would zero, except inside the diagonal
+// block (where the mask is applied after the product).
+enum { ATT_BLOCK = 64 };
+
+// the keys that queries [i0, i1) can see: [lo, i1)
+static int attention_first_key(int i0, int window) { return window > 0 && i0 - window + 1 > 0 ? i0 - window + 1 : 0; }
+
 static void attention_forward(real *out, real *att, const real *qkv, int B, int T, int C, int NH, int window) {
     int hs = C / NH;
     real scale = 1 / r_sqrt((real)hs);
-    #pragma omp parallel for collapse(3)
+    gemm_init();
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const real *q = qkv + (size_t)b * T * 3 * C + h * hs, *k = q + C, *v = q + 2 * C; // rows 3C apart
+            real *p = att + ((size_t)b * NH + h) * T * T;                                      // (T, T)
+            real *o = out + (size_t)b * T * C + h * hs;                                        // rows C apart
+            for (int i0 = 0; i0 < T; i0 += ATT_BLOCK) {
+                int i1 = i0 + ATT_BLOCK < T ? i0 + ATT_BLOCK : T, lo = attention_first_key(i0, window);
+                // S[i0:i1, lo:i1] = Q[i0:i1] K[lo:i1]^T, written into the rows of p
+                gemm_serial(p + (size_t)i0 * T + lo, q + (size_t)i0 * 3 * C, k + (size_t)lo * 3 * C,
+                            i1 - i0, i1 - lo, hs, 0, 3 * C, 1, 3 * C, T, 0);
+                for (int t = i0; t < i1; t++) {
+                    real *pt = p + (size_t)t * T;
+                    int u0 = attention_first_key(t, window);
+                    real maxs = -FLT_MAX, sum = 0;
+                    for (int u = u0; u <= t; u++) maxs = pt[u] > maxs ? pt[u] : maxs;
+                    for (int u = u0; u <= t; u++) { pt[u] = r_exp((pt[u] - maxs) * scale); sum += pt[u]; }
+                    for (int u = u0; u <= t; u++) pt[u] /= sum;
+                    for (int u = 0; u < u0; u++) pt[u] = 0;
+                    for (int u = t + 1; u < T; u++) pt[u] = 0;
+                }
+                // O[i0:i1] = P[i0:i1, lo:i1] V[lo:i1]
+                gemm_serial(o + (size_t)i0 * C, p + (size_t)i0 * T + lo, v + (size_t)lo * 3 * C,
+                            i1 - i0, hs, i1 - lo, 0, T, 0, 3 * C, C, 0);
+            }
+        }
+}
+// dP = dO V^T ;  dV += P^T dO ;  dS = P * (dP - rowsum(P * dP)) / sqrt(hs) ;  dQ += dS K ;  dK += dS^T Q.
+// dqkv (B,T,3C) is accumulated. One thread owns one (b, h), so its dk, dv rows never race.
+// scratch: per thread ATT_BLOCK x T, for dS of one block of queries.
+static void attention_backward(real *dqkv, real *scratch, const real *dout, const real *qkv, const real *att,
+                               int B, int T, int C, int NH, int window) {
+    int hs = C / NH;
+    real scale = 1 / r_sqrt((real)hs);
+    gemm_init();
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const real *q = qkv + (size_t)b * T * 3 * C + h * hs, *k = q + C, *v = q + 2 * C;
+            real *dq = dqkv + (size_t)b * T * 3 * C + h * hs, *dk = dq + C, *dv = dq + 2 * C;
+            const real *p = att + ((size_t)b * NH + h) * T * T, *dout_bh = dout + (size_t)b * T * C + h * hs;
+            real *ds = scratch + (size_t)thread_id() * ATT_BLOCK * T; // (i1 - i0, i1 - lo), rows i1 - lo apart
+            for (int i0 = 0; i0 < T; i0 += ATT_BLOCK) {
+                int i1 = i0 + ATT_BLOCK < T ? i0 + ATT_BLOCK : T, lo = attention_first_key(i0, window);
+                int rows = i1 - i0, keys = i1 - lo;
+                const real *do_blk = dout_bh + (size_t)i0 * C, *p_blk = p + (size_t)i0 * T + lo;
+                // dV[lo:i1] += P[i0:i1, lo:i1]^T dO[i0:i1]
+                gemm_serial(dv + (size_t)lo * 3 * C, p_blk, do_blk, keys, hs, rows, 1, T, 0, C, 3 * C, 1);
+                // dP[i0:i1, lo:i1] = dO[i0:i1] V[lo:i1]^T, then dS in place
+                gemm_serial(ds, do_blk, v + (size_t)lo * 3 * C, rows, keys, hs, 0, C, 1, 3 * C, keys, 0);
+                for (int t = i0; t < i1; t++) {
+                    const real *pt = p + (size_t)t * T + lo; // pt[j], dst[j]: key lo + j
+                    real *dst = ds + (size_t)(t - i0) * keys, pdp = 0;
+                    int j0 = attention_first_key(t, window) - lo, j1 = t - lo; // the keys t sees
+                    for (int j = j0; j <= j1; j++) pdp += pt[j] * dst[j];
+                    for (int j = 0; j < keys; j++) dst[j] = j >= j0 && j <= j1 ? pt[j] * (dst[j] - pdp) * scale : 0;
+                }
+                // dQ[i0:i1] += dS K[lo:i1] ;  dK[lo:i1] += dS^T Q[i0:i1]
+                gemm_serial(dq + (size_t)i0 * 3 * C, ds, k + (size_t)lo * 3 * C, rows, hs, keys, 0, keys, 0, 3 * C, 3 * C, 1);
+                gemm_serial(dk + (size_t)lo * 3 * C, ds, q + (size_t)i0 * 3 * C, keys, hs, rows, 1, keys, 0, 3 * C, 3 * C, 1);
+            }
+        }
+}
+
+// The same attention as plainly as it can be written, one query and one key at a time: the
+// tests check the blocked version above against it.
+static inline void attention_forward_reference(real *out, real *att, const real *qkv, int B, int T, int C, int NH,
+                                               int window) {
+    int hs = C / NH;
+    real scale = 1 / r_sqrt((real)hs);
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)
             for (int t = 0; t < T; t++) {
                 const real *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
-                real *p = att + (((size_t)b * NH + h) * T + t) * T;
-                int u0 = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
-                real maxs = -FLT_MAX;
-                for (int u = u0; u <= t; u++) {
+                real *p = att + (((size_t)b * NH + h) * T + t) * T, *o = out + ((size_t)b * T + t) * C + h * hs;
+                int u0 = attention_first_key(t, window);
+                real maxs = -FLT_MAX, sum = 0;
+                for (int u = 0; u < T; u++) {
+                    p[u] = 0;
+                    if (u < u0 || u > t) continue;
                     const real *k = qkv + ((size_t)b * T + u) * 3 * C + C + h * hs;
                     real s = 0;
                     for (int i = 0; i < hs; i++) s += q[i] * k[i];
                     p[u] = s * scale;
                     if (p[u] > maxs) maxs = p[u];
                 }
-                real sum = 0;
-                for (int u = 0; u < T; u++) {
-                    if (u < u0 || u > t) { p[u] = 0; continue; }
-                    p[u] = r_exp(p[u] - maxs);
-                    sum += p[u];
-                }
-                real *o = out + ((size_t)b * T + t) * C + h * hs;
+                for (int u = u0; u <= t; u++) { p[u] = r_exp(p[u] - maxs); sum += p[u]; }
                 for (int i = 0; i < hs; i++) o[i] = 0;
                 for (int u = u0; u <= t; u++) {
                     p[u] /= sum;
@@ -756,46 +857,37 @@ static void attention_forward(real *out, real *att, const real *qkv, int B, int 
                 }
             }
 }
-// dp_tu = dout_t . v_u ;  dv_u += p_tu dout_t ;  ds_tu = p_tu (dp_tu - sum_u' p_tu' dp_tu')
-// dq_t += scale sum_u ds_tu k_u ;  dk_u += scale ds_tu q_t.      dqkv (B,T,3C) is accumulated.
-// One thread owns one (b, h), so the scattered dk, dv writes never race.
-static void attention_backward(real *dqkv, const real *dout, const real *qkv, const real *att,
-                               int B, int T, int C, int NH, int window) {
+static inline void attention_backward_reference(real *dqkv, const real *dout, const real *qkv, const real *att,
+                                                int B, int T, int C, int NH, int window) {
     int hs = C / NH;
     real scale = 1 / r_sqrt((real)hs);
-    #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            real dp[T];
+        for (int h = 0; h < NH; h++)
             for (int t = 0; t < T; t++) {
                 const real *p = att + (((size_t)b * NH + h) * T + t) * T;
-                const real *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
-                const real *dout_t = dout + ((size_t)b * T + t) * C + h * hs;
+                const real *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs, *dout_t = dout + ((size_t)b * T + t) * C + h * hs;
                 real *dq = dqkv + ((size_t)b * T + t) * 3 * C + h * hs;
-                int u0 = window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
+                int u0 = attention_first_key(t, window);
                 real pdp = 0;
                 for (int u = u0; u <= t; u++) {
                     const real *v = qkv + ((size_t)b * T + u) * 3 * C + 2 * C + h * hs;
-                    real *dv = dqkv + ((size_t)b * T + u) * 3 * C + 2 * C + h * hs;
-                    real d = 0;
-                    for (int i = 0; i < hs; i++) {
-                        d += dout_t[i] * v[i];
-                        dv[i] += p[u] * dout_t[i];
-                    }
-                    dp[u] = d;
-                    pdp += p[u] * d;
+                    real dp = 0;
+                    for (int i = 0; i < hs; i++) dp += dout_t[i] * v[i];
+                    pdp += p[u] * dp;
                 }
                 for (int u = u0; u <= t; u++) {
-                    real ds = p[u] * (dp[u] - pdp) * scale;
-                    const real *k = qkv + ((size_t)b * T + u) * 3 * C + C + h * hs;
-                    real *dk = dqkv + ((size_t)b * T + u) * 3 * C + C + h * hs;
+                    const real *k = qkv + ((size_t)b * T + u) * 3 * C + C + h * hs, *v = k + C;
+                    real *dk = dqkv + ((size_t)b * T + u) * 3 * C + C + h * hs, *dv = dk + C;
+                    real dp = 0;
+                    for (int i = 0; i < hs; i++) dp += dout_t[i] * v[i];
+                    real ds = p[u] * (dp - pdp) * scale;
                     for (int i = 0; i < hs; i++) {
+                        dv[i] += p[u] * dout_t[i];
                         dq[i] += ds * k[i];
                         dk[i] += ds * q[i];
                     }
                 }
             }
-        }
 }
 
 // --- sigmoid output gate (Gated Attention, Qiu et al. 2025, position G1) -----------------
@@ -1063,6 +1155,7 @@ typedef struct {
     real *dmixed;               // (N, C)
     real *dattn;                // (N, C)
     real *dqkv;                 // (N, 3C)
+    real *att_scratch;          // (threads, ATT_BLOCK, T) attention backward: dS of a block of queries
     real *dgate;                // (N, C)
     real *dh;                   // (N, 2 Fmax)
     real *dhg;                  // (N, Fmax)
@@ -1527,6 +1620,7 @@ static size_t layout_activations(Model *model, real *base, int B, int T) {
     a->dmixed = take(&cur, base, N * C);
     a->dattn = take(&cur, base, N * C);
     a->dqkv = take(&cur, base, N * 3 * C);
+    a->att_scratch = take(&cur, base, (size_t)num_threads() * ATT_BLOCK * T);
     a->dgate = take(&cur, base, N * C);
     a->dh = take(&cur, base, N * 2 * Fmax);
     a->dhg = take(&cur, base, N * Fmax);
@@ -1820,7 +1914,7 @@ static void attention_branch_backward(Model *m, int l, int B, int T, int window,
     LayerActs *la = &m->a.layer[l];
     int N = B * T, C = c->dim, NH = c->heads;
     memset(m->a.dqkv, 0, (size_t)N * 3 * C * sizeof(real));
-    attention_backward(m->a.dqkv, dattn, la->qkv, la->att, B, T, C, NH, window);
+    attention_backward(m->a.dqkv, m->a.att_scratch, dattn, la->qkv, la->att, B, T, C, NH, window);
     rope_backward(m->a.dqkv, m->rope, B, T, 2 * NH, C / NH, 3 * C);
     matmul_backward(m->a.dln, m->g.layer[l].wqkv, m->a.dqkv, la->ln1, m->w.layer[l].wqkv, N, C, 3 * C);
 }

@@ -9,7 +9,7 @@
  * Each config runs in its own child process so that its peak memory is its own.
  * Then a microbenchmark of the blocked matmul at the model's shapes.
  *
- *   ./dev/bench_tlm [--threads 1,2] [--only NAME] [--seconds S]
+ *   ./dev/bench_tlm [--threads 1,2] [--only NAME|matmul] [--seconds S]
  */
 #define TLM_TESTING
 #include "../train_tlm.c"
@@ -132,6 +132,7 @@ int main(int argc, char **argv) {
             waitpid(pid, &status, 0);
             if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) printf("%-20s failed\n", configs[i].name);
         }
+    if (only && !strstr("matmul", only)) return 0; // --only NAME: just that config (--only matmul: just these)
     printf("blocked matmul at the model's shapes\n");
     for (int k = 0; k < n_counts; k++) {
 #ifdef _OPENMP
