@@ -300,6 +300,55 @@ static void test_attention(void) {
     }
 }
 
+// the chunked memory recurrence in float against the token-by-token one, forward and backward:
+// both depths, Titans' and Hope's read-outs, chunks of 1, of several tokens, longer than T
+static void test_memory_recurrence(void) {
+    const int shapes[][6] = { { 37, 8, 5, 2, 4, 0 }, { 40, 6, 4, 1, 3, 0 }, { 50, 16, 12, 2, 16, 1 },
+                              { 20, 8, 8, 2, 1, 0 }, { 9, 4, 3, 2, 64, 1 }, { 33, 32, 32, 2, 16, 0 } }; // T, d, m, depth, chunk, hope
+    Rng rng = rng_seeded(9);
+    gemm_init();
+    for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+        int T = shapes[s][0], d = shapes[s][1], m = shapes[s][2], depth = shapes[s][3], chunk = shapes[s][4], hope = shapes[s][5];
+        int P = memory_params(depth, d, m);
+        size_t nv = (size_t)T * d, ns = memory_state_size(T, chunk, P), nscr = memory_scratch_size(T, d, m, depth, chunk);
+        real *buf = xcalloc(30 * nv + 10 * (size_t)T + 4 * (size_t)P + 2 * ns + nscr, sizeof(real), "t"), *p = buf;
+        real *k = p, *v = p += nv, *q = p += nv, *dy = p += nv, *y = p += nv, *y_ref = p += nv;
+        real *grads = p += nv, *grads_ref = p += 3 * nv + 3 * (size_t)T + P; // dk, dv, dq, dtheta, deta, dalpha, dW0
+        real *theta = p += 3 * nv + 3 * (size_t)T + P, *eta = p += T, *alpha = p += T, *W0 = p += T;
+        real *states = p += P, *scratch = p += ns;
+        // at the model's scales: unit keys and queries, step sizes up to theta_max / chunk
+        for (size_t i = 0; i < nv; i++) { k[i] = (real)rng_normal(&rng); v[i] = (real)rng_normal(&rng);
+                                          q[i] = (real)rng_normal(&rng); dy[i] = (real)rng_normal(&rng); }
+        for (int t = 0; t < T; t++) {
+            double kk = 0, qq = 0;
+            for (int j = 0; j < d; j++) { kk += k[t * d + j] * k[t * d + j]; qq += q[t * d + j] * q[t * d + j]; }
+            for (int j = 0; j < d; j++) { k[t * d + j] /= (real)sqrt(kk); q[t * d + j] /= (real)sqrt(qq); }
+            theta[t] = (real)(theta_max / chunk * (0.5 + 0.4 * sin(t))); eta[t] = (real)(0.5 + 0.3 * cos(t)); alpha[t] = (real)(0.1 + 0.05 * sin(3 * t));
+        }
+        for (int i = 0; i < P; i++) W0[i] = (real)(0.3 * rng_normal(&rng));
+        real *out[2] = { y, y_ref }, *g[2] = { grads, grads_ref };
+        for (int ref = 0; ref < 2; ref++) {
+            real *dk = g[ref], *dv = dk + nv, *dq = dv + nv, *dth = dq + nv, *det = dth + T, *dal = det + T, *dW0 = dal + T;
+            for (size_t i = 0; i < 3 * nv + 3 * (size_t)T + P; i++) g[ref][i] = (real)0.25; // accumulates onto what is there
+            if (ref) {
+                memory_forward_reference(out[ref], states, scratch, k, v, q, theta, eta, alpha, W0, T, d, m, depth, chunk, hope);
+                memory_backward_reference(dk, dv, dq, dth, det, dal, dW0, scratch, dy, states, k, v, q, theta, eta, alpha, W0,
+                                          T, d, m, depth, chunk, hope);
+            } else {
+                memory_forward(out[ref], states, scratch, k, v, q, theta, eta, alpha, W0, T, d, m, depth, chunk, hope);
+                memory_backward(dk, dv, dq, dth, det, dal, dW0, scratch, dy, states, k, v, q, theta, eta, alpha,
+                                T, d, m, depth, chunk, hope);
+            }
+        }
+        double e1 = 0, e2 = 0;
+        for (size_t i = 0; i < nv; i++) e1 = fmax(e1, fabs(y[i] - y_ref[i]) / (1 + fabs(y_ref[i])));
+        for (size_t i = 0; i < 3 * nv + 3 * (size_t)T + P; i++) e2 = fmax(e2, fabs(grads[i] - grads_ref[i]) / (1 + fabs(grads_ref[i])));
+        check(e1 < 1e-5 && e2 < 2e-5, "memory T%d d%d m%d depth %d chunk %d %s: chunked vs token-by-token error %.2g %.2g",
+              T, d, m, depth, chunk, hope ? "hope" : "titans", e1, e2);
+        free(buf);
+    }
+}
+
 // --- files the tests write ------------------------------------------------------------------
 static char tmpdir[256];
 static const char *tmp_path(const char *name) {
@@ -810,6 +859,7 @@ int main(void) {
     test_param_counts();
     test_matmul();
     test_attention();
+    test_memory_recurrence();
     test_shard_loader();
     test_checkpoints();
     test_taper_extremes();

@@ -1189,11 +1189,13 @@ static real *take(size_t *cursor, real *base, size_t n) {
 // only (states: (T/C + 1) x 2P); the backward recomputes the tokens of a chunk from there.
 
 static size_t memory_state_size(int T, int chunk, int P) { return (size_t)2 * P * ((T + chunk - 1) / chunk + 1); }
-// per thread: W_t and S_t of one chunk (2 C P), four P-vectors, sixteen vectors of d + m
+// per thread: W_t and S_t of one chunk (2 C P), four P-vectors, sixteen vectors of d + m, and
+// the chunk's factors (memory_chunk_size)
+static size_t memory_chunk_size(int C, int d, int m);
 static size_t memory_scratch_size(int T, int d, int m, int depth, int chunk) {
     int C = chunk < T ? chunk : T;
     size_t P = (size_t)memory_params(depth, d, m);
-    return (2 * (size_t)C + 4) * P + 16 * (size_t)(d + m);
+    return (2 * (size_t)C + 4) * P + 16 * (size_t)(d + m) + memory_chunk_size(C, d, m);
 }
 
 static inline real silu(real z) { return z * sigmoid(z); }
@@ -1410,8 +1412,256 @@ static void memory_grad_backward(real *dW, real *dk, real *dv, const real *D, re
     }
 }
 
+// --- the memory recurrence, one chunk at a time ----------------------------------------------
+// Inside a chunk every g_t is taken at the chunk's start weights W_c, so the memory's passes
+// over the chunk's n keys are one batch of small matrix products (gemm_serial), and each g_t
+// is one outer product per weight matrix:
+//   depth 2:  g_t = 2 (u_t k_t^T | e_t a_t^T)   for (W1 | W2)    depth 1:  g_t = 2 e_t k_t^T
+//   z = W1c k, a = silu(z), e = M_Wc(k) - v, u = (W2c^T e) * silu'(z)       ("the factors")
+// The update S_t = eta S - theta g_t, W_t = (1 - alpha) W + S adds those outer products row by
+// row and never builds g_t; the backward takes the same shortcut in the other direction.
+
+// Block b of W (depth 2: W1 (m, d), then W2 (d, m); depth 1: W (d, d)) and the factors of its
+// outer product, x (rows) and y (cols), for the chunk's token i.
+typedef struct {
+    real *E, *Z, *A, *R, *U;        // (n, d), (n, m) x 4: e, z, a, r = W2^T e, u
+    real *dX[2], *dY[2];            // gradients of the factors x and y of each block
+    real *dR, *dZ;                  // (n, m) x 2
+    real *Zq, *Aq, *dZq, *Yq;       // (n, m) x 3, (n, d): Hope's batched read-out at W_c
+} MemoryChunk;
+
+static int memory_blocks(int depth) { return depth == 1 ? 1 : 2; }
+static void memory_block(int depth, int d, int m, int b, int *rows, int *cols, size_t *offset) {
+    *rows = depth == 1 || b == 1 ? d : m;
+    *cols = depth == 1 || b == 0 ? d : m;
+    *offset = b == 0 ? 0 : (size_t)m * d;
+}
+static const real *memory_factor_x(const MemoryChunk *f, int depth, int d, int m, int b, int i) {
+    return depth == 1 || b == 1 ? f->E + (size_t)i * d : f->U + (size_t)i * m;
+}
+static const real *memory_factor_y(const MemoryChunk *f, int m, int b, int i, const real *k) {
+    return b == 0 ? k : f->A + (size_t)i * m;
+}
+
+static size_t memory_chunk_size(int C, int d, int m) { return (size_t)C * (6 * (size_t)d + 12 * (size_t)m); }
+static void memory_chunk_layout(MemoryChunk *f, real *p, int C, int d, int m) {
+    size_t n = (size_t)C;
+    f->E = p;            f->Z = f->E + n * d;  f->A = f->Z + n * m;  f->R = f->A + n * m;  f->U = f->R + n * m;
+    f->dX[0] = f->U + n * m;                    // (n, m) [depth 1: (n, d)]
+    f->dY[0] = f->dX[0] + n * (d > m ? d : m);  // (n, d)
+    f->dX[1] = f->dY[0] + n * d;                // (n, d)
+    f->dY[1] = f->dX[1] + n * d;                // (n, m)
+    f->dR = f->dY[1] + n * m;  f->dZ = f->dR + n * m;
+    f->Zq = f->dZ + n * m;  f->Aq = f->Zq + n * m;  f->dZq = f->Aq + n * m;  f->Yq = f->dZq + n * m;
+}
+
+// Y (n, d) = M_W(X) for n inputs at once, keeping Z = X W1^T and A = silu(Z) (depth 2)
+static void memory_apply_rows(real *Y, real *Z, real *A, const real *W, const real *X, int n, int d, int m, int depth) {
+    if (depth == 1) { gemm_serial(Y, X, W, n, d, d, 0, d, 1, d, d, 0); return; }
+    const real *W1 = W, *W2 = W + (size_t)m * d;
+    gemm_serial(Z, X, W1, n, m, d, 0, d, 1, d, m, 0);
+    for (size_t i = 0; i < (size_t)n * m; i++) A[i] = silu(Z[i]);
+    memcpy(Y, X, (size_t)n * d * sizeof(real));
+    gemm_serial(Y, A, W2, n, d, m, 0, m, 1, m, d, 1);        // Y = X + A W2^T
+}
+// its backward: dW += dM/dW^T dY, dX += dM/dX^T dY. dZ: scratch (n, m)
+static void memory_apply_rows_backward(real *dW, real *dX, const real *dY, const real *W, const real *X,
+                                       const real *Z, const real *A, real *dZ, int n, int d, int m, int depth) {
+    if (depth == 1) {
+        gemm_serial(dW, dY, X, d, d, n, 1, d, 0, d, d, 1);  // dW += dY^T X
+        gemm_serial(dX, dY, W, n, d, d, 0, d, 0, d, d, 1);  // dX += dY W
+        return;
+    }
+    const real *W1 = W, *W2 = W + (size_t)m * d;
+    real *dW1 = dW, *dW2 = dW + (size_t)m * d;
+    for (size_t i = 0; i < (size_t)n * d; i++) dX[i] += dY[i];
+    gemm_serial(dW2, dY, A, d, m, n, 1, d, 0, m, m, 1);     // dW2 += dY^T A
+    gemm_serial(dZ, dY, W2, n, m, d, 0, d, 0, m, m, 0);     // dA = dY W2
+    for (size_t i = 0; i < (size_t)n * m; i++) dZ[i] *= silu_grad(Z[i]);
+    gemm_serial(dW1, dZ, X, m, d, n, 1, m, 0, d, d, 1);     // dW1 += dZ^T X
+    gemm_serial(dX, dZ, W1, n, d, m, 0, m, 0, d, d, 1);     // dX += dZ W1
+}
+
+// the factors of the chunk's n tokens (keys K, values V) at the chunk's start weights Wc
+static void memory_factors(MemoryChunk *f, const real *Wc, const real *K, const real *V, int n, int d, int m, int depth) {
+    memory_apply_rows(f->E, f->Z, f->A, Wc, K, n, d, m, depth);
+    for (size_t i = 0; i < (size_t)n * d; i++) f->E[i] -= V[i];
+    if (depth == 1) return;
+    gemm_serial(f->R, f->E, Wc + (size_t)m * d, n, m, d, 0, d, 0, m, m, 0); // R = E W2
+    for (size_t i = 0; i < (size_t)n * m; i++) f->U[i] = f->R[i] * silu_grad(f->Z[i]);
+}
+
+// token i of the chunk: S = eta S - 2 theta x y^T ;  W = (1 - alpha) W + S, block by block
+static void memory_update(real *W, real *S, const MemoryChunk *f, int i, const real *k, int d, int m, int depth,
+                          real eta, real theta, real alpha) {
+    for (int b = 0; b < memory_blocks(depth); b++) {
+        int rows, cols;
+        size_t off;
+        memory_block(depth, d, m, b, &rows, &cols, &off);
+        const real *x = memory_factor_x(f, depth, d, m, b, i), *y = memory_factor_y(f, m, b, i, k);
+        for (int r = 0; r < rows; r++) {
+            real *Wr = W + off + (size_t)r * cols, *Sr = S + off + (size_t)r * cols, c2 = 2 * theta * x[r];
+            #pragma omp simd
+            for (int c = 0; c < cols; c++) {
+                Sr[c] = eta * Sr[c] - c2 * y[c];
+                Wr[c] = (1 - alpha) * Wr[c] + Sr[c];
+            }
+        }
+    }
+}
+
 // y (T, d) from k, v, q (T, d) and the gates (T); states: see memory_state_size().
 static void memory_forward(real *y, real *states, real *scratch, const real *k, const real *v, const real *q,
+                           const real *theta, const real *eta, const real *alpha, const real *W0,
+                           int T, int d, int m, int depth, int chunk, int read_chunk_start) {
+    int P = memory_params(depth, d, m), C = chunk < T ? chunk : T;
+    real *W = scratch, *S = W + P, *vec = S + P;
+    MemoryChunk f;
+    memory_chunk_layout(&f, vec + 16 * (size_t)(d + m), C, d, m);
+    memcpy(W, W0, P * sizeof(real));
+    memset(S, 0, P * sizeof(real));
+    for (int c = 0, s = 0; s < T; c++, s += chunk) {
+        int n = T - s < chunk ? T - s : chunk;
+        real *Wc = states + (size_t)c * 2 * P;        // the chunk's start: W_c and S
+        memcpy(Wc, W, P * sizeof(real));
+        memcpy(Wc + P, S, P * sizeof(real));
+        memory_factors(&f, Wc, k + (size_t)s * d, v + (size_t)s * d, n, d, m, depth);
+        for (int i = 0; i < n; i++) {
+            int t = s + i;
+            memory_update(W, S, &f, i, k + (size_t)t * d, d, m, depth, eta[t], theta[t], alpha[t]);
+            if (!read_chunk_start) memory_apply(y + (size_t)t * d, W, q + (size_t)t * d, d, m, depth, vec);
+        }
+        if (read_chunk_start) memory_apply_rows(y + (size_t)s * d, f.Zq, f.Aq, Wc, q + (size_t)s * d, n, d, m, depth);
+    }
+    int chunks = (T + chunk - 1) / chunk;
+    memcpy(states + (size_t)chunks * 2 * P, W, P * sizeof(real));
+    memcpy(states + (size_t)chunks * 2 * P + P, S, P * sizeof(real));
+}
+
+// Token i's adjoint step over one block of W (rows x cols): with G = dS + dW,
+//   dalpha -= <W_{t-1}, dW> ;  deta += <S_{t-1}, G> ;  sx = G y ;  sy = G^T x ;
+//   dS <- eta G ;  dW <- (1 - alpha) dW
+// all in one pass (G is dS just before its step back through eta).
+static void memory_adjoint_block(real *dW, real *dS, real *sx, real *sy, real *dalpha, real *deta,
+                                 const real *Wp, const real *Sp, const real *x, const real *y,
+                                 int rows, int cols, real eta, real alpha) {
+    real da = 0, de = 0;
+    for (int c = 0; c < cols; c++) sy[c] = 0;
+    for (int r = 0; r < rows; r++) {
+        real *dWr = dW + (size_t)r * cols, *dSr = dS + (size_t)r * cols, s = 0, xr = x[r];
+        const real *Wpr = Wp + (size_t)r * cols, *Spr = Sp + (size_t)r * cols;
+        #pragma omp simd reduction(+ : s, da, de)
+        for (int c = 0; c < cols; c++) {
+            real w = dWr[c], g = dSr[c] + w;
+            da -= Wpr[c] * w;
+            de += Spr[c] * g;
+            s += g * y[c];
+            sy[c] += g * xr;
+            dWr[c] = w * (1 - alpha);
+            dSr[c] = g * eta;
+        }
+        sx[r] = s;
+    }
+    *dalpha += da;
+    *deta += de;
+}
+
+// Accumulates the gradients of every input of memory_forward, given dy (T, d). Adjoints,
+// going back through the tokens of each chunk (dW, dS: of W_t, S_t):
+//   read:        dW += dM/dW^T dy_t (Titans; Hope adds it to dW_c) ;  dq_t += dM/dq^T dy_t
+//   W_t = (1-alpha) W_{t-1} + S_t:   dS += dW ;  dalpha_t = -<W_{t-1}, dW> ;  dW <- (1-alpha_t) dW
+//   S_t = eta S_{t-1} - theta g_t:   dtheta_t = -<g_t, dS> ;  deta_t = <S_{t-1}, dS> ;
+//                                    dg_t = -theta_t dS ;  dS <- eta_t dS
+// With g_t = 2 x y^T per block: <g_t, dS> = 2 x^T (dS y), and dg_t reaches the factors as
+// dx = -2 theta (dS y), dy = -2 theta (dS^T x). After the chunk's tokens, the factors' gradients
+// go back through their batched computation at W_c into dW_c, dk, dv:
+//   depth 2:  u = r * silu'(z):  dr = du silu'(z), dz = du r silu''(z) ;  r = W2c^T e: de += dr W2c^T, dW2 += e^T dr
+//             e = k + W2c a - v: dk += de, dv -= de, dW2 += de^T a, da += de W2c ;  a = silu(z): dz += da silu'(z)
+//             z = W1c k: dW1 += dz^T k, dk += dz W1c          (and dk += the y-factor gradient of block 0)
+//   depth 1:  e = Wc k - v: dW += de^T k, dk += de Wc, dv -= de
+// and at the chunk's start dW += dW_c, since W_c is W_{s-1}. At the very start dW0 += dW.
+static void memory_backward(real *dk, real *dv, real *dq, real *dtheta, real *deta, real *dalpha, real *dW0,
+                            real *scratch, const real *dy, const real *states, const real *k, const real *v,
+                            const real *q, const real *theta, const real *eta, const real *alpha,
+                            int T, int d, int m, int depth, int chunk, int read_chunk_start) {
+    int P = memory_params(depth, d, m), C = chunk < T ? chunk : T, nb = memory_blocks(depth);
+    real *Wt = scratch, *St = Wt + (size_t)C * P, *dW = St + (size_t)C * P, *dS = dW + P, *dWc = dS + P;
+    real *vec = dWc + P;
+    MemoryChunk f;
+    memory_chunk_layout(&f, vec + 16 * (size_t)(d + m), C, d, m);
+    memset(dW, 0, P * sizeof(real));
+    memset(dS, 0, P * sizeof(real));
+    int chunks = (T + chunk - 1) / chunk;
+    for (int c = chunks - 1; c >= 0; c--) {
+        int s = c * chunk, n = T - s < chunk ? T - s : chunk;
+        const real *Wc = states + (size_t)c * 2 * P, *Sc = Wc + P, *K = k + (size_t)s * d, *Q = q + (size_t)s * d;
+        // recompute the factors and W_t, S_t of this chunk
+        memory_factors(&f, Wc, K, v + (size_t)s * d, n, d, m, depth);
+        for (int i = 0; i < n; i++) {
+            real *Wi = Wt + (size_t)i * P, *Si = St + (size_t)i * P;
+            memcpy(Wi, i ? Wi - P : Wc, P * sizeof(real));
+            memcpy(Si, i ? Si - P : Sc, P * sizeof(real));
+            memory_update(Wi, Si, &f, i, K + (size_t)i * d, d, m, depth, eta[s + i], theta[s + i], alpha[s + i]);
+        }
+        memset(dWc, 0, P * sizeof(real));
+        if (read_chunk_start) { // Hope: the chunk's reads, all at W_c, in one batch
+            memory_apply_rows(f.Yq, f.Zq, f.Aq, Wc, Q, n, d, m, depth); // Yq: the output, not needed
+            memory_apply_rows_backward(dWc, dq + (size_t)s * d, dy + (size_t)s * d, Wc, Q, f.Zq, f.Aq, f.dZq, n, d, m, depth);
+        }
+        for (int i = n - 1; i >= 0; i--) {
+            int t = s + i;
+            const real *Wp = i ? Wt + (size_t)(i - 1) * P : Wc, *Sp = i ? St + (size_t)(i - 1) * P : Sc;
+            if (!read_chunk_start)
+                memory_apply_backward(dW, dq + (size_t)t * d, dy + (size_t)t * d, Wt + (size_t)i * P, Q + (size_t)i * d,
+                                      d, m, depth, vec);
+            real dth = 0;
+            for (int b = 0; b < nb; b++) {
+                int rows, cols;
+                size_t off;
+                memory_block(depth, d, m, b, &rows, &cols, &off);
+                const real *x = memory_factor_x(&f, depth, d, m, b, i), *y = memory_factor_y(&f, m, b, i, K + (size_t)i * d);
+                real *dx = f.dX[b] + (size_t)i * rows, *dyf = f.dY[b] + (size_t)i * cols;
+                memory_adjoint_block(dW + off, dS + off, dx, dyf, &dalpha[t], &deta[t], Wp + off, Sp + off, x, y,
+                                     rows, cols, eta[t], alpha[t]);
+                for (int r = 0; r < rows; r++) { dth -= 2 * x[r] * dx[r]; dx[r] *= -2 * theta[t]; }
+                for (int j = 0; j < cols; j++) dyf[j] *= -2 * theta[t];
+            }
+            dtheta[t] += dth;
+        }
+        // the factors' gradients back through their computation at W_c
+        real *dK = dk + (size_t)s * d, *dV = dv + (size_t)s * d;
+        for (size_t i = 0; i < (size_t)n * d; i++) dK[i] += f.dY[0][i];
+        if (depth == 1) {
+            const real *dE = f.dX[0];
+            for (size_t i = 0; i < (size_t)n * d; i++) dV[i] -= dE[i];
+            gemm_serial(dWc, dE, K, d, d, n, 1, d, 0, d, d, 1);      // dW += dE^T K
+            gemm_serial(dK, dE, Wc, n, d, d, 0, d, 0, d, d, 1);      // dK += dE Wc
+        } else {
+            const real *W1 = Wc, *W2 = Wc + (size_t)m * d;
+            real *dW1 = dWc, *dW2 = dWc + (size_t)m * d, *dU = f.dX[0], *dE = f.dX[1], *dA = f.dY[1];
+            for (size_t i = 0; i < (size_t)n * m; i++) {
+                real sp = silu_grad(f.Z[i]);
+                f.dR[i] = dU[i] * sp;
+                f.dZ[i] = dU[i] * f.R[i] * silu_grad2(f.Z[i]);
+            }
+            gemm_serial(dE, f.dR, W2, n, d, m, 0, m, 1, m, d, 1);    // dE += dR W2^T
+            gemm_serial(dW2, f.E, f.dR, d, m, n, 1, d, 0, m, m, 1);  // dW2 += E^T dR
+            for (size_t i = 0; i < (size_t)n * d; i++) { dK[i] += dE[i]; dV[i] -= dE[i]; }
+            gemm_serial(dW2, dE, f.A, d, m, n, 1, d, 0, m, m, 1);    // dW2 += dE^T A
+            gemm_serial(dA, dE, W2, n, m, d, 0, d, 0, m, m, 1);      // dA += dE W2
+            for (size_t i = 0; i < (size_t)n * m; i++) f.dZ[i] += dA[i] * silu_grad(f.Z[i]);
+            gemm_serial(dW1, f.dZ, K, m, d, n, 1, m, 0, d, d, 1);    // dW1 += dZ^T K
+            gemm_serial(dK, f.dZ, W1, n, d, m, 0, m, 0, d, d, 1);    // dK += dZ W1
+        }
+        for (int p = 0; p < P; p++) dW[p] += dWc[p];
+    }
+    for (int p = 0; p < P; p++) dW0[p] += dW[p];
+}
+
+// The same recurrence as plainly as it can be written: token by token, each g_t built whole by
+// memory_grad and its backward taken by memory_grad_backward. The tests check the chunked
+// version above against it.
+static inline void memory_forward_reference(real *y, real *states, real *scratch, const real *k, const real *v, const real *q,
                            const real *theta, const real *eta, const real *alpha, const real *W0,
                            int T, int d, int m, int depth, int chunk, int read_chunk_start) {
     int P = memory_params(depth, d, m);
@@ -1436,14 +1686,7 @@ static void memory_forward(real *y, real *states, real *scratch, const real *k, 
     memcpy(states + (size_t)chunks * 2 * P + P, S, P * sizeof(real));
 }
 
-// Accumulates the gradients of every input of memory_forward, given dy (T, d). Adjoints,
-// going back through the tokens of each chunk (dW, dS: of W_t, S_t):
-//   read:        dW += dM/dW^T dy_t (Titans; Hope adds it to dW_c) ;  dq_t += dM/dq^T dy_t
-//   W_t = (1-alpha) W_{t-1} + S_t:   dS += dW ;  dalpha_t = -<W_{t-1}, dW> ;  dW <- (1-alpha_t) dW
-//   S_t = eta S_{t-1} - theta g_t:   dtheta_t = -<g_t, dS> ;  deta_t = <S_{t-1}, dS> ;
-//                                    dg_t = -theta_t dS (into dW_c, dk_t, dv_t) ;  dS <- eta_t dS
-// and at the chunk's start dW += dW_c, since W_c is W_{s-1}. At the very start dW0 += dW.
-static void memory_backward(real *dk, real *dv, real *dq, real *dtheta, real *deta, real *dalpha, real *dW0,
+static inline void memory_backward_reference(real *dk, real *dv, real *dq, real *dtheta, real *deta, real *dalpha, real *dW0,
                             real *scratch, const real *dy, const real *states, const real *k, const real *v,
                             const real *q, const real *theta, const real *eta, const real *alpha, const real *W0,
                             int T, int d, int m, int depth, int chunk, int read_chunk_start) {
@@ -1501,23 +1744,6 @@ static void memory_backward(real *dk, real *dv, real *dq, real *dtheta, real *de
         for (int p = 0; p < P; p++) dW[p] += dWc[p];
     }
     for (int p = 0; p < P; p++) dW0[p] += dW[p];
-}
-
-// The recurrence as plainly as it can be written: token by token (C = 1), Titans' read-out.
-// The tests check memory_forward with chunk 1 against it.
-static inline void memory_reference_forward(real *y, const real *k, const real *v, const real *q, const real *theta,
-                                            const real *eta, const real *alpha, const real *W0, int T, int d, int m, int depth) {
-    int P = memory_params(depth, d, m);
-    real *W = xcalloc(P, sizeof(real), "memory"), *S = xcalloc(P, sizeof(real), "memory");
-    real *g = xcalloc(P, sizeof(real), "memory"), *vec = xcalloc(16 * (size_t)(d + m), sizeof(real), "memory");
-    memcpy(W, W0, P * sizeof(real));
-    for (int t = 0; t < T; t++) {
-        memory_grad(g, W, k + (size_t)t * d, v + (size_t)t * d, d, m, depth, vec);
-        for (int p = 0; p < P; p++) S[p] = eta[t] * S[p] - theta[t] * g[p];
-        for (int p = 0; p < P; p++) W[p] = (1 - alpha[t]) * W[p] + S[p];
-        memory_apply(y + (size_t)t * d, W, q + (size_t)t * d, d, m, depth, vec);
-    }
-    free(W); free(S); free(g); free(vec);
 }
 
 typedef struct {
@@ -1833,7 +2059,7 @@ static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqk
 //   through the gates: dz = dtheta theta (1 - theta C/theta_max), deta eta (1 - eta), ...
 static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates, real *dbgates, real *dw0,
                                    const real *dy, const MemoryActs *ma, const real *x, const real *wqkv,
-                                   const real *wgates, const real *w0, int B, int T, int C, int NH,
+                                   const real *wgates, int B, int T, int C, int NH,
                                    int depth, int hidden, int chunk, int read_chunk_start) {
     int N = B * T, hs = C / NH, P = memory_params(depth, hs, hidden);
     size_t S = memory_state_size(T, chunk, P);
@@ -1849,6 +2075,7 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates
     memset(a->deta, 0, (size_t)N * NH * sizeof(real));
     memset(a->dalpha, 0, (size_t)N * NH * sizeof(real));
     memset(a->dw0_parts, 0, (size_t)B * NH * P * sizeof(real));
+    gemm_init(); // memory_backward runs gemm_serial inside the loop
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
@@ -1857,7 +2084,7 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates
                             a->dtheta + bh * T, a->deta + bh * T, a->dalpha + bh * T, a->dw0_parts + bh * P,
                             a->mem_scratch + thread_id() * a->mem_scratch_stride, a->dyh + bh * T * hs,
                             ma->states + bh * S, ma->k + bh * T * hs, ma->v + bh * T * hs, ma->q + bh * T * hs,
-                            ma->theta + bh * T, ma->eta + bh * T, ma->alpha + bh * T, w0 + (size_t)h * P,
+                            ma->theta + bh * T, ma->eta + bh * T, ma->alpha + bh * T,
                             T, hs, hidden, depth, chunk, read_chunk_start);
         }
     // dW0[h] += sum over sequences, in a fixed order
@@ -1972,7 +2199,7 @@ static void mixer_backward(Model *m, int l, int B, int T) {
         memset(a->dy, 0, (size_t)N * C * sizeof(real));
         rmsnorm_backward(a->dy, g->mem_norm, a->dgate, la->mem.y, w->mem_norm, la->my_rstd, N, C);
         memory_module_backward(a, a->dln, g->mem_wqkv, g->mem_wgates, g->mem_bgates, g->mem_w0, a->dy,
-                               &la->mem, la->ln1, w->mem_wqkv, w->mem_wgates, w->mem_w0, B, T, C, NH,
+                               &la->mem, la->ln1, w->mem_wqkv, w->mem_wgates, B, T, C, NH,
                                c->mem_depth, c->mem_hidden, c->mem_chunk, 0);
         attention_branch_backward(m, l, B, T, c->window, a->dattn);
         break;
@@ -2028,7 +2255,7 @@ static void mlp_backward(Model *m, int l, int B, int T) {
             memset(a->dln, 0, (size_t)N * C * sizeof(real));
             memory_module_backward(a, a->dln, g->cms_wqkv[k], g->cms_wgates[k], g->cms_bgates[k], g->cms_w0[k],
                                    a->dy, &la->cms[k], la->cms_ln[k], w->cms_wqkv[k], w->cms_wgates[k],
-                                   w->cms_w0[k], B, T, C, 1, 2, c->cms_widths[l], c->cms_chunks[k], 1);
+                                   B, T, C, 1, 2, c->cms_widths[l], c->cms_chunks[k], 1);
             rmsnorm_backward(a->dres, g->cms_norm[k], a->dln, la->cms_res[k - 1], w->cms_norm[k],
                              la->cms_rstd[k], N, C);
         }
