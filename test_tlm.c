@@ -304,7 +304,8 @@ static void test_attention(void) {
 // both depths, Titans' and Hope's read-outs, chunks of 1, of several tokens, longer than T
 static void test_memory_recurrence(void) {
     const int shapes[][6] = { { 37, 8, 5, 2, 4, 0 }, { 40, 6, 4, 1, 3, 0 }, { 50, 16, 12, 2, 16, 1 },
-                              { 20, 8, 8, 2, 1, 0 }, { 9, 4, 3, 2, 64, 1 }, { 33, 32, 32, 2, 16, 0 } }; // T, d, m, depth, chunk, hope
+                              { 20, 8, 8, 2, 1, 0 }, { 9, 4, 3, 2, 64, 1 }, { 33, 32, 32, 2, 16, 0 },
+                              { 30, 6, 4, 1, 4, 1 }, { 12, 8, 6, 2, 1, 1 }, { 40, 24, 40, 2, 7, 1 } }; // T, d, m, depth, chunk, hope
     Rng rng = rng_seeded(9);
     gemm_init();
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {

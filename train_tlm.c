@@ -1440,6 +1440,9 @@ typedef struct {
     real *dX[2], *dY[2];            // gradients of the factors x and y of each block
     real *dR, *dZ;                  // (n, m) x 2
     real *Zq, *Aq, *dZq, *Yq;       // (n, m) x 3, (n, d): Hope's batched read-out at W_c
+    // Hope's closed form (memory_chunk_advance): coefficients, their history and gradients,
+    // products with the adjoints (n, max(d, m)) x 5
+    real *C, *Ecoef, *gC, *gE, *hist, *M1, *M2, *N1, *N2, *Xs;
 } MemoryChunk;
 
 static int memory_blocks(int depth) { return depth == 1 ? 1 : 2; }
@@ -1455,7 +1458,10 @@ static const real *memory_factor_y(const MemoryChunk *f, int m, int b, int i, co
     return b == 0 ? k : f->A + (size_t)i * m;
 }
 
-static size_t memory_chunk_size(int C, int d, int m) { return (size_t)C * (6 * (size_t)d + 12 * (size_t)m); }
+static size_t memory_chunk_size(int C, int d, int m) {
+    size_t wide = d > m ? d : m;
+    return (size_t)C * (6 * (size_t)d + 12 * (size_t)m) + (size_t)C * (2 * (size_t)C + 3) + 4 * (size_t)C + 5 * (size_t)C * wide;
+}
 static void memory_chunk_layout(MemoryChunk *f, real *p, int C, int d, int m) {
     size_t n = (size_t)C;
     f->E = p;            f->Z = f->E + n * d;  f->A = f->Z + n * m;  f->R = f->A + n * m;  f->U = f->R + n * m;
@@ -1465,6 +1471,11 @@ static void memory_chunk_layout(MemoryChunk *f, real *p, int C, int d, int m) {
     f->dY[1] = f->dX[1] + n * d;                // (n, m)
     f->dR = f->dY[1] + n * m;  f->dZ = f->dR + n * m;
     f->Zq = f->dZ + n * m;  f->Aq = f->Zq + n * m;  f->dZq = f->Aq + n * m;  f->Yq = f->dZq + n * m;
+    size_t wide = d > m ? d : m;
+    f->C = f->Yq + n * d;  f->Ecoef = f->C + n;  f->gC = f->Ecoef + n;  f->gE = f->gC + n;
+    f->hist = f->gE + n;  // (n, 3 + 2n)
+    f->M1 = f->hist + n * (2 * n + 3);  f->M2 = f->M1 + n * wide;  f->N1 = f->M2 + n * wide;
+    f->N2 = f->N1 + n * wide;  f->Xs = f->N2 + n * wide;
 }
 
 // Y (n, d) = M_W(X) for n inputs at once, keeping Z = X W1^T and A = silu(Z) (depth 2)
@@ -1526,6 +1537,122 @@ static void memory_update(real *W, real *S, const real *W_prev, const real *S_pr
     }
 }
 
+// Hope reads only W_c, so inside a chunk nothing needs W_t, and the chunk's end state has a
+// closed form in W_c, S_c and the n outer products X_s = x_s y_s^T, with scalar coefficients:
+//   S_end = P S_c + sum_s E_s X_s          W_end = A W_c + B S_c + sum_s C_s X_s
+// They follow the recurrence token by token (i = 0..n-1, h_i = -2 theta_i):
+//   E_s <- eta_i E_s (s < i), E_i = h_i ;  P <- eta_i P ;  A <- (1 - alpha_i) A ;
+//   B <- (1 - alpha_i) B + P ;  C_s <- (1 - alpha_i) C_s + E_s (s <= i)       (from A = P = 1)
+// so a chunk is 2 products per weight matrix (n outer products summed), not n passes over W.
+// hist (n, 3 + 2n) keeps A, B, P, C, E before each token for the backward.
+static void memory_chunk_coefficients(real *A, real *B, real *P, real *C, real *E, real *hist,
+                                      const real *eta, const real *theta, const real *alpha, int n) {
+    *A = 1; *B = 0; *P = 1;
+    for (int s = 0; s < n; s++) C[s] = E[s] = 0;
+    for (int i = 0; i < n; i++) {
+        real *h = hist + (size_t)i * (3 + 2 * n), a = 1 - alpha[i];
+        h[0] = *A; h[1] = *B; h[2] = *P;
+        memcpy(h + 3, C, n * sizeof(real));
+        memcpy(h + 3 + n, E, n * sizeof(real));
+        for (int s = 0; s < i; s++) E[s] *= eta[i];
+        E[i] = -2 * theta[i];
+        *P *= eta[i];
+        *A *= a;
+        *B = a * *B + *P;
+        for (int s = 0; s <= i; s++) C[s] = a * C[s] + E[s];
+    }
+}
+// Reverse mode through the recurrence above: from the gradients of the end values (gA, gB, gP,
+// gC, gE; gC and gE are used up) to deta, dalpha, dtheta (accumulated).
+static void memory_chunk_coefficients_backward(real gA, real gB, real gP, real *gC, real *gE, const real *hist,
+                                               const real *eta, const real *alpha, real *deta, real *dalpha,
+                                               real *dtheta, int n) {
+    for (int i = n - 1; i >= 0; i--) {
+        const real *h = hist + (size_t)i * (3 + 2 * n), *C = h + 3, *E = C + n; // the values before token i
+        real a = 1 - alpha[i], da = 0, de = 0;
+        for (int s = 0; s <= i; s++) { // C_s <- a C_s + E_s
+            gE[s] += gC[s];
+            da -= gC[s] * C[s];
+            gC[s] *= a;
+        }
+        da -= gB * h[1] + gA * h[0];   // B <- a B + P ;  A <- a A
+        gP += gB;
+        gB *= a;
+        gA *= a;
+        de += gP * h[2];               // P <- eta P
+        gP *= eta[i];
+        dtheta[i] -= 2 * gE[i];        // E_i = -2 theta_i
+        for (int s = 0; s < i; s++) {  // E_s <- eta E_s
+            de += gE[s] * E[s];
+            gE[s] *= eta[i];
+        }
+        dalpha[i] += da;
+        deta[i] += de;
+    }
+}
+
+// the chunk's n tokens at once: W <- A W + B S + sum_s C_s X_s ;  S <- P S + sum_s E_s X_s
+static void memory_chunk_advance(real *W, real *S, MemoryChunk *f, const real *K, const real *eta, const real *theta,
+                                 const real *alpha, int n, int d, int m, int depth) {
+    int P = memory_params(depth, d, m);
+    real A, B, Pc;
+    memory_chunk_coefficients(&A, &B, &Pc, f->C, f->Ecoef, f->hist, eta, theta, alpha, n);
+    for (int p = 0; p < P; p++) {
+        W[p] = A * W[p] + B * S[p];
+        S[p] *= Pc;
+    }
+    for (int b = 0; b < memory_blocks(depth); b++) {
+        int rows, cols;
+        size_t off;
+        memory_block(depth, d, m, b, &rows, &cols, &off);
+        const real *X = memory_factor_x(f, depth, d, m, b, 0), *Y = memory_factor_y(f, m, b, 0, K); // (n, rows), (n, cols)
+        for (int target = 0; target < 2; target++) { // sum_s coef_s x_s y_s^T = (diag(coef) X)^T Y
+            const real *coef = target == 0 ? f->C : f->Ecoef;
+            for (int s = 0; s < n; s++)
+                for (int r = 0; r < rows; r++) f->Xs[(size_t)s * rows + r] = coef[s] * X[(size_t)s * rows + r];
+            gemm_serial((target == 0 ? W : S) + off, f->Xs, Y, rows, cols, n, 1, rows, 0, cols, cols, 1);
+        }
+    }
+}
+// Its backward. dW, dS: the adjoints of W_end, S_end in, of W_c, S_c out (dW without the
+// share of the factors and reads at W_c, that the caller adds). The adjoints of the scalars:
+//   gA = <dW, W_c>, gB = <dW, S_c>, gP = <dS, S_c>, gC_s = x_s^T dW y_s, gE_s = x_s^T dS y_s
+// and of the factors: dx_s = C_s dW y_s + E_s dS y_s, dy_s = C_s dW^T x_s + E_s dS^T x_s.
+static void memory_chunk_advance_backward(real *dW, real *dS, MemoryChunk *f, const real *Wc, const real *Sc,
+                                          const real *K, const real *eta, const real *theta, const real *alpha,
+                                          real *deta, real *dalpha, real *dtheta, int n, int d, int m, int depth) {
+    int P = memory_params(depth, d, m);
+    real A, B, Pc;
+    memory_chunk_coefficients(&A, &B, &Pc, f->C, f->Ecoef, f->hist, eta, theta, alpha, n);
+    real gA = dot(dW, Wc, P), gB = dot(dW, Sc, P), gP = dot(dS, Sc, P);
+    for (int s = 0; s < n; s++) f->gC[s] = f->gE[s] = 0;
+    for (int b = 0; b < memory_blocks(depth); b++) {
+        int rows, cols;
+        size_t off;
+        memory_block(depth, d, m, b, &rows, &cols, &off);
+        const real *X = memory_factor_x(f, depth, d, m, b, 0), *Y = memory_factor_y(f, m, b, 0, K);
+        gemm_serial(f->M1, Y, dW + off, n, rows, cols, 0, cols, 1, cols, rows, 0); // M1 = Y dW^T   (n, rows)
+        gemm_serial(f->M2, Y, dS + off, n, rows, cols, 0, cols, 1, cols, rows, 0); // M2 = Y dS^T
+        gemm_serial(f->N1, X, dW + off, n, cols, rows, 0, rows, 0, cols, cols, 0); // N1 = X dW     (n, cols)
+        gemm_serial(f->N2, X, dS + off, n, cols, rows, 0, rows, 0, cols, cols, 0); // N2 = X dS
+        for (int s = 0; s < n; s++) {
+            const real *x = X + (size_t)s * rows, *m1 = f->M1 + (size_t)s * rows, *m2 = f->M2 + (size_t)s * rows;
+            const real *n1 = f->N1 + (size_t)s * cols, *n2 = f->N2 + (size_t)s * cols;
+            real *dx = f->dX[b] + (size_t)s * rows, *dy = f->dY[b] + (size_t)s * cols, c = f->C[s], e = f->Ecoef[s];
+            f->gC[s] += dot(x, m1, rows);
+            f->gE[s] += dot(x, m2, rows);
+            for (int r = 0; r < rows; r++) dx[r] = c * m1[r] + e * m2[r];
+            for (int j = 0; j < cols; j++) dy[j] = c * n1[j] + e * n2[j];
+        }
+    }
+    memory_chunk_coefficients_backward(gA, gB, gP, f->gC, f->gE, f->hist, eta, alpha, deta, dalpha, dtheta, n);
+    for (int p = 0; p < P; p++) {
+        real w = dW[p];
+        dS[p] = B * w + Pc * dS[p];
+        dW[p] = A * w;
+    }
+}
+
 // y (T, d) from k, v, q (T, d) and the gates (T); states: see memory_state_size().
 static void memory_forward(real *y, real *states, real *scratch, const real *k, const real *v, const real *q,
                            const real *theta, const real *eta, const real *alpha, const real *W0,
@@ -1542,12 +1669,16 @@ static void memory_forward(real *y, real *states, real *scratch, const real *k, 
         memcpy(Wc, W, P * sizeof(real));
         memcpy(Wc + P, S, P * sizeof(real));
         memory_factors(&f, Wc, k + (size_t)s * d, v + (size_t)s * d, n, d, m, depth);
-        for (int i = 0; i < n; i++) {
+        if (read_chunk_start) { // Hope: the chunk's reads at W_c in one batch, then the closed form
+            memory_apply_rows(y + (size_t)s * d, f.Zq, f.Aq, Wc, q + (size_t)s * d, n, d, m, depth);
+            memory_chunk_advance(W, S, &f, k + (size_t)s * d, eta + s, theta + s, alpha + s, n, d, m, depth);
+            continue;
+        }
+        for (int i = 0; i < n; i++) { // Titans: every token reads its own W_t
             int t = s + i;
             memory_update(W, S, W, S, &f, i, k + (size_t)t * d, d, m, depth, eta[t], theta[t], alpha[t]);
-            if (!read_chunk_start) memory_apply(y + (size_t)t * d, W, q + (size_t)t * d, d, m, depth, vec);
+            memory_apply(y + (size_t)t * d, W, q + (size_t)t * d, d, m, depth, vec);
         }
-        if (read_chunk_start) memory_apply_rows(y + (size_t)s * d, f.Zq, f.Aq, Wc, q + (size_t)s * d, n, d, m, depth);
     }
     int chunks = (T + chunk - 1) / chunk;
     memcpy(states + (size_t)chunks * 2 * P, W, P * sizeof(real));
@@ -1610,37 +1741,39 @@ static void memory_backward(real *dk, real *dv, real *dq, real *dtheta, real *de
     for (int c = chunks - 1; c >= 0; c--) {
         int s = c * chunk, n = T - s < chunk ? T - s : chunk;
         const real *Wc = states + (size_t)c * 2 * P, *Sc = Wc + P, *K = k + (size_t)s * d, *Q = q + (size_t)s * d;
-        // recompute the factors and W_t, S_t of this chunk
+        // recompute the factors (and, for Titans, W_t and S_t) of this chunk
         memory_factors(&f, Wc, K, v + (size_t)s * d, n, d, m, depth);
-        for (int i = 0; i < n; i++) {
-            real *Wi = Wt + (size_t)i * P, *Si = St + (size_t)i * P;
-            memory_update(Wi, Si, i ? Wi - P : Wc, i ? Si - P : Sc, &f, i, K + (size_t)i * d, d, m, depth,
-                          eta[s + i], theta[s + i], alpha[s + i]);
-        }
         memset(dWc, 0, P * sizeof(real));
-        if (read_chunk_start) { // Hope: the chunk's reads, all at W_c, in one batch
+        if (read_chunk_start) { // Hope: the reads at W_c in one batch, then the closed form's backward
             memory_apply_rows(f.Yq, f.Zq, f.Aq, Wc, Q, n, d, m, depth); // Yq: the output, not needed
             memory_apply_rows_backward(dWc, dq + (size_t)s * d, dy + (size_t)s * d, Wc, Q, f.Zq, f.Aq, f.dZq, n, d, m, depth);
-        }
-        for (int i = n - 1; i >= 0; i--) {
-            int t = s + i;
-            const real *Wp = i ? Wt + (size_t)(i - 1) * P : Wc, *Sp = i ? St + (size_t)(i - 1) * P : Sc;
-            if (!read_chunk_start)
+            memory_chunk_advance_backward(dW, dS, &f, Wc, Sc, K, eta + s, theta + s, alpha + s, deta + s, dalpha + s,
+                                          dtheta + s, n, d, m, depth);
+        } else { // Titans: recompute W_t, S_t, then back through the tokens one by one
+            for (int i = 0; i < n; i++) {
+                real *Wi = Wt + (size_t)i * P, *Si = St + (size_t)i * P;
+                memory_update(Wi, Si, i ? Wi - P : Wc, i ? Si - P : Sc, &f, i, K + (size_t)i * d, d, m, depth,
+                              eta[s + i], theta[s + i], alpha[s + i]);
+            }
+            for (int i = n - 1; i >= 0; i--) {
+                int t = s + i;
+                const real *Wp = i ? Wt + (size_t)(i - 1) * P : Wc, *Sp = i ? St + (size_t)(i - 1) * P : Sc;
                 memory_apply_backward(dW, dq + (size_t)t * d, dy + (size_t)t * d, Wt + (size_t)i * P, Q + (size_t)i * d,
                                       d, m, depth, vec);
-            real dth = 0;
-            for (int b = 0; b < nb; b++) {
-                int rows, cols;
-                size_t off;
-                memory_block(depth, d, m, b, &rows, &cols, &off);
-                const real *x = memory_factor_x(&f, depth, d, m, b, i), *y = memory_factor_y(&f, m, b, i, K + (size_t)i * d);
-                real *dx = f.dX[b] + (size_t)i * rows, *dyf = f.dY[b] + (size_t)i * cols;
-                memory_adjoint_block(dW + off, dS + off, dx, dyf, &dalpha[t], &deta[t], Wp + off, Sp + off, x, y,
-                                     rows, cols, eta[t], alpha[t]);
-                for (int r = 0; r < rows; r++) { dth -= 2 * x[r] * dx[r]; dx[r] *= -2 * theta[t]; }
-                for (int j = 0; j < cols; j++) dyf[j] *= -2 * theta[t];
+                real dth = 0;
+                for (int b = 0; b < nb; b++) {
+                    int rows, cols;
+                    size_t off;
+                    memory_block(depth, d, m, b, &rows, &cols, &off);
+                    const real *x = memory_factor_x(&f, depth, d, m, b, i), *y = memory_factor_y(&f, m, b, i, K + (size_t)i * d);
+                    real *dx = f.dX[b] + (size_t)i * rows, *dyf = f.dY[b] + (size_t)i * cols;
+                    memory_adjoint_block(dW + off, dS + off, dx, dyf, &dalpha[t], &deta[t], Wp + off, Sp + off, x, y,
+                                         rows, cols, eta[t], alpha[t]);
+                    for (int r = 0; r < rows; r++) { dth -= 2 * x[r] * dx[r]; dx[r] *= -2 * theta[t]; }
+                    for (int j = 0; j < cols; j++) dyf[j] *= -2 * theta[t];
+                }
+                dtheta[t] += dth;
             }
-            dtheta[t] += dth;
         }
         // the factors' gradients back through their computation at W_c
         real *dK = dk + (size_t)s * d, *dV = dv + (size_t)s * d;
