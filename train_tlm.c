@@ -1187,7 +1187,9 @@ static real *take(size_t *cursor, real *base, size_t n) {
 //   W_t = (1 - alpha_t) W_{t-1} + S_t     forgetting and update          (W_{-1} = W0, learned)
 //   y_t = M_{W_t}(q_t)   (Titans)   or   M_{W_c}(q_t)   (Hope: a chunk reads its start weights)
 // C = 1 is the exact token-by-token recurrence. The forward keeps W and S at chunk boundaries
-// only (states: (T/C + 1) x 2P); the backward recomputes the tokens of a chunk from there.
+// only (states: (T/C + 1) x 2P); the backward recomputes a chunk from there. The code below
+// first gives the token-by-token pieces (memory_apply, memory_grad and their backwards, which
+// the reference recurrence uses), then the recurrence one whole chunk at a time.
 
 static size_t memory_state_size(int T, int chunk, int P) { return (size_t)2 * P * ((T + chunk - 1) / chunk + 1); }
 // per thread: W_t and S_t of one chunk (2 C P), four P-vectors, sixteen vectors of d + m, and
@@ -1425,24 +1427,32 @@ static void memory_grad_backward(real *dW, real *dk, real *dv, const real *D, re
 }
 
 // --- the memory recurrence, one chunk at a time ----------------------------------------------
-// Inside a chunk every g_t is taken at the chunk's start weights W_c, so the memory's passes
-// over the chunk's n keys are one batch of small matrix products (gemm_serial), and each g_t
-// is one outer product per weight matrix:
-//   depth 2:  g_t = 2 (u_t k_t^T | e_t a_t^T)   for (W1 | W2)    depth 1:  g_t = 2 e_t k_t^T
+// Inside a chunk every g_t is taken at the chunk's start weights W_c, so each g_t is one outer
+// product per weight matrix, X_s = x_s y_s^T, of vectors from one batch of small products at W_c:
+//   depth 2:  g_s = 2 (u_s k_s^T | e_s a_s^T)   for (W1 | W2)    depth 1:  g_s = 2 e_s k_s^T
 //   z = W1c k, a = silu(z), e = M_Wc(k) - v, u = (W2c^T e) * silu'(z)       ("the factors")
-// The update S_t = eta S - theta g_t, W_t = (1 - alpha) W + S adds those outer products row by
-// row and never builds g_t; the backward takes the same shortcut in the other direction.
+// Then W and S after any token t of the chunk are a closed form in W_c, S_c and those products:
+//   S_t = ps_t S_c + sum_{s<=t} ex_ts X_s          W_t = cw_t W_c + cs_t S_c + sum_{s<=t} cx_ts X_s
+// with scalar coefficients that follow the recurrence token by token (h_t = -2 theta_t):
+//   ex_s <- eta_t ex_s (s < t), ex_t = h_t ;  ps <- eta_t ps ;  cw <- (1 - alpha_t) cw ;
+//   cs <- (1 - alpha_t) cs + ps ;  cx_s <- (1 - alpha_t) cx_s + ex_s (s <= t)    (from cw = ps = 1)
+// So a chunk is a few products per weight matrix and an n x n scalar recurrence, not n passes
+// over W: the chunk's end state is (diag(cx) X)^T Y plus the scaled W_c and S_c, and Titans'
+// reads at W_t, row t of  IN W_t^T  for the n inputs IN of a weight matrix, are
+//   OUT = diag(cw) IN W_c^T + diag(cs) IN S_c^T + (cx o IN Y^T) X        (o: elementwise, s <= t)
+// Hope reads W_c only (cw = 1, cs = cx = 0 for its reads).
 
-// Block b of W (depth 2: W1 (m, d), then W2 (d, m); depth 1: W (d, d)) and the factors of its
-// outer product, x (rows) and y (cols), for the chunk's token i.
+// Block b of W (depth 2: W1 (m, d), then W2 (d, m); depth 1: W (d, d)): its rows, columns,
+// offset, and the factors of its outer products, X (n, rows) and Y (n, cols).
 typedef struct {
     real *E, *Z, *A, *R, *U;        // (n, d), (n, m) x 4: e, z, a, r = W2^T e, u
-    real *dX[2], *dY[2];            // gradients of the factors x and y of each block
+    real *dX[2], *dY[2];            // gradients of the factors X and Y of each block
     real *dR, *dZ;                  // (n, m) x 2
-    real *Zq, *Aq, *dZq, *Yq;       // (n, m) x 3, (n, d): Hope's batched read-out at W_c
-    // Hope's closed form (memory_chunk_advance): coefficients, their history and gradients,
-    // products with the adjoints (n, max(d, m)) x 5
-    real *C, *Ecoef, *gC, *gE, *hist, *M1, *M2, *N1, *N2, *Xs;
+    real *Zq, *Aq, *dZq, *Yq;       // (n, m) x 3, (n, d): the read-out's hidden layer, its gradient, output
+    real *coef;                     // (n + 1, 3 + 2n): cw, cs, ps, cx (n), ex (n) before token t (row n: the end)
+    real *gcoef;                    // (n, 3 + 2n): gradients of the coefficients after token t
+    real *T1, *T2, *G, *H;          // (n, wide) x 2, (n, n) x 2 for the reads
+    real *M1, *M2, *N1, *N2, *Xs;   // (n, wide) x 5 for the end state
 } MemoryChunk;
 
 static int memory_blocks(int depth) { return depth == 1 ? 1 : 2; }
@@ -1451,31 +1461,27 @@ static void memory_block(int depth, int d, int m, int b, int *rows, int *cols, s
     *cols = depth == 1 || b == 0 ? d : m;
     *offset = b == 0 ? 0 : (size_t)m * d;
 }
-static const real *memory_factor_x(const MemoryChunk *f, int depth, int d, int m, int b, int i) {
-    return depth == 1 || b == 1 ? f->E + (size_t)i * d : f->U + (size_t)i * m;
-}
-static const real *memory_factor_y(const MemoryChunk *f, int m, int b, int i, const real *k) {
-    return b == 0 ? k : f->A + (size_t)i * m;
-}
+static const real *memory_factor_x(const MemoryChunk *f, int depth, int b) { return depth == 1 || b == 1 ? f->E : f->U; }
+static const real *memory_factor_y(const MemoryChunk *f, int b, const real *K) { return b == 0 ? K : f->A; }
+static real *memory_coef(const MemoryChunk *f, int n, int row) { return f->coef + (size_t)row * (3 + 2 * n); }
 
 static size_t memory_chunk_size(int C, int d, int m) {
-    size_t wide = d > m ? d : m;
-    return (size_t)C * (6 * (size_t)d + 12 * (size_t)m) + (size_t)C * (2 * (size_t)C + 3) + 4 * (size_t)C + 5 * (size_t)C * wide;
+    size_t n = (size_t)C, wide = d > m ? d : m;
+    return n * (6 * (size_t)d + 12 * (size_t)m) + (2 * n + 1) * (3 + 2 * n) + 2 * n * n + 7 * n * wide;
 }
 static void memory_chunk_layout(MemoryChunk *f, real *p, int C, int d, int m) {
-    size_t n = (size_t)C;
+    size_t n = (size_t)C, wide = d > m ? d : m;
     f->E = p;            f->Z = f->E + n * d;  f->A = f->Z + n * m;  f->R = f->A + n * m;  f->U = f->R + n * m;
     f->dX[0] = f->U + n * m;                    // (n, m) [depth 1: (n, d)]
-    f->dY[0] = f->dX[0] + n * (d > m ? d : m);  // (n, d)
+    f->dY[0] = f->dX[0] + n * wide;             // (n, d)
     f->dX[1] = f->dY[0] + n * d;                // (n, d)
     f->dY[1] = f->dX[1] + n * d;                // (n, m)
     f->dR = f->dY[1] + n * m;  f->dZ = f->dR + n * m;
     f->Zq = f->dZ + n * m;  f->Aq = f->Zq + n * m;  f->dZq = f->Aq + n * m;  f->Yq = f->dZq + n * m;
-    size_t wide = d > m ? d : m;
-    f->C = f->Yq + n * d;  f->Ecoef = f->C + n;  f->gC = f->Ecoef + n;  f->gE = f->gC + n;
-    f->hist = f->gE + n;  // (n, 3 + 2n)
-    f->M1 = f->hist + n * (2 * n + 3);  f->M2 = f->M1 + n * wide;  f->N1 = f->M2 + n * wide;
-    f->N2 = f->N1 + n * wide;  f->Xs = f->N2 + n * wide;
+    f->coef = f->Yq + n * d;  f->gcoef = f->coef + (n + 1) * (3 + 2 * n);
+    f->T1 = f->gcoef + n * (3 + 2 * n);  f->T2 = f->T1 + n * wide;  f->G = f->T2 + n * wide;  f->H = f->G + n * n;
+    f->M1 = f->H + n * n;  f->M2 = f->M1 + n * wide;  f->N1 = f->M2 + n * wide;  f->N2 = f->N1 + n * wide;
+    f->Xs = f->N2 + n * wide;
 }
 
 // Y (n, d) = M_W(X) for n inputs at once, keeping Z = X W1^T and A = silu(Z) (depth 2)
@@ -1513,124 +1519,124 @@ static void memory_factors(MemoryChunk *f, const real *Wc, const real *K, const 
     gemm_serial(f->R, f->E, Wc + (size_t)m * d, n, m, d, 0, d, 0, m, m, 0); // R = E W2
     for (size_t i = 0; i < (size_t)n * m; i++) f->U[i] = f->R[i] * silu_grad(f->Z[i]);
 }
+// ... and their gradients (in f->dX, f->dY) back through that batch: dWc, dK, dV accumulated.
+//   depth 2:  u = r * silu'(z):  dr = du silu'(z), dz = du r silu''(z) ;  r = W2c^T e: de += dr W2c^T, dW2 += e^T dr
+//             e = k + W2c a - v: dk += de, dv -= de, dW2 += de^T a, da += de W2c ;  a = silu(z): dz += da silu'(z)
+//             z = W1c k: dW1 += dz^T k, dk += dz W1c          (and dk += the Y gradient of block 0)
+//   depth 1:  e = Wc k - v: dW += de^T k, dk += de Wc, dv -= de
+static void memory_factors_backward(MemoryChunk *f, real *dWc, real *dK, real *dV, const real *Wc, const real *K,
+                                    int n, int d, int m, int depth) {
+    for (size_t i = 0; i < (size_t)n * d; i++) dK[i] += f->dY[0][i];
+    if (depth == 1) {
+        const real *dE = f->dX[0];
+        for (size_t i = 0; i < (size_t)n * d; i++) dV[i] -= dE[i];
+        gemm_serial(dWc, dE, K, d, d, n, 1, d, 0, d, d, 1);      // dW += dE^T K
+        gemm_serial(dK, dE, Wc, n, d, d, 0, d, 0, d, d, 1);      // dK += dE Wc
+        return;
+    }
+    const real *W1 = Wc, *W2 = Wc + (size_t)m * d;
+    real *dW1 = dWc, *dW2 = dWc + (size_t)m * d, *dU = f->dX[0], *dE = f->dX[1], *dA = f->dY[1];
+    for (size_t i = 0; i < (size_t)n * m; i++) {
+        f->dR[i] = dU[i] * silu_grad(f->Z[i]);
+        f->dZ[i] = dU[i] * f->R[i] * silu_grad2(f->Z[i]);
+    }
+    gemm_serial(dE, f->dR, W2, n, d, m, 0, m, 1, m, d, 1);    // dE += dR W2^T
+    gemm_serial(dW2, f->E, f->dR, d, m, n, 1, d, 0, m, m, 1); // dW2 += E^T dR
+    for (size_t i = 0; i < (size_t)n * d; i++) { dK[i] += dE[i]; dV[i] -= dE[i]; }
+    gemm_serial(dW2, dE, f->A, d, m, n, 1, d, 0, m, m, 1);    // dW2 += dE^T A
+    gemm_serial(dA, dE, W2, n, m, d, 0, d, 0, m, m, 1);       // dA += dE W2
+    for (size_t i = 0; i < (size_t)n * m; i++) f->dZ[i] += dA[i] * silu_grad(f->Z[i]);
+    gemm_serial(dW1, f->dZ, K, m, d, n, 1, m, 0, d, d, 1);    // dW1 += dZ^T K
+    gemm_serial(dK, f->dZ, W1, n, d, m, 0, m, 0, d, d, 1);    // dK += dZ W1
+}
 
-// token i of the chunk: S = eta S_prev - 2 theta x y^T ;  W = (1 - alpha) W_prev + S, block by
-// block (W, S may be W_prev, S_prev: in place)
-static void memory_update(real *W, real *S, const real *W_prev, const real *S_prev, const MemoryChunk *f, int i,
-                          const real *k, int d, int m, int depth, real eta, real theta, real alpha) {
-    for (int b = 0; b < memory_blocks(depth); b++) {
-        int rows, cols;
-        size_t off;
-        memory_block(depth, d, m, b, &rows, &cols, &off);
-        const real *x = memory_factor_x(f, depth, d, m, b, i), *y = memory_factor_y(f, m, b, i, k);
-        for (int r = 0; r < rows; r++) {
-            size_t o = off + (size_t)r * cols;
-            real *Wr = W + o, *Sr = S + o, c2 = 2 * theta * x[r];
-            const real *Wp = W_prev + o, *Sp = S_prev + o;
-            #pragma omp simd
-            for (int c = 0; c < cols; c++) {
-                real sc = eta * Sp[c] - c2 * y[c];
-                Sr[c] = sc;
-                Wr[c] = (1 - alpha) * Wp[c] + sc;
-            }
+// The coefficients before each token t (row t of f->coef: cw, cs, ps, cx_0..n-1, ex_0..n-1;
+// row n: after the last token), by the recurrence above.
+static void memory_coefficients(MemoryChunk *f, const real *eta, const real *theta, const real *alpha, int n) {
+    real *c = memory_coef(f, n, 0);
+    memset(c, 0, (3 + 2 * (size_t)n) * sizeof(real));
+    c[0] = c[2] = 1;
+    for (int t = 0; t < n; t++) {
+        const real *p = memory_coef(f, n, t), *pcx = p + 3, *pex = pcx + n;
+        real *q = memory_coef(f, n, t + 1), *cx = q + 3, *ex = cx + n, a = 1 - alpha[t];
+        for (int s = 0; s < n; s++) ex[s] = s < t ? eta[t] * pex[s] : s == t ? -2 * theta[t] : 0;
+        q[2] = eta[t] * p[2];
+        q[0] = a * p[0];
+        q[1] = a * p[1] + q[2];
+        for (int s = 0; s < n; s++) cx[s] = a * pcx[s] + ex[s];
+    }
+}
+// Reverse mode through memory_coefficients: f->gcoef row t holds the gradients of the values
+// after token t (used up); deta, dalpha, dtheta are accumulated.
+static void memory_coefficients_backward(MemoryChunk *f, const real *eta, const real *alpha, real *deta, real *dalpha,
+                                         real *dtheta, int n) {
+    for (int t = n - 1; t >= 0; t--) {
+        real *g = f->gcoef + (size_t)t * (3 + 2 * n), *gcx = g + 3, *gex = gcx + n;
+        const real *p = memory_coef(f, n, t), *pcx = p + 3, *pex = pcx + n; // the values before token t
+        real a = 1 - alpha[t], da = 0, de = 0;
+        for (int s = 0; s <= t; s++) {           // cx_s <- a cx_s + ex_s
+            gex[s] += gcx[s];
+            da -= gcx[s] * pcx[s];
+            gcx[s] *= a;
+        }
+        da -= g[1] * p[1] + g[0] * p[0];           // cs <- a cs + ps ;  cw <- a cw
+        g[2] += g[1];
+        g[1] *= a;
+        g[0] *= a;
+        de += g[2] * p[2];                         // ps <- eta ps
+        g[2] *= eta[t];
+        dtheta[t] -= 2 * gex[t];                   // ex_t = -2 theta_t
+        for (int s = 0; s < t; s++) {              // ex_s <- eta ex_s
+            de += gex[s] * pex[s];
+            gex[s] *= eta[t];
+        }
+        dalpha[t] += da;
+        deta[t] += de;
+        if (t > 0) { // what is left are the gradients of the values before token t, after token t-1
+            real *gp = g - (3 + 2 * n);
+            for (int i = 0; i < 3 + 2 * n; i++) gp[i] += g[i];
         }
     }
 }
 
-// Hope reads only W_c, so inside a chunk nothing needs W_t, and the chunk's end state has a
-// closed form in W_c, S_c and the n outer products X_s = x_s y_s^T, with scalar coefficients:
-//   S_end = P S_c + sum_s E_s X_s          W_end = A W_c + B S_c + sum_s C_s X_s
-// They follow the recurrence token by token (i = 0..n-1, h_i = -2 theta_i):
-//   E_s <- eta_i E_s (s < i), E_i = h_i ;  P <- eta_i P ;  A <- (1 - alpha_i) A ;
-//   B <- (1 - alpha_i) B + P ;  C_s <- (1 - alpha_i) C_s + E_s (s <= i)       (from A = P = 1)
-// so a chunk is 2 products per weight matrix (n outer products summed), not n passes over W.
-// hist (n, 3 + 2n) keeps A, B, P, C, E before each token for the backward.
-static void memory_chunk_coefficients(real *A, real *B, real *P, real *C, real *E, real *hist,
-                                      const real *eta, const real *theta, const real *alpha, int n) {
-    *A = 1; *B = 0; *P = 1;
-    for (int s = 0; s < n; s++) C[s] = E[s] = 0;
-    for (int i = 0; i < n; i++) {
-        real *h = hist + (size_t)i * (3 + 2 * n), a = 1 - alpha[i];
-        h[0] = *A; h[1] = *B; h[2] = *P;
-        memcpy(h + 3, C, n * sizeof(real));
-        memcpy(h + 3 + n, E, n * sizeof(real));
-        for (int s = 0; s < i; s++) E[s] *= eta[i];
-        E[i] = -2 * theta[i];
-        *P *= eta[i];
-        *A *= a;
-        *B = a * *B + *P;
-        for (int s = 0; s <= i; s++) C[s] = a * C[s] + E[s];
-    }
-}
-// Reverse mode through the recurrence above: from the gradients of the end values (gA, gB, gP,
-// gC, gE; gC and gE are used up) to deta, dalpha, dtheta (accumulated).
-static void memory_chunk_coefficients_backward(real gA, real gB, real gP, real *gC, real *gE, const real *hist,
-                                               const real *eta, const real *alpha, real *deta, real *dalpha,
-                                               real *dtheta, int n) {
-    for (int i = n - 1; i >= 0; i--) {
-        const real *h = hist + (size_t)i * (3 + 2 * n), *C = h + 3, *E = C + n; // the values before token i
-        real a = 1 - alpha[i], da = 0, de = 0;
-        for (int s = 0; s <= i; s++) { // C_s <- a C_s + E_s
-            gE[s] += gC[s];
-            da -= gC[s] * C[s];
-            gC[s] *= a;
-        }
-        da -= gB * h[1] + gA * h[0];   // B <- a B + P ;  A <- a A
-        gP += gB;
-        gB *= a;
-        gA *= a;
-        de += gP * h[2];               // P <- eta P
-        gP *= eta[i];
-        dtheta[i] -= 2 * gE[i];        // E_i = -2 theta_i
-        for (int s = 0; s < i; s++) {  // E_s <- eta E_s
-            de += gE[s] * E[s];
-            gE[s] *= eta[i];
-        }
-        dalpha[i] += da;
-        deta[i] += de;
-    }
-}
-
-// the chunk's n tokens at once: W <- A W + B S + sum_s C_s X_s ;  S <- P S + sum_s E_s X_s
-static void memory_chunk_advance(real *W, real *S, MemoryChunk *f, const real *K, const real *eta, const real *theta,
-                                 const real *alpha, int n, int d, int m, int depth) {
+// W, S <- the chunk's end state: W = cw W + cs S + (diag(cx) X)^T Y ;  S = ps S + (diag(ex) X)^T Y
+static void memory_chunk_advance(real *W, real *S, MemoryChunk *f, const real *K, int n, int d, int m, int depth) {
     int P = memory_params(depth, d, m);
-    real A, B, Pc;
-    memory_chunk_coefficients(&A, &B, &Pc, f->C, f->Ecoef, f->hist, eta, theta, alpha, n);
+    const real *c = memory_coef(f, n, n);
     for (int p = 0; p < P; p++) {
-        W[p] = A * W[p] + B * S[p];
-        S[p] *= Pc;
+        W[p] = c[0] * W[p] + c[1] * S[p];
+        S[p] *= c[2];
     }
     for (int b = 0; b < memory_blocks(depth); b++) {
         int rows, cols;
         size_t off;
         memory_block(depth, d, m, b, &rows, &cols, &off);
-        const real *X = memory_factor_x(f, depth, d, m, b, 0), *Y = memory_factor_y(f, m, b, 0, K); // (n, rows), (n, cols)
-        for (int target = 0; target < 2; target++) { // sum_s coef_s x_s y_s^T = (diag(coef) X)^T Y
-            const real *coef = target == 0 ? f->C : f->Ecoef;
+        const real *X = memory_factor_x(f, depth, b), *Y = memory_factor_y(f, b, K);
+        for (int target = 0; target < 2; target++) {
+            const real *coef = c + 3 + (target == 0 ? 0 : n); // cx, then ex
             for (int s = 0; s < n; s++)
                 for (int r = 0; r < rows; r++) f->Xs[(size_t)s * rows + r] = coef[s] * X[(size_t)s * rows + r];
             gemm_serial((target == 0 ? W : S) + off, f->Xs, Y, rows, cols, n, 1, rows, 0, cols, cols, 1);
         }
     }
 }
-// Its backward. dW, dS: the adjoints of W_end, S_end in, of W_c, S_c out (dW without the
-// share of the factors and reads at W_c, that the caller adds). The adjoints of the scalars:
-//   gA = <dW, W_c>, gB = <dW, S_c>, gP = <dS, S_c>, gC_s = x_s^T dW y_s, gE_s = x_s^T dS y_s
-// and of the factors: dx_s = C_s dW y_s + E_s dS y_s, dy_s = C_s dW^T x_s + E_s dS^T x_s.
+// Its backward. dW, dS: the adjoints of the end state in, of W_c, S_c out (dW without the share
+// of the factors and reads at W_c, that the caller adds). Into the last row of f->gcoef:
+//   g_cw = <dW, W_c>, g_cs = <dW, S_c>, g_ps = <dS, S_c>, g_cx_s = x_s^T dW y_s, g_ex_s = x_s^T dS y_s ;
+// into f->dX, f->dY (accumulated): dx_s = cx_s dW y_s + ex_s dS y_s, dy_s = cx_s dW^T x_s + ex_s dS^T x_s.
 static void memory_chunk_advance_backward(real *dW, real *dS, MemoryChunk *f, const real *Wc, const real *Sc,
-                                          const real *K, const real *eta, const real *theta, const real *alpha,
-                                          real *deta, real *dalpha, real *dtheta, int n, int d, int m, int depth) {
+                                          const real *K, int n, int d, int m, int depth) {
     int P = memory_params(depth, d, m);
-    real A, B, Pc;
-    memory_chunk_coefficients(&A, &B, &Pc, f->C, f->Ecoef, f->hist, eta, theta, alpha, n);
-    real gA = dot(dW, Wc, P), gB = dot(dW, Sc, P), gP = dot(dS, Sc, P);
-    for (int s = 0; s < n; s++) f->gC[s] = f->gE[s] = 0;
+    const real *c = memory_coef(f, n, n), *cx = c + 3, *ex = cx + n;
+    real *g = f->gcoef + (size_t)(n - 1) * (3 + 2 * n), *gcx = g + 3, *gex = gcx + n;
+    g[0] += dot(dW, Wc, P);
+    g[1] += dot(dW, Sc, P);
+    g[2] += dot(dS, Sc, P);
     for (int b = 0; b < memory_blocks(depth); b++) {
         int rows, cols;
         size_t off;
         memory_block(depth, d, m, b, &rows, &cols, &off);
-        const real *X = memory_factor_x(f, depth, d, m, b, 0), *Y = memory_factor_y(f, m, b, 0, K);
+        const real *X = memory_factor_x(f, depth, b), *Y = memory_factor_y(f, b, K);
         gemm_serial(f->M1, Y, dW + off, n, rows, cols, 0, cols, 1, cols, rows, 0); // M1 = Y dW^T   (n, rows)
         gemm_serial(f->M2, Y, dS + off, n, rows, cols, 0, cols, 1, cols, rows, 0); // M2 = Y dS^T
         gemm_serial(f->N1, X, dW + off, n, cols, rows, 0, rows, 0, cols, cols, 0); // N1 = X dW     (n, cols)
@@ -1638,19 +1644,94 @@ static void memory_chunk_advance_backward(real *dW, real *dS, MemoryChunk *f, co
         for (int s = 0; s < n; s++) {
             const real *x = X + (size_t)s * rows, *m1 = f->M1 + (size_t)s * rows, *m2 = f->M2 + (size_t)s * rows;
             const real *n1 = f->N1 + (size_t)s * cols, *n2 = f->N2 + (size_t)s * cols;
-            real *dx = f->dX[b] + (size_t)s * rows, *dy = f->dY[b] + (size_t)s * cols, c = f->C[s], e = f->Ecoef[s];
-            f->gC[s] += dot(x, m1, rows);
-            f->gE[s] += dot(x, m2, rows);
-            for (int r = 0; r < rows; r++) dx[r] = c * m1[r] + e * m2[r];
-            for (int j = 0; j < cols; j++) dy[j] = c * n1[j] + e * n2[j];
+            real *dx = f->dX[b] + (size_t)s * rows, *dy = f->dY[b] + (size_t)s * cols;
+            gcx[s] += dot(x, m1, rows);
+            gex[s] += dot(x, m2, rows);
+            for (int r = 0; r < rows; r++) dx[r] += cx[s] * m1[r] + ex[s] * m2[r];
+            for (int j = 0; j < cols; j++) dy[j] += cx[s] * n1[j] + ex[s] * n2[j];
         }
     }
-    memory_chunk_coefficients_backward(gA, gB, gP, f->gC, f->gE, f->hist, eta, alpha, deta, dalpha, dtheta, n);
     for (int p = 0; p < P; p++) {
         real w = dW[p];
-        dS[p] = B * w + Pc * dS[p];
-        dW[p] = A * w;
+        dS[p] = c[1] * w + c[2] * dS[p];
+        dW[p] = c[0] * w;
     }
+}
+
+// Titans' reads through one block: row t of OUT (n, rows) is W_t's block times row t of IN
+// (n, cols):  OUT = diag(cw) IN Wc^T + diag(cs) IN Sc^T + (cx o IN Y^T) X   (cw, cs, cx after token t)
+static void memory_block_read(real *OUT, const real *IN, const real *Wcb, const real *Scb, MemoryChunk *f,
+                              const real *X, const real *Y, int n, int rows, int cols) {
+    gemm_serial(f->T1, IN, Wcb, n, rows, cols, 0, cols, 1, cols, rows, 0);
+    gemm_serial(f->T2, IN, Scb, n, rows, cols, 0, cols, 1, cols, rows, 0);
+    gemm_serial(f->G, IN, Y, n, n, cols, 0, cols, 1, cols, n, 0);
+    for (int t = 0; t < n; t++) {
+        const real *c = memory_coef(f, n, t + 1), *cx = c + 3;
+        for (int r = 0; r < rows; r++) OUT[(size_t)t * rows + r] = c[0] * f->T1[(size_t)t * rows + r] + c[1] * f->T2[(size_t)t * rows + r];
+        for (int s = 0; s < n; s++) f->H[(size_t)t * n + s] = s <= t ? cx[s] * f->G[(size_t)t * n + s] : 0;
+    }
+    gemm_serial(OUT, f->H, X, n, rows, n, 0, n, 0, rows, rows, 1);
+}
+// its backward, from dOUT: dIN, dWcb, dScb, the factors' dX, dY and the coefficients' gradients
+// (f->gcoef) accumulated
+static void memory_block_read_backward(real *dIN, real *dWcb, real *dScb, real *dX, real *dY, const real *dOUT,
+                                       const real *IN, const real *Wcb, const real *Scb, MemoryChunk *f,
+                                       const real *X, const real *Y, int n, int rows, int cols) {
+    gemm_serial(f->T1, IN, Wcb, n, rows, cols, 0, cols, 1, cols, rows, 0);
+    gemm_serial(f->T2, IN, Scb, n, rows, cols, 0, cols, 1, cols, rows, 0);
+    gemm_serial(f->G, IN, Y, n, n, cols, 0, cols, 1, cols, n, 0);
+    gemm_serial(f->H, dOUT, X, n, n, rows, 0, rows, 1, rows, n, 0);            // dH = dOUT X^T
+    for (int t = 0; t < n; t++) {
+        const real *c = memory_coef(f, n, t + 1), *cx = c + 3, *dout = dOUT + (size_t)t * rows;
+        real *g = f->gcoef + (size_t)t * (3 + 2 * n), *gcx = g + 3;
+        g[0] += dot(dout, f->T1 + (size_t)t * rows, rows);
+        g[1] += dot(dout, f->T2 + (size_t)t * rows, rows);
+        for (int r = 0; r < rows; r++) { // now the gradients of IN Wc^T and IN Sc^T
+            f->T1[(size_t)t * rows + r] = c[0] * dout[r];
+            f->T2[(size_t)t * rows + r] = c[1] * dout[r];
+        }
+        for (int s = 0; s < n; s++) { // H = cx o G:  g_cx += dH o G ;  dG = dH o cx ; then G itself
+            real dh = s <= t ? f->H[(size_t)t * n + s] : 0;
+            gcx[s] += dh * f->G[(size_t)t * n + s];
+            f->H[(size_t)t * n + s] = dh * cx[s];
+            f->G[(size_t)t * n + s] = s <= t ? cx[s] * f->G[(size_t)t * n + s] : 0;
+        }
+    }
+    gemm_serial(dX, f->G, dOUT, n, rows, n, 1, n, 0, rows, rows, 1);          // dX += H^T dOUT
+    gemm_serial(dIN, f->T1, Wcb, n, cols, rows, 0, rows, 0, cols, cols, 1);   // dIN += dT1 Wc
+    gemm_serial(dIN, f->T2, Scb, n, cols, rows, 0, rows, 0, cols, cols, 1);   // dIN += dT2 Sc
+    gemm_serial(dWcb, f->T1, IN, rows, cols, n, 1, rows, 0, cols, cols, 1);   // dWc += dT1^T IN
+    gemm_serial(dScb, f->T2, IN, rows, cols, n, 1, rows, 0, cols, cols, 1);   // dSc += dT2^T IN
+    gemm_serial(dIN, f->H, Y, n, cols, n, 0, n, 0, cols, cols, 1);            // dIN += dG Y
+    gemm_serial(dY, f->H, IN, n, cols, n, 1, n, 0, cols, cols, 1);            // dY += dG^T IN
+}
+
+// Titans' read-out of the chunk, y_t = M_{W_t}(q_t):  Z = reads of Q through W1, A = silu(Z),
+// Y = Q + reads of A through W2  (depth 1: Y = reads of Q through W)
+static void memory_chunk_read(real *Yout, const real *Q, const real *Wc, const real *Sc, MemoryChunk *f,
+                              const real *K, int n, int d, int m, int depth) {
+    if (depth == 1) { memory_block_read(Yout, Q, Wc, Sc, f, f->E, K, n, d, d); return; }
+    size_t o2 = (size_t)m * d;
+    memory_block_read(f->Zq, Q, Wc, Sc, f, f->U, K, n, m, d);
+    for (size_t i = 0; i < (size_t)n * m; i++) f->Aq[i] = silu(f->Zq[i]);
+    memory_block_read(Yout, f->Aq, Wc + o2, Sc + o2, f, f->E, f->A, n, d, m);
+    for (size_t i = 0; i < (size_t)n * d; i++) Yout[i] += Q[i];
+}
+static void memory_chunk_read_backward(real *dQ, real *dWc, real *dSc, const real *dYout, const real *Q,
+                                       const real *Wc, const real *Sc, MemoryChunk *f, const real *K,
+                                       int n, int d, int m, int depth) {
+    if (depth == 1) {
+        memory_block_read_backward(dQ, dWc, dSc, f->dX[0], f->dY[0], dYout, Q, Wc, Sc, f, f->E, K, n, d, d);
+        return;
+    }
+    size_t o2 = (size_t)m * d;
+    memory_block_read(f->Zq, Q, Wc, Sc, f, f->U, K, n, m, d); // recompute the hidden layer
+    for (size_t i = 0; i < (size_t)n * m; i++) { f->Aq[i] = silu(f->Zq[i]); f->dZq[i] = 0; }
+    for (size_t i = 0; i < (size_t)n * d; i++) dQ[i] += dYout[i];
+    memory_block_read_backward(f->dZq, dWc + o2, dSc + o2, f->dX[1], f->dY[1], dYout, f->Aq, Wc + o2, Sc + o2, f,
+                               f->E, f->A, n, d, m);
+    for (size_t i = 0; i < (size_t)n * m; i++) f->dZq[i] *= silu_grad(f->Zq[i]);
+    memory_block_read_backward(dQ, dWc, dSc, f->dX[0], f->dY[0], f->dZq, Q, Wc, Sc, f, f->U, K, n, m, d);
 }
 
 // y (T, d) from k, v, q (T, d) and the gates (T); states: see memory_state_size().
@@ -1658,149 +1739,71 @@ static void memory_forward(real *y, real *states, real *scratch, const real *k, 
                            const real *theta, const real *eta, const real *alpha, const real *W0,
                            int T, int d, int m, int depth, int chunk, int read_chunk_start) {
     int P = memory_params(depth, d, m), C = chunk < T ? chunk : T;
-    real *W = scratch, *S = W + P, *vec = S + P;
+    real *W = scratch, *S = W + P;
     MemoryChunk f;
-    memory_chunk_layout(&f, vec + 16 * (size_t)(d + m), C, d, m);
+    memory_chunk_layout(&f, S + P, C, d, m);
     memcpy(W, W0, P * sizeof(real));
     memset(S, 0, P * sizeof(real));
     for (int c = 0, s = 0; s < T; c++, s += chunk) {
         int n = T - s < chunk ? T - s : chunk;
-        real *Wc = states + (size_t)c * 2 * P;        // the chunk's start: W_c and S
+        real *Wc = states + (size_t)c * 2 * P, *Sc = Wc + P; // the chunk's start
+        const real *K = k + (size_t)s * d, *Q = q + (size_t)s * d;
         memcpy(Wc, W, P * sizeof(real));
-        memcpy(Wc + P, S, P * sizeof(real));
-        memory_factors(&f, Wc, k + (size_t)s * d, v + (size_t)s * d, n, d, m, depth);
-        if (read_chunk_start) { // Hope: the chunk's reads at W_c in one batch, then the closed form
-            memory_apply_rows(y + (size_t)s * d, f.Zq, f.Aq, Wc, q + (size_t)s * d, n, d, m, depth);
-            memory_chunk_advance(W, S, &f, k + (size_t)s * d, eta + s, theta + s, alpha + s, n, d, m, depth);
-            continue;
-        }
-        for (int i = 0; i < n; i++) { // Titans: every token reads its own W_t
-            int t = s + i;
-            memory_update(W, S, W, S, &f, i, k + (size_t)t * d, d, m, depth, eta[t], theta[t], alpha[t]);
-            memory_apply(y + (size_t)t * d, W, q + (size_t)t * d, d, m, depth, vec);
-        }
+        memcpy(Sc, S, P * sizeof(real));
+        memory_factors(&f, Wc, K, v + (size_t)s * d, n, d, m, depth);
+        memory_coefficients(&f, eta + s, theta + s, alpha + s, n);
+        if (read_chunk_start) memory_apply_rows(y + (size_t)s * d, f.Zq, f.Aq, Wc, Q, n, d, m, depth); // Hope
+        else                  memory_chunk_read(y + (size_t)s * d, Q, Wc, Sc, &f, K, n, d, m, depth);  // Titans
+        memory_chunk_advance(W, S, &f, K, n, d, m, depth);
     }
     int chunks = (T + chunk - 1) / chunk;
     memcpy(states + (size_t)chunks * 2 * P, W, P * sizeof(real));
     memcpy(states + (size_t)chunks * 2 * P + P, S, P * sizeof(real));
 }
 
-// Token i's adjoint step over one block of W (rows x cols): with G = dS + dW,
-//   dalpha -= <W_{t-1}, dW> ;  deta += <S_{t-1}, G> ;  sx = G y ;  sy = G^T x ;
-//   dS <- eta G ;  dW <- (1 - alpha) dW
-// all in one pass (G is dS just before its step back through eta).
-static void memory_adjoint_block(real *dW, real *dS, real *sx, real *sy, real *dalpha, real *deta,
-                                 const real *Wp, const real *Sp, const real *x, const real *y,
-                                 int rows, int cols, real eta, real alpha) {
-    real da = 0, de = 0;
-    for (int c = 0; c < cols; c++) sy[c] = 0;
-    for (int r = 0; r < rows; r++) {
-        real *restrict dWr = dW + (size_t)r * cols, *restrict dSr = dS + (size_t)r * cols, xr = x[r];
-        const real *Wpr = Wp + (size_t)r * cols, *Spr = Sp + (size_t)r * cols;
-        da -= dot(Wpr, dWr, cols);
-        for (int c = 0; c < cols; c++) {
-            real g = dSr[c] + dWr[c];
-            dSr[c] = g;
-            sy[c] += g * xr;
-            dWr[c] *= 1 - alpha;
-        }
-        de += dot(Spr, dSr, cols);
-        sx[r] = dot(dSr, y, cols);
-        for (int c = 0; c < cols; c++) dSr[c] *= eta;
-    }
-    *dalpha += da;
-    *deta += de;
-}
-
-// Accumulates the gradients of every input of memory_forward, given dy (T, d). Adjoints,
-// going back through the tokens of each chunk (dW, dS: of W_t, S_t):
-//   read:        dW += dM/dW^T dy_t (Titans; Hope adds it to dW_c) ;  dq_t += dM/dq^T dy_t
-//   W_t = (1-alpha) W_{t-1} + S_t:   dS += dW ;  dalpha_t = -<W_{t-1}, dW> ;  dW <- (1-alpha_t) dW
-//   S_t = eta S_{t-1} - theta g_t:   dtheta_t = -<g_t, dS> ;  deta_t = <S_{t-1}, dS> ;
-//                                    dg_t = -theta_t dS ;  dS <- eta_t dS
-// With g_t = 2 x y^T per block: <g_t, dS> = 2 x^T (dS y), and dg_t reaches the factors as
-// dx = -2 theta (dS y), dy = -2 theta (dS^T x). After the chunk's tokens, the factors' gradients
-// go back through their batched computation at W_c into dW_c, dk, dv:
-//   depth 2:  u = r * silu'(z):  dr = du silu'(z), dz = du r silu''(z) ;  r = W2c^T e: de += dr W2c^T, dW2 += e^T dr
-//             e = k + W2c a - v: dk += de, dv -= de, dW2 += de^T a, da += de W2c ;  a = silu(z): dz += da silu'(z)
-//             z = W1c k: dW1 += dz^T k, dk += dz W1c          (and dk += the y-factor gradient of block 0)
-//   depth 1:  e = Wc k - v: dW += de^T k, dk += de Wc, dv -= de
-// and at the chunk's start dW += dW_c, since W_c is W_{s-1}. At the very start dW0 += dW.
+// Accumulates the gradients of every input of memory_forward, given dy (T, d), going back
+// through the chunks. dW, dS: the adjoints of the state at the end of the chunk at hand; each
+// chunk's backward turns them into those of its start W_c, S_c, and adds what the chunk's
+// reads and factors contributed at W_c, S_c. At the very start dW0 += dW.
 static void memory_backward(real *dk, real *dv, real *dq, real *dtheta, real *deta, real *dalpha, real *dW0,
                             real *scratch, const real *dy, const real *states, const real *k, const real *v,
                             const real *q, const real *theta, const real *eta, const real *alpha,
                             int T, int d, int m, int depth, int chunk, int read_chunk_start) {
-    int P = memory_params(depth, d, m), C = chunk < T ? chunk : T, nb = memory_blocks(depth);
-    real *Wt = scratch, *St = Wt + (size_t)C * P, *dW = St + (size_t)C * P, *dS = dW + P, *dWc = dS + P;
-    real *vec = dWc + P;
+    int P = memory_params(depth, d, m), C = chunk < T ? chunk : T;
+    real *dW = scratch, *dS = dW + P, *dWc = dS + P, *dSc = dWc + P;
     MemoryChunk f;
-    memory_chunk_layout(&f, vec + 16 * (size_t)(d + m), C, d, m);
+    memory_chunk_layout(&f, dSc + P, C, d, m);
     memset(dW, 0, P * sizeof(real));
     memset(dS, 0, P * sizeof(real));
     int chunks = (T + chunk - 1) / chunk;
     for (int c = chunks - 1; c >= 0; c--) {
         int s = c * chunk, n = T - s < chunk ? T - s : chunk;
         const real *Wc = states + (size_t)c * 2 * P, *Sc = Wc + P, *K = k + (size_t)s * d, *Q = q + (size_t)s * d;
-        // recompute the factors (and, for Titans, W_t and S_t) of this chunk
         memory_factors(&f, Wc, K, v + (size_t)s * d, n, d, m, depth);
+        memory_coefficients(&f, eta + s, theta + s, alpha + s, n);
         memset(dWc, 0, P * sizeof(real));
-        if (read_chunk_start) { // Hope: the reads at W_c in one batch, then the closed form's backward
+        memset(dSc, 0, P * sizeof(real));
+        memset(f.gcoef, 0, (size_t)n * (3 + 2 * n) * sizeof(real));
+        int nx0 = depth == 1 ? d : m;
+        memset(f.dX[0], 0, (size_t)n * nx0 * sizeof(real));
+        memset(f.dY[0], 0, (size_t)n * d * sizeof(real));
+        if (depth == 2) {
+            memset(f.dX[1], 0, (size_t)n * d * sizeof(real));
+            memset(f.dY[1], 0, (size_t)n * m * sizeof(real));
+        }
+        if (read_chunk_start) { // Hope: the reads at W_c, one batch
             memory_apply_rows(f.Yq, f.Zq, f.Aq, Wc, Q, n, d, m, depth); // Yq: the output, not needed
             memory_apply_rows_backward(dWc, dq + (size_t)s * d, dy + (size_t)s * d, Wc, Q, f.Zq, f.Aq, f.dZq, n, d, m, depth);
-            memory_chunk_advance_backward(dW, dS, &f, Wc, Sc, K, eta + s, theta + s, alpha + s, deta + s, dalpha + s,
-                                          dtheta + s, n, d, m, depth);
-        } else { // Titans: recompute W_t, S_t, then back through the tokens one by one
-            for (int i = 0; i < n; i++) {
-                real *Wi = Wt + (size_t)i * P, *Si = St + (size_t)i * P;
-                memory_update(Wi, Si, i ? Wi - P : Wc, i ? Si - P : Sc, &f, i, K + (size_t)i * d, d, m, depth,
-                              eta[s + i], theta[s + i], alpha[s + i]);
-            }
-            for (int i = n - 1; i >= 0; i--) {
-                int t = s + i;
-                const real *Wp = i ? Wt + (size_t)(i - 1) * P : Wc, *Sp = i ? St + (size_t)(i - 1) * P : Sc;
-                memory_apply_backward(dW, dq + (size_t)t * d, dy + (size_t)t * d, Wt + (size_t)i * P, Q + (size_t)i * d,
-                                      d, m, depth, vec);
-                real dth = 0;
-                for (int b = 0; b < nb; b++) {
-                    int rows, cols;
-                    size_t off;
-                    memory_block(depth, d, m, b, &rows, &cols, &off);
-                    const real *x = memory_factor_x(&f, depth, d, m, b, i), *y = memory_factor_y(&f, m, b, i, K + (size_t)i * d);
-                    real *dx = f.dX[b] + (size_t)i * rows, *dyf = f.dY[b] + (size_t)i * cols;
-                    memory_adjoint_block(dW + off, dS + off, dx, dyf, &dalpha[t], &deta[t], Wp + off, Sp + off, x, y,
-                                         rows, cols, eta[t], alpha[t]);
-                    for (int r = 0; r < rows; r++) { dth -= 2 * x[r] * dx[r]; dx[r] *= -2 * theta[t]; }
-                    for (int j = 0; j < cols; j++) dyf[j] *= -2 * theta[t];
-                }
-                dtheta[t] += dth;
-            }
-        }
-        // the factors' gradients back through their computation at W_c
-        real *dK = dk + (size_t)s * d, *dV = dv + (size_t)s * d;
-        for (size_t i = 0; i < (size_t)n * d; i++) dK[i] += f.dY[0][i];
-        if (depth == 1) {
-            const real *dE = f.dX[0];
-            for (size_t i = 0; i < (size_t)n * d; i++) dV[i] -= dE[i];
-            gemm_serial(dWc, dE, K, d, d, n, 1, d, 0, d, d, 1);      // dW += dE^T K
-            gemm_serial(dK, dE, Wc, n, d, d, 0, d, 0, d, d, 1);      // dK += dE Wc
         } else {
-            const real *W1 = Wc, *W2 = Wc + (size_t)m * d;
-            real *dW1 = dWc, *dW2 = dWc + (size_t)m * d, *dU = f.dX[0], *dE = f.dX[1], *dA = f.dY[1];
-            for (size_t i = 0; i < (size_t)n * m; i++) {
-                real sp = silu_grad(f.Z[i]);
-                f.dR[i] = dU[i] * sp;
-                f.dZ[i] = dU[i] * f.R[i] * silu_grad2(f.Z[i]);
-            }
-            gemm_serial(dE, f.dR, W2, n, d, m, 0, m, 1, m, d, 1);    // dE += dR W2^T
-            gemm_serial(dW2, f.E, f.dR, d, m, n, 1, d, 0, m, m, 1);  // dW2 += E^T dR
-            for (size_t i = 0; i < (size_t)n * d; i++) { dK[i] += dE[i]; dV[i] -= dE[i]; }
-            gemm_serial(dW2, dE, f.A, d, m, n, 1, d, 0, m, m, 1);    // dW2 += dE^T A
-            gemm_serial(dA, dE, W2, n, m, d, 0, d, 0, m, m, 1);      // dA += dE W2
-            for (size_t i = 0; i < (size_t)n * m; i++) f.dZ[i] += dA[i] * silu_grad(f.Z[i]);
-            gemm_serial(dW1, f.dZ, K, m, d, n, 1, m, 0, d, d, 1);    // dW1 += dZ^T K
-            gemm_serial(dK, f.dZ, W1, n, d, m, 0, m, 0, d, d, 1);    // dK += dZ W1
+            memory_chunk_read_backward(dq + (size_t)s * d, dWc, dSc, dy + (size_t)s * d, Q, Wc, Sc, &f, K, n, d, m, depth);
         }
-        for (int p = 0; p < P; p++) dW[p] += dWc[p];
+        memory_chunk_advance_backward(dW, dS, &f, Wc, Sc, K, n, d, m, depth);
+        memory_coefficients_backward(&f, eta + s, alpha + s, deta + s, dalpha + s, dtheta + s, n);
+        memory_factors_backward(&f, dWc, dk + (size_t)s * d, dv + (size_t)s * d, Wc, K, n, d, m, depth);
+        for (int p = 0; p < P; p++) {
+            dW[p] += dWc[p];
+            dS[p] += dSc[p];
+        }
     }
     for (int p = 0; p < P; p++) dW0[p] += dW[p];
 }
