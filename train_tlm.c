@@ -547,13 +547,26 @@ static void gemm_micro_kernel_avx512(int kc, const float *a, const float *b, flo
 
 // C (M,N) = A (M,K) B (K,N) (+ C if accumulate). A(i,k) = trans_a ? A[k*lda+i] : A[i*lda+k],
 // B(k,j) = trans_b ? B[j*ldb+k] : B[k*ldb+j]; C(i,j) = C[i*ldc+j].
-// gemm() runs one product on all threads (the linear layers); gemm_serial() runs it on the
-// calling thread alone, with that thread's own B buffer, for the many small products that a
-// parallel loop hands out one per thread (attention: one per sequence and head). Both are
-// gemm_run(), called by `threads` threads (rank: this one's place among them) that share out
-// the strips; each packs into the buffers of its OpenMP thread number.
+// Column blocks of nearly equal size, multiples of NR: N = 768 is 2 x 384
+static int gemm_nc(int N) {
+    int n_blocks = (N + GEMM_NC - 1) / GEMM_NC;
+    return ((N + n_blocks - 1) / n_blocks + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
+}
+// k slices of nearly equal length, as long as a B block of gemm_nc(N) columns allows, a
+// multiple of 16 (the transposing packs go 16 k at a time): K = 768 is 3 x 256
+static int gemm_kc(int N, int K) {
+    int kc_fit = GEMM_B_BLOCK / gemm_nc(N) / 16 * 16; // a multiple of 16, as is GEMM_KC_MAX
+    int kc_max = kc_fit < GEMM_KC_MAX ? kc_fit : GEMM_KC_MAX;
+    int k_slices = (K + kc_max - 1) / kc_max;
+    return ((K + k_slices - 1) / k_slices + 15) / 16 * 16;
+}
+
+// gemm_run() computes C (M,N) with `threads` threads (rank: this one's place among them) that
+// share out the row strips and pack the B blocks together; each packs into the buffers of its
+// OpenMP thread number. kc_even: the k slice, fixed by the whole product (gemm_kc), so that
+// however a product is cut between threads every C element sums the same slices in order.
 static void gemm_run(real *C, const real *A, const real *B, int M, int N, int K, int trans_a, int lda,
-                     int trans_b, int ldb, int ldc, int accumulate, int rank, int threads) {
+                     int trans_b, int ldb, int ldc, int accumulate, int rank, int threads, int kc_even) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
         if (!accumulate && rank == 0) for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, N * sizeof(real));
@@ -561,14 +574,8 @@ static void gemm_run(real *C, const real *A, const real *B, int M, int N, int K,
     }
     const int avx512 = GEMM_HAVE_AVX512 && sizeof(real) == sizeof(float);
     const int MR = avx512 ? GEMM_MR_AVX512 : GEMM_MR_C;
-    // slices of nearly equal size: K = 768 is 3 x 256, N = 768 is 2 x 384 (multiples of NR)
-    const int n_blocks = (N + GEMM_NC - 1) / GEMM_NC;
-    const int nc_even = ((N + n_blocks - 1) / n_blocks + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
-    const int kc_fit = GEMM_B_BLOCK / nc_even / 16 * 16; // a multiple of 16, as is GEMM_KC_MAX
-    const int kc_max = kc_fit < GEMM_KC_MAX ? kc_fit : GEMM_KC_MAX;
-    const int k_slices = (K + kc_max - 1) / kc_max;
-    // slices of nearly equal length, a multiple of 16 (the transposing packs go 16 k at a time)
-    const int kc_even = ((K + k_slices - 1) / k_slices + 15) / 16 * 16;
+    int nc_even = gemm_nc(N);
+    if ((size_t)nc_even * kc_even > GEMM_B_BLOCK) nc_even = GEMM_B_BLOCK / kc_even / GEMM_NR * GEMM_NR;
     // row strips: strip s is rows [s*M/strips, (s+1)*M/strips); a multiple of the thread
     // count, so that each thread gets the same number of rows (M = 256: 20 strips of 12.8)
     int strips = ((M + MR - 1) / MR + threads - 1) / threads * threads;
@@ -617,15 +624,45 @@ static void gemm_run(real *C, const real *A, const real *B, int M, int N, int K,
     }
 }
 
+// gemm(): one product on all threads. With enough row strips (4 per thread) the threads share
+// the rows and the packed B blocks, as above. With fewer (the forward of a batch of B*T = 256
+// rows on 16 threads) they split C into a grid of tr x tc tiles instead, each computed by one
+// thread alone with its own B buffer: more columns per thread, no barriers.
 static void gemm(real *C, const real *A, const real *B, int M, int N, int K,
                  int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
     gemm_init();
+    const int MR = GEMM_HAVE_AVX512 && sizeof(real) == sizeof(float) ? GEMM_MR_AVX512 : GEMM_MR_C;
+    const int threads = num_threads(), kc = gemm_kc(N, K), strips = (M + MR - 1) / MR;
+    if (strips >= 4 * threads) {
+        #pragma omp parallel
+        gemm_run(C, A, B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, thread_id(), num_threads_here(), kc);
+        return;
+    }
+    int tr = 1; // row groups: the largest divisor of the thread count that leaves 4 strips per group
+    for (int t = 1; t <= threads; t++)
+        if (threads % t == 0 && strips >= 4 * t) tr = t;
+    const int tc = threads / tr, col_strips = (N + GEMM_NR - 1) / GEMM_NR;
     #pragma omp parallel
-    gemm_run(C, A, B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, thread_id(), num_threads_here());
+    {
+        int id = thread_id(), r = id / tc, c = id % tc;
+        if (num_threads_here() == threads) {
+            int i0 = (int)((long)r * M / tr), i1 = (int)((long)(r + 1) * M / tr);
+            int j0 = (int)((long)c * col_strips / tc) * GEMM_NR, j1 = (int)((long)(c + 1) * col_strips / tc) * GEMM_NR;
+            if (j1 > N) j1 = N;
+            if (j1 > j0)
+                gemm_run(C + (size_t)i0 * ldc + j0, trans_a ? A + i0 : A + (size_t)i0 * lda,
+                         trans_b ? B + (size_t)j0 * ldb : B + j0, i1 - i0, j1 - j0, K, trans_a, lda, trans_b, ldb, ldc,
+                         accumulate, 0, 1, kc);
+        } else { // a smaller team than asked for: one thread does it all
+            if (id == 0) gemm_run(C, A, B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, 0, 1, kc);
+        }
+    }
 }
+// gemm_serial(): on the calling thread alone, with its own B buffer, for the many small
+// products that a parallel loop hands out one per thread (attention: one per sequence and head)
 static void gemm_serial(real *C, const real *A, const real *B, int M, int N, int K,
                         int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
-    gemm_run(C, A, B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, 0, 1);
+    gemm_run(C, A, B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, 0, 1, gemm_kc(N, K));
 }
 
 // out (N,OC) = inp (N,C) W^T,   W (OC,C)
