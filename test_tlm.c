@@ -326,7 +326,7 @@ static void test_memory_recurrence(void) {
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
         int T = shapes[s][0], d = shapes[s][1], m = shapes[s][2], depth = shapes[s][3], chunk = shapes[s][4], hope = shapes[s][5];
         int P = memory_params(depth, d, m);
-        size_t nv = (size_t)T * d, ns = memory_state_size(T, chunk, P), nscr = memory_scratch_size(T, d, m, depth, chunk);
+        size_t nv = (size_t)T * d, ns = memory_state_size(T, chunk, P), nscr = memory_scratch_size(T, d, m, depth, chunk) + memory_reference_scratch_size(T, d, m, depth, chunk);
         real *buf = xcalloc(30 * nv + 10 * (size_t)T + 4 * (size_t)P + 2 * ns + nscr, sizeof(real), "t"), *p = buf;
         real *k = p, *v = p += nv, *q = p += nv, *dy = p += nv, *y = p += nv, *y_ref = p += nv;
         real *grads = p += nv, *grads_ref = p += 3 * nv + 3 * (size_t)T + P; // dk, dv, dq, dtheta, deta, dalpha, dW0

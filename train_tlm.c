@@ -1229,13 +1229,18 @@ static real *take(size_t *cursor, real *base, size_t n) {
 // the reference recurrence uses), then the recurrence one whole chunk at a time.
 
 static size_t memory_state_size(int T, int chunk, int P) { return (size_t)2 * P * ((T + chunk - 1) / chunk + 1); }
-// per thread: W_t and S_t of one chunk (2 C P), four P-vectors, sixteen vectors of d + m, and
-// the chunk's factors (memory_chunk_size)
+// per thread: four P-vectors (W, S or their adjoints) and one chunk's factors, coefficients
+// and products (memory_chunk_size)
 static size_t memory_chunk_size(int C, int d, int m);
 static size_t memory_scratch_size(int T, int d, int m, int depth, int chunk) {
     int C = chunk < T ? chunk : T;
-    size_t P = (size_t)memory_params(depth, d, m);
-    return (2 * (size_t)C + 4) * P + 16 * (size_t)(d + m) + memory_chunk_size(C, d, m);
+    return 4 * (size_t)memory_params(depth, d, m) + memory_chunk_size(C, d, m);
+}
+// the token-by-token reference: W_t and S_t of one chunk (2 C P), four P-vectors, sixteen
+// vectors of d + m
+static inline size_t memory_reference_scratch_size(int T, int d, int m, int depth, int chunk) {
+    int C = chunk < T ? chunk : T;
+    return (2 * (size_t)C + 4) * memory_params(depth, d, m) + 16 * (size_t)(d + m);
 }
 
 // Dot products of the memory's short rows (d, m = 32). With AVX-512 (float): 16 lanes of
