@@ -7,7 +7,8 @@
  * convention of llm.c and nanoGPT), where the time goes (mixers incl. W_O, MLP slots, head
  * incl. loss, the rest: embedding, norms, residuals, AdamW), and the peak resident memory.
  * Each config runs in its own child process so that its peak memory is its own.
- * Then a microbenchmark of the blocked matmul at the model's shapes.
+ * Then a microbenchmark of the blocked matmul at the model's shapes, beside the machine's
+ * multiply-add peak (what no kernel can beat).
  *
  *   ./dev/bench_tlm [--threads 1,2] [--only NAME|matmul] [--seconds S]
  */
@@ -95,6 +96,33 @@ static void bench_matmul(int N, int C, int OC) {
     free(inp); free(w); free(out); free(dinp); free(dw);
 }
 
+// The machine's ceiling: fused multiply-adds on 12 independent vector chains per thread, with
+// nothing to load or store (AVX-512 in float where the matmul uses it, else what gcc makes of
+// 16-wide plain C). GFLOP/s counts 2 per multiply-add, like the rest of this benchmark.
+static double bench_fma_peak(void) {
+    const long iters = 100000000;
+    double t0 = wall_time(), sink = 0;
+    #pragma omp parallel reduction(+ : sink)
+    {
+#if GEMM_HAVE_AVX512
+        __m512 acc[12], b = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+        for (int i = 0; i < 12; i++) acc[i] = _mm512_set1_ps(1.0f + i * 1e-7f);
+        for (long k = 0; k < iters; k++)
+            for (int i = 0; i < 12; i++) acc[i] = _mm512_fmadd_ps(acc[i], b, c);
+        for (int i = 0; i < 12; i++) sink += _mm512_reduce_add_ps(acc[i]);
+#else
+        float acc[12][16];
+        for (int i = 0; i < 12; i++) for (int l = 0; l < 16; l++) acc[i][l] = 1.0f + i * 1e-7f;
+        for (long k = 0; k < iters; k++)
+            for (int i = 0; i < 12; i++) for (int l = 0; l < 16; l++) acc[i][l] = acc[i][l] * 0.999999f + 1e-7f;
+        for (int i = 0; i < 12; i++) for (int l = 0; l < 16; l++) sink += acc[i][l];
+#endif
+    }
+    double seconds = wall_time() - t0;
+    if (sink == 0) printf(" "); // keep the chains alive
+    return (double)iters * 12 * 16 * 2 * num_threads() / seconds / 1e9;
+}
+
 int main(int argc, char **argv) {
     const char *threads = NULL, *only = NULL;
     double seconds = 4;
@@ -113,9 +141,11 @@ int main(int argc, char **argv) {
     } else {
         counts[n_counts++] = num_threads();
     }
-    printf("full training steps (forward + backward + AdamW), fp32, cosine taper\n");
-    printf("%-20s %3s %11s %9s %9s %8s   %6s %6s %6s %6s  %11s\n", "config", "thr", "params", "tokens/s", "ms/step",
-           "GFLOP/s", "mixer", "mlp", "head", "other", "peak RSS");
+    if (!only || strcmp(only, "matmul")) {
+        printf("full training steps (forward + backward + AdamW), fp32, cosine taper\n");
+        printf("%-20s %3s %11s %9s %9s %8s   %6s %6s %6s %6s  %11s\n", "config", "thr", "params", "tokens/s", "ms/step",
+               "GFLOP/s", "mixer", "mlp", "head", "other", "peak RSS");
+    }
     for (int k = 0; k < n_counts; k++)
         for (int i = 0; i < NUM_CONFIGS; i++) {
             if (only && !strstr(configs[i].name, only)) continue;
@@ -133,11 +163,12 @@ int main(int argc, char **argv) {
             if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) printf("%-20s failed\n", configs[i].name);
         }
     if (only && !strstr("matmul", only)) return 0; // --only NAME: just that config (--only matmul: just these)
-    printf("blocked matmul at the model's shapes\n");
+    printf("blocked matmul at the model's shapes, and the machine's multiply-add peak\n");
     for (int k = 0; k < n_counts; k++) {
 #ifdef _OPENMP
         omp_set_num_threads(counts[k]);
 #endif
+        printf("  fused multiply-add peak        %3d threads: %6.1f GFLOP/s\n", num_threads(), bench_fma_peak());
         gemm_init();
         bench_matmul(256, 768, 2304);
         bench_matmul(256, 768, 4096);
