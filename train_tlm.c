@@ -1952,6 +1952,7 @@ typedef struct {
     real *rope;                 // (T, hs/2, 2) cos, sin
     int *tokens, *targets;      // (B*T)
     int step;                   // optimizer steps taken
+    double *norm_parts;         // (num_params / 4096) grad_norm's partial sums
     // layer analysis: skip a layer's MLP slot, or the whole layer, in forward
     const int *skip_mlp, *skip_layer;
     // wall time spent in forward + backward of the mixers (with W_O), the MLP slots, the head
@@ -2180,6 +2181,7 @@ static Model *model_create(const Config *cfg, int B, int T) {
     rope_table(m->rope, T, hs);
     m->tokens = xcalloc((size_t)B * T, sizeof(int), "tokens");
     m->targets = xcalloc((size_t)B * T, sizeof(int), "targets");
+    m->norm_parts = xcalloc((m->num_params + 4095) / 4096, sizeof(double), "grad norm");
     gemm_init();
     return m;
 }
@@ -2187,7 +2189,7 @@ static Model *model_create(const Config *cfg, int B, int T) {
 static void model_free(Model *m) {
     if (!m) return;
     free(m->params); free(m->grads); free(m->adam_m); free(m->adam_v);
-    free(m->act_memory); free(m->rope); free(m->tokens); free(m->targets);
+    free(m->act_memory); free(m->rope); free(m->tokens); free(m->targets); free(m->norm_parts);
     free(m);
 }
 
@@ -2559,7 +2561,7 @@ typedef struct { float lr, beta1, beta2, eps, weight_decay, grad_clip; } AdamW;
 // sum of squares over fixed 4096-element blocks, added in order: the same for any thread count
 static double grad_norm(const Model *m) {
     size_t n = m->num_params, blocks = (n + 4095) / 4096;
-    double *part = xcalloc(blocks, sizeof(double), "grad norm");
+    double *part = m->norm_parts;
     #pragma omp parallel for
     for (size_t b = 0; b < blocks; b++) {
         double s = 0;
@@ -2568,7 +2570,6 @@ static double grad_norm(const Model *m) {
     }
     double total = 0;
     for (size_t b = 0; b < blocks; b++) total += part[b];
-    free(part);
     return sqrt(total);
 }
 
