@@ -296,7 +296,7 @@ static void test_attention(void) {
         real *out = xcalloc(nout, sizeof(real), "t"), *out_ref = xcalloc(nout, sizeof(real), "t");
         real *att = xcalloc(natt, sizeof(real), "t"), *att_ref = xcalloc(natt, sizeof(real), "t");
         real *dqkv = xcalloc(nqkv, sizeof(real), "t"), *dqkv_ref = xcalloc(nqkv, sizeof(real), "t");
-        real *scratch = xcalloc((size_t)num_threads() * ATT_BLOCK * T, sizeof(real), "t");
+        Scratch scratch = {xcalloc((size_t)num_threads() * ATT_BLOCK * T, sizeof(real), "t"), (size_t)ATT_BLOCK * T, num_threads()};
         for (size_t i = 0; i < nqkv; i++) qkv[i] = (real)(2 * rng_normal(&rng));
         for (size_t i = 0; i < nout; i++) dout[i] = (real)rng_normal(&rng);
         for (size_t i = 0; i < natt; i++) att[i] = 7; // every entry must be written, zeros included
@@ -311,7 +311,7 @@ static void test_attention(void) {
         for (size_t i = 0; i < nqkv; i++) e3 = fmax(e3, fabs(dqkv[i] - dqkv_ref[i]) / (1 + fabs(dqkv_ref[i])));
         check(e1 < 1e-4 && e2 < 1e-5 && e3 < 1e-4, "attention B%d T%d C%d NH%d window %d: blocked vs reference error %.2g %.2g %.2g",
               B, T, C, NH, window, e1, e2, e3);
-        free(qkv); free(dout); free(out); free(out_ref); free(att); free(att_ref); free(dqkv); free(dqkv_ref); free(scratch);
+        free(qkv); free(dout); free(out); free(out_ref); free(att); free(att_ref); free(dqkv); free(dqkv_ref); free(scratch.base);
     }
 }
 
@@ -320,18 +320,22 @@ static void test_attention(void) {
 static void test_memory_recurrence(void) {
     const int shapes[][6] = { { 37, 8, 5, 2, 4, 0 }, { 40, 6, 4, 1, 3, 0 }, { 50, 16, 12, 2, 16, 1 },
                               { 20, 8, 8, 2, 1, 0 }, { 9, 4, 3, 2, 64, 1 }, { 33, 32, 32, 2, 16, 0 },
-                              { 30, 6, 4, 1, 4, 1 }, { 12, 8, 6, 2, 1, 1 }, { 40, 24, 40, 2, 7, 1 } }; // T, d, m, depth, chunk, hope
+                              { 30, 6, 4, 1, 4, 1 }, { 12, 8, 6, 2, 1, 1 }, { 40, 24, 40, 2, 7, 1 },
+                              { 20, 6, 10, 2, 4, 0 }, { 20, 6, 9, 1, 5, 0 } }; // T, d, m, depth, chunk, hope
     Rng rng = rng_seeded(9);
     gemm_init();
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
         int T = shapes[s][0], d = shapes[s][1], m = shapes[s][2], depth = shapes[s][3], chunk = shapes[s][4], hope = shapes[s][5];
         int P = memory_params(depth, d, m);
-        size_t nv = (size_t)T * d, ns = memory_state_size(T, chunk, P), nscr = memory_scratch_size(T, d, m, depth, chunk) + memory_reference_scratch_size(T, d, m, depth, chunk);
-        real *buf = xcalloc(30 * nv + 10 * (size_t)T + 4 * (size_t)P + 2 * ns + nscr, sizeof(real), "t"), *p = buf;
+        size_t nv = (size_t)T * d, ns = memory_state_size(T, chunk, P);
+        real *buf = xcalloc(30 * nv + 10 * (size_t)T + 4 * (size_t)P, sizeof(real), "t"), *p = buf;
+        // states and each kernel's scratch at exactly their sizes, so that a sanitizer sees an overrun
+        real *states = xcalloc(ns, sizeof(real), "t");
+        real *scratch_fast = xcalloc(memory_scratch_size(T, d, m, depth, chunk), sizeof(real), "t");
+        real *scratch_ref = xcalloc(memory_reference_scratch_size(T, d, m, depth, chunk), sizeof(real), "t");
         real *k = p, *v = p += nv, *q = p += nv, *dy = p += nv, *y = p += nv, *y_ref = p += nv;
         real *grads = p += nv, *grads_ref = p += 3 * nv + 3 * (size_t)T + P; // dk, dv, dq, dtheta, deta, dalpha, dW0
         real *theta = p += 3 * nv + 3 * (size_t)T + P, *eta = p += T, *alpha = p += T, *W0 = p += T;
-        real *states = p += P, *scratch = p += ns;
         // at the model's scales: unit keys and queries, step sizes up to theta_max / chunk
         for (size_t i = 0; i < nv; i++) { k[i] = (real)rng_normal(&rng); v[i] = (real)rng_normal(&rng);
                                           q[i] = (real)rng_normal(&rng); dy[i] = (real)rng_normal(&rng); }
@@ -347,12 +351,12 @@ static void test_memory_recurrence(void) {
             real *dk = g[ref], *dv = dk + nv, *dq = dv + nv, *dth = dq + nv, *det = dth + T, *dal = det + T, *dW0 = dal + T;
             for (size_t i = 0; i < 3 * nv + 3 * (size_t)T + P; i++) g[ref][i] = (real)0.25; // accumulates onto what is there
             if (ref) {
-                memory_forward_reference(out[ref], states, scratch, k, v, q, theta, eta, alpha, W0, T, d, m, depth, chunk, hope);
-                memory_backward_reference(dk, dv, dq, dth, det, dal, dW0, scratch, dy, states, k, v, q, theta, eta, alpha, W0,
+                memory_forward_reference(out[ref], states, scratch_ref, k, v, q, theta, eta, alpha, W0, T, d, m, depth, chunk, hope);
+                memory_backward_reference(dk, dv, dq, dth, det, dal, dW0, scratch_ref, dy, states, k, v, q, theta, eta, alpha,
                                           T, d, m, depth, chunk, hope);
             } else {
-                memory_forward(out[ref], states, scratch, k, v, q, theta, eta, alpha, W0, T, d, m, depth, chunk, hope);
-                memory_backward(dk, dv, dq, dth, det, dal, dW0, scratch, dy, states, k, v, q, theta, eta, alpha,
+                memory_forward(out[ref], states, scratch_fast, k, v, q, theta, eta, alpha, W0, T, d, m, depth, chunk, hope);
+                memory_backward(dk, dv, dq, dth, det, dal, dW0, scratch_fast, dy, states, k, v, q, theta, eta, alpha,
                                 T, d, m, depth, chunk, hope);
             }
         }
@@ -361,7 +365,7 @@ static void test_memory_recurrence(void) {
         for (size_t i = 0; i < 3 * nv + 3 * (size_t)T + P; i++) e2 = fmax(e2, fabs(grads[i] - grads_ref[i]) / (1 + fabs(grads_ref[i])));
         check(e1 < 1e-5 && e2 < 2e-5, "memory T%d d%d m%d depth %d chunk %d %s: chunked vs token-by-token error %.2g %.2g",
               T, d, m, depth, chunk, hope ? "hope" : "titans", e1, e2);
-        free(buf);
+        free(buf); free(states); free(scratch_fast); free(scratch_ref);
     }
 }
 

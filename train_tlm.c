@@ -94,6 +94,17 @@ static int thread_id(void) {
     return 0;
 #endif
 }
+// Per-thread workspace: `threads` slices of `stride` reals, slice i for OpenMP thread i. A
+// parallel loop that uses it runs on at most `threads` threads (scratch_team()), however
+// OMP_NUM_THREADS has changed since it was allocated.
+typedef struct {
+    real *base;
+    size_t stride;
+    int threads;
+} Scratch;
+static int scratch_team(Scratch s) { return num_threads() < s.threads ? num_threads() : s.threads; }
+static real *scratch_mine(Scratch s) { return s.base + (size_t)thread_id() * s.stride; }
+
 static double wall_time(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -303,9 +314,15 @@ static int taper_widths(int *widths, int L, int H, Taper taper, double start, do
 // Two B buffers alternate, so that a thread that is done with one block can start to
 // pack the next without waiting for the others: one barrier per block.
 //
-// Determinism: every C element is the sum over the K slices in order, each slice summed
-// in k order inside one micro-kernel call, whichever thread runs it and however the rows
-// are cut, so the results are bit-identical for any OMP_NUM_THREADS.
+// Three ways to run it: gemm() on all threads, sharing the row strips as above when there
+// are at least 4 per thread, or else splitting C into a grid of tiles, one per thread;
+// gemm_serial() on the calling thread alone, for the small products that a parallel loop
+// hands out one per thread (attention per sequence and head, the memory modules).
+//
+// Determinism: the k slice length is fixed by the whole product (gemm_kc), and every C
+// element is the sum over the k slices in order, each slice summed in k order inside one
+// micro-kernel call, whichever thread runs it and however the rows or columns are cut, so
+// the results are bit-identical for any OMP_NUM_THREADS.
 //
 // Two micro-kernels: for float on an AVX-512 machine, 14 x 32 with intrinsics (28 zmm
 // accumulators); everywhere else (double, or no AVX-512) 8 x 32 in plain C, which
@@ -345,7 +362,8 @@ enum {
 static real *gemm_buffer_raw;  // the allocation, for free()
 static real *gemm_pack_b[2];   // two B blocks (GEMM_B_BLOCK), shared by the threads, 64-byte aligned
 static real *gemm_pack_a;      // per thread: one A strip, MR_MAX*KC_MAX (aligned)
-static real *gemm_pack_b_own;  // per thread: one B block, for gemm_serial()
+static real *gemm_pack_b_own;  // per thread: one B block, when a thread computes a product alone
+                               // (gemm_serial() and gemm()'s tiles)
 static int gemm_pack_threads;
 
 // Called outside parallel regions (gemm() does; attention calls it before its loop).
@@ -545,8 +563,6 @@ static void gemm_micro_kernel_avx512(int kc, const float *a, const float *b, flo
 }
 #endif
 
-// C (M,N) = A (M,K) B (K,N) (+ C if accumulate). A(i,k) = trans_a ? A[k*lda+i] : A[i*lda+k],
-// B(k,j) = trans_b ? B[j*ldb+k] : B[k*ldb+j]; C(i,j) = C[i*ldc+j].
 // Column blocks of nearly equal size, multiples of NR: N = 768 is 2 x 384
 static int gemm_nc(int N) {
     int n_blocks = (N + GEMM_NC - 1) / GEMM_NC;
@@ -567,14 +583,11 @@ static int gemm_kc(int N, int K) {
 // however a product is cut between threads every C element sums the same slices in order.
 static void gemm_run(real *C, const real *A, const real *B, int M, int N, int K, int trans_a, int lda,
                      int trans_b, int ldb, int ldc, int accumulate, int rank, int threads, int kc_even) {
-    if (M <= 0 || N <= 0) return;
-    if (K <= 0) {
-        if (!accumulate && rank == 0) for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, N * sizeof(real));
-        return;
-    }
     const int avx512 = GEMM_HAVE_AVX512 && sizeof(real) == sizeof(float);
     const int MR = avx512 ? GEMM_MR_AVX512 : GEMM_MR_C;
     int nc_even = gemm_nc(N);
+    // a B block must fit its buffer: kc_even was chosen for the whole product's N, and a
+    // tile of gemm()'s grid (fewer columns) can get wider blocks from gemm_nc than that allows
     if ((size_t)nc_even * kc_even > GEMM_B_BLOCK) nc_even = GEMM_B_BLOCK / kc_even / GEMM_NR * GEMM_NR;
     // row strips: strip s is rows [s*M/strips, (s+1)*M/strips); a multiple of the thread
     // count, so that each thread gets the same number of rows (M = 256: 20 strips of 12.8)
@@ -624,12 +637,25 @@ static void gemm_run(real *C, const real *A, const real *B, int M, int N, int K,
     }
 }
 
-// gemm(): one product on all threads. With enough row strips (4 per thread) the threads share
+// An empty product: nothing to do when C is empty, C = 0 (or unchanged) when K = 0. Returns
+// 1 if it handled the product; gemm() and gemm_serial() call it before any blocking arithmetic.
+static int gemm_empty(real *C, int M, int N, int K, int ldc, int accumulate) {
+    if (M <= 0 || N <= 0) return 1;
+    if (K > 0) return 0;
+    if (!accumulate) for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, N * sizeof(real));
+    return 1;
+}
+
+// C (M,N) = A (M,K) B (K,N) (+ C if accumulate). A(i,k) = trans_a ? A[k*lda+i] : A[i*lda+k],
+// B(k,j) = trans_b ? B[j*ldb+k] : B[k*ldb+j]; C(i,j) = C[i*ldc+j].
+//
+// gemm(): one product on all threads; call it outside any parallel region. With enough row strips (4 per thread) the threads share
 // the rows and the packed B blocks, as above. With fewer (the forward of a batch of B*T = 256
 // rows on 16 threads) they split C into a grid of tr x tc tiles instead, each computed by one
 // thread alone with its own B buffer: more columns per thread, no barriers.
 static void gemm(real *C, const real *A, const real *B, int M, int N, int K,
                  int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
+    if (gemm_empty(C, M, N, K, ldc, accumulate)) return;
     gemm_init();
     const int MR = GEMM_HAVE_AVX512 && sizeof(real) == sizeof(float) ? GEMM_MR_AVX512 : GEMM_MR_C;
     const int threads = num_threads(), kc = gemm_kc(N, K), strips = (M + MR - 1) / MR;
@@ -659,9 +685,12 @@ static void gemm(real *C, const real *A, const real *B, int M, int N, int K,
     }
 }
 // gemm_serial(): on the calling thread alone, with its own B buffer, for the many small
-// products that a parallel loop hands out one per thread (attention: one per sequence and head)
+// products that a parallel loop hands out one per thread (attention: one per sequence and
+// head). It may run inside a parallel region, but gemm_init() must have run before it,
+// outside that region, with at least as many threads: the buffers are per thread.
 static void gemm_serial(real *C, const real *A, const real *B, int M, int N, int K,
                         int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
+    if (gemm_empty(C, M, N, K, ldc, accumulate)) return;
     gemm_run(C, A, B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, 0, 1, gemm_kc(N, K));
 }
 
@@ -830,18 +859,18 @@ static void attention_forward(real *out, real *att, const real *qkv, int B, int 
 // dP = dO V^T ;  dV += P^T dO ;  dS = P * (dP - rowsum(P * dP)) / sqrt(hs) ;  dQ += dS K ;  dK += dS^T Q.
 // dqkv (B,T,3C) is accumulated. One thread owns one (b, h), so its dk, dv rows never race.
 // scratch: per thread ATT_BLOCK x T, for dS of one block of queries.
-static void attention_backward(real *dqkv, real *scratch, const real *dout, const real *qkv, const real *att,
+static void attention_backward(real *dqkv, Scratch scratch, const real *dout, const real *qkv, const real *att,
                                int B, int T, int C, int NH, int window) {
     int hs = C / NH;
     real scale = 1 / r_sqrt((real)hs);
     gemm_init();
-    #pragma omp parallel for collapse(2)
+    #pragma omp parallel for collapse(2) num_threads(scratch_team(scratch))
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
             const real *q = qkv + (size_t)b * T * 3 * C + h * hs, *k = q + C, *v = q + 2 * C;
             real *dq = dqkv + (size_t)b * T * 3 * C + h * hs, *dk = dq + C, *dv = dq + 2 * C;
             const real *p = att + ((size_t)b * NH + h) * T * T, *dout_bh = dout + (size_t)b * T * C + h * hs;
-            real *ds = scratch + (size_t)thread_id() * ATT_BLOCK * T; // (i1 - i0, i1 - lo), rows i1 - lo apart
+            real *ds = scratch_mine(scratch); // (i1 - i0, i1 - lo), rows i1 - lo apart
             for (int i0 = 0; i0 < T; i0 += ATT_BLOCK) {
                 int i1 = i0 + ATT_BLOCK < T ? i0 + ATT_BLOCK : T, lo = attention_first_key(i0, window);
                 int rows = i1 - i0, keys = i1 - lo;
@@ -1193,7 +1222,7 @@ typedef struct {
     real *dmixed;               // (N, C)
     real *dattn;                // (N, C)
     real *dqkv;                 // (N, 3C)
-    real *att_scratch;          // (threads, ATT_BLOCK, T) attention backward: dS of a block of queries
+    Scratch att_scratch;        // (threads, ATT_BLOCK, T) attention backward: dS of a block of queries
     real *dgate;                // (N, C)
     real *dh;                   // (N, 2 Fmax)
     real *dhg;                  // (N, Fmax)
@@ -1203,8 +1232,7 @@ typedef struct {
     real *dmgates;              // (N, 3NH)
     real *dyh;                  // (B, NH, T, hs) dy with heads split
     real *dw0_parts;            // (B, NH, Pmax) per-sequence memory gradients, summed in order
-    real *mem_scratch;          // (threads, mem_scratch_stride) the memory kernel's workspace
-    size_t mem_scratch_stride;
+    Scratch mem_scratch;        // (threads, memory_scratch_size) the memory kernel's workspace
     real *tmp;                  // (N, C) forward scratch
 } Acts;
 
@@ -1878,11 +1906,17 @@ static inline void memory_forward_reference(real *y, real *states, real *scratch
     memcpy(states + (size_t)chunks * 2 * P + P, S, P * sizeof(real));
 }
 
+// Its backward, token by token. Adjoints, going back through the tokens of each chunk
+// (dW, dS: of W_t, S_t):
+//   read:        dW += dM/dW^T dy_t (Titans; Hope adds it to dW_c) ;  dq_t += dM/dq^T dy_t
+//   W_t = (1-alpha) W_{t-1} + S_t:   dS += dW ;  dalpha_t = -<W_{t-1}, dW> ;  dW <- (1-alpha_t) dW
+//   S_t = eta S_{t-1} - theta g_t:   dtheta_t = -<g_t, dS> ;  deta_t = <S_{t-1}, dS> ;
+//                                    dg_t = -theta_t dS (into dW_c, dk_t, dv_t) ;  dS <- eta_t dS
+// and at the chunk's start dW += dW_c, since W_c is W_{s-1}. At the very start dW0 += dW.
 static inline void memory_backward_reference(real *dk, real *dv, real *dq, real *dtheta, real *deta, real *dalpha, real *dW0,
                             real *scratch, const real *dy, const real *states, const real *k, const real *v,
-                            const real *q, const real *theta, const real *eta, const real *alpha, const real *W0,
+                            const real *q, const real *theta, const real *eta, const real *alpha,
                             int T, int d, int m, int depth, int chunk, int read_chunk_start) {
-    (void)W0;
     int P = memory_params(depth, d, m), C = chunk < T ? chunk : T;
     real *Wt = scratch, *St = Wt + (size_t)C * P, *dW = St + (size_t)C * P, *dS = dW + P, *dWc = dS + P;
     real *g = dWc + P, *vec = g + P;
@@ -2039,7 +2073,7 @@ static size_t layout_activations(Model *model, real *base, int B, int T) {
     a->dmixed = take(&cur, base, N * C);
     a->dattn = take(&cur, base, N * C);
     a->dqkv = take(&cur, base, N * 3 * C);
-    a->att_scratch = take(&cur, base, (size_t)num_threads() * ATT_BLOCK * T);
+    a->att_scratch = (Scratch){take(&cur, base, (size_t)num_threads() * ATT_BLOCK * T), (size_t)ATT_BLOCK * T, num_threads()};
     a->dgate = take(&cur, base, N * C);
     a->dh = take(&cur, base, N * 2 * Fmax);
     a->dhg = take(&cur, base, N * Fmax);
@@ -2054,8 +2088,7 @@ static size_t layout_activations(Model *model, real *base, int B, int T) {
         a->dmgates = take(&cur, base, N * 3 * NH);
         a->dyh = take(&cur, base, N * C);
         a->dw0_parts = take(&cur, base, (size_t)B * NH * Pmax);
-        a->mem_scratch = take(&cur, base, (size_t)num_threads() * scratch);
-        a->mem_scratch_stride = scratch;
+        a->mem_scratch = (Scratch){take(&cur, base, (size_t)num_threads() * scratch), scratch, num_threads()};
     }
     a->tmp = take(&cur, base, N * C);
     return cur;
@@ -2203,7 +2236,7 @@ static void model_free(Model *m) {
 static const real theta_max = (real)0.1, eta_max = (real)0.9;
 
 static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqkv, const real *wgates,
-                                  const real *bgates, const real *w0, real *scratch, size_t scratch_stride,
+                                  const real *bgates, const real *w0, Scratch scratch,
                                   int B, int T, int C, int NH, int depth, int hidden, int chunk, int read_chunk_start) {
     int N = B * T, hs = C / NH, P = memory_params(depth, hs, hidden);
     size_t S = memory_state_size(T, chunk, P);
@@ -2231,11 +2264,12 @@ static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqk
                 ma->eta[i] = eta_max * sigmoid(z[NH + h]);
                 ma->alpha[i] = sigmoid(z[2 * NH + h]);
             }
-    #pragma omp parallel for collapse(2)
+    gemm_init(); // memory_forward runs gemm_serial inside the loop
+    #pragma omp parallel for collapse(2) num_threads(scratch_team(scratch))
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
             size_t bh = (size_t)b * NH + h;
-            memory_forward(ma->yh + bh * T * hs, ma->states + bh * S, scratch + thread_id() * scratch_stride,
+            memory_forward(ma->yh + bh * T * hs, ma->states + bh * S, scratch_mine(scratch),
                            ma->k + bh * T * hs, ma->v + bh * T * hs, ma->q + bh * T * hs,
                            ma->theta + bh * T, ma->eta + bh * T, ma->alpha + bh * T, w0 + (size_t)h * P,
                            T, hs, hidden, depth, chunk, read_chunk_start);
@@ -2270,13 +2304,13 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates
     memset(a->dalpha, 0, (size_t)N * NH * sizeof(real));
     memset(a->dw0_parts, 0, (size_t)B * NH * P * sizeof(real));
     gemm_init(); // memory_backward runs gemm_serial inside the loop
-    #pragma omp parallel for collapse(2)
+    #pragma omp parallel for collapse(2) num_threads(scratch_team(a->mem_scratch))
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
             size_t bh = (size_t)b * NH + h;
             memory_backward(a->dmk + bh * T * hs, a->dmv + bh * T * hs, a->dmq + bh * T * hs,
                             a->dtheta + bh * T, a->deta + bh * T, a->dalpha + bh * T, a->dw0_parts + bh * P,
-                            a->mem_scratch + thread_id() * a->mem_scratch_stride, a->dyh + bh * T * hs,
+                            scratch_mine(a->mem_scratch), a->dyh + bh * T * hs,
                             ma->states + bh * S, ma->k + bh * T * hs, ma->v + bh * T * hs, ma->q + bh * T * hs,
                             ma->theta + bh * T, ma->eta + bh * T, ma->alpha + bh * T,
                             T, hs, hidden, depth, chunk, read_chunk_start);
@@ -2358,7 +2392,7 @@ static void mixer_forward(Model *m, int l, int B, int T) {
     case ARCH_TITANS:
         attention_branch_forward(m, l, B, T, c->window);
         memory_module_forward(&la->mem, la->ln1, w->mem_wqkv, w->mem_wgates, w->mem_bgates, w->mem_w0,
-                              m->a.mem_scratch, m->a.mem_scratch_stride, B, T, C, NH,
+                              m->a.mem_scratch, B, T, C, NH,
                               c->mem_depth, c->mem_hidden, c->mem_chunk, 0);
         rmsnorm_forward(la->my_norm, la->my_rstd, la->mem.y, w->mem_norm, N, C);
         gate_forward(la->mixed, la->mgate, la->attn, la->my_norm, N, C, C);
@@ -2422,7 +2456,7 @@ static void mlp_forward(Model *m, int l, int B, int T) {
         const real *in = la->cms_res[k - 1];
         rmsnorm_forward(la->cms_ln[k], la->cms_rstd[k], in, w->cms_norm[k], N, C);
         memory_module_forward(&la->cms[k], la->cms_ln[k], w->cms_wqkv[k], w->cms_wgates[k], w->cms_bgates[k],
-                              w->cms_w0[k], m->a.mem_scratch, m->a.mem_scratch_stride, B, T, C, 1,
+                              w->cms_w0[k], m->a.mem_scratch, B, T, C, 1,
                               2, c->cms_widths[l], c->cms_chunks[k], 1);
         for (size_t i = 0; i < (size_t)N * C; i++)
             la->cms_res[k][i] = in[i] + w->cms_scale[k][i % C] * la->cms[k].y[i];
