@@ -281,6 +281,19 @@ static void test_matmul(void) {
 #endif
         free(inp); free(w); free(out); free(ref); free(dout); free(dinp); free(dinp_ref); free(dw); free(dw_ref);
     }
+    // empty products: a k sum of no terms is 0 (or leaves C as it was); no rows or columns, nothing
+    real c[6] = { 1, 2, 3, 4, 5, 6 }, a = 7, b = 8;
+    gemm(c, &a, &b, 2, 3, 0, 0, 0, 0, 3, 3, 1);
+    int kept = c[0] == 1 && c[5] == 6;
+    gemm(c, &a, &b, 0, 3, 1, 0, 1, 0, 3, 3, 0);
+    gemm_serial(c, &a, &b, 2, 0, 1, 0, 1, 0, 1, 3, 0);
+    kept &= c[0] == 1 && c[5] == 6;
+    gemm(c, &a, &b, 2, 3, 0, 0, 0, 0, 3, 3, 0);
+    int zeroed = c[0] == 0 && c[5] == 0;
+    c[0] = 1;
+    gemm_serial(c, &a, &b, 1, 3, 0, 0, 0, 0, 3, 3, 0);
+    zeroed &= c[0] == 0;
+    check(kept && zeroed, "matmul: empty products (K = 0 gives zeros, no rows or columns leaves C alone)");
 }
 
 // the blocked attention in float against the one-query-at-a-time loops: T not a multiple of
