@@ -1512,8 +1512,7 @@ static void memory_grad_backward(real *dW, real *dk, real *dv, const real *D, re
 //   OUT = diag(cw) IN W_c^T + diag(cs) IN S_c^T + (cx o IN Y^T) X        (o: elementwise, s <= t)
 // Hope reads W_c only (cw = 1, cs = cx = 0 for its reads).
 
-// Block b of W (depth 2: W1 (m, d), then W2 (d, m); depth 1: W (d, d)): its rows, columns,
-// offset, and the factors of its outer products, X (n, rows) and Y (n, cols).
+// One chunk's workspace, laid out in the thread's scratch by memory_chunk_layout().
 typedef struct {
     real *E, *Z, *A, *R, *U;        // (n, d), (n, m) x 4: e, z, a, r = W2^T e, u
     real *dX[2], *dY[2];            // gradients of the factors X and Y of each block
@@ -1525,6 +1524,8 @@ typedef struct {
     real *M1, *M2, *N1, *N2, *Xs;   // (n, wide) x 5 for the end state
 } MemoryChunk;
 
+// Block b of W (depth 2: W1 (m, d), then W2 (d, m); depth 1: W (d, d)): its rows, columns,
+// offset, and the factors of its outer products, X (n, rows) and Y (n, cols).
 static int memory_blocks(int depth) { return depth == 1 ? 1 : 2; }
 static void memory_block(int depth, int d, int m, int b, int *rows, int *cols, size_t *offset) {
     *rows = depth == 1 || b == 1 ? d : m;
@@ -1535,9 +1536,13 @@ static const real *memory_factor_x(const MemoryChunk *f, int depth, int b) { ret
 static const real *memory_factor_y(const MemoryChunk *f, int b, const real *K) { return b == 0 ? K : f->A; }
 static real *memory_coef(const MemoryChunk *f, int n, int row) { return f->coef + (size_t)row * (3 + 2 * n); }
 
+// The workspace of a chunk of C tokens, per thread: the n x n coefficient tables grow as C^2
+// (C is at most T, so a long chunk costs memory as attention's T x T does).
 static size_t memory_chunk_size(int C, int d, int m) {
     size_t n = (size_t)C, wide = d > m ? d : m;
-    return n * (6 * (size_t)d + 12 * (size_t)m) + (2 * n + 1) * (3 + 2 * n) + 2 * n * n + 7 * n * wide;
+    // as memory_chunk_layout() lays it out: E, dY0, dX1, Yq (n, d); Z, A, R, U, dY1, dR, dZ, Zq, Aq,
+    // dZq (n, m); dX0, T1, T2, M1, M2, N1, N2, Xs (n, wide); coef, gcoef; G, H (n, n)
+    return n * (4 * (size_t)d + 10 * (size_t)m + 8 * wide) + (2 * n + 1) * (3 + 2 * n) + 2 * n * n;
 }
 static void memory_chunk_layout(MemoryChunk *f, real *p, int C, int d, int m) {
     size_t n = (size_t)C, wide = d > m ? d : m;
@@ -1644,6 +1649,8 @@ static void memory_coefficients_backward(MemoryChunk *f, const real *eta, const 
         real *g = f->gcoef + (size_t)t * (3 + 2 * n), *gcx = g + 3, *gex = gcx + n;
         const real *p = memory_coef(f, n, t), *pcx = p + 3, *pex = pcx + n; // the values before token t
         real a = 1 - alpha[t], da = 0, de = 0;
+        // only s <= t: cx_s and ex_s of a later token s are the constant 0 before it (what
+        // those entries of the gradient rows hold is never used)
         for (int s = 0; s <= t; s++) {           // cx_s <- a cx_s + ex_s
             gex[s] += gcx[s];
             da -= gcx[s] * pcx[s];
@@ -1670,6 +1677,7 @@ static void memory_coefficients_backward(MemoryChunk *f, const real *eta, const 
 }
 
 // W, S <- the chunk's end state: W = cw W + cs S + (diag(cx) X)^T Y ;  S = ps S + (diag(ex) X)^T Y
+// with the coefficients after the chunk's last token (row n of f->coef: cx_s = cx_{n-1,s})
 static void memory_chunk_advance(real *W, real *S, MemoryChunk *f, const real *K, int n, int d, int m, int depth) {
     int P = memory_params(depth, d, m);
     const real *c = memory_coef(f, n, n);
@@ -1767,6 +1775,7 @@ static void memory_block_read_backward(real *dIN, real *dWcb, real *dScb, real *
             f->G[(size_t)t * n + s] = s <= t ? cx[s] * f->G[(size_t)t * n + s] : 0;
         }
     }
+    // from here G holds the forward's H = cx o G, and H holds dG
     gemm_serial(dX, f->G, dOUT, n, rows, n, 1, n, 0, rows, rows, 1);          // dX += H^T dOUT
     gemm_serial(dIN, f->T1, Wcb, n, cols, rows, 0, rows, 0, cols, cols, 1);   // dIN += dT1 Wc
     gemm_serial(dIN, f->T2, Scb, n, cols, rows, 0, rows, 0, cols, cols, 1);   // dIN += dT2 Sc
@@ -1986,7 +1995,7 @@ typedef struct {
     real *rope;                 // (T, hs/2, 2) cos, sin
     int *tokens, *targets;      // (B*T)
     int step;                   // optimizer steps taken
-    double *norm_parts;         // (num_params / 4096) grad_norm's partial sums
+    double *norm_parts;         // (num_params / 4096, rounded up) grad_norm's partial sums
     // layer analysis: skip a layer's MLP slot, or the whole layer, in forward
     const int *skip_mlp, *skip_layer;
     // wall time spent in forward + backward of the mixers (with W_O), the MLP slots, the head
@@ -2593,6 +2602,7 @@ static void model_backward(Model *m, int B, int T, real loss_scale) {
 typedef struct { float lr, beta1, beta2, eps, weight_decay, grad_clip; } AdamW;
 
 // sum of squares over fixed 4096-element blocks, added in order: the same for any thread count
+// (the blocks' sums go to m->norm_parts, so two calls on one model must not run at once)
 static double grad_norm(const Model *m) {
     size_t n = m->num_params, blocks = (n + 4095) / 4096;
     double *part = m->norm_parts;

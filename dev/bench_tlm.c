@@ -130,25 +130,32 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = argv[++i];
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--seconds") && i + 1 < argc) seconds = atof(argv[++i]);
-        else { fprintf(stderr, "usage: %s [--threads 1,2] [--only NAME] [--seconds S]\n", argv[0]); return 2; }
+        else { fprintf(stderr, "usage: %s [--threads 1,2] [--only NAME|matmul] [--seconds S]\n", argv[0]); return 2; }
     }
+    if (!(seconds > 0)) { fprintf(stderr, "bench_tlm: --seconds must be > 0\n"); return 2; }
+    const int only_matmul = only && !strcmp(only, "matmul"); // --only matmul: just the matmul part
     int counts[16], n_counts = 0;
     if (threads) {
         for (const char *p = threads; *p && n_counts < 16;) {
-            counts[n_counts++] = atoi(p);
+            counts[n_counts] = atoi(p);
+            if (counts[n_counts] < 1 || counts[n_counts] > 1024) {
+                fprintf(stderr, "bench_tlm: --threads wants a comma-separated list of counts in 1..1024, got '%s'\n", threads);
+                return 2;
+            }
+            n_counts++;
             p = strchr(p, ',') ? strchr(p, ',') + 1 : p + strlen(p);
         }
     } else {
         counts[n_counts++] = num_threads();
     }
-    if (!only || strcmp(only, "matmul")) {
+    if (!only_matmul) {
         printf("full training steps (forward + backward + AdamW), fp32, cosine taper\n");
         printf("%-20s %3s %11s %9s %9s %8s   %6s %6s %6s %6s  %11s\n", "config", "thr", "params", "tokens/s", "ms/step",
                "GFLOP/s", "mixer", "mlp", "head", "other", "peak RSS");
     }
     for (int k = 0; k < n_counts; k++)
         for (int i = 0; i < NUM_CONFIGS; i++) {
-            if (only && !strstr(configs[i].name, only)) continue;
+            if (only_matmul || (only && !strstr(configs[i].name, only))) continue;
             fflush(stdout);
             pid_t pid = fork();
             if (pid == 0) {
@@ -162,7 +169,7 @@ int main(int argc, char **argv) {
             waitpid(pid, &status, 0);
             if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) printf("%-20s failed\n", configs[i].name);
         }
-    if (only && !strstr("matmul", only)) return 0; // --only NAME: just that config (--only matmul: just these)
+    if (only && !only_matmul) return 0; // --only NAME: just the configs whose names contain it
     printf("blocked matmul at the model's shapes, and the machine's multiply-add peak\n");
     for (int k = 0; k < n_counts; k++) {
 #ifdef _OPENMP

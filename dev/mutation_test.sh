@@ -26,7 +26,7 @@ mutate "SwiGLU backward without silu'"        's/dh1\[i\] = d \* h3\[i\] \* s \*
 mutate "softmax backward without the mean"    's/? pt\[j\] \* (dst\[j\] - pdp) \* scale : 0;/? pt[j] * dst[j] * scale : 0;/'
 mutate "gate backward without sigmoid'"       's/dz\[(size_t)n \* G + j\] = s \* gj \* (1 - gj);/dz[(size_t)n * G + j] = s * gj;/'
 mutate "memory: no silu'' term"               's/f->dZ\[i\] = dU\[i\] \* f->R\[i\] \* silu_grad2(f->Z\[i\]);/f->dZ[i] = 0;/'
-mutate "memory: forgetting gradient sign"     's/dalpha\[t\] += da;/dalpha[t] -= da;/'
+mutate "memory: forgetting gradient sign"     's/^        dalpha\[t\] += da;/        dalpha[t] -= da;/'
 mutate "memory: chunk start gets no gradient" 's/            dW\[p\] += dWc\[p\];/            (void)0;/'
 mutate "memory: reads give S_c no gradient"   's/            dS\[p\] += dSc\[p\];/            (void)0;/'
 mutate "memory: closed form drops eta"        's/        de += g\[2\] \* p\[2\];  /        de += 0;  /'
