@@ -240,6 +240,18 @@ static void test_param_counts(void) {
     }
 }
 
+// the inline e^x against libm's in double, at every 1e-4 from -87 to 88, and at the edges
+static void test_exp(void) {
+    double worst = 0;
+    for (double x = -87; x <= 88; x += 1e-4) {
+        float f = (float)x;
+        worst = fmax(worst, fabs(exp_float(f) - exp((double)f)) / exp((double)f));
+    }
+    check(worst < 3e-7, "exp_float within 3e-7 (relative) of exp from -87 to 88: %.2g", worst);
+    check(exp_float(0) == 1 && exp_float(-INFINITY) == 0 && exp_float(-100) == 0 && isfinite(exp_float(INFINITY)) &&
+          isnan(exp_float(NAN)), "exp_float: e^0 = 1, 0 far below, finite far above, NaN stays NaN");
+}
+
 // the blocked matmul in float against the plain triple loop, at awkward shapes
 static void test_matmul(void) {
     const int shapes[][3] = { { 1, 1, 1 }, { 7, 13, 5 }, { 64, 96, 128 }, { 100, 300, 33 }, { 257, 515, 130 }, { 33, 50257 % 997, 71 } };
@@ -890,6 +902,7 @@ int main(void) {
     printf("float tests:\n");
     test_taper_budget();
     test_param_counts();
+    test_exp();
     test_matmul();
     test_attention();
     test_memory_recurrence();

@@ -64,7 +64,8 @@ static inline real r_cos(real x) { return cos(x); }
 static inline real r_sin(real x) { return sin(x); }
 #else
 typedef float real;
-static inline real r_exp(real x) { return expf(x); }
+static inline float exp_float(float x);
+static inline real r_exp(real x) { return exp_float(x); }
 static inline real r_log(real x) { return logf(x); }
 static inline real r_sqrt(real x) { return sqrtf(x); }
 static inline real r_cos(real x) { return cosf(x); }
@@ -72,6 +73,36 @@ static inline real r_sin(real x) { return sinf(x); }
 #endif
 static inline real sigmoid(real x) { return 1 / (1 + r_exp(-x)); }
 static const double PI = 3.14159265358979323846;
+
+// e^x in float, inline so that the loops of softmax and SiLU vectorize (libm's expf is a
+// call per element): e^x = 2^n e^r, n = round(x / ln 2), r = x - n ln 2 in [-0.35, 0.35]
+// (ln 2 in two parts, the first exact in n ln 2), e^r by its Taylor series to r^7 (error
+// < 1e-8), and 2^n written into the float's exponent bits. Within a few ulp of expf; 0
+// below -87 (expf gives at most 1.6e-38 there), e^88 above 88 (near FLT_MAX); NaN stays NaN.
+static inline float exp_float(float x) {
+    const float shift = 12582912.0f; // 1.5 * 2^23: adding it rounds to an integer in the low bits
+    float y = x > 88.0f ? 88.0f : x < -87.0f ? -87.0f : x;
+    float t = y * 1.44269504f + shift, n = t - shift;
+    float r = (y - n * 0.693359375f) + n * 2.12194440e-4f;
+    float p = 1 + r * (1 + r * (1.0f / 2 + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
+    union { float f; uint32_t u; } bits = { t }, scale;
+    scale.u = (bits.u - 0x4B400000u + 127u) << 23; // 0x4B400000: the bits of `shift`; n + 127 in the exponent
+    return x < -87.0f ? 0.0f : p * scale.f;
+}
+
+// x[0] + ... + x[n-1] in 16 running sums, folded in a fixed order: gcc vectorizes it without
+// -ffast-math (a plain `sum += x[i]` is a chain of scalar adds), and the result does not
+// depend on the thread count
+static inline real sum16(const real *x, int n) {
+    real acc[16] = { 0 };
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int l = 0; l < 16; l++) acc[l] += x[i + l];
+    for (int l = 0; i < n; i++, l++) acc[l] += x[i];
+    for (int w = 8; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    return acc[0];
+}
 
 static int num_threads(void) {
 #ifdef _OPENMP
@@ -843,10 +874,11 @@ static void attention_forward(real *out, real *att, const real *qkv, int B, int 
                 for (int t = i0; t < i1; t++) {
                     real *pt = p + (size_t)t * T;
                     int u0 = attention_first_key(t, window);
-                    real maxs = -FLT_MAX, sum = 0;
+                    real maxs = -FLT_MAX;
                     for (int u = u0; u <= t; u++) maxs = pt[u] > maxs ? pt[u] : maxs;
-                    for (int u = u0; u <= t; u++) { pt[u] = r_exp((pt[u] - maxs) * scale); sum += pt[u]; }
-                    for (int u = u0; u <= t; u++) pt[u] /= sum;
+                    for (int u = u0; u <= t; u++) pt[u] = r_exp((pt[u] - maxs) * scale);
+                    real inv = 1 / sum16(pt + u0, t + 1 - u0);
+                    for (int u = u0; u <= t; u++) pt[u] *= inv;
                     for (int u = 0; u < u0; u++) pt[u] = 0;
                     for (int u = t + 1; u < T; u++) pt[u] = 0;
                 }
@@ -1015,10 +1047,11 @@ static void crossentropy_forward(real *losses, real *logits, const int *targets,
     #pragma omp parallel for
     for (int n = 0; n < N; n++) {
         real *row = logits + (size_t)n * V;
-        real maxv = -FLT_MAX, sum = 0;
+        real maxv = -FLT_MAX;
         for (int v = 0; v < V; v++) if (row[v] > maxv) maxv = row[v];
-        for (int v = 0; v < V; v++) { row[v] = r_exp(row[v] - maxv); sum += row[v]; }
-        for (int v = 0; v < V; v++) row[v] /= sum;
+        for (int v = 0; v < V; v++) row[v] = r_exp(row[v] - maxv);
+        real inv = 1 / sum16(row, V);
+        for (int v = 0; v < V; v++) row[v] *= inv;
         losses[n] = -r_log(row[targets[n]] > 0 ? row[targets[n]] : (real)1e-30);
     }
 }
