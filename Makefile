@@ -7,7 +7,7 @@ OPENMP ?= -fopenmp
 LDLIBS = -lm
 PYTHON ?= python3
 
-.PHONY: all test data run portable clean bench test-mutants test-asan fuzz ablation ablation-quick FORCE
+.PHONY: all test data run portable clean bench compare-llmc test-mutants test-asan fuzz ablation ablation-quick FORCE
 
 all: train_tlm test_tlm
 
@@ -62,6 +62,10 @@ dev/bench_tlm: dev/bench_tlm.c train_tlm.c .build-flags
 
 bench: dev/bench_tlm
 	./dev/bench_tlm --threads $(BENCH_THREADS)
+
+# our benchmark beside llm.c's CPU trainer, in turn on this machine (clones llm.c into dev/cache)
+compare-llmc:
+	bash dev/compare_llmc.sh
 BENCH_THREADS ?= 1,2
 
 # every deliberately broken backward must make the tests fail
