@@ -995,12 +995,13 @@ static inline void attention_backward_reference(real *dqkv, const real *dout, co
 static void gate_forward(real *out, real *g, const real *a, const real *z, int N, int C, int G) {
     int span = C / G;
     #pragma omp parallel for
-    for (int n = 0; n < N; n++)
-        for (int c = 0; c < C; c++) {
-            real gc = sigmoid(z[(size_t)n * G + c / span]);
-            if (c % span == 0) g[(size_t)n * G + c / span] = gc;
-            out[(size_t)n * C + c] = a[(size_t)n * C + c] * gc;
-        }
+    for (int n = 0; n < N; n++) {
+        real *gn = g + (size_t)n * G, *outn = out + (size_t)n * C;
+        const real *zn = z + (size_t)n * G, *an = a + (size_t)n * C;
+        for (int j = 0; j < G; j++) gn[j] = sigmoid(zn[j]);
+        for (int j = 0; j < G; j++)
+            for (int c = j * span; c < (j + 1) * span; c++) outn[c] = an[c] * gn[j];
+    }
 }
 // da += dout * g ;   dz = sum over the gate's channels of dout * a * g (1 - g)
 static void gate_backward(real *da, real *dz, const real *dout, const real *a, const real *g, int N, int C, int G) {

@@ -6,7 +6,7 @@
 #   bash dev/compare_llmc.sh [LLMC_DIR]      (make compare-llmc)
 #
 # LLMC_DIR: a checkout of https://github.com/karpathy/llm.c (default: cloned into
-# dev/cache/llm.c). Its train_gpt2.c is built as its Makefile does (-Ofast -march=native
+# dev/cache/llm.c). Its train_gpt2.c is built as its Makefile does (-Ofast -march=native -DOMP
 # -fopenmp), with three edits made by sed: the checkpoint comes from $CKPT, the data from
 # our Brown Corpus GPT-2 shards (llm.c's format), and it stops after 11 steps. The weights
 # are random (dev/llmc_checkpoint.py): the time of a step does not depend on them.
@@ -36,7 +36,7 @@ sed -e 's|gpt2_build_from_checkpoint(&model, "gpt2_124M.bin");|gpt2_build_from_c
     -e "s|dev/data/tinyshakespeare/tiny_shakespeare_val.bin|$root/data/brown_gpt2_val.bin|" \
     -e 's|for (int step = 0; step <= 40; step++)|for (int step = 0; step <= 10; step++)|' \
     "$llmc/train_gpt2.c" > "$work/train_gpt2.c"
-gcc -Ofast -Wno-unused-result -march=native -fopenmp -I"$llmc" "$work/train_gpt2.c" -lm -o "$work/train_gpt2"
+gcc -Ofast -Wno-unused-result -march=native -fopenmp -DOMP -I"$llmc" "$work/train_gpt2.c" -lm -o "$work/train_gpt2"
 
 declare -A shape=([124M]="--layers 12 --heads 12 --dim 768" [30M]="--layers 6 --heads 6 --dim 384")
 for size in $sizes; do
