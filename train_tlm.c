@@ -770,6 +770,26 @@ static void embedding_backward(real *dwte, const real *dx, const int *tokens, in
     }
 }
 
+// --- sums over positions, for weight gradients ---------------------------------------
+// out[c] += sum_n a[n,c] b[n,c] s[n]  (s = NULL: 1), c < C. Threads take blocks of 16
+// channels and go down the rows: contiguous loads, vectorized across the channels, and every
+// sum runs over n in order, so the bits do not depend on the thread count.
+static void column_sums(real *out, const real *a, const real *b, const real *s, int N, int C) {
+    int blocks = (C + 15) / 16;
+    #pragma omp parallel for
+    for (int blk = 0; blk < blocks; blk++) {
+        int c0 = blk * 16, width = C - c0 < 16 ? C - c0 : 16;
+        real acc[16] = { 0 };
+        for (int n = 0; n < N; n++) {
+            const real *an = a + (size_t)n * C + c0, *bn = b + (size_t)n * C + c0;
+            real sn = s ? s[n] : 1;
+            if (width == 16) for (int c = 0; c < 16; c++) acc[c] += an[c] * bn[c] * sn;
+            else             for (int c = 0; c < width; c++) acc[c] += an[c] * bn[c] * sn;
+        }
+        for (int c = 0; c < width; c++) out[c0 + c] += acc[c];
+    }
+}
+
 // --- RMSNorm ---------------------------------------------------------------------
 // y = x * r * w,   r = 1 / sqrt(mean(x^2) + eps)        x, y (N,C); w (C); rstd (N)
 static const real rms_eps = 1e-5f;
@@ -795,13 +815,7 @@ static void rmsnorm_backward(real *dx, real *dw, const real *dy, const real *x, 
         real k = dot * r * r * r / C;
         for (int c = 0; c < C; c++) dx[(size_t)n * C + c] += r * w[c] * dyn[c] - k * xn[c];
     }
-    // the weight gradient sums over positions: one channel per thread keeps the order fixed
-    #pragma omp parallel for
-    for (int c = 0; c < C; c++) {
-        real s = 0;
-        for (int n = 0; n < N; n++) s += dy[(size_t)n * C + c] * x[(size_t)n * C + c] * rstd[n];
-        dw[c] += s;
-    }
+    column_sums(dw, dy, x, rstd, N, C);
 }
 
 // --- rotary position embedding (RoPE) ------------------------------------------------
@@ -2518,12 +2532,10 @@ static void mlp_backward(Model *m, int l, int B, int T) {
         for (int k = c->cms_levels - 1; k >= 1; k--) {
             // dscale += sum_n dres * y ;  dy = dres * scale ;  dres += RMSNorm backward of dln
             const real *y = la->cms[k].y;
-            for (int j = 0; j < C; j++) {
-                real s = 0;
-                for (int n = 0; n < N; n++) s += a->dres[(size_t)n * C + j] * y[(size_t)n * C + j];
-                g->cms_scale[k][j] += s;
-            }
-            for (size_t i = 0; i < (size_t)N * C; i++) a->dy[i] = a->dres[i] * w->cms_scale[k][i % C];
+            column_sums(g->cms_scale[k], a->dres, y, NULL, N, C);
+            #pragma omp parallel for
+            for (int n = 0; n < N; n++)
+                for (int j = 0; j < C; j++) a->dy[(size_t)n * C + j] = a->dres[(size_t)n * C + j] * w->cms_scale[k][j];
             memset(a->dln, 0, (size_t)N * C * sizeof(real));
             memory_module_backward(a, a->dln, g->cms_wqkv[k], g->cms_wgates[k], g->cms_bgates[k], g->cms_w0[k],
                                    a->dy, &la->cms[k], la->cms_ln[k], w->cms_wqkv[k], w->cms_wgates[k],
