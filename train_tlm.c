@@ -2305,8 +2305,7 @@ static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqk
             for (int t = 0; t < T; t++) {
                 size_t n = (size_t)b * T + t, i = ((size_t)b * NH + h) * T + t;
                 const real *q = ma->qkv + n * 3 * C + h * hs, *k = q + C, *v = q + 2 * C;
-                real qq = 0, kk = 0;
-                for (int j = 0; j < hs; j++) { qq += q[j] * q[j]; kk += k[j] * k[j]; }
+                real qq = dot(q, q, hs), kk = dot(k, k, hs);
                 real q_inv = 1 / r_sqrt(qq + (real)1e-12), k_inv = 1 / r_sqrt(kk + (real)1e-12);
                 for (int j = 0; j < hs; j++) {
                     ma->q[i * hs + j] = q[j] * q_inv;
@@ -2385,8 +2384,7 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates
                 size_t n = (size_t)b * T + t, i = ((size_t)b * NH + h) * T + t;
                 const real *q = ma->q + i * hs, *k = ma->k + i * hs;
                 const real *dq = a->dmq + i * hs, *dk = a->dmk + i * hs, *dv = a->dmv + i * hs;
-                real qdq = 0, kdk = 0;
-                for (int j = 0; j < hs; j++) { qdq += q[j] * dq[j]; kdk += k[j] * dk[j]; }
+                real qdq = dot(q, dq, hs), kdk = dot(k, dk, hs);
                 real *dq_raw = dqkv + n * 3 * C + h * hs, *dk_raw = dq_raw + C, *dv_raw = dq_raw + 2 * C;
                 for (int j = 0; j < hs; j++) {
                     dq_raw[j] = (dq[j] - q[j] * qdq) * ma->q_inv[i];
