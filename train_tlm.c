@@ -74,6 +74,8 @@ static inline real r_sin(real x) { return sinf(x); }
 static inline real sigmoid(real x) { return 1 / (1 + r_exp(-x)); }
 static const double PI = 3.14159265358979323846;
 
+// --- vector helpers: e^x, sums and dot products written so that their loops vectorize ---
+
 // e^x in float, inline so that the loops of softmax and SiLU vectorize (libm's expf is a
 // call per element): e^x = 2^n e^r, n = round(x / ln 2), r = x - n ln 2 in [-0.35, 0.35]
 // (ln 2 in two parts, the first exact in n ln 2), e^r by its Taylor series to r^7 (error
@@ -90,16 +92,51 @@ static inline float exp_float(float x) {
     return x < -87.0f ? 0.0f : p * scale.f;
 }
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define HAVE_AVX512 1
+#else
+#define HAVE_AVX512 0
+#endif
+enum { LANES = 16 }; // a zmm register's floats
+
 // x[0] + ... + x[n-1] in 16 running sums, folded in a fixed order: gcc vectorizes it without
 // -ffast-math (a plain `sum += x[i]` is a chain of scalar adds), and the result does not
 // depend on the thread count
 static inline real sum16(const real *x, int n) {
-    real acc[16] = { 0 };
+    real acc[LANES] = { 0 };
     int i = 0;
-    for (; i + 16 <= n; i += 16)
-        for (int l = 0; l < 16; l++) acc[l] += x[i + l];
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++) acc[l] += x[i + l];
     for (int l = 0; i < n; i++, l++) acc[l] += x[i];
-    for (int w = 8; w >= 1; w /= 2)
+    for (int w = LANES / 2; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    return acc[0];
+}
+
+// Dot products of short rows (the memory's, of d or m = 32 values). With AVX-512 (float): 16
+// lanes of fused multiply-adds, a masked tail, one tree sum. Plain C: the same 16 lanes and a fixed
+// fold, which gcc vectorizes without -ffast-math (an `omp simd` reduction costs a chain of
+// scalar adds per row here). Either way the sum does not depend on where the arrays sit.
+static inline real dot(const real *a, const real *b, int n) {
+    int i = 0;
+#if HAVE_AVX512
+    if (sizeof(real) == sizeof(float)) {
+        const float *af = (const float *)a, *bf = (const float *)b;
+        __m512 acc = _mm512_setzero_ps();
+        for (; i + LANES <= n; i += LANES) acc = _mm512_fmadd_ps(_mm512_loadu_ps(af + i), _mm512_loadu_ps(bf + i), acc);
+        if (i < n) {
+            __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, af + i), _mm512_maskz_loadu_ps(k, bf + i), acc);
+        }
+        return (real)_mm512_reduce_add_ps(acc);
+    }
+#endif
+    real acc[LANES] = { 0 };
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++) acc[l] += a[i + l] * b[i + l];
+    for (int l = 0; i < n; i++, l++) acc[l] += a[i] * b[i];
+    for (int w = LANES / 2; w >= 1; w /= 2)
         for (int l = 0; l < w; l++) acc[l] += acc[l + w];
     return acc[0];
 }
@@ -360,13 +397,6 @@ static int taper_widths(int *widths, int L, int H, Taper taper, double start, do
 // gcc/clang vectorize with -O3 -march=native. matmul_forward_reference() below is the
 // plain triple loop they are tested against.
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#define GEMM_HAVE_AVX512 1
-#else
-#define GEMM_HAVE_AVX512 0
-#endif
-
 enum {
     GEMM_MR_AVX512 = 14, // AVX-512 float kernel: 14 rows x 2 zmm (32 floats) = 28 accumulators
     GEMM_MR_C = 8,       // plain-C kernel: 8 rows x 32 columns (gcc's best, also for AVX2)
@@ -412,7 +442,7 @@ static void gemm_init(void) {
     gemm_pack_a = gemm_pack_b_own + (size_t)n * GEMM_B_BLOCK;
 }
 
-#if GEMM_HAVE_AVX512
+#if HAVE_AVX512
 // dst[p*ldd + r] = src[r*lds + p] for r < 16, p < 16: a 16 x 16 transpose in zmm registers.
 // Rows r >= rows are read as zeros; lanes outside `lanes` are not stored. Four rounds of
 // shuffles, each interleaving pairs at twice the distance of the last: 1, 2, 4, 8 floats.
@@ -451,7 +481,7 @@ static inline void gemm_transpose16(float *dst, int ldd, __mmask16 lanes,
 // the packing of the operand that is read across its rows (A not transposed, B transposed)
 static void gemm_pack_transposed(real *restrict dst, int ldd, const real *src, int lds, int rows, int kc) {
     int p0 = 0;
-#if GEMM_HAVE_AVX512
+#if HAVE_AVX512
     if (sizeof(real) == sizeof(float)) { // float: 16 x 16 blocks through registers
         for (; p0 + 16 <= kc; p0 += 16)
             for (int r = 0; r < ldd; r += 16) {
@@ -521,7 +551,7 @@ static void gemm_micro_kernel_c(int kc, const real *restrict a, const real *rest
     }
 }
 
-#if GEMM_HAVE_AVX512
+#if HAVE_AVX512
 // AVX-512 micro-kernel for float, MR (<= 14) rows x 32 columns. Per k: two 16-float
 // vectors of B (b0, b1), then for each row i one broadcast of A(i,k) and two fused
 // multiply-adds into that row's accumulators c0[i], c1[i]. With MR = 14 that is 28
@@ -614,7 +644,7 @@ static int gemm_kc(int N, int K) {
 // however a product is cut between threads every C element sums the same slices in order.
 static void gemm_run(real *C, const real *A, const real *B, int M, int N, int K, int trans_a, int lda,
                      int trans_b, int ldb, int ldc, int accumulate, int rank, int threads, int kc_even) {
-    const int avx512 = GEMM_HAVE_AVX512 && sizeof(real) == sizeof(float);
+    const int avx512 = HAVE_AVX512 && sizeof(real) == sizeof(float);
     const int MR = avx512 ? GEMM_MR_AVX512 : GEMM_MR_C;
     int nc_even = gemm_nc(N);
     // a B block must fit its buffer: kc_even was chosen for the whole product's N, and a
@@ -654,7 +684,7 @@ static void gemm_run(real *C, const real *A, const real *B, int M, int N, int K,
                     int nr = nc - jr < GEMM_NR ? nc - jr : GEMM_NR;
                     real *c = C + (size_t)i0 * ldc + jc + jr;
                     const real *b = pack_b + (size_t)jr * kc;
-#if GEMM_HAVE_AVX512
+#if HAVE_AVX512
                     if (avx512) {
                         gemm_micro_kernel_avx512(kc, (const float *)pack_a, (const float *)b,
                                                  (float *)c, ldc, mr, nr, overwrite);
@@ -688,7 +718,7 @@ static void gemm(real *C, const real *A, const real *B, int M, int N, int K,
                  int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
     if (gemm_empty(C, M, N, K, ldc, accumulate)) return;
     gemm_init();
-    const int MR = GEMM_HAVE_AVX512 && sizeof(real) == sizeof(float) ? GEMM_MR_AVX512 : GEMM_MR_C;
+    const int MR = HAVE_AVX512 && sizeof(real) == sizeof(float) ? GEMM_MR_AVX512 : GEMM_MR_C;
     const int threads = num_threads(), kc = gemm_kc(N, K), strips = (M + MR - 1) / MR;
     if (strips >= 4 * threads) {
         #pragma omp parallel
@@ -1329,33 +1359,6 @@ static inline size_t memory_reference_scratch_size(int T, int d, int m, int dept
     return (2 * (size_t)C + 4) * memory_params(depth, d, m) + 16 * (size_t)(d + m);
 }
 
-// Dot products of the memory's short rows (d, m = 32). With AVX-512 (float): 16 lanes of
-// fused multiply-adds, a masked tail, one tree sum. Plain C: the same 16 lanes and a fixed
-// fold, which gcc vectorizes without -ffast-math (an `omp simd` reduction costs a chain of
-// scalar adds per row here). Either way the sum does not depend on where the arrays sit.
-enum { LANES = 16 };
-static inline real dot(const real *a, const real *b, int n) {
-    int i = 0;
-#if GEMM_HAVE_AVX512
-    if (sizeof(real) == sizeof(float)) {
-        const float *af = (const float *)a, *bf = (const float *)b;
-        __m512 acc = _mm512_setzero_ps();
-        for (; i + LANES <= n; i += LANES) acc = _mm512_fmadd_ps(_mm512_loadu_ps(af + i), _mm512_loadu_ps(bf + i), acc);
-        if (i < n) {
-            __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
-            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, af + i), _mm512_maskz_loadu_ps(k, bf + i), acc);
-        }
-        return (real)_mm512_reduce_add_ps(acc);
-    }
-#endif
-    real acc[LANES] = { 0 };
-    for (; i + LANES <= n; i += LANES)
-        for (int l = 0; l < LANES; l++) acc[l] += a[i + l] * b[i + l];
-    for (int l = 0; i < n; i++, l++) acc[l] += a[i] * b[i];
-    for (int w = LANES / 2; w >= 1; w /= 2)
-        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
-    return acc[0];
-}
 
 static inline real silu(real z) { return z * sigmoid(z); }
 static inline real silu_grad(real z) { real s = sigmoid(z); return s * (1 + z * (1 - s)); }

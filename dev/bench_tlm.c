@@ -104,7 +104,7 @@ static double bench_fma_peak(void) {
     double t0 = wall_time(), sink = 0;
     #pragma omp parallel reduction(+ : sink)
     {
-#if GEMM_HAVE_AVX512
+#if HAVE_AVX512
         __m512 acc[12], b = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
         for (int i = 0; i < 12; i++) acc[i] = _mm512_set1_ps(1.0f + i * 1e-7f);
         for (long k = 0; k < iters; k++)
