@@ -710,10 +710,11 @@ static int gemm_empty(real *C, int M, int N, int K, int ldc, int accumulate) {
 // C (M,N) = A (M,K) B (K,N) (+ C if accumulate). A(i,k) = trans_a ? A[k*lda+i] : A[i*lda+k],
 // B(k,j) = trans_b ? B[j*ldb+k] : B[k*ldb+j]; C(i,j) = C[i*ldc+j].
 //
-// gemm(): one product on all threads; call it outside any parallel region. With enough row strips (4 per thread) the threads share
-// the rows and the packed B blocks, as above. With fewer (the forward of a batch of B*T = 256
-// rows on 16 threads) they split C into a grid of tr x tc tiles instead, each computed by one
-// thread alone with its own B buffer: more columns per thread, no barriers.
+// gemm(): one product on all threads; call it outside any parallel region. With enough row
+// strips (4 per thread) the threads share the rows and the packed B blocks, as above. With
+// fewer (the forward of a batch of B*T = 256 rows on 16 threads) they split C into a grid of
+// tr x tc tiles instead, each computed by one thread alone with its own B buffer: more
+// columns per thread, no barriers.
 static void gemm(real *C, const real *A, const real *B, int M, int N, int K,
                  int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
     if (gemm_empty(C, M, N, K, ldc, accumulate)) return;
@@ -801,20 +802,20 @@ static void embedding_backward(real *dwte, const real *dx, const int *tokens, in
 }
 
 // --- sums over positions, for weight gradients ---------------------------------------
-// out[c] += sum_n a[n,c] b[n,c] s[n]  (s = NULL: 1), c < C. Threads take blocks of 16
+// out[c] += sum_n a[n,c] b[n,c] s[n]  (s = NULL: 1), c < C. Threads take blocks of LANES
 // channels and go down the rows: contiguous loads, vectorized across the channels, and every
 // sum runs over n in order, so the bits do not depend on the thread count.
 static void column_sums(real *out, const real *a, const real *b, const real *s, int N, int C) {
-    int blocks = (C + 15) / 16;
+    int blocks = (C + LANES - 1) / LANES;
     #pragma omp parallel for
     for (int blk = 0; blk < blocks; blk++) {
-        int c0 = blk * 16, width = C - c0 < 16 ? C - c0 : 16;
-        real acc[16] = { 0 };
+        int c0 = blk * LANES, width = C - c0 < LANES ? C - c0 : LANES;
+        real acc[LANES] = { 0 };
         for (int n = 0; n < N; n++) {
             const real *an = a + (size_t)n * C + c0, *bn = b + (size_t)n * C + c0;
             real sn = s ? s[n] : 1;
-            if (width == 16) for (int c = 0; c < 16; c++) acc[c] += an[c] * bn[c] * sn;
-            else             for (int c = 0; c < width; c++) acc[c] += an[c] * bn[c] * sn;
+            if (width == LANES) for (int c = 0; c < LANES; c++) acc[c] += an[c] * bn[c] * sn;
+            else                for (int c = 0; c < width; c++) acc[c] += an[c] * bn[c] * sn;
         }
         for (int c = 0; c < width; c++) out[c0 + c] += acc[c];
     }
