@@ -254,7 +254,9 @@ static void test_exp(void) {
 
 // the blocked matmul in float against the plain triple loop, at awkward shapes
 static void test_matmul(void) {
-    const int shapes[][3] = { { 1, 1, 1 }, { 7, 13, 5 }, { 64, 96, 128 }, { 100, 300, 33 }, { 257, 515, 130 }, { 33, 50257 % 997, 71 } };
+    // N = 700: 50 row strips, shared by the threads on 3 (GEMM_ROW_SHARE = 16), tiles on 16
+    const int shapes[][3] = { { 1, 1, 1 }, { 7, 13, 5 }, { 64, 96, 128 }, { 100, 300, 33 }, { 257, 515, 130 },
+                              { 33, 50257 % 997, 71 }, { 700, 40, 72 } };
     Rng rng = rng_seeded(3);
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
         int N = shapes[s][0], C = shapes[s][1], OC = shapes[s][2];

@@ -383,9 +383,9 @@ static int taper_widths(int *widths, int L, int H, Taper taper, double start, do
 // pack the next without waiting for the others: one barrier per block.
 //
 // Three ways to run it: gemm() on all threads, sharing the row strips as above when there
-// are at least 4 per thread, or else splitting C into a grid of tiles, one per thread;
-// gemm_serial() on the calling thread alone, for the small products that a parallel loop
-// hands out one per thread (attention per sequence and head, the memory modules).
+// are enough (GEMM_ROW_SHARE per thread), or else splitting C into a grid of tiles, one per
+// thread; gemm_serial() on the calling thread alone, for the small products that a parallel
+// loop hands out one per thread (attention per sequence and head, the memory modules).
 //
 // Determinism: the k slice length is fixed by the whole product (gemm_kc), and every C
 // element is the sum over the k slices in order, each slice summed in k order inside one
@@ -411,6 +411,14 @@ enum {
 // 56 KiB at 1024) then lives in L1 or L2: it is read at 56 bytes per 28 FMAs, either will do.
 // (Tuned on the shapes in the report: NC 384/512/768 x B block 384/512/768 KiB are all
 // within a few per cent; these are the best.)
+// The threads share a product's row strips (and pack its B blocks together) only when there
+// are at least GEMM_ROW_SHARE strips per thread; with fewer, each computes its own tiles
+// with no barrier between B blocks. 16: at 256 rows on 2 threads (19 strips) tiles are 12%
+// faster per GPT-2 step here, where a barrier waits for whichever core the machine paused;
+// on the 16-core machine 4 and 16 are within its noise.
+#ifndef GEMM_ROW_SHARE
+#define GEMM_ROW_SHARE 16
+#endif
 #ifndef GEMM_NC
 #define GEMM_NC 512
 #endif
@@ -711,8 +719,8 @@ static int gemm_empty(real *C, int M, int N, int K, int ldc, int accumulate) {
 // B(k,j) = trans_b ? B[j*ldb+k] : B[k*ldb+j]; C(i,j) = C[i*ldc+j].
 //
 // gemm(): one product on all threads; call it outside any parallel region. With enough row
-// strips (4 per thread) the threads share the rows and the packed B blocks, as above. With
-// fewer (the forward of a batch of B*T = 256 rows on 16 threads) they split C into a grid of
+// strips (GEMM_ROW_SHARE per thread) the threads share the rows and the packed B blocks, as
+// above. With fewer (the forward of a batch of B*T = 256 rows) they split C into a grid of
 // tr x tc tiles instead, each computed by one thread alone with its own B buffer: more
 // columns per thread, no barriers.
 static void gemm(real *C, const real *A, const real *B, int M, int N, int K,
@@ -721,7 +729,7 @@ static void gemm(real *C, const real *A, const real *B, int M, int N, int K,
     gemm_init();
     const int MR = HAVE_AVX512 && sizeof(real) == sizeof(float) ? GEMM_MR_AVX512 : GEMM_MR_C;
     const int threads = num_threads(), kc = gemm_kc(N, K), strips = (M + MR - 1) / MR;
-    if (strips >= 4 * threads) {
+    if (strips >= GEMM_ROW_SHARE * threads) {
         #pragma omp parallel
         gemm_run(C, A, B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, thread_id(), num_threads_here(), kc);
         return;
