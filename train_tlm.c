@@ -2535,8 +2535,12 @@ static void mlp_forward(Model *m, int l, int B, int T) {
         memory_module_forward(&la->cms[k], la->cms_ln[k], w->cms_wqkv[k], w->cms_wgates[k], w->cms_bgates[k],
                               w->cms_w0[k], m->a.mem_scratch, B, T, C, 1,
                               2, c->cms_widths[l], c->cms_chunks[k], 1);
-        for (size_t i = 0; i < (size_t)N * C; i++)
-            la->cms_res[k][i] = in[i] + w->cms_scale[k][i % C] * la->cms[k].y[i];
+        #pragma omp parallel for
+        for (int n = 0; n < N; n++)
+            for (int j = 0; j < C; j++) {
+                size_t i = (size_t)n * C + j;
+                la->cms_res[k][i] = in[i] + w->cms_scale[k][j] * la->cms[k].y[i];
+            }
     }
 }
 
