@@ -310,6 +310,49 @@ static void test_matmul(void) {
     check(kept && zeroed, "matmul: empty products (K = 0 gives zeros, no rows or columns leaves C alone)");
 }
 
+// gemm_serial() against a plain loop, for the four transpositions, on strided operands (the
+// leading dimensions exceed the rows, as a head's slice of a wider matrix does) and both onto
+// what C holds and over it: small products (gemm_small: B read where it lies, a last strip of
+// fewer than 32 columns padded) and blocked ones
+static void test_gemm_serial(void) {
+    const int shapes[][3] = { { 1, 1, 1 }, { 5, 7, 3 }, { 16, 16, 32 }, { 16, 32, 32 }, { 13, 40, 33 },
+                              { 29, 70, 17 }, { 64, 96, 64 }, { 100, 90, 200 } }; // M, N, K
+    Rng rng = rng_seeded(4);
+    gemm_init();
+    for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+        int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], pad = 3, worst_case = -1;
+        double worst = 0;
+        for (int tr = 0; tr < 8; tr++) {
+            int ta = tr & 1, tb = (tr >> 1) & 1, acc = tr >> 2;
+            int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+            // A and B end where their last row does, so that a sanitizer sees a read past them
+            size_t na = (size_t)((ta ? K : M) - 1) * lda + (ta ? M : K), nb = (size_t)((tb ? N : K) - 1) * ldb + (tb ? K : N);
+            real *A = xcalloc(na, sizeof(real), "t"), *B = xcalloc(nb, sizeof(real), "t");
+            real *C = xcalloc((size_t)M * ldc, sizeof(real), "t"), *R = xcalloc((size_t)M * ldc, sizeof(real), "t");
+            for (size_t i = 0; i < na; i++) A[i] = (real)rng_normal(&rng);
+            for (size_t i = 0; i < nb; i++) B[i] = (real)rng_normal(&rng);
+            for (size_t i = 0; i < (size_t)M * ldc; i++) C[i] = R[i] = (real)(i % 5);
+            gemm_serial(C, A, B, M, N, K, ta, lda, tb, ldb, ldc, acc);
+            double e = 0;
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < ldc; j++) {
+                    double r = R[(size_t)i * ldc + j]; // past column N: untouched
+                    if (j < N) {
+                        r = acc ? r : 0;
+                        for (int p = 0; p < K; p++)
+                            r += (double)(ta ? A[(size_t)p * lda + i] : A[(size_t)i * lda + p]) *
+                                 (tb ? B[(size_t)j * ldb + p] : B[(size_t)p * ldb + j]);
+                    }
+                    e = fmax(e, fabs(C[(size_t)i * ldc + j] - r) / (1 + fabs(r)));
+                }
+            if (e > worst) { worst = e; worst_case = tr; }
+            free(A); free(B); free(C); free(R);
+        }
+        check(worst < 1e-4, "gemm_serial %dx%dx%d, every transposition, strided, onto C and over it: error %.2g (case %d)",
+              M, N, K, worst, worst_case);
+    }
+}
+
 // the blocked attention in float against the one-query-at-a-time loops: T not a multiple of
 // the query block, odd head sizes, sliding windows shorter and longer than a block
 static void test_attention(void) {
@@ -906,6 +949,7 @@ int main(void) {
     test_param_counts();
     test_exp();
     test_matmul();
+    test_gemm_serial();
     test_attention();
     test_memory_recurrence();
     test_shard_loader();

@@ -509,6 +509,20 @@ static void gemm_pack_transposed(real *restrict dst, int ldd, const real *src, i
 // dst[p*ldd + r] = src[p*lds + r] for r < rows, p < kc, zeros for r in rows..ldd-1: the
 // packing of the operand whose rows are already contiguous along the strip (A^T, B)
 static void gemm_pack_direct(real *restrict dst, int ldd, const real *src, int lds, int rows, int kc) {
+#if HAVE_AVX512
+    if (sizeof(real) == sizeof(float)) { // float: masked 16-lane moves (gcc's own loop is scalar for ldd = 14)
+        for (int p = 0; p < kc; p++) {
+            const float *s = (const float *)src + (size_t)p * lds;
+            _mm_prefetch((const char *)(s + 2 * ldd - 1), _MM_HINT_T1); // see the plain loop below
+            for (int r = 0; r < ldd; r += 16) {
+                int n = rows - r < 0 ? 0 : rows - r < 16 ? rows - r : 16, w = ldd - r < 16 ? ldd - r : 16;
+                __m512 v = _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), s + r);
+                _mm512_mask_storeu_ps((float *)dst + (size_t)p * ldd + r, (__mmask16)((1u << w) - 1), v);
+            }
+        }
+        return;
+    }
+#endif
     for (int p = 0; p < kc; p++) {
         const real *s = src + (size_t)p * lds;
 #if defined(__GNUC__)
@@ -567,9 +581,13 @@ static void gemm_micro_kernel_c(int kc, const real *restrict a, const real *rest
 // per 2 vector loads + 14 broadcasts, so the FMA units, not the loads, set the pace.
 // MR is a compile-time constant in each call below, so the i loops unroll completely
 // and c0/c1 are registers, not memory.
+// A(i,k) = a[i*a_row + k*a_step], B(k,j) = b[k*b_step + j]: packed strips (a_row 1, a_step
+// MR_AVX512, b_step NR, all constants), or the operands where they lie (gemm_small). All 32
+// columns of B are read (a mask on those loads makes gcc spill the accumulators): whoever
+// calls it with nr < 32 pads B's rows to 32 columns.
 static inline __attribute__((always_inline))
-void gemm_avx512_rows(int kc, const float *restrict a, const float *restrict b,
-                      float *restrict c, int ldc, int nr, int overwrite, const int MR) {
+void gemm_avx512_rows(int kc, const float *restrict a, size_t a_row, size_t a_step, const float *restrict b,
+                      size_t b_step, float *restrict c, int ldc, int nr, int overwrite, const int MR) {
     __m512 c0[GEMM_MR_AVX512], c1[GEMM_MR_AVX512];
     for (int i = 0; i < MR; i++) { // while the k loop runs, bring the C block into L1
         _mm_prefetch((const char *)(c + (size_t)i * ldc), _MM_HINT_T0);
@@ -578,14 +596,14 @@ void gemm_avx512_rows(int kc, const float *restrict a, const float *restrict b,
         c1[i] = _mm512_setzero_ps();
     }
     for (int p = 0; p < kc; p++) {
-        __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
         for (int i = 0; i < MR; i++) {
-            __m512 ai = _mm512_set1_ps(a[i]);
+            __m512 ai = _mm512_set1_ps(a[i * a_row]);
             c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
             c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
         }
-        a += GEMM_MR_AVX512;
-        b += GEMM_NR;
+        a += a_step;
+        b += b_step;
     }
     // store: all 32 columns, or the first nr of them under a mask at the right edge of C
     __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
@@ -599,36 +617,45 @@ void gemm_avx512_rows(int kc, const float *restrict a, const float *restrict b,
             }
             _mm512_storeu_ps(ci, c0[i]);
             _mm512_storeu_ps(ci + 16, c1[i]);
-        } else {
-            if (!overwrite) {
-                c0[i] = _mm512_add_ps(c0[i], _mm512_maskz_loadu_ps(m0, ci));
-                c1[i] = _mm512_add_ps(c1[i], _mm512_maskz_loadu_ps(m1, ci + 16));
-            }
+        } else { // (a load under an empty mask is slow on Zen: no second half when nr <= 16)
+            if (!overwrite) c0[i] = _mm512_add_ps(c0[i], _mm512_maskz_loadu_ps(m0, ci));
             _mm512_mask_storeu_ps(ci, m0, c0[i]);
+            if (nr <= 16) continue;
+            if (!overwrite) c1[i] = _mm512_add_ps(c1[i], _mm512_maskz_loadu_ps(m1, ci + 16));
             _mm512_mask_storeu_ps(ci + 16, m1, c1[i]);
         }
     }
 }
 
 // one instance per row count, so that the strips of 13 rows run as fast as those of 14
-static void gemm_micro_kernel_avx512(int kc, const float *a, const float *b, float *c,
-                                     int ldc, int mr, int nr, int overwrite) {
+static inline __attribute__((always_inline))
+void gemm_avx512_strip(int kc, const float *a, size_t a_row, size_t a_step, const float *b, size_t b_step,
+                       float *c, int ldc, int mr, int nr, int overwrite) {
     switch (mr) {
-    case 14: gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 14); break;
-    case 13: gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 13); break;
-    case 12: gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 12); break;
-    case 11: gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 11); break;
-    case 10: gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 10); break;
-    case 9:  gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 9);  break;
-    case 8:  gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 8);  break;
-    case 7:  gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 7);  break;
-    case 6:  gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 6);  break;
-    case 5:  gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 5);  break;
-    case 4:  gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 4);  break;
-    case 3:  gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 3);  break;
-    case 2:  gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 2);  break;
-    default: gemm_avx512_rows(kc, a, b, c, ldc, nr, overwrite, 1);  break;
+    case 14: gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 14); break;
+    case 13: gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 13); break;
+    case 12: gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 12); break;
+    case 11: gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 11); break;
+    case 10: gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 10); break;
+    case 9:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 9);  break;
+    case 8:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 8);  break;
+    case 7:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 7);  break;
+    case 6:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 6);  break;
+    case 5:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 5);  break;
+    case 4:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 4);  break;
+    case 3:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 3);  break;
+    case 2:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 2);  break;
+    default: gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 1);  break;
     }
+}
+// from packed strips (the strides are constants here, so the loads' offsets are too) ...
+static void gemm_micro_kernel_avx512(int kc, const float *a, const float *b, float *c, int ldc, int mr, int nr, int overwrite) {
+    gemm_avx512_strip(kc, a, 1, GEMM_MR_AVX512, b, GEMM_NR, c, ldc, mr, nr, overwrite);
+}
+// ... and from the operands where they lie
+static void gemm_micro_kernel_avx512_inplace(int kc, const float *a, size_t a_row, size_t a_step, const float *b,
+                                             size_t b_step, float *c, int ldc, int mr, int nr, int overwrite) {
+    gemm_avx512_strip(kc, a, a_row, a_step, b, b_step, c, ldc, mr, nr, overwrite);
 }
 #endif
 
@@ -754,6 +781,36 @@ static void gemm(real *C, const real *A, const real *B, int M, int N, int K,
         }
     }
 }
+#if HAVE_AVX512
+// A small product (A and B together at most GEMM_SMALL floats: they sit in L1) costs little
+// to multiply, so what packing costs shows: the memory recurrence's products are 16 x 32 x 32.
+// gemm_small() packs nothing but B^T (trans_b: k must run along B's rows): the kernel
+// broadcasts A where it lies and reads B's rows in place, over the whole k range at once.
+#ifndef GEMM_SMALL
+#define GEMM_SMALL 16384
+#endif
+static void gemm_small(float *C, const float *A, const float *B, int M, int N, int K,
+                       int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
+    size_t a_row = trans_a ? 1 : (size_t)lda, a_step = trans_a ? (size_t)lda : 1;
+    float *packed = (float *)gemm_pack_b_own + (size_t)thread_id() * GEMM_B_BLOCK; // this thread's B buffer
+    // B's 32-column strips: where they lie when trans_b = 0 and the strip is whole, else packed
+    // as gemm_run() packs them (K x 32 each, zeros past column N)
+    int n_in_place = trans_b ? 0 : N / GEMM_NR * GEMM_NR;
+    for (int j0 = n_in_place; j0 < N; j0 += GEMM_NR)
+        gemm_pack_b_strip((real *)packed + (size_t)j0 * K, (const real *)B, ldb, trans_b, j0,
+                          N - j0 < GEMM_NR ? N - j0 : GEMM_NR, 0, K);
+    int strips = (M + GEMM_MR_AVX512 - 1) / GEMM_MR_AVX512;
+    for (int s = 0; s < strips; s++) {
+        int i0 = (int)((long)s * M / strips), mr = (int)((long)(s + 1) * M / strips) - i0;
+        for (int j0 = 0; j0 < N; j0 += GEMM_NR) {
+            const float *b = j0 < n_in_place ? B + j0 : packed + (size_t)j0 * K;
+            size_t b_step = j0 < n_in_place ? (size_t)ldb : GEMM_NR;
+            gemm_micro_kernel_avx512_inplace(K, A + i0 * a_row, a_row, a_step, b, b_step, C + (size_t)i0 * ldc + j0,
+                                             ldc, mr, N - j0 < GEMM_NR ? N - j0 : GEMM_NR, !accumulate);
+        }
+    }
+}
+#endif
 // gemm_serial(): on the calling thread alone, with its own B buffer, for the many small
 // products that a parallel loop hands out one per thread (attention: one per sequence and
 // head). It may run inside a parallel region, but gemm_init() must have run before it,
@@ -761,6 +818,12 @@ static void gemm(real *C, const real *A, const real *B, int M, int N, int K,
 static void gemm_serial(real *C, const real *A, const real *B, int M, int N, int K,
                         int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
     if (gemm_empty(C, M, N, K, ldc, accumulate)) return;
+#if HAVE_AVX512
+    if (sizeof(real) == sizeof(float) && K <= GEMM_KC_MAX && (size_t)K * (M + N + GEMM_NR) <= GEMM_SMALL) {
+        gemm_small((float *)C, (const float *)A, (const float *)B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate);
+        return;
+    }
+#endif
     gemm_run(C, A, B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, 0, 1, gemm_kc(N, K));
 }
 
