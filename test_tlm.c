@@ -316,7 +316,7 @@ static void test_matmul(void) {
 // fewer than 32 columns padded) and blocked ones
 static void test_gemm_serial(void) {
     const int shapes[][3] = { { 1, 1, 1 }, { 5, 7, 3 }, { 16, 16, 32 }, { 16, 32, 32 }, { 13, 40, 33 },
-                              { 29, 70, 17 }, { 64, 96, 64 }, { 100, 90, 200 } }; // M, N, K
+                              { 29, 70, 17 }, { 64, 96, 64 }, { 100, 90, 200 }, { 100, 300, 250 } }; // M, N, K
     Rng rng = rng_seeded(4);
     gemm_init();
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
@@ -397,7 +397,7 @@ static void test_memory_recurrence(void) {
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
         int T = shapes[s][0], d = shapes[s][1], m = shapes[s][2], depth = shapes[s][3], chunk = shapes[s][4], hope = shapes[s][5];
         int P = memory_params(depth, d, m);
-        size_t nv = (size_t)T * d, ns = memory_state_size(T, chunk, P);
+        size_t nv = (size_t)T * d, ns = memory_state_size(T, chunk, d, m, depth);
         real *buf = xcalloc(30 * nv + 10 * (size_t)T + 4 * (size_t)P, sizeof(real), "t"), *p = buf;
         // states and each kernel's scratch at exactly their sizes, so that a sanitizer sees an overrun
         real *states = xcalloc(ns, sizeof(real), "t");
@@ -426,7 +426,7 @@ static void test_memory_recurrence(void) {
                                           T, d, m, depth, chunk, hope);
             } else {
                 memory_forward(out[ref], states, scratch_fast, k, v, q, theta, eta, alpha, W0, T, d, m, depth, chunk, hope);
-                memory_backward(dk, dv, dq, dth, det, dal, dW0, scratch_fast, dy, states, k, v, q, theta, eta, alpha,
+                memory_backward(dk, dv, dq, dth, det, dal, dW0, scratch_fast, dy, states, k, q, eta, alpha,
                                 T, d, m, depth, chunk, hope);
             }
         }

@@ -782,12 +782,14 @@ static void gemm(real *C, const real *A, const real *B, int M, int N, int K,
     }
 }
 #if HAVE_AVX512
-// A small product (A and B together at most GEMM_SMALL floats: they sit in L1) costs little
-// to multiply, so what packing costs shows: the memory recurrence's products are 16 x 32 x 32.
-// gemm_small() packs nothing but B^T (trans_b: k must run along B's rows): the kernel
+// A small product (A, B and a padded strip together at most GEMM_SMALL floats: 256 KiB, in L2)
+// costs little to multiply, so what packing costs shows: the memory recurrence's products are
+// 16 x 32 x 32 (Titans) and 16 x 64 x 128 (Hope). gemm_small() packs only what it must: B^T
+// (k must run along the rows it reads) and a last strip of fewer than 32 columns; the kernel
 // broadcasts A where it lies and reads B's rows in place, over the whole k range at once.
+// (At these sizes that beats packing at every shape tried, up to 128 x 128 x 128.)
 #ifndef GEMM_SMALL
-#define GEMM_SMALL 16384
+#define GEMM_SMALL 65536
 #endif
 static void gemm_small(float *C, const float *A, const float *B, int M, int N, int K,
                        int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
@@ -799,12 +801,13 @@ static void gemm_small(float *C, const float *A, const float *B, int M, int N, i
     for (int j0 = n_in_place; j0 < N; j0 += GEMM_NR)
         gemm_pack_b_strip((real *)packed + (size_t)j0 * K, (const real *)B, ldb, trans_b, j0,
                           N - j0 < GEMM_NR ? N - j0 : GEMM_NR, 0, K);
+    // column strips outer: a strip of B (K x 32) stays in L1 while all of A's row strips pass
     int strips = (M + GEMM_MR_AVX512 - 1) / GEMM_MR_AVX512;
-    for (int s = 0; s < strips; s++) {
-        int i0 = (int)((long)s * M / strips), mr = (int)((long)(s + 1) * M / strips) - i0;
-        for (int j0 = 0; j0 < N; j0 += GEMM_NR) {
-            const float *b = j0 < n_in_place ? B + j0 : packed + (size_t)j0 * K;
-            size_t b_step = j0 < n_in_place ? (size_t)ldb : GEMM_NR;
+    for (int j0 = 0; j0 < N; j0 += GEMM_NR) {
+        const float *b = j0 < n_in_place ? B + j0 : packed + (size_t)j0 * K;
+        size_t b_step = j0 < n_in_place ? (size_t)ldb : GEMM_NR;
+        for (int s = 0; s < strips; s++) {
+            int i0 = (int)((long)s * M / strips), mr = (int)((long)(s + 1) * M / strips) - i0;
             gemm_micro_kernel_avx512_inplace(K, A + i0 * a_row, a_row, a_step, b, b_step, C + (size_t)i0 * ldc + j0,
                                              ldc, mr, N - j0 < GEMM_NR ? N - j0 : GEMM_NR, !accumulate);
         }
@@ -1412,11 +1415,23 @@ static real *take(size_t *cursor, real *base, size_t n) {
 //   W_t = (1 - alpha_t) W_{t-1} + S_t     forgetting and update          (W_{-1} = W0, learned)
 //   y_t = M_{W_t}(q_t)   (Titans)   or   M_{W_c}(q_t)   (Hope: a chunk reads its start weights)
 // C = 1 is the exact token-by-token recurrence. The forward keeps W and S at chunk boundaries
-// only (states: (T/C + 1) x 2P); the backward recomputes a chunk from there. The code below
+// and, per chunk, the products the backward needs again (states: memory_state_size()); the
+// backward goes back through the chunks from there. The code below
 // first gives the token-by-token pieces (memory_apply, memory_grad and their backwards, which
 // the reference recurrence uses), then the recurrence one whole chunk at a time.
 
-static size_t memory_state_size(int T, int chunk, int P) { return (size_t)2 * P * ((T + chunk - 1) / chunk + 1); }
+// The states of one sequence and head: per chunk a record of W_c, S_c (P each) and what the
+// forward computed of the chunk that its backward needs again (memory_saved_size: the factors,
+// the coefficients, the read-out's hidden layer), then W and S at the end (2P).
+static size_t memory_saved_size(int C, int d, int m, int depth);
+static size_t memory_record_size(int T, int chunk, int d, int m, int depth) {
+    int C = chunk < T ? chunk : T;
+    return 2 * (size_t)memory_params(depth, d, m) + memory_saved_size(C, d, m, depth);
+}
+static size_t memory_state_size(int T, int chunk, int d, int m, int depth) {
+    size_t chunks = ((size_t)T + chunk - 1) / chunk;
+    return chunks * memory_record_size(T, chunk, d, m, depth) + 2 * (size_t)memory_params(depth, d, m);
+}
 // per thread: four P-vectors (W, S or their adjoints) and one chunk's factors, coefficients
 // and products (memory_chunk_size)
 static size_t memory_chunk_size(int C, int d, int m);
@@ -1645,13 +1660,16 @@ static void memory_grad_backward(real *dW, real *dk, real *dv, const real *D, re
 //   OUT = diag(cw) IN W_c^T + diag(cs) IN S_c^T + (cx o IN Y^T) X        (o: elementwise, s <= t)
 // Hope reads W_c only (cw = 1, cs = cx = 0 for its reads).
 
-// One chunk's workspace, laid out in the thread's scratch by memory_chunk_layout().
+// One chunk's arrays: what the forward keeps in the chunk's record (memory_chunk_saved()), the
+// rest in the thread's scratch (memory_chunk_layout()).
 typedef struct {
+    // kept:
     real *E, *Z, *A, *R, *U;        // (n, d), (n, m) x 4: e, z, a, r = W2^T e, u
-    real *dX[2], *dY[2];            // gradients of the factors X and Y of each block
-    real *dR, *dZ;                  // (n, m) x 2
-    real *Zq, *Aq, *dZq, *Yq;       // (n, m) x 3, (n, d): the read-out's hidden layer, its gradient, output
+    real *Zq, *Aq;                  // (n, m) x 2: the read-out's hidden layer (depth 2)
     real *coef;                     // (n + 1, 3 + 2n): cw, cs, ps, cx (n), ex (n) before token t (row n: the end)
+    // scratch:
+    real *dX[2], *dY[2];            // gradients of the factors X and Y of each block
+    real *dR, *dZ, *dZq;            // (n, m) x 3
     real *gcoef;                    // (n, 3 + 2n): gradients of the coefficients after token t
     real *T1, *T2, *G, *H;          // (n, wide) x 2, (n, n) x 2 for the reads
     real *M1, *M2, *N1, *N2, *Xs;   // (n, wide) x 5 for the end state
@@ -1669,24 +1687,33 @@ static const real *memory_factor_x(const MemoryChunk *f, int depth, int b) { ret
 static const real *memory_factor_y(const MemoryChunk *f, int b, const real *K) { return b == 0 ? K : f->A; }
 static real *memory_coef(const MemoryChunk *f, int n, int row) { return f->coef + (size_t)row * (3 + 2 * n); }
 
-// The workspace of a chunk of C tokens, per thread: the n x n coefficient tables grow as C^2
-// (C is at most T, so a long chunk costs memory as attention's T x T does).
+// What a chunk of C tokens keeps, in its record after W_c and S_c: E (n, d); Z, A, R, U, Zq, Aq
+// (n, m), depth 2 only; coef. The n x n coefficient tables grow as C^2 (C is at most T, so a long
+// chunk costs memory as attention's T x T does).
+static size_t memory_saved_size(int C, int d, int m, int depth) {
+    size_t n = (size_t)C;
+    return n * d + (depth == 2 ? 6 * n * (size_t)m : 0) + (n + 1) * (3 + 2 * n);
+}
+static void memory_chunk_saved(MemoryChunk *f, real *p, int C, int d, int m, int depth) {
+    size_t n = (size_t)C, nm = depth == 2 ? n * m : 0;
+    f->E = p;  f->Z = f->E + n * d;  f->A = f->Z + nm;  f->R = f->A + nm;  f->U = f->R + nm;
+    f->Zq = f->U + nm;  f->Aq = f->Zq + nm;  f->coef = f->Aq + nm;
+}
+// The scratch of a chunk, per thread
 static size_t memory_chunk_size(int C, int d, int m) {
     size_t n = (size_t)C, wide = d > m ? d : m;
-    // as memory_chunk_layout() lays it out: E, dY0, dX1, Yq (n, d); Z, A, R, U, dY1, dR, dZ, Zq, Aq,
-    // dZq (n, m); dX0, T1, T2, M1, M2, N1, N2, Xs (n, wide); coef, gcoef; G, H (n, n)
-    return n * (4 * (size_t)d + 10 * (size_t)m + 8 * wide) + (2 * n + 1) * (3 + 2 * n) + 2 * n * n;
+    // as memory_chunk_layout() lays it out: dY0, dX1 (n, d); dY1, dR, dZ, dZq (n, m); dX0, T1, T2,
+    // M1, M2, N1, N2, Xs (n, wide); gcoef; G, H (n, n)
+    return n * (2 * (size_t)d + 4 * (size_t)m + 8 * wide) + n * (3 + 2 * n) + 2 * n * n;
 }
 static void memory_chunk_layout(MemoryChunk *f, real *p, int C, int d, int m) {
     size_t n = (size_t)C, wide = d > m ? d : m;
-    f->E = p;            f->Z = f->E + n * d;  f->A = f->Z + n * m;  f->R = f->A + n * m;  f->U = f->R + n * m;
-    f->dX[0] = f->U + n * m;                    // (n, m) [depth 1: (n, d)]
+    f->dX[0] = p;                               // (n, m) [depth 1: (n, d)]
     f->dY[0] = f->dX[0] + n * wide;             // (n, d)
     f->dX[1] = f->dY[0] + n * d;                // (n, d)
     f->dY[1] = f->dX[1] + n * d;                // (n, m)
-    f->dR = f->dY[1] + n * m;  f->dZ = f->dR + n * m;
-    f->Zq = f->dZ + n * m;  f->Aq = f->Zq + n * m;  f->dZq = f->Aq + n * m;  f->Yq = f->dZq + n * m;
-    f->coef = f->Yq + n * d;  f->gcoef = f->coef + (n + 1) * (3 + 2 * n);
+    f->dR = f->dY[1] + n * m;  f->dZ = f->dR + n * m;  f->dZq = f->dZ + n * m;
+    f->gcoef = f->dZq + n * m;
     f->T1 = f->gcoef + n * (3 + 2 * n);  f->T2 = f->T1 + n * wide;  f->G = f->T2 + n * wide;  f->H = f->G + n * n;
     f->M1 = f->H + n * n;  f->M2 = f->M1 + n * wide;  f->N1 = f->M2 + n * wide;  f->N2 = f->N1 + n * wide;
     f->Xs = f->N2 + n * wide;
@@ -1936,9 +1963,8 @@ static void memory_chunk_read_backward(real *dQ, real *dWc, real *dSc, const rea
         memory_block_read_backward(dQ, dWc, dSc, f->dX[0], f->dY[0], dYout, Q, Wc, Sc, f, f->E, K, n, d, d);
         return;
     }
-    size_t o2 = (size_t)m * d;
-    memory_block_read(f->Zq, Q, Wc, Sc, f, f->U, K, n, m, d); // recompute the hidden layer
-    for (size_t i = 0; i < (size_t)n * m; i++) { f->Aq[i] = silu(f->Zq[i]); f->dZq[i] = 0; }
+    size_t o2 = (size_t)m * d; // the hidden layer Zq, Aq: kept by the forward
+    memset(f->dZq, 0, (size_t)n * m * sizeof(real));
     for (size_t i = 0; i < (size_t)n * d; i++) dQ[i] += dYout[i];
     memory_block_read_backward(f->dZq, dWc + o2, dSc + o2, f->dX[1], f->dY[1], dYout, f->Aq, Wc + o2, Sc + o2, f,
                                f->E, f->A, n, d, m);
@@ -1951,6 +1977,7 @@ static void memory_forward(real *y, real *states, real *scratch, const real *k, 
                            const real *theta, const real *eta, const real *alpha, const real *W0,
                            int T, int d, int m, int depth, int chunk, int read_chunk_start) {
     int P = memory_params(depth, d, m), C = chunk < T ? chunk : T;
+    size_t record = memory_record_size(T, chunk, d, m, depth);
     real *W = scratch, *S = W + P;
     MemoryChunk f;
     memory_chunk_layout(&f, S + P, C, d, m);
@@ -1958,10 +1985,11 @@ static void memory_forward(real *y, real *states, real *scratch, const real *k, 
     memset(S, 0, P * sizeof(real));
     for (int c = 0, s = 0; s < T; c++, s += chunk) {
         int n = T - s < chunk ? T - s : chunk;
-        real *Wc = states + (size_t)c * 2 * P, *Sc = Wc + P; // the chunk's start
+        real *Wc = states + c * record, *Sc = Wc + P; // the chunk's start
         const real *K = k + (size_t)s * d, *Q = q + (size_t)s * d;
         memcpy(Wc, W, P * sizeof(real));
         memcpy(Sc, S, P * sizeof(real));
+        memory_chunk_saved(&f, Sc + P, C, d, m, depth);
         memory_factors(&f, Wc, K, v + (size_t)s * d, n, d, m, depth);
         memory_coefficients(&f, eta + s, theta + s, alpha + s, n);
         if (read_chunk_start) memory_apply_rows(y + (size_t)s * d, f.Zq, f.Aq, Wc, Q, n, d, m, depth); // Hope
@@ -1969,19 +1997,21 @@ static void memory_forward(real *y, real *states, real *scratch, const real *k, 
         memory_chunk_advance(W, S, &f, K, n, d, m, depth);
     }
     int chunks = (T + chunk - 1) / chunk;
-    memcpy(states + (size_t)chunks * 2 * P, W, P * sizeof(real));
-    memcpy(states + (size_t)chunks * 2 * P + P, S, P * sizeof(real));
+    memcpy(states + chunks * record, W, P * sizeof(real));
+    memcpy(states + chunks * record + P, S, P * sizeof(real));
 }
 
 // Accumulates the gradients of every input of memory_forward, given dy (T, d), going back
 // through the chunks. dW, dS: the adjoints of the state at the end of the chunk at hand; each
 // chunk's backward turns them into those of its start W_c, S_c, and adds what the chunk's
 // reads and factors contributed at W_c, S_c. At the very start dW0 += dW.
+// (v and theta reach it through the kept factors and coefficients.)
 static void memory_backward(real *dk, real *dv, real *dq, real *dtheta, real *deta, real *dalpha, real *dW0,
-                            real *scratch, const real *dy, const real *states, const real *k, const real *v,
-                            const real *q, const real *theta, const real *eta, const real *alpha,
+                            real *scratch, const real *dy, const real *states, const real *k,
+                            const real *q, const real *eta, const real *alpha,
                             int T, int d, int m, int depth, int chunk, int read_chunk_start) {
     int P = memory_params(depth, d, m), C = chunk < T ? chunk : T;
+    size_t record = memory_record_size(T, chunk, d, m, depth);
     real *dW = scratch, *dS = dW + P, *dWc = dS + P, *dSc = dWc + P;
     MemoryChunk f;
     memory_chunk_layout(&f, dSc + P, C, d, m);
@@ -1990,9 +2020,8 @@ static void memory_backward(real *dk, real *dv, real *dq, real *dtheta, real *de
     int chunks = (T + chunk - 1) / chunk;
     for (int c = chunks - 1; c >= 0; c--) {
         int s = c * chunk, n = T - s < chunk ? T - s : chunk;
-        const real *Wc = states + (size_t)c * 2 * P, *Sc = Wc + P, *K = k + (size_t)s * d, *Q = q + (size_t)s * d;
-        memory_factors(&f, Wc, K, v + (size_t)s * d, n, d, m, depth);
-        memory_coefficients(&f, eta + s, theta + s, alpha + s, n);
+        const real *Wc = states + c * record, *Sc = Wc + P, *K = k + (size_t)s * d, *Q = q + (size_t)s * d;
+        memory_chunk_saved(&f, (real *)Sc + P, C, d, m, depth); // the forward's factors and coefficients
         memset(dWc, 0, P * sizeof(real));
         memset(dSc, 0, P * sizeof(real));
         memset(f.gcoef, 0, (size_t)n * (3 + 2 * n) * sizeof(real));
@@ -2003,8 +2032,7 @@ static void memory_backward(real *dk, real *dv, real *dq, real *dtheta, real *de
             memset(f.dX[1], 0, (size_t)n * d * sizeof(real));
             memset(f.dY[1], 0, (size_t)n * m * sizeof(real));
         }
-        if (read_chunk_start) { // Hope: the reads at W_c, one batch
-            memory_apply_rows(f.Yq, f.Zq, f.Aq, Wc, Q, n, d, m, depth); // Yq: the output, not needed
+        if (read_chunk_start) { // Hope: the reads at W_c, one batch (Zq, Aq kept by the forward)
             memory_apply_rows_backward(dWc, dq + (size_t)s * d, dy + (size_t)s * d, Wc, Q, f.Zq, f.Aq, f.dZq, n, d, m, depth);
         } else {
             memory_chunk_read_backward(dq + (size_t)s * d, dWc, dSc, dy + (size_t)s * d, Q, Wc, Sc, &f, K, n, d, m, depth);
@@ -2027,11 +2055,12 @@ static inline void memory_forward_reference(real *y, real *states, real *scratch
                            const real *theta, const real *eta, const real *alpha, const real *W0,
                            int T, int d, int m, int depth, int chunk, int read_chunk_start) {
     int P = memory_params(depth, d, m);
+    size_t record = memory_record_size(T, chunk, d, m, depth); // the same layout (the rest unused)
     real *W = scratch, *S = W + P, *g = S + P, *vec = g + 2 * (size_t)P;
     memcpy(W, W0, P * sizeof(real));
     memset(S, 0, P * sizeof(real));
     for (int c = 0, s = 0; s < T; c++, s += chunk) {
-        real *Wc = states + (size_t)c * 2 * P;        // the chunk's start: W_c and S
+        real *Wc = states + c * record;               // the chunk's start: W_c and S
         memcpy(Wc, W, P * sizeof(real));
         memcpy(Wc + P, S, P * sizeof(real));
         for (int t = s; t < T && t < s + chunk; t++) {
@@ -2044,8 +2073,8 @@ static inline void memory_forward_reference(real *y, real *states, real *scratch
         }
     }
     int chunks = (T + chunk - 1) / chunk;
-    memcpy(states + (size_t)chunks * 2 * P, W, P * sizeof(real));
-    memcpy(states + (size_t)chunks * 2 * P + P, S, P * sizeof(real));
+    memcpy(states + chunks * record, W, P * sizeof(real));
+    memcpy(states + chunks * record + P, S, P * sizeof(real));
 }
 
 // Its backward, token by token. Adjoints, going back through the tokens of each chunk
@@ -2060,6 +2089,7 @@ static inline void memory_backward_reference(real *dk, real *dv, real *dq, real 
                             const real *q, const real *theta, const real *eta, const real *alpha,
                             int T, int d, int m, int depth, int chunk, int read_chunk_start) {
     int P = memory_params(depth, d, m), C = chunk < T ? chunk : T;
+    size_t record = memory_record_size(T, chunk, d, m, depth);
     real *Wt = scratch, *St = Wt + (size_t)C * P, *dW = St + (size_t)C * P, *dS = dW + P, *dWc = dS + P;
     real *g = dWc + P, *vec = g + P;
     memset(dW, 0, P * sizeof(real));
@@ -2067,7 +2097,7 @@ static inline void memory_backward_reference(real *dk, real *dv, real *dq, real 
     int chunks = (T + chunk - 1) / chunk;
     for (int c = chunks - 1; c >= 0; c--) {
         int s = c * chunk, n = T - s < chunk ? T - s : chunk;
-        const real *Wc = states + (size_t)c * 2 * P, *Sc = Wc + P;
+        const real *Wc = states + c * record, *Sc = Wc + P;
         // recompute W_t, S_t of this chunk
         for (int i = 0; i < n; i++) {
             int t = s + i;
@@ -2137,7 +2167,8 @@ typedef struct {
 
 static int gate_width(const Config *c) { return c->gate_headwise ? c->heads : c->dim; }
 
-static void layout_memory_acts(MemoryActs *m, size_t *cur, real *base, int B, int T, int C, int NH, int P, int chunk) {
+static void layout_memory_acts(MemoryActs *m, size_t *cur, real *base, int B, int T, int C, int NH,
+                               int depth, int hidden, int chunk) {
     size_t N = (size_t)B * T;
     m->qkv = take(cur, base, N * 3 * C);
     m->k = take(cur, base, N * C);
@@ -2149,7 +2180,7 @@ static void layout_memory_acts(MemoryActs *m, size_t *cur, real *base, int B, in
     m->theta = take(cur, base, N * NH);
     m->eta = take(cur, base, N * NH);
     m->alpha = take(cur, base, N * NH);
-    m->states = take(cur, base, (size_t)B * NH * memory_state_size(T, chunk, P));
+    m->states = take(cur, base, (size_t)B * NH * memory_state_size(T, chunk, C / NH, hidden, depth));
     m->yh = take(cur, base, N * C);
     m->y = take(cur, base, N * C);
 }
@@ -2174,7 +2205,7 @@ static size_t layout_activations(Model *model, real *base, int B, int T) {
         if (c->arch == ARCH_GATED) la->gate = take(&cur, base, N * gate_width(c));
         if (c->arch == ARCH_TITANS) {
             int hs = C / NH, P = memory_params(c->mem_depth, hs, c->mem_hidden);
-            layout_memory_acts(&la->mem, &cur, base, B, T, C, NH, P, c->mem_chunk);
+            layout_memory_acts(&la->mem, &cur, base, B, T, C, NH, c->mem_depth, c->mem_hidden, c->mem_chunk);
             la->my_norm = take(&cur, base, N * C);
             la->my_rstd = take(&cur, base, N);
             la->mgate = take(&cur, base, N * C);
@@ -2197,7 +2228,7 @@ static size_t layout_activations(Model *model, real *base, int B, int T) {
                 int m = c->cms_widths[l], P = memory_params(2, C, m);
                 la->cms_ln[k] = take(&cur, base, N * C);
                 la->cms_rstd[k] = take(&cur, base, N);
-                layout_memory_acts(&la->cms[k], &cur, base, B, T, C, 1, P, c->cms_chunks[k]);
+                layout_memory_acts(&la->cms[k], &cur, base, B, T, C, 1, 2, m, c->cms_chunks[k]);
                 la->cms_res[k] = take(&cur, base, N * C);
                 la->out = la->cms_res[k];
                 if (P > Pmax) Pmax = P;
@@ -2381,7 +2412,7 @@ static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqk
                                   const real *bgates, const real *w0, Scratch scratch,
                                   int B, int T, int C, int NH, int depth, int hidden, int chunk, int read_chunk_start) {
     int N = B * T, hs = C / NH, P = memory_params(depth, hs, hidden);
-    size_t S = memory_state_size(T, chunk, P);
+    size_t S = memory_state_size(T, chunk, hs, hidden, depth);
     matmul_forward(ma->qkv, x, wqkv, N, C, 3 * C);
     matmul_forward(ma->gates, x, wgates, N, C, 3 * NH);
     #pragma omp parallel for collapse(3)
@@ -2431,7 +2462,7 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates
                                    const real *wgates, int B, int T, int C, int NH,
                                    int depth, int hidden, int chunk, int read_chunk_start) {
     int N = B * T, hs = C / NH, P = memory_params(depth, hs, hidden);
-    size_t S = memory_state_size(T, chunk, P);
+    size_t S = memory_state_size(T, chunk, hs, hidden, depth);
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++)
@@ -2452,8 +2483,8 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates
             memory_backward(a->dmk + bh * T * hs, a->dmv + bh * T * hs, a->dmq + bh * T * hs,
                             a->dtheta + bh * T, a->deta + bh * T, a->dalpha + bh * T, a->dw0_parts + bh * P,
                             scratch_mine(a->mem_scratch), a->dyh + bh * T * hs,
-                            ma->states + bh * S, ma->k + bh * T * hs, ma->v + bh * T * hs, ma->q + bh * T * hs,
-                            ma->theta + bh * T, ma->eta + bh * T, ma->alpha + bh * T,
+                            ma->states + bh * S, ma->k + bh * T * hs, ma->q + bh * T * hs,
+                            ma->eta + bh * T, ma->alpha + bh * T,
                             T, hs, hidden, depth, chunk, read_chunk_start);
         }
     // dW0[h] += sum over sequences, in a fixed order
