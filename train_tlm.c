@@ -1118,6 +1118,10 @@ static void gate_forward(real *out, real *g, const real *a, const real *z, int N
         real *gn = g + (size_t)n * G, *outn = out + (size_t)n * C;
         const real *zn = z + (size_t)n * G, *an = a + (size_t)n * C;
         for (int j = 0; j < G; j++) gn[j] = sigmoid(zn[j]);
+        if (span == 1) { // a gate per channel: one vectorized pass
+            for (int c = 0; c < C; c++) outn[c] = an[c] * gn[c];
+            continue;
+        }
         for (int j = 0; j < G; j++)
             for (int c = j * span; c < (j + 1) * span; c++) outn[c] = an[c] * gn[j];
     }
