@@ -2026,6 +2026,12 @@ static void memory_backward(real *dk, real *dv, real *dq, real *dtheta, real *de
         int s = c * chunk, n = T - s < chunk ? T - s : chunk;
         const real *Wc = states + c * record, *Sc = Wc + P, *K = k + (size_t)s * d, *Q = q + (size_t)s * d;
         memory_chunk_saved(&f, (real *)Sc + P, C, d, m, depth); // the forward's factors and coefficients
+#if defined(__GNUC__)
+        // the record of the chunk before was written long ago (the whole forward ran since): start
+        // bringing it into L2 now, while this chunk computes, instead of waiting on each line later
+        if (c > 0)
+            for (size_t i = 0; i < record; i += 64 / sizeof(real)) __builtin_prefetch(Wc - record + i, 0, 2);
+#endif
         memset(dWc, 0, P * sizeof(real));
         memset(dSc, 0, P * sizeof(real));
         memset(f.gcoef, 0, (size_t)n * (3 + 2 * n) * sizeof(real));
