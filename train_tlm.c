@@ -1350,7 +1350,7 @@ typedef struct {
     real *k_inv, *q_inv;        // (B, NH, T) 1/|k|, 1/|q| before normalisation
     real *gates;                // (N, 3NH) gate pre-activations x Wg^T + b
     real *theta, *eta, *alpha;  // (B, NH, T) step size, momentum, forgetting
-    real *states;               // (B, NH, S) memory weights and momentum at chunk boundaries
+    real *states;               // (B, NH, S) W, S at chunk boundaries + each chunk's kept products
     real *yh;                   // (B, NH, T, hs) read-out per head
     real *y;                    // (N, C) read-out, heads back in token order
 } MemoryActs;
