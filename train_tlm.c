@@ -653,8 +653,8 @@ static void gemm_micro_kernel_avx512(int kc, const float *a, const float *b, flo
     gemm_avx512_strip(kc, a, 1, GEMM_MR_AVX512, b, GEMM_NR, c, ldc, mr, nr, overwrite);
 }
 // ... and from the operands where they lie
-static void gemm_micro_kernel_avx512_inplace(int kc, const float *a, size_t a_row, size_t a_step, const float *b,
-                                             size_t b_step, float *c, int ldc, int mr, int nr, int overwrite) {
+static void gemm_micro_kernel_avx512_strided(int kc, const float *a, size_t a_row, size_t a_step, const float *b,
+                                              size_t b_step, float *c, int ldc, int mr, int nr, int overwrite) {
     gemm_avx512_strip(kc, a, a_row, a_step, b, b_step, c, ldc, mr, nr, overwrite);
 }
 #endif
@@ -808,8 +808,8 @@ static void gemm_small(float *C, const float *A, const float *B, int M, int N, i
         size_t b_step = j0 < n_in_place ? (size_t)ldb : GEMM_NR;
         for (int s = 0; s < strips; s++) {
             int i0 = (int)((long)s * M / strips), mr = (int)((long)(s + 1) * M / strips) - i0;
-            gemm_micro_kernel_avx512_inplace(K, A + i0 * a_row, a_row, a_step, b, b_step, C + (size_t)i0 * ldc + j0,
-                                             ldc, mr, N - j0 < GEMM_NR ? N - j0 : GEMM_NR, !accumulate);
+            gemm_micro_kernel_avx512_strided(K, A + i0 * a_row, a_row, a_step, b, b_step, C + (size_t)i0 * ldc + j0,
+                                              ldc, mr, N - j0 < GEMM_NR ? N - j0 : GEMM_NR, !accumulate);
         }
     }
 }
