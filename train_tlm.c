@@ -1671,11 +1671,12 @@ typedef struct {
     real *E, *Z, *A, *R, *U;        // (n, d), (n, m) x 4: e, z, a, r = W2^T e, u
     real *Zq, *Aq;                  // (n, m) x 2: the read-out's hidden layer (depth 2)
     real *coef;                     // (n + 1, 3 + 2n): cw, cs, ps, cx (n), ex (n) before token t (row n: the end)
+    real *G[2];                     // (n, n) per block: Titans' reads, IN Y^T (unused by Hope)
     // scratch:
     real *dX[2], *dY[2];            // gradients of the factors X and Y of each block
     real *dR, *dZ, *dZq;            // (n, m) x 3
     real *gcoef;                    // (n, 3 + 2n): gradients of the coefficients after token t
-    real *T1, *T2, *G, *H;          // (n, wide) x 2, (n, n) x 2 for the reads
+    real *T1, *T2, *H, *H2;         // (n, wide) x 2, (n, n) x 2 for the reads
     real *M1, *M2, *N1, *N2, *Xs;   // (n, wide) x 5 for the end state
 } MemoryChunk;
 
@@ -1692,22 +1693,23 @@ static const real *memory_factor_y(const MemoryChunk *f, int b, const real *K) {
 static real *memory_coef(const MemoryChunk *f, int n, int row) { return f->coef + (size_t)row * (3 + 2 * n); }
 
 // What a chunk of C tokens keeps, in its record after W_c and S_c: E (n, d); Z, A, R, U, Zq, Aq
-// (n, m), depth 2 only; coef. The n x n coefficient tables grow as C^2 (C is at most T, so a long
+// (n, m), depth 2 only; coef; G per block. The n x n tables grow as C^2 (C is at most T, so a long
 // chunk costs memory as attention's T x T does).
 static size_t memory_saved_size(int C, int d, int m, int depth) {
     size_t n = (size_t)C;
-    return n * d + (depth == 2 ? 6 * n * (size_t)m : 0) + (n + 1) * (3 + 2 * n);
+    return n * d + (depth == 2 ? 6 * n * (size_t)m : 0) + (n + 1) * (3 + 2 * n) + memory_blocks(depth) * n * n;
 }
 static void memory_chunk_saved(MemoryChunk *f, real *p, int C, int d, int m, int depth) {
     size_t n = (size_t)C, nm = depth == 2 ? n * m : 0;
     f->E = p;  f->Z = f->E + n * d;  f->A = f->Z + nm;  f->R = f->A + nm;  f->U = f->R + nm;
     f->Zq = f->U + nm;  f->Aq = f->Zq + nm;  f->coef = f->Aq + nm;
+    f->G[0] = f->coef + (n + 1) * (3 + 2 * n);  f->G[1] = f->G[0] + n * n;
 }
 // The scratch of a chunk, per thread
 static size_t memory_chunk_size(int C, int d, int m) {
     size_t n = (size_t)C, wide = d > m ? d : m;
     // as memory_chunk_layout() lays it out: dY0, dX1 (n, d); dY1, dR, dZ, dZq (n, m); dX0, T1, T2,
-    // M1, M2, N1, N2, Xs (n, wide); gcoef; G, H (n, n)
+    // M1, M2, N1, N2, Xs (n, wide); gcoef; H, H2 (n, n)
     return n * (2 * (size_t)d + 4 * (size_t)m + 8 * wide) + n * (3 + 2 * n) + 2 * n * n;
 }
 static void memory_chunk_layout(MemoryChunk *f, real *p, int C, int d, int m) {
@@ -1718,8 +1720,8 @@ static void memory_chunk_layout(MemoryChunk *f, real *p, int C, int d, int m) {
     f->dY[1] = f->dX[1] + n * d;                // (n, m)
     f->dR = f->dY[1] + n * m;  f->dZ = f->dR + n * m;  f->dZq = f->dZ + n * m;
     f->gcoef = f->dZq + n * m;
-    f->T1 = f->gcoef + n * (3 + 2 * n);  f->T2 = f->T1 + n * wide;  f->G = f->T2 + n * wide;  f->H = f->G + n * n;
-    f->M1 = f->H + n * n;  f->M2 = f->M1 + n * wide;  f->N1 = f->M2 + n * wide;  f->N2 = f->N1 + n * wide;
+    f->T1 = f->gcoef + n * (3 + 2 * n);  f->T2 = f->T1 + n * wide;  f->H = f->T2 + n * wide;  f->H2 = f->H + n * n;
+    f->M1 = f->H2 + n * n;  f->M2 = f->M1 + n * wide;  f->N1 = f->M2 + n * wide;  f->N2 = f->N1 + n * wide;
     f->Xs = f->N2 + n * wide;
 }
 
@@ -1901,79 +1903,85 @@ static void memory_chunk_advance_backward(real *dW, real *dS, MemoryChunk *f, co
 }
 
 // Titans' reads through one block: row t of OUT (n, rows) is W_t's block times row t of IN
-// (n, cols):  OUT = diag(cw) IN Wc^T + diag(cs) IN Sc^T + (cx o IN Y^T) X   (cw, cs, cx after token t)
-static void memory_block_read(real *OUT, const real *IN, const real *Wcb, const real *Scb, MemoryChunk *f,
+// (n, cols):  OUT = diag(cw) IN Wc^T + diag(cs) IN Sc^T + (cx o G) X,  G = IN Y^T (n, n, kept)
+// (cw, cs, cx after token t; cx_s = 0 for s > t)
+static void memory_block_read(real *OUT, real *G, const real *IN, const real *Wcb, const real *Scb, MemoryChunk *f,
                               const real *X, const real *Y, int n, int rows, int cols) {
     gemm_serial(f->T1, IN, Wcb, n, rows, cols, 0, cols, 1, cols, rows, 0);
     gemm_serial(f->T2, IN, Scb, n, rows, cols, 0, cols, 1, cols, rows, 0);
-    gemm_serial(f->G, IN, Y, n, n, cols, 0, cols, 1, cols, n, 0);
+    gemm_serial(G, IN, Y, n, n, cols, 0, cols, 1, cols, n, 0);
     for (int t = 0; t < n; t++) {
         const real *c = memory_coef(f, n, t + 1), *cx = c + 3;
         for (int r = 0; r < rows; r++) OUT[(size_t)t * rows + r] = c[0] * f->T1[(size_t)t * rows + r] + c[1] * f->T2[(size_t)t * rows + r];
-        for (int s = 0; s < n; s++) f->H[(size_t)t * n + s] = s <= t ? cx[s] * f->G[(size_t)t * n + s] : 0;
+        for (int s = 0; s < n; s++) f->H[(size_t)t * n + s] = s <= t ? cx[s] * G[(size_t)t * n + s] : 0;
     }
     gemm_serial(OUT, f->H, X, n, rows, n, 0, n, 0, rows, rows, 1);
 }
 // its backward, from dOUT: dIN, dWcb, dScb, the factors' dX, dY and the coefficients' gradients
-// (f->gcoef) accumulated
+// (f->gcoef) accumulated. The first two terms go through P1 = dOUT Wc and P2 = dOUT Sc (n, cols),
+// which the forward's IN Wc^T and IN Sc^T need not be recomputed for:
+//   g_cw_t = P1_t . IN_t,  g_cs_t = P2_t . IN_t,  dIN_t += cw_t P1_t + cs_t P2_t,
+//   dWc += (cw o dOUT)^T IN,  dSc += (cs o dOUT)^T IN
+// and the third through dH = dOUT X^T: g_cx_ts += dH_ts G_ts, dG = cx o dH, then through H = cx o G
+// and G = IN Y^T:  dX += H^T dOUT,  dIN += dG Y,  dY += dG^T IN
 static void memory_block_read_backward(real *dIN, real *dWcb, real *dScb, real *dX, real *dY, const real *dOUT,
-                                       const real *IN, const real *Wcb, const real *Scb, MemoryChunk *f,
-                                       const real *X, const real *Y, int n, int rows, int cols) {
-    gemm_serial(f->T1, IN, Wcb, n, rows, cols, 0, cols, 1, cols, rows, 0);
-    gemm_serial(f->T2, IN, Scb, n, rows, cols, 0, cols, 1, cols, rows, 0);
-    gemm_serial(f->G, IN, Y, n, n, cols, 0, cols, 1, cols, n, 0);
-    gemm_serial(f->H, dOUT, X, n, n, rows, 0, rows, 1, rows, n, 0);            // dH = dOUT X^T
+                                       const real *G, const real *IN, const real *Wcb, const real *Scb,
+                                       MemoryChunk *f, const real *X, const real *Y, int n, int rows, int cols) {
+    real *P1 = f->T1, *P2 = f->T2, *D1 = f->M1, *D2 = f->M2, *dH = f->H, *H = f->H2;
+    gemm_serial(P1, dOUT, Wcb, n, cols, rows, 0, rows, 0, cols, cols, 0);
+    gemm_serial(P2, dOUT, Scb, n, cols, rows, 0, rows, 0, cols, cols, 0);
+    gemm_serial(dH, dOUT, X, n, n, rows, 0, rows, 1, rows, n, 0);
     for (int t = 0; t < n; t++) {
         const real *c = memory_coef(f, n, t + 1), *cx = c + 3, *dout = dOUT + (size_t)t * rows;
-        real *g = f->gcoef + (size_t)t * (3 + 2 * n), *gcx = g + 3;
-        g[0] += dot(dout, f->T1 + (size_t)t * rows, rows);
-        g[1] += dot(dout, f->T2 + (size_t)t * rows, rows);
-        for (int r = 0; r < rows; r++) { // now the gradients of IN Wc^T and IN Sc^T
-            f->T1[(size_t)t * rows + r] = c[0] * dout[r];
-            f->T2[(size_t)t * rows + r] = c[1] * dout[r];
+        const real *in = IN + (size_t)t * cols, *p1 = P1 + (size_t)t * cols, *p2 = P2 + (size_t)t * cols;
+        real *g = f->gcoef + (size_t)t * (3 + 2 * n), *gcx = g + 3, *din = dIN + (size_t)t * cols;
+        g[0] += dot(p1, in, cols);
+        g[1] += dot(p2, in, cols);
+        for (int j = 0; j < cols; j++) din[j] += c[0] * p1[j] + c[1] * p2[j];
+        for (int r = 0; r < rows; r++) {
+            D1[(size_t)t * rows + r] = c[0] * dout[r];
+            D2[(size_t)t * rows + r] = c[1] * dout[r];
         }
-        for (int s = 0; s < n; s++) { // H = cx o G:  g_cx += dH o G ;  dG = dH o cx ; then G itself
-            real dh = s <= t ? f->H[(size_t)t * n + s] : 0;
-            gcx[s] += dh * f->G[(size_t)t * n + s];
-            f->H[(size_t)t * n + s] = dh * cx[s];
-            f->G[(size_t)t * n + s] = s <= t ? cx[s] * f->G[(size_t)t * n + s] : 0;
+        for (int s = 0; s < n; s++) {
+            size_t ts = (size_t)t * n + s;
+            real dh = s <= t ? dH[ts] : 0;
+            gcx[s] += dh * G[ts];
+            dH[ts] = dh * cx[s];                   // now dG
+            H[ts] = s <= t ? cx[s] * G[ts] : 0;
         }
     }
-    // from here G holds the forward's H = cx o G, and H holds dG
-    gemm_serial(dX, f->G, dOUT, n, rows, n, 1, n, 0, rows, rows, 1);          // dX += H^T dOUT
-    gemm_serial(dIN, f->T1, Wcb, n, cols, rows, 0, rows, 0, cols, cols, 1);   // dIN += dT1 Wc
-    gemm_serial(dIN, f->T2, Scb, n, cols, rows, 0, rows, 0, cols, cols, 1);   // dIN += dT2 Sc
-    gemm_serial(dWcb, f->T1, IN, rows, cols, n, 1, rows, 0, cols, cols, 1);   // dWc += dT1^T IN
-    gemm_serial(dScb, f->T2, IN, rows, cols, n, 1, rows, 0, cols, cols, 1);   // dSc += dT2^T IN
-    gemm_serial(dIN, f->H, Y, n, cols, n, 0, n, 0, cols, cols, 1);            // dIN += dG Y
-    gemm_serial(dY, f->H, IN, n, cols, n, 1, n, 0, cols, cols, 1);            // dY += dG^T IN
+    gemm_serial(dX, H, dOUT, n, rows, n, 1, n, 0, rows, rows, 1);     // dX += H^T dOUT
+    gemm_serial(dWcb, D1, IN, rows, cols, n, 1, rows, 0, cols, cols, 1); // dWc += (cw o dOUT)^T IN
+    gemm_serial(dScb, D2, IN, rows, cols, n, 1, rows, 0, cols, cols, 1); // dSc += (cs o dOUT)^T IN
+    gemm_serial(dIN, dH, Y, n, cols, n, 0, n, 0, cols, cols, 1);      // dIN += dG Y
+    gemm_serial(dY, dH, IN, n, cols, n, 1, n, 0, cols, cols, 1);      // dY += dG^T IN
 }
 
 // Titans' read-out of the chunk, y_t = M_{W_t}(q_t):  Z = reads of Q through W1, A = silu(Z),
 // Y = Q + reads of A through W2  (depth 1: Y = reads of Q through W)
 static void memory_chunk_read(real *Yout, const real *Q, const real *Wc, const real *Sc, MemoryChunk *f,
                               const real *K, int n, int d, int m, int depth) {
-    if (depth == 1) { memory_block_read(Yout, Q, Wc, Sc, f, f->E, K, n, d, d); return; }
+    if (depth == 1) { memory_block_read(Yout, f->G[0], Q, Wc, Sc, f, f->E, K, n, d, d); return; }
     size_t o2 = (size_t)m * d;
-    memory_block_read(f->Zq, Q, Wc, Sc, f, f->U, K, n, m, d);
+    memory_block_read(f->Zq, f->G[0], Q, Wc, Sc, f, f->U, K, n, m, d);
     for (size_t i = 0; i < (size_t)n * m; i++) f->Aq[i] = silu(f->Zq[i]);
-    memory_block_read(Yout, f->Aq, Wc + o2, Sc + o2, f, f->E, f->A, n, d, m);
+    memory_block_read(Yout, f->G[1], f->Aq, Wc + o2, Sc + o2, f, f->E, f->A, n, d, m);
     for (size_t i = 0; i < (size_t)n * d; i++) Yout[i] += Q[i];
 }
 static void memory_chunk_read_backward(real *dQ, real *dWc, real *dSc, const real *dYout, const real *Q,
                                        const real *Wc, const real *Sc, MemoryChunk *f, const real *K,
                                        int n, int d, int m, int depth) {
     if (depth == 1) {
-        memory_block_read_backward(dQ, dWc, dSc, f->dX[0], f->dY[0], dYout, Q, Wc, Sc, f, f->E, K, n, d, d);
+        memory_block_read_backward(dQ, dWc, dSc, f->dX[0], f->dY[0], dYout, f->G[0], Q, Wc, Sc, f, f->E, K, n, d, d);
         return;
     }
     size_t o2 = (size_t)m * d; // the hidden layer Zq, Aq: kept by the forward
     memset(f->dZq, 0, (size_t)n * m * sizeof(real));
     for (size_t i = 0; i < (size_t)n * d; i++) dQ[i] += dYout[i];
-    memory_block_read_backward(f->dZq, dWc + o2, dSc + o2, f->dX[1], f->dY[1], dYout, f->Aq, Wc + o2, Sc + o2, f,
-                               f->E, f->A, n, d, m);
+    memory_block_read_backward(f->dZq, dWc + o2, dSc + o2, f->dX[1], f->dY[1], dYout, f->G[1], f->Aq, Wc + o2,
+                               Sc + o2, f, f->E, f->A, n, d, m);
     for (size_t i = 0; i < (size_t)n * m; i++) f->dZq[i] *= silu_grad(f->Zq[i]);
-    memory_block_read_backward(dQ, dWc, dSc, f->dX[0], f->dY[0], f->dZq, Q, Wc, Sc, f, f->U, K, n, m, d);
+    memory_block_read_backward(dQ, dWc, dSc, f->dX[0], f->dY[0], f->dZq, f->G[0], Q, Wc, Sc, f, f->U, K, n, m, d);
 }
 
 // y (T, d) from k, v, q (T, d) and the gates (T); states: see memory_state_size().
