@@ -1842,14 +1842,16 @@ static void memory_coefficients_backward(MemoryChunk *f, const real *eta, const 
     }
 }
 
-// W, S <- the chunk's end state: W = cw W + cs S + (diag(cx) X)^T Y ;  S = ps S + (diag(ex) X)^T Y
+// The chunk's end state W, S (the next chunk's start) from its start Wc, Sc:
+//   W = cw Wc + cs Sc + (diag(cx) X)^T Y ;  S = ps Sc + (diag(ex) X)^T Y
 // with the coefficients after the chunk's last token (row n of f->coef: cx_s = cx_{n-1,s})
-static void memory_chunk_advance(real *W, real *S, MemoryChunk *f, const real *K, int n, int d, int m, int depth) {
+static void memory_chunk_advance(real *restrict W, real *restrict S, const real *restrict Wc, const real *restrict Sc,
+                                 MemoryChunk *f, const real *K, int n, int d, int m, int depth) {
     int P = memory_params(depth, d, m);
     const real *c = memory_coef(f, n, n);
     for (int p = 0; p < P; p++) {
-        W[p] = c[0] * W[p] + c[1] * S[p];
-        S[p] *= c[2];
+        W[p] = c[0] * Wc[p] + c[1] * Sc[p];
+        S[p] = c[2] * Sc[p];
     }
     for (int b = 0; b < memory_blocks(depth); b++) {
         int rows, cols;
@@ -1990,27 +1992,23 @@ static void memory_forward(real *y, real *states, real *scratch, const real *k, 
                            int T, int d, int m, int depth, int chunk, int read_chunk_start) {
     int P = memory_params(depth, d, m), C = chunk < T ? chunk : T;
     size_t record = memory_record_size(T, chunk, d, m, depth);
-    real *W = scratch, *S = W + P;
     MemoryChunk f;
-    memory_chunk_layout(&f, S + P, C, d, m);
-    memcpy(W, W0, P * sizeof(real));
-    memset(S, 0, P * sizeof(real));
+    memory_chunk_layout(&f, scratch + 2 * (size_t)P, C, d, m);
+    memcpy(states, W0, P * sizeof(real)); // the first chunk's start
+    memset(states + P, 0, P * sizeof(real));
     for (int c = 0, s = 0; s < T; c++, s += chunk) {
         int n = T - s < chunk ? T - s : chunk;
-        real *Wc = states + c * record, *Sc = Wc + P; // the chunk's start
+        // the chunk's start, in its record; its end goes to the next record (after the last chunk:
+        // to the two P-vectors after the records)
+        real *Wc = states + c * record, *Sc = Wc + P, *Wn = Wc + record, *Sn = Wn + P;
         const real *K = k + (size_t)s * d, *Q = q + (size_t)s * d;
-        memcpy(Wc, W, P * sizeof(real));
-        memcpy(Sc, S, P * sizeof(real));
         memory_chunk_saved(&f, Sc + P, C, d, m, depth);
         memory_factors(&f, Wc, K, v + (size_t)s * d, n, d, m, depth);
         memory_coefficients(&f, eta + s, theta + s, alpha + s, n);
         if (read_chunk_start) memory_apply_rows(y + (size_t)s * d, f.Zq, f.Aq, Wc, Q, n, d, m, depth); // Hope
         else                  memory_chunk_read(y + (size_t)s * d, Q, Wc, Sc, &f, K, n, d, m, depth);  // Titans
-        memory_chunk_advance(W, S, &f, K, n, d, m, depth);
+        memory_chunk_advance(Wn, Sn, Wc, Sc, &f, K, n, d, m, depth);
     }
-    int chunks = (T + chunk - 1) / chunk;
-    memcpy(states + chunks * record, W, P * sizeof(real));
-    memcpy(states + chunks * record + P, S, P * sizeof(real));
 }
 
 // Accumulates the gradients of every input of memory_forward, given dy (T, d), going back
