@@ -1436,12 +1436,12 @@ static size_t memory_state_size(int T, int chunk, int d, int m, int depth) {
     size_t chunks = ((size_t)T + chunk - 1) / chunk;
     return chunks * memory_record_size(T, chunk, d, m, depth) + 2 * (size_t)memory_params(depth, d, m);
 }
-// per thread: four P-vectors (W, S or their adjoints) and one chunk's factors, coefficients
+// per thread: two P-vectors (the adjoints of W and S) and one chunk's factors, coefficients
 // and products (memory_chunk_size)
 static size_t memory_chunk_size(int C, int d, int m);
 static size_t memory_scratch_size(int T, int d, int m, int depth, int chunk) {
     int C = chunk < T ? chunk : T;
-    return 4 * (size_t)memory_params(depth, d, m) + memory_chunk_size(C, d, m);
+    return 2 * (size_t)memory_params(depth, d, m) + memory_chunk_size(C, d, m);
 }
 // the token-by-token reference: W_t and S_t of one chunk (2 C P), four P-vectors, sixteen
 // vectors of d + m
@@ -1866,8 +1866,8 @@ static void memory_chunk_advance(real *restrict W, real *restrict S, const real 
         }
     }
 }
-// Its backward. dW, dS: the adjoints of the end state in, of W_c, S_c out (dW without the share
-// of the factors and reads at W_c, that the caller adds). Into the last row of f->gcoef:
+// Its backward. dW, dS: the adjoints of the end state in, of W_c, S_c out (without the share of
+// the factors and reads at W_c, S_c, that the caller adds next). Into the last row of f->gcoef:
 //   g_cw = <dW, W_c>, g_cs = <dW, S_c>, g_ps = <dS, S_c>, g_cx_s = x_s^T dW y_s, g_ex_s = x_s^T dS y_s ;
 // into f->dX, f->dY (accumulated): dx_s = cx_s dW y_s + ex_s dS y_s, dy_s = cx_s dW^T x_s + ex_s dS^T x_s.
 static void memory_chunk_advance_backward(real *dW, real *dS, MemoryChunk *f, const real *Wc, const real *Sc,
@@ -1875,9 +1875,6 @@ static void memory_chunk_advance_backward(real *dW, real *dS, MemoryChunk *f, co
     int P = memory_params(depth, d, m);
     const real *c = memory_coef(f, n, n), *cx = c + 3, *ex = cx + n;
     real *g = f->gcoef + (size_t)(n - 1) * (3 + 2 * n), *gcx = g + 3, *gex = gcx + n;
-    g[0] += dot(dW, Wc, P);
-    g[1] += dot(dW, Sc, P);
-    g[2] += dot(dS, Sc, P);
     for (int b = 0; b < memory_blocks(depth); b++) {
         int rows, cols;
         size_t off;
@@ -1897,11 +1894,21 @@ static void memory_chunk_advance_backward(real *dW, real *dS, MemoryChunk *f, co
             for (int j = 0; j < cols; j++) dy[j] += cx[s] * n1[j] + ex[s] * n2[j];
         }
     }
+    // one pass over the state: g_cw, g_cs, g_ps, then W = cw Wc + cs Sc + ..., S = ps Sc + ...
+    // backwards: dSc = cs dW + ps dS, dWc = cw dW
+    real gw = 0, gs = 0, gp = 0;
+    #pragma omp simd reduction(+ : gw, gs, gp)
     for (int p = 0; p < P; p++) {
-        real w = dW[p];
-        dS[p] = c[1] * w + c[2] * dS[p];
+        real w = dW[p], v = dS[p];
+        gw += w * Wc[p];
+        gs += w * Sc[p];
+        gp += v * Sc[p];
+        dS[p] = c[1] * w + c[2] * v;
         dW[p] = c[0] * w;
     }
+    g[0] += gw;
+    g[1] += gs;
+    g[2] += gp;
 }
 
 // Titans' reads through one block: row t of OUT (n, rows) is W_t's block times row t of IN
@@ -1993,7 +2000,7 @@ static void memory_forward(real *y, real *states, real *scratch, const real *k, 
     int P = memory_params(depth, d, m), C = chunk < T ? chunk : T;
     size_t record = memory_record_size(T, chunk, d, m, depth);
     MemoryChunk f;
-    memory_chunk_layout(&f, scratch + 2 * (size_t)P, C, d, m);
+    memory_chunk_layout(&f, scratch, C, d, m);
     memcpy(states, W0, P * sizeof(real)); // the first chunk's start
     memset(states + P, 0, P * sizeof(real));
     for (int c = 0, s = 0; s < T; c++, s += chunk) {
@@ -2012,19 +2019,19 @@ static void memory_forward(real *y, real *states, real *scratch, const real *k, 
 }
 
 // Accumulates the gradients of every input of memory_forward, given dy (T, d), going back
-// through the chunks. dW, dS: the adjoints of the state at the end of the chunk at hand; each
-// chunk's backward turns them into those of its start W_c, S_c, and adds what the chunk's
-// reads and factors contributed at W_c, S_c. At the very start dW0 += dW.
-// (v and theta reach it through the kept factors and coefficients.)
+// through the chunks. dW, dS: the adjoints of the state at the end of the chunk at hand (zero at
+// the end of the sequence); each chunk's backward first turns them into those of its start W_c,
+// S_c, then adds what the chunk's reads and factors contributed at W_c, S_c. At the very start
+// dW0 += dW. (v and theta reach it through the kept factors and coefficients.)
 static void memory_backward(real *dk, real *dv, real *dq, real *dtheta, real *deta, real *dalpha, real *dW0,
                             real *scratch, const real *dy, const real *states, const real *k,
                             const real *q, const real *eta, const real *alpha,
                             int T, int d, int m, int depth, int chunk, int read_chunk_start) {
     int P = memory_params(depth, d, m), C = chunk < T ? chunk : T;
     size_t record = memory_record_size(T, chunk, d, m, depth);
-    real *dW = scratch, *dS = dW + P, *dWc = dS + P, *dSc = dWc + P;
+    real *dW = scratch, *dS = dW + P;
     MemoryChunk f;
-    memory_chunk_layout(&f, dSc + P, C, d, m);
+    memory_chunk_layout(&f, dS + P, C, d, m);
     memset(dW, 0, P * sizeof(real));
     memset(dS, 0, P * sizeof(real));
     int chunks = (T + chunk - 1) / chunk;
@@ -2038,8 +2045,6 @@ static void memory_backward(real *dk, real *dv, real *dq, real *dtheta, real *de
         if (c > 0)
             for (size_t i = 0; i < record; i += 64 / sizeof(real)) __builtin_prefetch(Wc - record + i, 0, 2);
 #endif
-        memset(dWc, 0, P * sizeof(real));
-        memset(dSc, 0, P * sizeof(real));
         memset(f.gcoef, 0, (size_t)n * (3 + 2 * n) * sizeof(real));
         int nx0 = depth == 1 ? d : m;
         memset(f.dX[0], 0, (size_t)n * nx0 * sizeof(real));
@@ -2048,18 +2053,15 @@ static void memory_backward(real *dk, real *dv, real *dq, real *dtheta, real *de
             memset(f.dX[1], 0, (size_t)n * d * sizeof(real));
             memset(f.dY[1], 0, (size_t)n * m * sizeof(real));
         }
+        // the last chunk's end state is not used: its adjoints are zero, and so is all this
+        if (c < chunks - 1) memory_chunk_advance_backward(dW, dS, &f, Wc, Sc, K, n, d, m, depth);
         if (read_chunk_start) { // Hope: the reads at W_c, one batch (Zq, Aq kept by the forward)
-            memory_apply_rows_backward(dWc, dq + (size_t)s * d, dy + (size_t)s * d, Wc, Q, f.Zq, f.Aq, f.dZq, n, d, m, depth);
+            memory_apply_rows_backward(dW, dq + (size_t)s * d, dy + (size_t)s * d, Wc, Q, f.Zq, f.Aq, f.dZq, n, d, m, depth);
         } else {
-            memory_chunk_read_backward(dq + (size_t)s * d, dWc, dSc, dy + (size_t)s * d, Q, Wc, Sc, &f, K, n, d, m, depth);
+            memory_chunk_read_backward(dq + (size_t)s * d, dW, dS, dy + (size_t)s * d, Q, Wc, Sc, &f, K, n, d, m, depth);
         }
-        memory_chunk_advance_backward(dW, dS, &f, Wc, Sc, K, n, d, m, depth);
         memory_coefficients_backward(&f, eta + s, alpha + s, deta + s, dalpha + s, dtheta + s, n);
-        memory_factors_backward(&f, dWc, dk + (size_t)s * d, dv + (size_t)s * d, Wc, K, n, d, m, depth);
-        for (int p = 0; p < P; p++) {
-            dW[p] += dWc[p];
-            dS[p] += dSc[p];
-        }
+        memory_factors_backward(&f, dW, dk + (size_t)s * d, dv + (size_t)s * d, Wc, K, n, d, m, depth);
     }
     for (int p = 0; p < P; p++) dW0[p] += dW[p];
 }
