@@ -9,10 +9,10 @@
  * (mixers incl. W_O, MLP slots, head incl. loss, the rest: embedding, norms, residuals,
  * AdamW), and the peak resident memory.
  * Each config runs in its own child process so that its peak memory is its own.
- * Then a microbenchmark of the blocked matmul at the model's shapes, beside the machine's
- * multiply-add peak (what no kernel can beat).
+ * Then the memory recurrence alone (Titans, Hope), and a microbenchmark of the blocked matmul at
+ * the model's shapes beside the machine's multiply-add peak (what no kernel can beat).
  *
- *   ./dev/bench_tlm [--threads 1,2] [--only NAME|matmul] [--seconds S]
+ *   ./dev/bench_tlm [--threads 1,2] [--only NAME|matmul|memory] [--seconds S]
  */
 #define TLM_TESTING
 #include "../train_tlm.c"
@@ -99,6 +99,44 @@ static void bench_matmul(int N, int C, int OC) {
     free(inp); free(w); free(out); free(dinp); free(dw);
 }
 
+// The memory recurrence alone: memory_forward and memory_backward of one sequence and head on
+// one thread, as each thread runs them in the model, at the classroom sizes (Titans' heads:
+// d 32, hidden 32; Hope's fast level: d 128 and the tapered hidden widths). 32 sequences'
+// records, as many as a layer of the classroom Titans keeps, so that the backward reads them
+// back from memory as in the model; the fastest of five rounds, in microseconds per sequence.
+static void bench_memory(const char *name, int T, int d, int m, int chunk, int read_chunk_start) {
+    enum { SEQS = 32 };
+    size_t n = (size_t)T * d, S = memory_state_size(T, chunk, d, m, 2), P = memory_params(2, d, m);
+    real *states = xcalloc(SEQS * S, sizeof(real), "bench");
+    real *scratch = xcalloc(memory_scratch_size(T, d, m, 2, chunk), sizeof(real), "bench");
+    real *k = xcalloc(8 * n + 6 * (size_t)T + 2 * P, sizeof(real), "bench");
+    real *v = k + n, *q = v + n, *y = q + n, *dy = y + n, *dk = dy + n, *dv = dk + n, *dq = dv + n;
+    real *theta = dq + n, *eta = theta + T, *alpha = eta + T, *dtheta = alpha + T, *deta = dtheta + T, *dalpha = deta + T;
+    real *w0 = dalpha + T, *dw0 = w0 + P;
+    Rng rng = rng_seeded(3);
+    for (size_t i = 0; i < n; i++) {
+        k[i] = (real)(0.2 * rng_normal(&rng)); q[i] = (real)(0.2 * rng_normal(&rng));
+        v[i] = (real)rng_normal(&rng); dy[i] = (real)rng_normal(&rng);
+    }
+    for (int t = 0; t < T; t++) { theta[t] = (real)0.01; eta[t] = (real)0.9; alpha[t] = (real)0.02; }
+    for (size_t i = 0; i < P; i++) w0[i] = (real)(0.1 * rng_normal(&rng));
+    double fwd = 1e9, bwd = 1e9;
+    for (int r = 0; r < 5; r++) {
+        double t0 = wall_time();
+        for (int s = 0; s < SEQS; s++)
+            memory_forward(y, states + s * S, scratch, k, v, q, theta, eta, alpha, w0, T, d, m, 2, chunk, read_chunk_start);
+        double t1 = wall_time();
+        for (int s = 0; s < SEQS; s++)
+            memory_backward(dk, dv, dq, dtheta, deta, dalpha, dw0, scratch, dy, states + s * S, k, q, eta, alpha,
+                            T, d, m, 2, chunk, read_chunk_start);
+        double t2 = wall_time();
+        fwd = fmin(fwd, (t1 - t0) / SEQS); bwd = fmin(bwd, (t2 - t1) / SEQS);
+    }
+    printf("  memory %-6s T %d d %-3d hidden %-3d chunk %d, 1 thread: forward %7.1f  backward %7.1f us per sequence\n",
+           name, T, d, m, chunk, 1e6 * fwd, 1e6 * bwd);
+    free(states); free(scratch); free(k);
+}
+
 // The machine's ceiling: fused multiply-adds on 12 independent vector chains per thread, with
 // nothing to load or store (AVX-512 in float where the matmul uses it, else what gcc makes of
 // 16-wide plain C). GFLOP/s counts 2 per multiply-add, like the rest of this benchmark.
@@ -133,10 +171,11 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = argv[++i];
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--seconds") && i + 1 < argc) seconds = atof(argv[++i]);
-        else { fprintf(stderr, "usage: %s [--threads 1,2] [--only NAME|matmul] [--seconds S]\n", argv[0]); return 2; }
+        else { fprintf(stderr, "usage: %s [--threads 1,2] [--only NAME|matmul|memory] [--seconds S]\n", argv[0]); return 2; }
     }
     if (!(seconds > 0)) { fprintf(stderr, "bench_tlm: --seconds must be > 0\n"); return 2; }
     const int only_matmul = only && !strcmp(only, "matmul"); // --only matmul: just the matmul part
+    const int only_memory = only && !strcmp(only, "memory"); // --only memory: just the memory recurrence
     int counts[16], n_counts = 0;
     if (threads) {
         for (const char *p = threads; *p && n_counts < 16;) {
@@ -151,14 +190,14 @@ int main(int argc, char **argv) {
     } else {
         counts[n_counts++] = num_threads();
     }
-    if (!only_matmul) {
+    if (!only_matmul && !only_memory) {
         printf("full training steps (forward + backward + AdamW), fp32, cosine taper\n");
         printf("%-20s %3s %11s %9s %9s %8s %8s   %6s %6s %6s %6s  %11s\n", "config", "thr", "params", "tokens/s", "ms/step",
                "fastest", "GFLOP/s", "mixer", "mlp", "head", "other", "peak RSS");
     }
     for (int k = 0; k < n_counts; k++)
         for (int i = 0; i < NUM_CONFIGS; i++) {
-            if (only_matmul || (only && !strstr(configs[i].name, only))) continue;
+            if (only_matmul || only_memory || (only && !strstr(configs[i].name, only))) continue;
             fflush(stdout);
             pid_t pid = fork();
             if (pid == 0) {
@@ -172,7 +211,16 @@ int main(int argc, char **argv) {
             waitpid(pid, &status, 0);
             if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) printf("%-20s failed\n", configs[i].name);
         }
-    if (only && !only_matmul) return 0; // --only NAME: just the configs whose names contain it
+    if (only && !only_matmul && !only_memory) return 0; // --only NAME: just the configs whose names contain it
+    if (!only_matmul) {
+        printf("the memory recurrence alone (Titans' heads, Hope's fast levels at the classroom sizes)\n");
+        gemm_init();
+        bench_memory("titans", 256, 32, 32, 16, 0);
+        bench_memory("hope", 256, 128, 32, 16, 1);
+        bench_memory("hope", 256, 128, 64, 16, 1);
+        bench_memory("hope", 256, 128, 96, 16, 1);
+    }
+    if (only_memory) return 0;
     printf("blocked matmul at the model's shapes, and the machine's multiply-add peak\n");
     for (int k = 0; k < n_counts; k++) {
 #ifdef _OPENMP
