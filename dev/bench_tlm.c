@@ -176,6 +176,16 @@ int main(int argc, char **argv) {
     if (!(seconds > 0)) { fprintf(stderr, "bench_tlm: --seconds must be > 0\n"); return 2; }
     const int only_matmul = only && !strcmp(only, "matmul"); // --only matmul: just the matmul part
     const int only_memory = only && !strcmp(only, "memory"); // --only memory: just the memory recurrence
+    if (only && !only_matmul && !only_memory) {
+        int matches = 0;
+        for (int i = 0; i < NUM_CONFIGS; i++) matches += strstr(configs[i].name, only) != NULL;
+        if (!matches) {
+            fprintf(stderr, "bench_tlm: --only '%s' matches no config (names:", only);
+            for (int i = 0; i < NUM_CONFIGS; i++) fprintf(stderr, " %s", configs[i].name);
+            fprintf(stderr, "; or matmul, memory)\n");
+            return 2;
+        }
+    }
     int counts[16], n_counts = 0;
     if (threads) {
         for (const char *p = threads; *p && n_counts < 16;) {
