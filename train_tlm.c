@@ -1426,7 +1426,8 @@ static real *take(size_t *cursor, real *base, size_t n) {
 
 // The states of one sequence and head: per chunk a record of W_c, S_c (P each) and what the
 // forward computed of the chunk that its backward needs again (memory_saved_size: the factors,
-// the coefficients, the read-out's hidden layer), then W and S at the end (2P).
+// the coefficients, the read-out's hidden layer, Titans' n x n read products), then W and S at
+// the end (2P). Each chunk's forward advances from its record into the next.
 static size_t memory_saved_size(int C, int d, int m, int depth);
 static size_t memory_record_size(int T, int chunk, int d, int m, int depth) {
     int C = chunk < T ? chunk : T;
@@ -1677,7 +1678,7 @@ typedef struct {
     real *dR, *dZ, *dZq;            // (n, m) x 3
     real *gcoef;                    // (n, 3 + 2n): gradients of the coefficients after token t
     real *T1, *T2, *H, *H2;         // (n, wide) x 2, (n, n) x 2 for the reads
-    real *M1, *M2, *N1, *N2, *Xs;   // (n, wide) x 5 for the end state
+    real *M1, *M2, *N1, *N2, *Xs;   // (n, wide) x 5 for the end state (M1, M2 also for the reads' backward)
 } MemoryChunk;
 
 // Block b of W (depth 2: W1 (m, d), then W2 (d, m); depth 1: W (d, d)): its rows, columns,
