@@ -2456,7 +2456,9 @@ static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqk
                 ma->alpha[i] = sigmoid(z[2 * NH + h]);
             }
     gemm_init(); // memory_forward runs gemm_serial inside the loop
-    #pragma omp parallel for collapse(2) num_threads(scratch_team(scratch))
+    // one task per sequence and head, handed out as threads come free: each writes only its
+    // own outputs, so the results do not depend on which thread runs it
+    #pragma omp parallel for collapse(2) schedule(dynamic) num_threads(scratch_team(scratch))
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
             size_t bh = (size_t)b * NH + h;
@@ -2487,18 +2489,18 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates
         for (int t = 0; t < T; t++)
             for (int h = 0; h < NH; h++)
                 memcpy(a->dyh + (((size_t)b * NH + h) * T + t) * hs, dy + ((size_t)b * T + t) * C + h * hs, hs * sizeof(real));
-    memset(a->dmk, 0, (size_t)N * C * sizeof(real));
-    memset(a->dmv, 0, (size_t)N * C * sizeof(real));
-    memset(a->dmq, 0, (size_t)N * C * sizeof(real));
-    memset(a->dtheta, 0, (size_t)N * NH * sizeof(real));
-    memset(a->deta, 0, (size_t)N * NH * sizeof(real));
-    memset(a->dalpha, 0, (size_t)N * NH * sizeof(real));
-    memset(a->dw0_parts, 0, (size_t)B * NH * P * sizeof(real));
     gemm_init(); // memory_backward runs gemm_serial inside the loop
-    #pragma omp parallel for collapse(2) num_threads(scratch_team(a->mem_scratch))
+    #pragma omp parallel for collapse(2) schedule(dynamic) num_threads(scratch_team(a->mem_scratch))
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
-            size_t bh = (size_t)b * NH + h;
+            size_t bh = (size_t)b * NH + h; // memory_backward adds into its outputs: zero them first
+            memset(a->dmk + bh * T * hs, 0, (size_t)T * hs * sizeof(real));
+            memset(a->dmv + bh * T * hs, 0, (size_t)T * hs * sizeof(real));
+            memset(a->dmq + bh * T * hs, 0, (size_t)T * hs * sizeof(real));
+            memset(a->dtheta + bh * T, 0, (size_t)T * sizeof(real));
+            memset(a->deta + bh * T, 0, (size_t)T * sizeof(real));
+            memset(a->dalpha + bh * T, 0, (size_t)T * sizeof(real));
+            memset(a->dw0_parts + bh * P, 0, (size_t)P * sizeof(real));
             memory_backward(a->dmk + bh * T * hs, a->dmv + bh * T * hs, a->dmq + bh * T * hs,
                             a->dtheta + bh * T, a->deta + bh * T, a->dalpha + bh * T, a->dw0_parts + bh * P,
                             scratch_mine(a->mem_scratch), a->dyh + bh * T * hs,
