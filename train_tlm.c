@@ -173,6 +173,17 @@ typedef struct {
 static int scratch_team(Scratch s) { return num_threads() < s.threads ? num_threads() : s.threads; }
 static real *scratch_mine(Scratch s) { return s.base + (size_t)thread_id() * s.stride; }
 
+// x[0:n] = 0 on all threads, 16384 values at a time: the backward clears buffers of a few MB
+// that matmuls then add into, and one core alone would leave the others waiting
+static void zero_parallel(real *x, size_t n) {
+    size_t blocks = (n + 16383) / 16384;
+    #pragma omp parallel for
+    for (size_t b = 0; b < blocks; b++) {
+        size_t i0 = b * 16384, len = n - i0 < 16384 ? n - i0 : 16384;
+        memset(x + i0, 0, len * sizeof(real));
+    }
+}
+
 static double wall_time(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -2560,7 +2571,7 @@ static void attention_branch_backward(Model *m, int l, int B, int T, int window,
     const Config *c = &m->cfg;
     LayerActs *la = &m->a.layer[l];
     int N = B * T, C = c->dim, NH = c->heads;
-    memset(m->a.dqkv, 0, (size_t)N * 3 * C * sizeof(real));
+    zero_parallel(m->a.dqkv, (size_t)N * 3 * C);
     attention_backward(m->a.dqkv, m->a.att_scratch, dattn, la->qkv, la->att, B, T, C, NH, window);
     rope_backward(m->a.dqkv, m->rope, B, T, 2 * NH, C / NH, 3 * C);
     matmul_backward(m->a.dln, m->g.layer[l].wqkv, m->a.dqkv, la->ln1, m->w.layer[l].wqkv, N, C, 3 * C);
@@ -2601,22 +2612,22 @@ static void mixer_backward(Model *m, int l, int B, int T) {
     LayerWeights *g = &m->g.layer[l];
     Acts *a = &m->a;
     int N = B * T, C = c->dim, NH = c->heads;
-    memset(a->dln, 0, (size_t)N * C * sizeof(real));
+    zero_parallel(a->dln, (size_t)N * C);
     switch (c->arch) {
     case ARCH_TRANSFORMER:
     case ARCH_HOPE:
         attention_branch_backward(m, l, B, T, 0, a->dmixed);
         break;
     case ARCH_GATED:
-        memset(a->dattn, 0, (size_t)N * C * sizeof(real));
+        zero_parallel(a->dattn, (size_t)N * C);
         gate_backward(a->dattn, a->dgate, a->dmixed, la->attn, la->gate, N, C, gate_width(c));
         matmul_backward(a->dln, g->wgate, a->dgate, la->ln1, w->wgate, N, C, gate_width(c));
         attention_branch_backward(m, l, B, T, 0, a->dattn);
         break;
     case ARCH_TITANS:
-        memset(a->dattn, 0, (size_t)N * C * sizeof(real));
+        zero_parallel(a->dattn, (size_t)N * C);
         gate_backward(a->dattn, a->dgate, a->dmixed, la->attn, la->mgate, N, C, C);
-        memset(a->dy, 0, (size_t)N * C * sizeof(real));
+        zero_parallel(a->dy, (size_t)N * C);
         rmsnorm_backward(a->dy, g->mem_norm, a->dgate, la->mem.y, w->mem_norm, la->my_rstd, N, C);
         memory_module_backward(a, a->dln, g->mem_wqkv, g->mem_wgates, g->mem_bgates, g->mem_w0, a->dy,
                                &la->mem, la->ln1, w->mem_wqkv, w->mem_wgates, B, T, C, NH,
@@ -2675,7 +2686,7 @@ static void mlp_backward(Model *m, int l, int B, int T) {
             #pragma omp parallel for
             for (int n = 0; n < N; n++)
                 for (int j = 0; j < C; j++) a->dy[(size_t)n * C + j] = a->dres[(size_t)n * C + j] * w->cms_scale[k][j];
-            memset(a->dln, 0, (size_t)N * C * sizeof(real));
+            zero_parallel(a->dln, (size_t)N * C);
             memory_module_backward(a, a->dln, g->cms_wqkv[k], g->cms_wgates[k], g->cms_bgates[k], g->cms_w0[k],
                                    a->dy, &la->cms[k], la->cms_ln[k], w->cms_wqkv[k], w->cms_wgates[k],
                                    B, T, C, 1, 2, c->cms_widths[l], c->cms_chunks[k], 1);
@@ -2684,10 +2695,10 @@ static void mlp_backward(Model *m, int l, int B, int T) {
         }
     }
     // dhg = dres W2 ; dW2 += dres^T hg ; dh = SwiGLU backward ; dln = dh W13 ; dW13 += dh^T ln2
-    memset(a->dhg, 0, (size_t)N * F * sizeof(real));
+    zero_parallel(a->dhg, (size_t)N * F);
     matmul_backward(a->dhg, g->w2, a->dres, la->hg, w->w2, N, F, C);
     swiglu_backward(a->dh, a->dhg, la->h, N, F);
-    memset(a->dln, 0, (size_t)N * C * sizeof(real));
+    zero_parallel(a->dln, (size_t)N * C);
     matmul_backward(a->dln, g->w1, a->dh, la->ln2, w->w1, N, C, 2 * F);
     rmsnorm_backward(a->dres, g->mlp_norm, a->dln, la->res1, w->mlp_norm, la->ln2_rstd, N, C);
 }
@@ -2738,14 +2749,7 @@ static real model_forward(Model *m, const int *tokens, const int *targets, int B
     return (real)(sum / N);
 }
 
-static void model_zero_grad(Model *m) { // in parallel: 0.5 GB at GPT-2 size, too much for one core's bandwidth
-    size_t n = m->num_params, blocks = (n + 65535) / 65536;
-    #pragma omp parallel for
-    for (size_t b = 0; b < blocks; b++) {
-        size_t i0 = b * 65536, len = n - i0 < 65536 ? n - i0 : 65536;
-        memset(m->grads + i0, 0, len * sizeof(real));
-    }
-}
+static void model_zero_grad(Model *m) { zero_parallel(m->grads, m->num_params); }
 
 // Accumulates into m->grads the gradient of (loss_scale * mean loss) of the last forward.
 static void model_backward(Model *m, int B, int T, real loss_scale) {
@@ -2755,9 +2759,9 @@ static void model_backward(Model *m, int B, int T, real loss_scale) {
     // dlogits = (p - onehot) / N ; dlnf = dlogits W_head ; dW_head += dlogits^T lnf
     double t0 = wall_time();
     crossentropy_backward(a->logits, m->targets, N, V, loss_scale / N);
-    memset(a->dln, 0, (size_t)N * C * sizeof(real));
+    zero_parallel(a->dln, (size_t)N * C);
     matmul_backward(a->dln, m->g.lm_head, a->logits, a->lnf, m->w.lm_head, N, C, V);
-    memset(a->dres, 0, (size_t)N * C * sizeof(real));
+    zero_parallel(a->dres, (size_t)N * C);
     const real *x_last = c->layers ? a->layer[c->layers - 1].out : a->x0;
     rmsnorm_backward(a->dres, m->g.final_norm, a->dln, x_last, m->w.final_norm, a->lnf_rstd, N, C);
     m->seconds_head += wall_time() - t0;
@@ -2770,7 +2774,7 @@ static void model_backward(Model *m, int B, int T, real loss_scale) {
         mlp_backward(m, l, B, T); // dres: d out -> d res1
         double t2 = wall_time();
         // dmixed = dres W_O ; dW_O += dres^T mixed
-        memset(a->dmixed, 0, (size_t)N * C * sizeof(real));
+        zero_parallel(a->dmixed, (size_t)N * C);
         matmul_backward(a->dmixed, g->wo, a->dres, la->mixed, w->wo, N, C, C);
         mixer_backward(m, l, B, T);
         rmsnorm_backward(a->dres, g->attn_norm, a->dln, x, w->attn_norm, la->ln1_rstd, N, C);
