@@ -210,6 +210,35 @@ static void test_taper_budget(void) {
     int mirrored = 1;
     for (int l = 0; l < 12; l++) mirrored &= rev[l] == widths[11 - l];
     check(mirrored, "taper: reverse is the cosine mirrored");
+    // ... for every shape: L 2..12, H every multiple up to 1024 of 8, 16, 32, a few schedules
+    // (the widths of f(1 - x), rounded on their own, break remainder ties the other way in
+    // about half of these: L 4, H 192, multiple 32 gave 96,160,224,288 against 288,256,128,96)
+    int shapes = 0, unmirrored = 0;
+    const double mirror_ends[][2] = { { 1.5, 0.5 }, { 2.0, 0.25 }, { 1.2, 0.8 }, { 3.0, 1.0 } };
+    const int mirror_mults[] = { 8, 16, 32 };
+    for (int L = 2; L <= 12; L++)
+        for (size_t k = 0; k < 3; k++)
+            for (int H = mirror_mults[k]; H <= 1024; H += mirror_mults[k])
+                for (size_t e = 0; e < sizeof(mirror_ends) / sizeof(mirror_ends[0]); e++) {
+                    int cos_w[MAX_LAYERS], rev_w[MAX_LAYERS];
+                    double s = mirror_ends[e][0], t = mirror_ends[e][1];
+                    int rc = taper_widths(cos_w, L, H, TAPER_COSINE, s, t, mirror_mults[k], err, sizeof(err));
+                    int rr = taper_widths(rev_w, L, H, TAPER_REVERSE, s, t, mirror_mults[k], err, sizeof(err));
+                    if (rc != rr) { unmirrored++; continue; }
+                    if (rc) continue;
+                    shapes++;
+                    long sum = 0;
+                    for (int l = 0; l < L; l++) {
+                        sum += rev_w[l];
+                        if (rev_w[l] != cos_w[L - 1 - l]) { unmirrored++; break; }
+                    }
+                    if (sum != (long)L * H) unmirrored++;
+                }
+    check(unmirrored == 0 && shapes > 5000, "taper: reverse mirrors cosine width for width in %d shapes "
+          "(%d not)", shapes, unmirrored);
+    // and the refusal names the layer as the reverse taper numbers it (its first is the narrowest)
+    check(taper_widths(widths, 4, 32, TAPER_REVERSE, 1.9, 0.1, 32, err, sizeof(err)) != 0 &&
+          strstr(err, "reverse") && strstr(err, "layer 0 "), "taper: reverse refusal names layer 0 (%s)", err);
     // the paper's 1.5/0.5 averages H without rescaling: exact widths for 2 layers
     taper_widths(widths, 2, 64, TAPER_COSINE, 1.5, 0.5, 32, err, sizeof(err));
     check(widths[0] == 96 && widths[1] == 32, "taper: 2 layers, 1.5/0.5 of 64 gives 96, 32 (got %d, %d)", widths[0], widths[1]);

@@ -273,9 +273,12 @@ static double rng_normal(Rng *r) { // Box-Muller
 //     cosine   f(x) = e + (s-e) * (1 + cos(pi x)) / 2      the paper's: flat at both ends
 //     linear   f(x) = s + (e-s) * x
 //     sigmoid  f(x) = e + (s-e) * step(x)                  logistic step centred at x = 1/2
-//     reverse  f(x) = cosine(1 - x)                        narrow early, wide late
+//     reverse  the cosine's widths in reverse layer order   narrow early, wide late
 //
 // With s + e = 2 the cosine already averages exactly 1 (its cosines cancel in pairs).
+// Reverse is computed as the cosine's rounded widths read backwards, so that it is the exact
+// mirror, width for width (rounding f(1 - x) instead would break the remainder ties the
+// other way round in about half of all shapes).
 
 typedef enum { TAPER_UNIFORM, TAPER_COSINE, TAPER_LINEAR, TAPER_SIGMOID, TAPER_REVERSE, TAPER_COUNT } Taper;
 static const char *taper_names[TAPER_COUNT] = { "uniform", "cosine", "linear", "sigmoid", "reverse" };
@@ -291,8 +294,7 @@ static double taper_factor(Taper taper, double x, double s, double e) {
         double step = (1 / (1 + exp(k * (x - 0.5))) - hi) / (lo - hi);
         return e + (s - e) * step;
     }
-    case TAPER_REVERSE: return taper_factor(TAPER_COSINE, 1 - x, s, e);
-    default: return 1.0;
+    default: return 1.0; // (reverse: see taper_widths)
     }
 }
 
@@ -311,10 +313,13 @@ static int taper_widths(int *widths, int L, int H, Taper taper, double start, do
         snprintf(err, errlen, "taper start and end must be positive (got %g, %g)", start, end);
         return -1;
     }
+    // reverse: the cosine's widths, computed in slot order, then handed to the layers last first
+    int mirror = taper == TAPER_REVERSE;
+    Taper shape = mirror ? TAPER_COSINE : taper;
     // the schedule, rescaled to mean 1
     double f[L], sum = 0;
     for (int l = 0; l < L; l++) {
-        f[l] = taper_factor(taper, L > 1 ? (double)l / (L - 1) : 0.0, start, end);
+        f[l] = taper_factor(shape, L > 1 ? (double)l / (L - 1) : 0.0, start, end);
         sum += f[l];
     }
     // absurd start/end (e.g. 1e308, or 1.25 -> 2e35 where the start is lost to rounding)
@@ -346,10 +351,15 @@ static int taper_widths(int *widths, int L, int H, Taper taper, double start, do
         if (widths[l] < 1) {
             snprintf(err, errlen, "%s taper %g -> %g gives layer %d a width below one multiple of %d "
                      "(need a larger --mlp-width, a smaller --taper-multiple or a milder taper)",
-                     taper_names[taper], start, end, l, multiple);
+                     taper_names[taper], start, end, mirror ? L - 1 - l : l, multiple);
             return -1;
         }
         widths[l] *= multiple;
+    }
+    for (int l = 0; mirror && l < L / 2; l++) {
+        int w = widths[l];
+        widths[l] = widths[L - 1 - l];
+        widths[L - 1 - l] = w;
     }
     return 0;
 }
