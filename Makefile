@@ -1,4 +1,4 @@
-# tlm.c — make train_tlm | make test | make data | make run | make ablation-quick
+# tlm.c — `make help` lists the targets. Generated files go under dev/build/ (git-ignored).
 CC ?= gcc
 CFLAGS ?= -O3 -march=native
 # -fno-math-errno: sqrtf sets no errno, so the loops that call it (AdamW) vectorize
@@ -6,25 +6,47 @@ CFLAGS += -std=c11 -Wall -Wextra -fno-math-errno
 OPENMP ?= -fopenmp
 LDLIBS = -lm
 PYTHON ?= python3
+BUILD = dev/build
+RUNS = dev/runs
 
-.PHONY: all test data run portable clean bench compare-llmc test-mutants test-asan fuzz ablation ablation-quick FORCE
+.PHONY: all help test data run portable clean bench compare-llmc test-mutants test-asan fuzz \
+        ablation ablation-quick FORCE
 
 all: train_tlm test_tlm
 
+help:
+	@echo 'make targets:'
+	@echo '  train_tlm       the trainer (the default goal builds it and test_tlm)'
+	@echo '  run             the default run: train_tlm on the Brown Corpus as bytes (fetches it once)'
+	@echo '  test            build and run the tests (double-precision gradient checks, float tests)'
+	@echo '  test_tlm        build the test binary only'
+	@echo '  test-asan       the tests and a short training run under ASan + UBSan'
+	@echo '  test-mutants    break the backward pass line by line: the tests must catch every one'
+	@echo '  fuzz            libFuzzer targets for the loaders and the command line (FUZZ_SECONDS each)'
+	@echo '  data            the Brown Corpus as byte tokens and as GPT-2 tokens, in data/'
+	@echo '  ablation        the classroom experiment: uniform vs cosine vs reverse per architecture'
+	@echo '  ablation-quick  the same, tiny and quick (results in $(RUNS)/)'
+	@echo '  bench           training steps and matmuls at the benchmark shapes (BENCH_THREADS)'
+	@echo '  dev/bench_tlm   build the benchmark only'
+	@echo '  compare-llmc    our benchmark beside llm.c'"'"'s CPU trainer (clones llm.c into dev/cache)'
+	@echo '  portable        build without OpenMP and -march=native (plain C11, one thread)'
+	@echo '  clean           remove the binaries and $(BUILD)/'
+	@echo '  help            this list'
+
 # the compiler and flags of the last build: when they change (make portable, then make),
 # the binaries are rebuilt even though the sources are older than them
-.build-flags: FORCE
+$(BUILD)/build-flags: FORCE
+	@mkdir -p $(BUILD)
 	@echo '$(CC) $(CFLAGS) $(OPENMP)' | cmp -s - $@ || echo '$(CC) $(CFLAGS) $(OPENMP)' > $@
 
-train_tlm: train_tlm.c .build-flags
+train_tlm: train_tlm.c $(BUILD)/build-flags
 	$(CC) $(CFLAGS) $(OPENMP) $< $(LDLIBS) -o $@
 
 # one binary, two precisions: test_tlm.c compiled in double (gradient checks) and in float
-test_tlm: test_tlm.c train_tlm.c .build-flags
-	$(CC) $(CFLAGS) -Wno-unused-function $(OPENMP) -DTLM_DOUBLE -c test_tlm.c -o test_tlm_double.o
-	$(CC) $(CFLAGS) -Wno-unused-function $(OPENMP) -c test_tlm.c -o test_tlm_float.o
-	$(CC) $(CFLAGS) $(OPENMP) test_tlm_float.o test_tlm_double.o $(LDLIBS) -o $@
-	rm -f test_tlm_float.o test_tlm_double.o
+test_tlm: test_tlm.c train_tlm.c $(BUILD)/build-flags
+	$(CC) $(CFLAGS) -Wno-unused-function $(OPENMP) -DTLM_DOUBLE -c test_tlm.c -o $(BUILD)/test_tlm_double.o
+	$(CC) $(CFLAGS) -Wno-unused-function $(OPENMP) -c test_tlm.c -o $(BUILD)/test_tlm_float.o
+	$(CC) $(CFLAGS) $(OPENMP) $(BUILD)/test_tlm_float.o $(BUILD)/test_tlm_double.o $(LDLIBS) -o $@
 
 test: train_tlm test_tlm
 	./test_tlm
@@ -42,31 +64,34 @@ data/brown_byte_train.bin:
 data/brown_gpt2_train.bin:
 	$(PYTHON) dev/prepare_data.py --corpus brown --tokenizer gpt2
 
-run: train_tlm data
+# the default run needs the byte shards only
+run: train_tlm data/brown_byte_train.bin
 	./train_tlm
 
 # the classroom experiment: uniform vs cosine vs reverse taper for every architecture
-# (dev/ablation.py -h); ABLATION_ARGS e.g. "-j 4 --seeds 5 --linear"
+# (dev/ablation.py -h); ABLATION_ARGS e.g. "-j 4 --seeds 5 --linear". Its runs go to $(RUNS)/
+# (another --out in ABLATION_ARGS wins: the last one given counts).
 ablation: train_tlm data/brown_byte_train.bin
-	$(PYTHON) dev/ablation.py $(ABLATION_ARGS)
+	$(PYTHON) dev/ablation.py --out $(RUNS)/ablation $(ABLATION_ARGS)
 
 ablation-quick: train_tlm data/brown_byte_train.bin
-	$(PYTHON) dev/ablation.py --quick $(ABLATION_ARGS)
+	$(PYTHON) dev/ablation.py --quick --out $(RUNS)/ablation_quick $(ABLATION_ARGS)
 
 clean:
 	rm -f train_tlm test_tlm train_tlm_asan test_tlm_asan dev/bench_tlm *.o .build-flags
+	rm -rf $(BUILD)
 
 # a benchmark, not a test: full training steps and the matmul at the model's shapes
-dev/bench_tlm: dev/bench_tlm.c train_tlm.c .build-flags
+dev/bench_tlm: dev/bench_tlm.c train_tlm.c $(BUILD)/build-flags
 	$(CC) $(CFLAGS) -Wno-unused-function $(OPENMP) $< $(LDLIBS) -o $@
 
+BENCH_THREADS ?= 1,2
 bench: dev/bench_tlm
 	./dev/bench_tlm --threads $(BENCH_THREADS)
 
 # our benchmark beside llm.c's CPU trainer, in turn on this machine (clones llm.c into dev/cache)
 compare-llmc:
 	bash dev/compare_llmc.sh
-BENCH_THREADS ?= 1,2
 
 # every deliberately broken backward must make the tests fail
 test-mutants: train_tlm
@@ -75,15 +100,18 @@ test-mutants: train_tlm
 # the tests and a short training run under AddressSanitizer and UndefinedBehaviorSanitizer.
 # detect_leaks=0 for the test binary only: its error tests longjmp out of die() (an exit in
 # the real program) and so leave half-built models behind on purpose.
-SANITIZE = -O2 -march=native -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+SANITIZE = -O2 -march=native -g -fsanitize=address,undefined -fno-omit-frame-pointer \
+           -fno-sanitize-recover=all
+ASAN_CC = $(CC) $(SANITIZE) -std=c11 -Wall -Wno-unused-function $(OPENMP)
 test-asan: test_tlm.c train_tlm.c
-	$(CC) $(SANITIZE) -std=c11 -Wall -Wno-unused-function $(OPENMP) train_tlm.c $(LDLIBS) -o train_tlm_asan
-	$(CC) $(SANITIZE) -std=c11 -Wall -Wno-unused-function $(OPENMP) -DTLM_DOUBLE -c test_tlm.c -o test_tlm_asan_double.o
-	$(CC) $(SANITIZE) -std=c11 -Wall -Wno-unused-function $(OPENMP) -c test_tlm.c -o test_tlm_asan_float.o
-	$(CC) $(SANITIZE) $(OPENMP) test_tlm_asan_float.o test_tlm_asan_double.o $(LDLIBS) -o test_tlm_asan
-	rm -f test_tlm_asan_float.o test_tlm_asan_double.o
-	ASAN_OPTIONS=detect_leaks=0 TLM_TRAINER=./train_tlm_asan ./test_tlm_asan
-	bash dev/sanitized_run.sh ./train_tlm_asan
+	@mkdir -p $(BUILD)
+	$(ASAN_CC) train_tlm.c $(LDLIBS) -o $(BUILD)/train_tlm_asan
+	$(ASAN_CC) -DTLM_DOUBLE -c test_tlm.c -o $(BUILD)/test_tlm_asan_double.o
+	$(ASAN_CC) -c test_tlm.c -o $(BUILD)/test_tlm_asan_float.o
+	$(CC) $(SANITIZE) $(OPENMP) $(BUILD)/test_tlm_asan_float.o $(BUILD)/test_tlm_asan_double.o \
+	    $(LDLIBS) -o $(BUILD)/test_tlm_asan
+	ASAN_OPTIONS=detect_leaks=0 TLM_TRAINER=$(BUILD)/train_tlm_asan $(BUILD)/test_tlm_asan
+	bash dev/sanitized_run.sh $(BUILD)/train_tlm_asan
 
 # libFuzzer targets for the shard, checkpoint and tokenizer loaders and the command line
 # (clang and libclang-rt-14-dev): each runs FUZZ_SECONDS; see dev/fuzz/README.md

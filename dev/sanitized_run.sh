@@ -2,7 +2,7 @@
 # A short training run of every architecture with a sanitized trainer (make test-asan):
 # save, resume, sample, analyze, on tiny shards this script writes itself.
 set -euo pipefail
-trainer=${1:-./train_tlm_asan}
+trainer=${1:-dev/build/train_tlm_asan}
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 python3 - "$dir" <<'PY'
