@@ -281,6 +281,28 @@ static void test_exp(void) {
           isnan(exp_float(NAN)), "exp_float: e^0 = 1, 0 far below, finite far above, NaN stays NaN");
 }
 
+// The plain triple loops the blocked kernel (train_tlm.c, appendix A) is tested against: the
+// matmul contract of train_tlm.c's section 4, as written there.
+static void matmul_forward_reference(real *out, const real *inp, const real *w, int N, int C, int OC) {
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) {
+            real s = 0;
+            for (int c = 0; c < C; c++) s += inp[(size_t)n * C + c] * w[(size_t)o * C + c];
+            out[(size_t)n * OC + o] = s;
+        }
+}
+static void matmul_backward_reference(real *dinp, real *dw, const real *dout, const real *inp,
+                                      const real *w, int N, int C, int OC) {
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) {
+            real d = dout[(size_t)n * OC + o];
+            for (int c = 0; c < C; c++) {
+                dinp[(size_t)n * C + c] += d * w[(size_t)o * C + c];
+                dw[(size_t)o * C + c] += d * inp[(size_t)n * C + c];
+            }
+        }
+}
+
 // the blocked matmul in float against the plain triple loop, at awkward shapes
 static void test_matmul(void) {
     // N = 700: 50 row strips, shared by the threads on 3 (GEMM_ROW_SHARE = 16), tiles on 16
@@ -382,6 +404,70 @@ static void test_gemm_serial(void) {
     }
 }
 
+// train_tlm.c's attention as plainly as it can be written, one query and one key at a time:
+// test_attention checks the blocked version (gemm_serial per block of queries) against it.
+static void attention_forward_reference(real *out, real *att, const real *qkv, int B, int T, int C, int NH,
+                                               int window) {
+    int hs = C / NH;
+    real scale = 1 / r_sqrt((real)hs);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                const real *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                real *p = att + (((size_t)b * NH + h) * T + t) * T, *o = out + ((size_t)b * T + t) * C + h * hs;
+                int u0 = attention_first_key(t, window);
+                real maxs = -FLT_MAX, sum = 0;
+                for (int u = 0; u < T; u++) {
+                    p[u] = 0;
+                    if (u < u0 || u > t) continue;
+                    const real *k = qkv + ((size_t)b * T + u) * 3 * C + C + h * hs;
+                    real s = 0;
+                    for (int i = 0; i < hs; i++) s += q[i] * k[i];
+                    p[u] = s * scale;
+                    if (p[u] > maxs) maxs = p[u];
+                }
+                for (int u = u0; u <= t; u++) { p[u] = r_exp(p[u] - maxs); sum += p[u]; }
+                for (int i = 0; i < hs; i++) o[i] = 0;
+                for (int u = u0; u <= t; u++) {
+                    p[u] /= sum;
+                    const real *v = qkv + ((size_t)b * T + u) * 3 * C + 2 * C + h * hs;
+                    for (int i = 0; i < hs; i++) o[i] += p[u] * v[i];
+                }
+            }
+}
+static void attention_backward_reference(real *dqkv, const real *dout, const real *qkv, const real *att,
+                                                int B, int T, int C, int NH, int window) {
+    int hs = C / NH;
+    real scale = 1 / r_sqrt((real)hs);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                const real *p = att + (((size_t)b * NH + h) * T + t) * T;
+                const real *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs, *dout_t = dout + ((size_t)b * T + t) * C + h * hs;
+                real *dq = dqkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                int u0 = attention_first_key(t, window);
+                real pdp = 0;
+                for (int u = u0; u <= t; u++) {
+                    const real *v = qkv + ((size_t)b * T + u) * 3 * C + 2 * C + h * hs;
+                    real dp = 0;
+                    for (int i = 0; i < hs; i++) dp += dout_t[i] * v[i];
+                    pdp += p[u] * dp;
+                }
+                for (int u = u0; u <= t; u++) {
+                    const real *k = qkv + ((size_t)b * T + u) * 3 * C + C + h * hs, *v = k + C;
+                    real *dk = dqkv + ((size_t)b * T + u) * 3 * C + C + h * hs, *dv = dk + C;
+                    real dp = 0;
+                    for (int i = 0; i < hs; i++) dp += dout_t[i] * v[i];
+                    real ds = p[u] * (dp - pdp) * scale;
+                    for (int i = 0; i < hs; i++) {
+                        dv[i] += p[u] * dout_t[i];
+                        dq[i] += ds * k[i];
+                        dk[i] += ds * q[i];
+                    }
+                }
+            }
+}
+
 // the blocked attention in float against the one-query-at-a-time loops: T not a multiple of
 // the query block, odd head sizes, sliding windows shorter and longer than a block
 static void test_attention(void) {
@@ -426,12 +512,13 @@ static void test_memory_recurrence(void) {
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
         int T = shapes[s][0], d = shapes[s][1], m = shapes[s][2], depth = shapes[s][3], chunk = shapes[s][4], hope = shapes[s][5];
         int P = memory_params(depth, d, m);
-        size_t nv = (size_t)T * d, ns = memory_state_size(T, chunk, d, m, depth);
+        MemorySize ms = { d, m, depth, chunk };
+        size_t nv = (size_t)T * d, ns = memory_state_size(T, ms);
         real *buf = xcalloc(30 * nv + 10 * (size_t)T + 4 * (size_t)P, sizeof(real), "t"), *p = buf;
         // states and each kernel's scratch at exactly their sizes, so that a sanitizer sees an overrun
         real *states = xcalloc(ns, sizeof(real), "t");
-        real *scratch_fast = xcalloc(memory_scratch_size(T, d, m, depth, chunk), sizeof(real), "t");
-        real *scratch_ref = xcalloc(memory_reference_scratch_size(T, d, m, depth, chunk), sizeof(real), "t");
+        real *scratch_fast = xcalloc(memory_scratch_size(T, ms), sizeof(real), "t");
+        real *scratch_ref = xcalloc(memory_recurrence_scratch_size(T, ms), sizeof(real), "t");
         real *k = p, *v = p += nv, *q = p += nv, *dy = p += nv, *y = p += nv, *y_ref = p += nv;
         real *grads = p += nv, *grads_ref = p += 3 * nv + 3 * (size_t)T + P; // dk, dv, dq, dtheta, deta, dalpha, dW0
         real *theta = p += 3 * nv + 3 * (size_t)T + P, *eta = p += T, *alpha = p += T, *W0 = p += T;
@@ -450,13 +537,13 @@ static void test_memory_recurrence(void) {
             real *dk = g[ref], *dv = dk + nv, *dq = dv + nv, *dth = dq + nv, *det = dth + T, *dal = det + T, *dW0 = dal + T;
             for (size_t i = 0; i < 3 * nv + 3 * (size_t)T + P; i++) g[ref][i] = (real)0.25; // accumulates onto what is there
             if (ref) {
-                memory_forward_reference(out[ref], states, scratch_ref, k, v, q, theta, eta, alpha, W0, T, d, m, depth, chunk, hope);
-                memory_backward_reference(dk, dv, dq, dth, det, dal, dW0, scratch_ref, dy, states, k, v, q, theta, eta, alpha,
-                                          T, d, m, depth, chunk, hope);
+                memory_recurrence_forward(out[ref], states, scratch_ref, k, v, q, theta, eta, alpha, W0, T, ms, hope);
+                memory_recurrence_backward(dk, dv, dq, dth, det, dal, dW0, scratch_ref, dy, states, k, v, q, theta, eta, alpha,
+                                          T, ms, hope);
             } else {
-                memory_forward(out[ref], states, scratch_fast, k, v, q, theta, eta, alpha, W0, T, d, m, depth, chunk, hope);
-                memory_backward(dk, dv, dq, dth, det, dal, dW0, scratch_fast, dy, states, k, q, eta, alpha,
-                                T, d, m, depth, chunk, hope);
+                memory_chunked_forward(out[ref], states, scratch_fast, k, v, q, theta, eta, alpha, W0, T, ms, hope);
+                memory_chunked_backward(dk, dv, dq, dth, det, dal, dW0, scratch_fast, dy, states, k, q, eta, alpha,
+                                T, ms, hope);
             }
         }
         double e1 = 0, e2 = 0;
@@ -678,12 +765,12 @@ static void test_taper_extremes(void) {
 // config_finish() bounds neither --mem-chunk (titans) nor a checkpoint's cms_chunks (hope; the
 // command line caps them at 2^20) from above, so memory_state_size() computes T + chunk - 1 in
 // int and overflows: train_tlm.c:852 "signed integer overflow: 4 + 2147483647". In the plain
-// build the wrapped count is 0 chunks: the states array has one slot, memory_forward writes
-// the final state over the chunk's start, memory_backward runs over no chunk and the memory's
+// build the wrapped count is 0 chunks: the states array has one slot, memory_chunked_forward writes
+// the final state over the chunk's start, memory_chunked_backward runs over no chunk and the memory's
 // gradients are silently 0. And for --mem-depth 1 it does not check --mem-hidden at all,
 // while memory_scratch_size() sizes 16 vectors of d + mem_hidden: INT_MAX overflows
 // (train_tlm.c:857), a negative value shrinks the scratch (mem_hidden = -head size leaves no
-// room for the vector memory_backward writes past the chunk states: an overflow inside the
+// room for the vector memory_chunked_backward writes past the chunk states: an overflow inside the
 // activation block that AddressSanitizer cannot see).
 static void create_tiny(void *c) {
     Model *m = model_create((Config *)c, 1, 4);

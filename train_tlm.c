@@ -21,14 +21,21 @@
  * per-layer width that every MLP tensor of layer l is allocated with.
  *
  * Sections, in reading order:
- *   1. precision, utilities, checked I/O, random numbers
- *   2. THE TAPER: per-layer MLP widths at a fixed budget
- *   3. layer kernels, each forward followed by its backward
- *   4. the model: config, parameter table, activations, forward, backward, AdamW
- *   5. checkpoints
- *   6. data: token shards and the tokenizer
- *   7. evaluation, sampling, layer analysis
- *   8. main: command line and training loop
+ *    1. precision, utilities, checked I/O, random numbers
+ *    2. THE TAPER: per-layer MLP widths at a fixed budget
+ *    3. the model's structures: config, parameter table, per-layer weight views, activations
+ *    4. layer kernels, each forward followed by its backward, on one matmul contract
+ *    5. the neural memory as the papers write it (the token-by-token recurrence), and the
+ *       memory module around it (Titans' mixer branch, Hope's fast levels)
+ *    6. the model: building it, the mixer, the MLP slot, forward and backward
+ *    7. AdamW
+ *    8. checkpoints
+ *    9. data: token shards and the tokenizer
+ *   10. training step, evaluation, sampling, layer analysis
+ *   11. main: the command line, then evaluate, analyze or train
+ * Appendices, the fast forms of what the main text states plainly (each tested against it):
+ *    A. the fast matmul: blocking, packing, AVX-512 micro-kernels, gemm_small
+ *    B. the chunked memory: the recurrence a whole chunk at a time, in closed form
  *
  * Build: make train_tlm   (gcc -O3 -march=native -fopenmp)   Tests: make test
  * test_tlm.c #includes this file with TLM_TESTING defined (no main) and, for the
@@ -92,12 +99,6 @@ static inline float exp_float(float x) {
     return x < -87.0f ? 0.0f : p * scale.f;
 }
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#define HAVE_AVX512 1
-#else
-#define HAVE_AVX512 0
-#endif
 enum { LANES = 16 }; // a zmm register's floats
 
 // x[0] + ... + x[n-1] in 16 running sums, folded in a fixed order: gcc vectorizes it without
@@ -114,32 +115,10 @@ static inline real sum16(const real *x, int n) {
     return acc[0];
 }
 
-// Dot products of short rows (the memory's, of d or m = 32 values). With AVX-512 (float): 16
-// lanes of fused multiply-adds, a masked tail, one tree sum. Plain C: the same 16 lanes and a fixed
-// fold, which gcc vectorizes without -ffast-math (an `omp simd` reduction costs a chain of
-// scalar adds per row here). Either way the sum does not depend on where the arrays sit.
-static inline real dot(const real *a, const real *b, int n) {
-    int i = 0;
-#if HAVE_AVX512
-    if (sizeof(real) == sizeof(float)) {
-        const float *af = (const float *)a, *bf = (const float *)b;
-        __m512 acc = _mm512_setzero_ps();
-        for (; i + LANES <= n; i += LANES) acc = _mm512_fmadd_ps(_mm512_loadu_ps(af + i), _mm512_loadu_ps(bf + i), acc);
-        if (i < n) {
-            __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
-            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, af + i), _mm512_maskz_loadu_ps(k, bf + i), acc);
-        }
-        return (real)_mm512_reduce_add_ps(acc);
-    }
-#endif
-    real acc[LANES] = { 0 };
-    for (; i + LANES <= n; i += LANES)
-        for (int l = 0; l < LANES; l++) acc[l] += a[i + l] * b[i + l];
-    for (int l = 0; i < n; i++, l++) acc[l] += a[i] * b[i];
-    for (int w = LANES / 2; w >= 1; w /= 2)
-        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
-    return acc[0];
-}
+// Dot products of short rows (the memory's, of d or m = 32 values), summed in 16 lanes and a
+// fixed fold, so the sum does not depend on where the arrays sit: a[0] b[0] + ... + a[n-1] b[n-1].
+// Defined in appendix A (with AVX-512: fused multiply-adds and a masked tail).
+static inline real dot(const real *a, const real *b, int n);
 
 static int num_threads(void) {
 #ifdef _OPENMP
@@ -365,491 +344,269 @@ static int taper_widths(int *widths, int L, int H, Taper taper, double start, do
 }
 
 // ----------------------------------------------------------------------------
-// 3. layer kernels, each forward followed by its backward
+// 3. the model's structures: config, parameter table, per-layer weight views, activations
+
+typedef enum { ARCH_TRANSFORMER, ARCH_GATED, ARCH_TITANS, ARCH_HOPE, ARCH_COUNT } Arch;
+static const char *arch_names[ARCH_COUNT] = { "transformer", "gated", "titans", "hope" };
+
+enum { MAX_LAYERS = 64, MAX_CMS_LEVELS = 4 };
+
+typedef struct {
+    Arch arch;
+    int layers, dim, heads, vocab, seq_len; // L, C, NH, V, T (the longest sequence)
+    int mlp_width;                          // H: the uniform model's hidden width = mean width
+    Taper taper;
+    double taper_start, taper_end;          // f(first layer), f(last layer), in multiples of H
+    int taper_multiple;                     // every width is a multiple of this
+    int untied;                             // separate output head instead of wte^T
+    int gate_headwise;                      // gated: one gate per head instead of per channel
+    int window;                             // titans: sliding-window size of the attention
+    int mem_depth, mem_hidden, mem_chunk;   // titans: memory depth (1, 2), MLP width, chunk
+    int cms_levels, cms_width;              // hope: levels incl. the slow SwiGLU; fast levels' width
+    int cms_chunks[MAX_CMS_LEVELS];         // hope: update period of levels 2..k (index 1..k-1)
+    // derived by the taper:
+    int mlp_widths[MAX_LAYERS];             // SwiGLU hidden width of every layer
+    int cms_widths[MAX_LAYERS];             // hope: hidden width of every fast level of a layer
+} Config;
+
+// --- the parameter table ----------------------------------------------------------------
+// Every parameter lives in one contiguous block, layer after layer, in the order
+// layout_params() declares it; the gradients and both AdamW moments use the same layout.
+// The checkpoint stores the block in this order, so this function is also the checkpoint's
+// format. Each layer gets a view (LayerWeights) of its own tensors with its own widths, so
+// no kernel ever computes an offset.
+
+// NORMAL: N(0, 0.02); RESIDUAL: N(0, 0.02/sqrt(2L)) for matrices that write into the residual
+// stream; GATE_BIAS: the memory gates' biases (see init_params); SCALE: the constant 0.1
+typedef enum { INIT_NORMAL, INIT_RESIDUAL, INIT_ONES, INIT_GATE_BIAS, INIT_SCALE } Init;
+
+typedef struct {
+    char name[24];
+    int layer;          // -1: outside the blocks
+    int rows, cols;     // shape; vectors have rows = 1
+    int is_mlp;         // counts as MLP (tapered) in the per-layer table
+    int decay;          // AdamW weight decay applies (matrices)
+    Init init;
+    size_t offset, size;
+} ParamTensor;
+
+typedef struct {
+    real *attn_norm;                // (C)
+    real *wqkv;                     // (3C, C)   q | k | v
+    real *wgate;                    // (G, C)    gated: G = C, or NH when headwise
+    real *mem_wqkv;                 // (3C, C)   titans: memory q | k | v
+    real *mem_wgates;               // (3NH, C)  titans: step | momentum | forget, per head
+    real *mem_bgates;               // (3NH)
+    real *mem_w0;                   // (NH, P)   titans: initial memory weights per head
+    real *mem_norm;                 // (C)       titans: RMSNorm gain on the read-out
+    real *wo;                       // (C, C)
+    real *mlp_norm;                 // (C)
+    real *w1, *w3;                  // (F, C) each, adjacent: one (2F, C) matrix
+    real *w2;                       // (C, F)
+    // hope: fast levels 1..cms_levels-1 (level 0 is the SwiGLU above)
+    real *cms_norm[MAX_CMS_LEVELS];   // (C)
+    real *cms_wqkv[MAX_CMS_LEVELS];   // (3C, C)
+    real *cms_wgates[MAX_CMS_LEVELS]; // (3, C)
+    real *cms_bgates[MAX_CMS_LEVELS]; // (3)
+    real *cms_w0[MAX_CMS_LEVELS];     // (P)  P = 2 C m, m = cms_widths[l]
+    real *cms_scale[MAX_CMS_LEVELS];  // (C)  output gain
+} LayerWeights;
+
+typedef struct {
+    real *wte;                      // (V, C) token embedding
+    LayerWeights layer[MAX_LAYERS];
+    real *final_norm;               // (C)
+    real *lm_head;                  // (V, C) only when untied; else wte
+} Weights;
+
+typedef struct {
+    ParamTensor tensor[MAX_LAYERS * 32 + 8];
+    int count;
+    size_t total;
+    real *base;                     // NULL while only counting
+} ParamTable;
+
+static real *declare(ParamTable *pt, const char *name, int layer, int rows, int cols, int is_mlp, int decay, Init init) {
+    ParamTensor *t = &pt->tensor[pt->count++];
+    snprintf(t->name, sizeof(t->name), "%s", name);
+    t->layer = layer; t->rows = rows; t->cols = cols; t->is_mlp = is_mlp; t->decay = decay; t->init = init;
+    t->offset = pt->total;
+    t->size = (size_t)rows * cols;
+    pt->total += t->size;
+    return pt->base ? pt->base + t->offset : NULL;
+}
+
+// the memory MLP's parameter count: linear d x d, or W1 (m,d) and W2 (d,m)
+static int memory_params(int depth, int d, int m) { return depth == 1 ? d * d : 2 * d * m; }
+
+static void layout_params(const Config *c, real *base, ParamTable *pt, Weights *w) {
+    int C = c->dim, NH = c->heads, V = c->vocab;
+    memset(pt, 0, sizeof(*pt));
+    memset(w, 0, sizeof(*w));
+    pt->base = base;
+    w->wte = declare(pt, "wte", -1, V, C, 0, 1, INIT_NORMAL);
+    for (int l = 0; l < c->layers; l++) {
+        LayerWeights *lw = &w->layer[l];
+        int F = c->mlp_widths[l];
+        lw->attn_norm = declare(pt, "attn_norm", l, 1, C, 0, 0, INIT_ONES);
+        lw->wqkv = declare(pt, "wqkv", l, 3 * C, C, 0, 1, INIT_NORMAL);
+        if (c->arch == ARCH_GATED)
+            lw->wgate = declare(pt, "wgate", l, c->gate_headwise ? NH : C, C, 0, 1, INIT_NORMAL);
+        if (c->arch == ARCH_TITANS) {
+            int P = memory_params(c->mem_depth, C / NH, c->mem_hidden);
+            lw->mem_wqkv = declare(pt, "mem_wqkv", l, 3 * C, C, 0, 1, INIT_NORMAL);
+            lw->mem_wgates = declare(pt, "mem_wgates", l, 3 * NH, C, 0, 1, INIT_NORMAL);
+            lw->mem_bgates = declare(pt, "mem_bgates", l, 1, 3 * NH, 0, 0, INIT_GATE_BIAS);
+            lw->mem_w0 = declare(pt, "mem_w0", l, NH, P, 0, 0, INIT_NORMAL);
+            lw->mem_norm = declare(pt, "mem_norm", l, 1, C, 0, 0, INIT_ONES);
+        }
+        lw->wo = declare(pt, "wo", l, C, C, 0, 1, INIT_RESIDUAL);
+        lw->mlp_norm = declare(pt, "mlp_norm", l, 1, C, 1, 0, INIT_ONES);
+        lw->w1 = declare(pt, "w1", l, F, C, 1, 1, INIT_NORMAL);
+        lw->w3 = declare(pt, "w3", l, F, C, 1, 1, INIT_NORMAL);
+        lw->w2 = declare(pt, "w2", l, C, F, 1, 1, INIT_RESIDUAL);
+        if (c->arch == ARCH_HOPE) {
+            for (int k = 1; k < c->cms_levels; k++) {
+                int P = memory_params(2, C, c->cms_widths[l]);
+                lw->cms_norm[k] = declare(pt, "cms_norm", l, 1, C, 1, 0, INIT_ONES);
+                lw->cms_wqkv[k] = declare(pt, "cms_wqkv", l, 3 * C, C, 1, 1, INIT_NORMAL);
+                lw->cms_wgates[k] = declare(pt, "cms_wgates", l, 3, C, 1, 1, INIT_NORMAL);
+                lw->cms_bgates[k] = declare(pt, "cms_bgates", l, 1, 3, 1, 0, INIT_GATE_BIAS);
+                lw->cms_w0[k] = declare(pt, "cms_w0", l, 1, P, 1, 0, INIT_NORMAL);
+                lw->cms_scale[k] = declare(pt, "cms_scale", l, 1, C, 1, 0, INIT_SCALE);
+            }
+        }
+    }
+    w->final_norm = declare(pt, "final_norm", -1, 1, C, 0, 0, INIT_ONES);
+    w->lm_head = c->untied ? declare(pt, "lm_head", -1, V, C, 0, 1, INIT_NORMAL) : w->wte;
+}
+
+// --- activations ------------------------------------------------------------------------
+// Everything the backward needs, per layer, for B sequences of T tokens (N = B*T rows).
+// One allocation; layout_activations() hands out the pieces (and, with base NULL, counts).
+
+// The neural memory of Titans and of Hope's fast levels: projections of the block's
+// normalised input into keys, values, queries and per-token gates, then the memory
+// recurrence (memory_chunked_forward below) per sequence and head.
+typedef struct {
+    real *qkv;                  // (N, 3C) raw projections x Wqkv^T
+    real *k, *v, *q;            // (B, NH, T, hs) per head; k and q L2-normalised
+    real *k_inv, *q_inv;        // (B, NH, T) 1/|k|, 1/|q| before normalisation
+    real *gates;                // (N, 3NH) gate pre-activations x Wg^T + b
+    real *theta, *eta, *alpha;  // (B, NH, T) step size, momentum, forgetting
+    real *states;               // (B, NH, S) W, S at chunk boundaries + each chunk's kept products
+    real *yh;                   // (B, NH, T, hs) read-out per head
+    real *y;                    // (N, C) read-out, heads back in token order
+} MemoryActs;
+
+typedef struct {
+    real *ln1, *ln1_rstd;       // (N, C), (N)  RMSNorm of the block input
+    real *qkv;                  // (N, 3C) q | k | v, RoPE applied to q and k
+    real *att;                  // (B, NH, T, T) attention probabilities
+    real *attn;                 // (N, C) attention output
+    real *gate;                 // (N, G) gated: sigmoid(ln1 Wg^T)
+    MemoryActs mem;             // titans
+    real *my_norm, *my_rstd;    // (N, C), (N) titans: RMSNorm of the memory read-out
+    real *mgate;                // (N, C) titans: sigmoid(my_norm)
+    real *mixed;                // (N, C) input of W_O
+    real *res1;                 // (N, C) x + mixer
+    real *ln2, *ln2_rstd;       // (N, C), (N)
+    real *h;                    // (N, 2F) h1 | h3
+    real *hg;                   // (N, F) silu(h1) * h3
+    real *res2;                 // (N, C) res1 + SwiGLU
+    // hope: fast level k reads res[k-1] (res[0] = res2) and writes res[k] = res[k-1] + scale * y
+    real *cms_ln[MAX_CMS_LEVELS], *cms_rstd[MAX_CMS_LEVELS];
+    MemoryActs cms[MAX_CMS_LEVELS];
+    real *cms_res[MAX_CMS_LEVELS];
+    real *out;                  // (N, C) the block output: res2, or the last fast level's
+} LayerActs;
+
+typedef struct {
+    real *x0;                   // (N, C) token embeddings
+    LayerActs layer[MAX_LAYERS];
+    real *lnf, *lnf_rstd;       // (N, C), (N)
+    real *logits;               // (N, V) logits, then probabilities, then their gradient
+    real *losses;               // (N)
+    // gradient scratch, shared by all layers (sized for the widest)
+    real *dres;                 // (N, C) gradient of the residual stream
+    real *dln;                  // (N, C)
+    real *dmixed;               // (N, C)
+    real *dattn;                // (N, C)
+    real *dqkv;                 // (N, 3C)
+    Scratch att_scratch;        // (threads, ATT_BLOCK, T) attention backward: dS of a block of queries
+    real *dgate;                // (N, C)
+    real *dh;                   // (N, 2 Fmax)
+    real *dhg;                  // (N, Fmax)
+    real *dy;                   // (N, C) memory read-out
+    real *dmk, *dmv, *dmq;      // (B, NH, T, hs)
+    real *dtheta, *deta, *dalpha; // (B, NH, T)
+    real *dmgates;              // (N, 3NH)
+    real *dyh;                  // (B, NH, T, hs) dy with heads split
+    real *dw0_parts;            // (B, NH, Pmax) per-sequence memory gradients, summed in order
+    Scratch mem_scratch;        // (threads, memory_scratch_size) the memory kernel's workspace
+    real *tmp;                  // (N, C) forward scratch
+} Acts;
+
+static real *take(size_t *cursor, real *base, size_t n) {
+    size_t at = *cursor;
+    *cursor += (n + 15) & ~(size_t)15; // keep every piece 64-byte aligned
+    return base ? base + at : NULL;
+}
+
+typedef struct {
+    Config cfg;
+    ParamTable table;
+    size_t num_params;
+    real *params, *grads;       // (num_params) each, layout_params order
+    float *adam_m, *adam_v;     // AdamW moments, same layout
+    Weights w, g;               // views into params and grads
+    int B, T;                   // activation capacity
+    Acts a;
+    real *act_memory;
+    size_t act_size;
+    real *rope;                 // (T, hs/2, 2) cos, sin
+    int *tokens, *targets;      // (B*T)
+    int step;                   // optimizer steps taken
+    double *norm_parts;         // (num_params / 4096, rounded up) grad_norm's partial sums
+    // layer analysis: skip a layer's MLP slot, or the whole layer, in forward
+    const int *skip_mlp, *skip_layer;
+    // wall time spent in forward + backward of the mixers (with W_O), the MLP slots, the head
+    double seconds_mixer, seconds_mlp, seconds_head;
+} Model;
+
+
+// ----------------------------------------------------------------------------
+// 4. layer kernels, each forward followed by its backward
 //
 // Activations are row-major (N, C) with N = B*T positions. Weight matrices are (OC, C):
 // a linear layer is out = inp W^T, as in PyTorch and llm.c.
-
-// --- matrix multiplication ---------------------------------------------------
 //
-// One blocked kernel, gemm(), computes C (M,N) (+)= A (M,K) B (K,N), where A or B may be
-// read transposed. Blocking (BLIS style, in the loop order that suits row-major C):
-//
-//   for jc in N by nc (<= NC):           a column block of C
-//     for pc in K by kc:                 a slice of the k sum
-//       pack B[pc:+kc, jc:+nc]            into NR-column strips: the B block, shared by
-//                                         the threads, who pack it together
-//       for each strip of ~MR rows       (the threads share the strips out)
-//         pack A[rows, pc:+kc]            into one MR-row strip, private to the thread
-//         for jr in nc by NR:
-//           micro-kernel: C[rows, jc+jr:+NR] (+)= A strip x B strip
-//
-// The micro-kernel keeps an MR x NR block of C in registers and streams the two packed
-// strips, both contiguous in k: per k it loads NR values of B (vectors along j: the loop
-// that is vectorized) and broadcasts MR values of A, for MR*NR multiply-adds. An A strip
-// is reused across the whole B block, which stays in L2; the B strips stream from there.
-// Assumed caches (AMD Zen 4): L1d 32 KiB, L2 1 MiB per core; a B block is 512 KiB.
-//
-// Packing copies each operand into the order the kernel reads it. When the operand is
-// read along its rows (A not transposed, B transposed: inp and W in the forward pass)
-// this is a transpose, done 16 x 16 at a time in registers for float.
-//
-// Rows are cut into strips of nearly equal height (12.8 on average for M = 256: 13 or 12
-// rows) rather than full strips and a ragged last one: the AVX-512 kernel has a variant
-// for every row count, so no multiply-add is wasted on padding, and the strip count is a
-// multiple of the thread count, so every thread gets the same share. Columns past N in
-// the last B strip are packed as zeros and masked off when C is stored.
-//
-// Two B buffers alternate, so that a thread that is done with one block can start to
-// pack the next without waiting for the others: one barrier per block.
-//
-// Three ways to run it: gemm() on all threads, sharing the row strips as above when there
-// are enough (GEMM_ROW_SHARE per thread), or else splitting C into a grid of tiles, one per
-// thread; gemm_serial() on the calling thread alone, for the small products that a parallel
-// loop hands out one per thread (attention per sequence and head, the memory modules).
-//
-// Determinism: the k slice length is fixed by the whole product (gemm_kc), and every C
-// element is the sum over the k slices in order, each slice summed in k order inside one
-// micro-kernel call, whichever thread runs it and however the rows or columns are cut, so
-// the results are bit-identical for any OMP_NUM_THREADS.
-//
-// Two micro-kernels: for float on an AVX-512 machine, 14 x 32 with intrinsics (28 zmm
-// accumulators); everywhere else (double, or no AVX-512) 8 x 32 in plain C, which
-// gcc/clang vectorize with -O3 -march=native. matmul_forward_reference() below is the
-// plain triple loop they are tested against.
+// The backward convention: every *_backward ADDS (+=) into the gradients of its inputs and of
+// its weights, as llm.c's do; it never overwrites them. The parameter gradients are zeroed
+// once per optimizer step (model_zero_grad); the scratch gradients a layer's backward adds
+// into (Acts' d* buffers) are zeroed in one place, at the start of each residual branch's
+// backward (model_backward, mixer_backward, mlp_backward: one zero_scratch call each).
+// Two kernels work in place instead, on a buffer that holds the gradient already: rope_backward
+// rotates it back, crossentropy_backward turns the probabilities into d loss / d logits.
 
-enum {
-    GEMM_MR_AVX512 = 14, // AVX-512 float kernel: 14 rows x 2 zmm (32 floats) = 28 accumulators
-    GEMM_MR_C = 8,       // plain-C kernel: 8 rows x 32 columns (gcc's best, also for AVX2)
-    GEMM_MR_MAX = 14,
-    GEMM_NR = 32,        // both kernels: 32 columns
-};
-// Cache blocking. A packed B block (kc x nc) must stay in L2 (1 MiB): GEMM_B_BLOCK reals
-// = 512 KiB in float. Columns are cut into blocks of at most GEMM_NC (a multiple of NR); k
-// into slices as long as the B block allows, at most GEMM_KC_MAX: kc = 256 for nc = 512,
-// 1024 for nc = 128. Long k slices mean fewer passes over C (the dW of a small model,
-// K = B*T = 1024, N = C = 128, is one pass); an A strip (MR x kc, 14 KiB at kc = 256,
-// 56 KiB at 1024) then lives in L1 or L2: it is read at 56 bytes per 28 FMAs, either will do.
-// (Tuned on the shapes in the report: NC 384/512/768 x B block 384/512/768 KiB are all
-// within a few per cent; these are the best.)
-// The threads share a product's row strips (and pack its B blocks together) only when there
-// are at least GEMM_ROW_SHARE strips per thread; with fewer, each computes its own tiles
-// with no barrier between B blocks. 16: at 256 rows on 2 threads (19 strips) tiles are 12%
-// faster per GPT-2 step here, where a barrier waits for whichever core the machine paused;
-// on the 16-core machine 4 and 16 are within its noise.
-#ifndef GEMM_ROW_SHARE
-#define GEMM_ROW_SHARE 16
-#endif
-#ifndef GEMM_NC
-#define GEMM_NC 512
-#endif
-#ifndef GEMM_KC_MAX
-#define GEMM_KC_MAX 1024
-#endif
-#ifndef GEMM_B_BLOCK
-#define GEMM_B_BLOCK (256 * 512)
-#endif
-static real *gemm_buffer_raw;  // the allocation, for free()
-static real *gemm_pack_b[2];   // two B blocks (GEMM_B_BLOCK), shared by the threads, 64-byte aligned
-static real *gemm_pack_a;      // per thread: one A strip, MR_MAX*KC_MAX (aligned)
-static real *gemm_pack_b_own;  // per thread: one B block, when a thread computes a product alone
-                               // (gemm_serial() and gemm()'s tiles)
-static int gemm_pack_threads;
-
-// Called outside parallel regions (gemm() does; attention calls it before its loop).
-static void gemm_init(void) {
-    int n = num_threads();
-    if (gemm_buffer_raw && gemm_pack_threads >= n) return;
-    free(gemm_buffer_raw);
-    gemm_pack_threads = n;
-    size_t count = (2 + (size_t)n) * GEMM_B_BLOCK + (size_t)n * GEMM_MR_MAX * GEMM_KC_MAX + 64;
-    gemm_buffer_raw = xcalloc(count, sizeof(real), "matmul buffers");
-    uintptr_t p = ((uintptr_t)gemm_buffer_raw + 63) & ~(uintptr_t)63;
-    gemm_pack_b[0] = (real *)p;
-    gemm_pack_b[1] = gemm_pack_b[0] + (size_t)GEMM_B_BLOCK;
-    gemm_pack_b_own = gemm_pack_b[1] + (size_t)GEMM_B_BLOCK;
-    gemm_pack_a = gemm_pack_b_own + (size_t)n * GEMM_B_BLOCK;
-}
-
-#if HAVE_AVX512
-// dst[p*ldd + r] = src[r*lds + p] for r < 16, p < 16: a 16 x 16 transpose in zmm registers.
-// Rows r >= rows are read as zeros; lanes outside `lanes` are not stored. Four rounds of
-// shuffles, each interleaving pairs at twice the distance of the last: 1, 2, 4, 8 floats.
-static inline void gemm_transpose16(float *dst, int ldd, __mmask16 lanes,
-                                    const float *src, size_t lds, int rows) {
-    __m512 r[16], t[16];
-    for (int i = 0; i < 16; i++) {
-        r[i] = i < rows ? _mm512_loadu_ps(src + i * lds) : _mm512_setzero_ps();
-        if (i < rows) _mm_prefetch((const char *)(src + i * lds + 64), _MM_HINT_T0); // 4 lines ahead
-    }
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {
-        r[i]     = _mm512_shuffle_ps(t[i],     t[i + 2], 0x44);
-        r[i + 1] = _mm512_shuffle_ps(t[i],     t[i + 2], 0xEE);
-        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-    }
-    for (int i = 0; i < 4; i++) {
-        t[i]      = _mm512_shuffle_f32x4(r[i],     r[i + 4],  0x88);
-        t[i + 4]  = _mm512_shuffle_f32x4(r[i],     r[i + 4],  0xDD);
-        t[i + 8]  = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
-        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
-    }
-    for (int i = 0; i < 8; i++) {
-        r[i]     = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
-    }
-    for (int p = 0; p < 16; p++) _mm512_mask_storeu_ps(dst + (size_t)p * ldd, lanes, r[p]);
-}
-#endif
-
-// dst[p*ldd + r] = src[r*lds + p] for r < rows, p < kc, and zeros for r in rows..ldd-1:
-// the packing of the operand that is read across its rows (A not transposed, B transposed)
-static void gemm_pack_transposed(real *restrict dst, int ldd, const real *src, int lds, int rows, int kc) {
-    int p0 = 0;
-#if HAVE_AVX512
-    if (sizeof(real) == sizeof(float)) { // float: 16 x 16 blocks through registers
-        for (; p0 + 16 <= kc; p0 += 16)
-            for (int r = 0; r < ldd; r += 16) {
-                int n = rows - r < 0 ? 0 : rows - r < 16 ? rows - r : 16;
-                int w = ldd - r < 16 ? ldd - r : 16;
-                gemm_transpose16((float *)dst + (size_t)p0 * ldd + r, ldd, (__mmask16)((1u << w) - 1),
-                                 (const float *)src + (size_t)r * lds + p0, lds, n);
-            }
-    }
-#endif
-    for (int p = p0; p < kc; p++) { // p outer: contiguous stores, `rows` read streams
-        for (int r = 0; r < rows; r++) dst[(size_t)p * ldd + r] = src[(size_t)r * lds + p];
-        for (int r = rows; r < ldd; r++) dst[(size_t)p * ldd + r] = 0;
-    }
-}
-
-// dst[p*ldd + r] = src[p*lds + r] for r < rows, p < kc, zeros for r in rows..ldd-1: the
-// packing of the operand whose rows are already contiguous along the strip (A^T, B)
-static void gemm_pack_direct(real *restrict dst, int ldd, const real *src, int lds, int rows, int kc) {
-#if HAVE_AVX512
-    if (sizeof(real) == sizeof(float)) { // float: masked 16-lane moves (gcc's own loop is scalar for ldd = 14)
-        for (int p = 0; p < kc; p++) {
-            const float *s = (const float *)src + (size_t)p * lds;
-            _mm_prefetch((const char *)(s + 2 * ldd - 1), _MM_HINT_T1); // see the plain loop below
-            for (int r = 0; r < ldd; r += 16) {
-                int n = rows - r < 0 ? 0 : rows - r < 16 ? rows - r : 16, w = ldd - r < 16 ? ldd - r : 16;
-                __m512 v = _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), s + r);
-                _mm512_mask_storeu_ps((float *)dst + (size_t)p * ldd + r, (__mmask16)((1u << w) - 1), v);
-            }
-        }
-        return;
-    }
-#endif
-    for (int p = 0; p < kc; p++) {
-        const real *s = src + (size_t)p * lds;
-#if defined(__GNUC__)
-        // when lds is large every p is another cache line (A^T: a row of dout, 200 KB apart
-        // for the lm head); fetch the values for the next strip now, to hide the memory latency
-        __builtin_prefetch(s + 2 * ldd - 1, 0, 2);
-#endif
-        // one loop with the zeros inside, not a copy and a fill: gcc then writes masked vector
-        // moves instead of a memcpy call for each of these short rows
-        for (int r = 0; r < ldd; r++) dst[(size_t)p * ldd + r] = r < rows ? s[r] : 0;
-    }
-}
-
-// pack rows [i0, i0+mr) of A, k in [p0, p0+kc), as dst[p*MR + i]; rows mr..MR-1 are zeros
-static void gemm_pack_a_strip(real *restrict dst, const real *A, int lda, int trans_a,
-                              int i0, int mr, int p0, int kc, int MR) {
-    if (trans_a) gemm_pack_direct(dst, MR, A + (size_t)p0 * lda + i0, lda, mr, kc);
-    else         gemm_pack_transposed(dst, MR, A + (size_t)i0 * lda + p0, lda, mr, kc);
-}
-
-// pack columns [j0, j0+nr) of B, k in [p0, p0+kc), as dst[p*NR + j]; columns nr..NR-1 are zeros
-static void gemm_pack_b_strip(real *restrict dst, const real *B, int ldb, int trans_b,
-                              int j0, int nr, int p0, int kc) {
-    if (trans_b) gemm_pack_transposed(dst, GEMM_NR, B + (size_t)j0 * ldb + p0, ldb, nr, kc);
-    else         gemm_pack_direct(dst, GEMM_NR, B + (size_t)p0 * ldb + j0, ldb, nr, kc);
-}
-
-// Plain-C micro-kernel: C[0:mr, 0:nr] (+)= sum_p a[p, 0:MR] (x) b[p, 0:NR], from packed
-// strips. The j loop is the one the compiler vectorizes; acc lives in vector registers.
-// 8 x 32 is what gcc 12 does best with (float with AVX2 only: ~70 GFLOP/s on one Zen 4
-// core; double with AVX-512: ~38); 6 x 16 or 8 x 16 look kinder to the register file but
-// gcc then stops vectorizing (~5 GFLOP/s). clang 14 vectorizes this kernel in float
-// (~53) but not in double with AVX-512 (~2.5 GFLOP/s): build the tests with gcc.
-static void gemm_micro_kernel_c(int kc, const real *restrict a, const real *restrict b,
-                                real *restrict c, int ldc, int mr, int nr, int overwrite) {
-    real acc[GEMM_MR_C][GEMM_NR] = {{0}};
-    for (int p = 0; p < kc; p++) {
-        const real *restrict ap = a + p * GEMM_MR_C;
-        const real *restrict bp = b + p * GEMM_NR;
-        for (int i = 0; i < GEMM_MR_C; i++)
-            for (int j = 0; j < GEMM_NR; j++)
-                acc[i][j] += ap[i] * bp[j];
-    }
-    for (int i = 0; i < mr; i++) {
-        real *restrict ci = c + (size_t)i * ldc;
-        if (overwrite) for (int j = 0; j < nr; j++) ci[j] = acc[i][j];
-        else           for (int j = 0; j < nr; j++) ci[j] += acc[i][j];
-    }
-}
-
-#if HAVE_AVX512
-// AVX-512 micro-kernel for float, MR (<= 14) rows x 32 columns. Per k: two 16-float
-// vectors of B (b0, b1), then for each row i one broadcast of A(i,k) and two fused
-// multiply-adds into that row's accumulators c0[i], c1[i]. With MR = 14 that is 28
-// accumulators + 2 B vectors + 1 broadcast = 31 of the 32 zmm registers, and 28 FMAs
-// per 2 vector loads + 14 broadcasts, so the FMA units, not the loads, set the pace.
-// MR is a compile-time constant in each call below, so the i loops unroll completely
-// and c0/c1 are registers, not memory.
-// A(i,k) = a[i*a_row + k*a_step], B(k,j) = b[k*b_step + j]: packed strips (a_row 1, a_step
-// MR_AVX512, b_step NR, all constants), or the operands where they lie (gemm_small). All 32
-// columns of B are read (a mask on those loads makes gcc spill the accumulators): whoever
-// calls it with nr < 32 pads B's rows to 32 columns.
-static inline __attribute__((always_inline))
-void gemm_avx512_rows(int kc, const float *restrict a, size_t a_row, size_t a_step, const float *restrict b,
-                      size_t b_step, float *restrict c, int ldc, int nr, int overwrite, const int MR) {
-    __m512 c0[GEMM_MR_AVX512], c1[GEMM_MR_AVX512];
-    for (int i = 0; i < MR; i++) { // while the k loop runs, bring the C block into L1
-        _mm_prefetch((const char *)(c + (size_t)i * ldc), _MM_HINT_T0);
-        _mm_prefetch((const char *)(c + (size_t)i * ldc + GEMM_NR - 1), _MM_HINT_T0);
-        c0[i] = _mm512_setzero_ps();
-        c1[i] = _mm512_setzero_ps();
-    }
-    for (int p = 0; p < kc; p++) {
-        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
-        for (int i = 0; i < MR; i++) {
-            __m512 ai = _mm512_set1_ps(a[i * a_row]);
-            c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
-            c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
-        }
-        a += a_step;
-        b += b_step;
-    }
-    // store: all 32 columns, or the first nr of them under a mask at the right edge of C
-    __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
-    __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : (__mmask16)((1u << (nr - 16)) - 1);
-    for (int i = 0; i < MR; i++) {
-        float *ci = c + (size_t)i * ldc;
-        if (nr == GEMM_NR) {
-            if (!overwrite) {
-                c0[i] = _mm512_add_ps(c0[i], _mm512_loadu_ps(ci));
-                c1[i] = _mm512_add_ps(c1[i], _mm512_loadu_ps(ci + 16));
-            }
-            _mm512_storeu_ps(ci, c0[i]);
-            _mm512_storeu_ps(ci + 16, c1[i]);
-        } else { // (a load under an empty mask is slow on Zen: no second half when nr <= 16)
-            if (!overwrite) c0[i] = _mm512_add_ps(c0[i], _mm512_maskz_loadu_ps(m0, ci));
-            _mm512_mask_storeu_ps(ci, m0, c0[i]);
-            if (nr <= 16) continue;
-            if (!overwrite) c1[i] = _mm512_add_ps(c1[i], _mm512_maskz_loadu_ps(m1, ci + 16));
-            _mm512_mask_storeu_ps(ci + 16, m1, c1[i]);
-        }
-    }
-}
-
-// one instance per row count, so that the strips of 13 rows run as fast as those of 14
-static inline __attribute__((always_inline))
-void gemm_avx512_strip(int kc, const float *a, size_t a_row, size_t a_step, const float *b, size_t b_step,
-                       float *c, int ldc, int mr, int nr, int overwrite) {
-    switch (mr) {
-    case 14: gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 14); break;
-    case 13: gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 13); break;
-    case 12: gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 12); break;
-    case 11: gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 11); break;
-    case 10: gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 10); break;
-    case 9:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 9);  break;
-    case 8:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 8);  break;
-    case 7:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 7);  break;
-    case 6:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 6);  break;
-    case 5:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 5);  break;
-    case 4:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 4);  break;
-    case 3:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 3);  break;
-    case 2:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 2);  break;
-    default: gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 1);  break;
-    }
-}
-// from packed strips (the strides are constants here, so the loads' offsets are too) ...
-static void gemm_micro_kernel_avx512(int kc, const float *a, const float *b, float *c, int ldc, int mr, int nr, int overwrite) {
-    gemm_avx512_strip(kc, a, 1, GEMM_MR_AVX512, b, GEMM_NR, c, ldc, mr, nr, overwrite);
-}
-// ... and from the operands where they lie
-static void gemm_micro_kernel_avx512_strided(int kc, const float *a, size_t a_row, size_t a_step, const float *b,
-                                              size_t b_step, float *c, int ldc, int mr, int nr, int overwrite) {
-    gemm_avx512_strip(kc, a, a_row, a_step, b, b_step, c, ldc, mr, nr, overwrite);
-}
-#endif
-
-// Column blocks of nearly equal size, multiples of NR: N = 768 is 2 x 384
-static int gemm_nc(int N) {
-    int n_blocks = (N + GEMM_NC - 1) / GEMM_NC;
-    return ((N + n_blocks - 1) / n_blocks + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
-}
-// k slices of nearly equal length, as long as a B block of gemm_nc(N) columns allows, a
-// multiple of 16 (the transposing packs go 16 k at a time): K = 768 is 3 x 256
-static int gemm_kc(int N, int K) {
-    int kc_fit = GEMM_B_BLOCK / gemm_nc(N) / 16 * 16; // a multiple of 16, as is GEMM_KC_MAX
-    int kc_max = kc_fit < GEMM_KC_MAX ? kc_fit : GEMM_KC_MAX;
-    int k_slices = (K + kc_max - 1) / kc_max;
-    return ((K + k_slices - 1) / k_slices + 15) / 16 * 16;
-}
-
-// gemm_run() computes C (M,N) with `threads` threads (rank: this one's place among them) that
-// share out the row strips and pack the B blocks together; each packs into the buffers of its
-// OpenMP thread number. kc_even: the k slice, fixed by the whole product (gemm_kc), so that
-// however a product is cut between threads every C element sums the same slices in order.
-static void gemm_run(real *C, const real *A, const real *B, int M, int N, int K, int trans_a, int lda,
-                     int trans_b, int ldb, int ldc, int accumulate, int rank, int threads, int kc_even) {
-    const int avx512 = HAVE_AVX512 && sizeof(real) == sizeof(float);
-    const int MR = avx512 ? GEMM_MR_AVX512 : GEMM_MR_C;
-    int nc_even = gemm_nc(N);
-    // a B block must fit its buffer: kc_even was chosen for the whole product's N, and a
-    // tile of gemm()'s grid (fewer columns) can get wider blocks from gemm_nc than that allows
-    if ((size_t)nc_even * kc_even > GEMM_B_BLOCK) nc_even = GEMM_B_BLOCK / kc_even / GEMM_NR * GEMM_NR;
-    // row strips: strip s is rows [s*M/strips, (s+1)*M/strips); a multiple of the thread
-    // count, so that each thread gets the same number of rows (M = 256: 20 strips of 12.8)
-    int strips = ((M + MR - 1) / MR + threads - 1) / threads * threads;
-    if (strips > M) strips = M;
-    const int s_lo = (int)((long)rank * strips / threads), s_hi = (int)((long)(rank + 1) * strips / threads);
-    const int tid = thread_id();
-    real *pack_a = gemm_pack_a + (size_t)tid * GEMM_MR_MAX * GEMM_KC_MAX;
-    int block = 0; // shared B blocks alternate between two buffers
-    for (int jc = 0; jc < N; jc += nc_even) {
-        int nc = N - jc < nc_even ? N - jc : nc_even;
-        int b_strips = (nc + GEMM_NR - 1) / GEMM_NR;
-        for (int pc = 0; pc < K; pc += kc_even) {
-            int kc = K - pc < kc_even ? K - pc : kc_even;
-            int overwrite = pc == 0 && !accumulate;
-            real *pack_b = threads == 1 ? gemm_pack_b_own + (size_t)tid * GEMM_B_BLOCK : gemm_pack_b[block++ & 1];
-            // B block: the threads pack it together, then wait for each other; after that
-            // barrier every thread is also done with the block before last, that used this buffer
-            for (int t = (int)((long)rank * b_strips / threads); t < (int)((long)(rank + 1) * b_strips / threads); t++) {
-                int jr = t * GEMM_NR, nr = nc - jr < GEMM_NR ? nc - jr : GEMM_NR;
-                gemm_pack_b_strip(pack_b + (size_t)jr * kc, B, ldb, trans_b, jc + jr, nr, pc, kc);
-            }
-            if (threads > 1) {
-                #pragma omp barrier
-            }
-            // row strips: each thread packs an A strip and sweeps it across the B block; no
-            // barrier at the end: a thread that is done goes on to pack the next B block into
-            // the other buffer
-            for (int s = s_lo; s < s_hi; s++) {
-                int i0 = (int)((long)s * M / strips), mr = (int)((long)(s + 1) * M / strips) - i0;
-                gemm_pack_a_strip(pack_a, A, lda, trans_a, i0, mr, pc, kc, MR);
-                for (int jr = 0; jr < nc; jr += GEMM_NR) {
-                    int nr = nc - jr < GEMM_NR ? nc - jr : GEMM_NR;
-                    real *c = C + (size_t)i0 * ldc + jc + jr;
-                    const real *b = pack_b + (size_t)jr * kc;
-#if HAVE_AVX512
-                    if (avx512) {
-                        gemm_micro_kernel_avx512(kc, (const float *)pack_a, (const float *)b,
-                                                 (float *)c, ldc, mr, nr, overwrite);
-                        continue;
-                    }
-#endif
-                    gemm_micro_kernel_c(kc, pack_a, b, c, ldc, mr, nr, overwrite);
-                }
-            }
-        }
-    }
-}
-
-// An empty product: nothing to do when C is empty, C = 0 (or unchanged) when K = 0. Returns
-// 1 if it handled the product; gemm() and gemm_serial() call it before any blocking arithmetic.
-static int gemm_empty(real *C, int M, int N, int K, int ldc, int accumulate) {
-    if (M <= 0 || N <= 0) return 1;
-    if (K > 0) return 0;
-    if (!accumulate) for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, N * sizeof(real));
-    return 1;
-}
-
-// C (M,N) = A (M,K) B (K,N) (+ C if accumulate). A(i,k) = trans_a ? A[k*lda+i] : A[i*lda+k],
-// B(k,j) = trans_b ? B[j*ldb+k] : B[k*ldb+j]; C(i,j) = C[i*ldc+j].
-//
-// gemm(): one product on all threads; call it outside any parallel region. With enough row
-// strips (GEMM_ROW_SHARE per thread) the threads share the rows and the packed B blocks, as
-// above. With fewer (the forward of a batch of B*T = 256 rows) they split C into a grid of
-// tr x tc tiles instead, each computed by one thread alone with its own B buffer: more
-// columns per thread, no barriers.
+// --- the matmul contract -----------------------------------------------------
+// C (M,N) = A (M,K) B (K,N)  (+ C if accumulate), with
+//   A(i,k) = trans_a ? A[k*lda + i] : A[i*lda + k],   B(k,j) = trans_b ? B[j*ldb + k] : B[k*ldb + j],
+//   C(i,j) = C[i*ldc + j].
+// It is this triple loop, and gives its results bit for bit whatever the thread count:
+//   for i < M, j < N:  s = 0;  for k < K: s += A(i,k) B(k,j);  C(i,j) = s (+ C(i,j))
+// (up to the order of the k sum, which is fixed: see appendix A, where the fast version lives;
+// test_tlm.c checks it against the plain loop at every transposition and many shapes).
+//   gemm():        one product on all threads; call it outside a parallel region.
+//   gemm_serial(): on the calling thread alone, for the small products a parallel loop hands
+//                  out one per thread (attention per sequence and head, the memory).
+//   gemm_init():   the packing buffers, per thread; before any gemm_serial in a parallel region.
+static void gemm_init(void);
 static void gemm(real *C, const real *A, const real *B, int M, int N, int K,
-                 int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
-    if (gemm_empty(C, M, N, K, ldc, accumulate)) return;
-    gemm_init();
-    const int MR = HAVE_AVX512 && sizeof(real) == sizeof(float) ? GEMM_MR_AVX512 : GEMM_MR_C;
-    const int threads = num_threads(), kc = gemm_kc(N, K), strips = (M + MR - 1) / MR;
-    if (strips >= GEMM_ROW_SHARE * threads) {
-        #pragma omp parallel
-        gemm_run(C, A, B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, thread_id(), num_threads_here(), kc);
-        return;
-    }
-    int tr = 1; // row groups: the largest divisor of the thread count that leaves 4 strips per group
-    for (int t = 1; t <= threads; t++)
-        if (threads % t == 0 && strips >= 4 * t) tr = t;
-    const int tc = threads / tr, col_strips = (N + GEMM_NR - 1) / GEMM_NR;
-    #pragma omp parallel
-    {
-        int id = thread_id(), r = id / tc, c = id % tc;
-        if (num_threads_here() == threads) {
-            int i0 = (int)((long)r * M / tr), i1 = (int)((long)(r + 1) * M / tr);
-            int j0 = (int)((long)c * col_strips / tc) * GEMM_NR, j1 = (int)((long)(c + 1) * col_strips / tc) * GEMM_NR;
-            if (j1 > N) j1 = N;
-            if (j1 > j0)
-                gemm_run(C + (size_t)i0 * ldc + j0, trans_a ? A + i0 : A + (size_t)i0 * lda,
-                         trans_b ? B + (size_t)j0 * ldb : B + j0, i1 - i0, j1 - j0, K, trans_a, lda, trans_b, ldb, ldc,
-                         accumulate, 0, 1, kc);
-        } else { // a smaller team than asked for: one thread does it all
-            if (id == 0) gemm_run(C, A, B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, 0, 1, kc);
-        }
-    }
-}
-#if HAVE_AVX512
-// A small product (A, B and a padded strip together at most GEMM_SMALL floats: 256 KiB, in L2)
-// costs little to multiply, so what packing costs shows: the memory recurrence's products are
-// 16 x 32 x 32 (Titans) and 16 x 64 x 128 (Hope). gemm_small() packs only what it must: B^T
-// (k must run along the rows it reads) and a last strip of fewer than 32 columns; the kernel
-// broadcasts A where it lies and reads B's rows in place, over the whole k range at once.
-// (At these sizes that beats packing at every shape tried, up to 128 x 128 x 128.)
-#ifndef GEMM_SMALL
-#define GEMM_SMALL 65536
-#endif
-static void gemm_small(float *C, const float *A, const float *B, int M, int N, int K,
-                       int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
-    size_t a_row = trans_a ? 1 : (size_t)lda, a_step = trans_a ? (size_t)lda : 1;
-    float *packed = (float *)gemm_pack_b_own + (size_t)thread_id() * GEMM_B_BLOCK; // this thread's B buffer
-    // B's 32-column strips: where they lie when trans_b = 0 and the strip is whole, else packed
-    // as gemm_run() packs them (K x 32 each, zeros past column N)
-    int n_in_place = trans_b ? 0 : N / GEMM_NR * GEMM_NR;
-    for (int j0 = n_in_place; j0 < N; j0 += GEMM_NR)
-        gemm_pack_b_strip((real *)packed + (size_t)j0 * K, (const real *)B, ldb, trans_b, j0,
-                          N - j0 < GEMM_NR ? N - j0 : GEMM_NR, 0, K);
-    // column strips outer: a strip of B (K x 32) stays in L1 while all of A's row strips pass
-    int strips = (M + GEMM_MR_AVX512 - 1) / GEMM_MR_AVX512;
-    for (int j0 = 0; j0 < N; j0 += GEMM_NR) {
-        const float *b = j0 < n_in_place ? B + j0 : packed + (size_t)j0 * K;
-        size_t b_step = j0 < n_in_place ? (size_t)ldb : GEMM_NR;
-        for (int s = 0; s < strips; s++) {
-            int i0 = (int)((long)s * M / strips), mr = (int)((long)(s + 1) * M / strips) - i0;
-            gemm_micro_kernel_avx512_strided(K, A + i0 * a_row, a_row, a_step, b, b_step, C + (size_t)i0 * ldc + j0,
-                                              ldc, mr, N - j0 < GEMM_NR ? N - j0 : GEMM_NR, !accumulate);
-        }
-    }
-}
-#endif
-// gemm_serial(): on the calling thread alone, with its own B buffer, for the many small
-// products that a parallel loop hands out one per thread (attention: one per sequence and
-// head). It may run inside a parallel region, but gemm_init() must have run before it,
-// outside that region, with at least as many threads: the buffers are per thread.
+                 int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate);
 static void gemm_serial(real *C, const real *A, const real *B, int M, int N, int K,
-                        int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
-    if (gemm_empty(C, M, N, K, ldc, accumulate)) return;
-#if HAVE_AVX512
-    if (sizeof(real) == sizeof(float) && K <= GEMM_KC_MAX && (size_t)K * (M + N + GEMM_NR) <= GEMM_SMALL) {
-        gemm_small((float *)C, (const float *)A, (const float *)B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate);
-        return;
-    }
-#endif
-    gemm_run(C, A, B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, 0, 1, gemm_kc(N, K));
-}
+                        int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate);
+
 
 // out (N,OC) = inp (N,C) W^T,   W (OC,C)
 static void matmul_forward(real *out, const real *inp, const real *w, int N, int C, int OC) {
@@ -860,27 +617,6 @@ static void matmul_backward(real *dinp, real *dw, const real *dout, const real *
                             int N, int C, int OC) {
     if (dinp) gemm(dinp, dout, w, N, C, OC, 0, OC, 0, C, C, 1);
     if (dw)   gemm(dw, dout, inp, OC, C, N, 1, OC, 0, C, C, 1);
-}
-
-// The plain triple loops the blocked kernel is tested against.
-static inline void matmul_forward_reference(real *out, const real *inp, const real *w, int N, int C, int OC) {
-    for (int n = 0; n < N; n++)
-        for (int o = 0; o < OC; o++) {
-            real s = 0;
-            for (int c = 0; c < C; c++) s += inp[(size_t)n * C + c] * w[(size_t)o * C + c];
-            out[(size_t)n * OC + o] = s;
-        }
-}
-static inline void matmul_backward_reference(real *dinp, real *dw, const real *dout, const real *inp,
-                                      const real *w, int N, int C, int OC) {
-    for (int n = 0; n < N; n++)
-        for (int o = 0; o < OC; o++) {
-            real d = dout[(size_t)n * OC + o];
-            for (int c = 0; c < C; c++) {
-                dinp[(size_t)n * C + c] += d * w[(size_t)o * C + c];
-                dw[(size_t)o * C + c] += d * inp[(size_t)n * C + c];
-            }
-        }
 }
 
 // --- token embedding -----------------------------------------------------------
@@ -1065,70 +801,6 @@ static void attention_backward(real *dqkv, Scratch scratch, const real *dout, co
         }
 }
 
-// The same attention as plainly as it can be written, one query and one key at a time: the
-// tests check the blocked version above against it.
-static inline void attention_forward_reference(real *out, real *att, const real *qkv, int B, int T, int C, int NH,
-                                               int window) {
-    int hs = C / NH;
-    real scale = 1 / r_sqrt((real)hs);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++)
-            for (int t = 0; t < T; t++) {
-                const real *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
-                real *p = att + (((size_t)b * NH + h) * T + t) * T, *o = out + ((size_t)b * T + t) * C + h * hs;
-                int u0 = attention_first_key(t, window);
-                real maxs = -FLT_MAX, sum = 0;
-                for (int u = 0; u < T; u++) {
-                    p[u] = 0;
-                    if (u < u0 || u > t) continue;
-                    const real *k = qkv + ((size_t)b * T + u) * 3 * C + C + h * hs;
-                    real s = 0;
-                    for (int i = 0; i < hs; i++) s += q[i] * k[i];
-                    p[u] = s * scale;
-                    if (p[u] > maxs) maxs = p[u];
-                }
-                for (int u = u0; u <= t; u++) { p[u] = r_exp(p[u] - maxs); sum += p[u]; }
-                for (int i = 0; i < hs; i++) o[i] = 0;
-                for (int u = u0; u <= t; u++) {
-                    p[u] /= sum;
-                    const real *v = qkv + ((size_t)b * T + u) * 3 * C + 2 * C + h * hs;
-                    for (int i = 0; i < hs; i++) o[i] += p[u] * v[i];
-                }
-            }
-}
-static inline void attention_backward_reference(real *dqkv, const real *dout, const real *qkv, const real *att,
-                                                int B, int T, int C, int NH, int window) {
-    int hs = C / NH;
-    real scale = 1 / r_sqrt((real)hs);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++)
-            for (int t = 0; t < T; t++) {
-                const real *p = att + (((size_t)b * NH + h) * T + t) * T;
-                const real *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs, *dout_t = dout + ((size_t)b * T + t) * C + h * hs;
-                real *dq = dqkv + ((size_t)b * T + t) * 3 * C + h * hs;
-                int u0 = attention_first_key(t, window);
-                real pdp = 0;
-                for (int u = u0; u <= t; u++) {
-                    const real *v = qkv + ((size_t)b * T + u) * 3 * C + 2 * C + h * hs;
-                    real dp = 0;
-                    for (int i = 0; i < hs; i++) dp += dout_t[i] * v[i];
-                    pdp += p[u] * dp;
-                }
-                for (int u = u0; u <= t; u++) {
-                    const real *k = qkv + ((size_t)b * T + u) * 3 * C + C + h * hs, *v = k + C;
-                    real *dk = dqkv + ((size_t)b * T + u) * 3 * C + C + h * hs, *dv = dk + C;
-                    real dp = 0;
-                    for (int i = 0; i < hs; i++) dp += dout_t[i] * v[i];
-                    real ds = p[u] * (dp - pdp) * scale;
-                    for (int i = 0; i < hs; i++) {
-                        dv[i] += p[u] * dout_t[i];
-                        dq[i] += ds * k[i];
-                        dk[i] += ds * q[i];
-                    }
-                }
-            }
-}
-
 // --- sigmoid output gate (Gated Attention, Qiu et al. 2025, position G1) -----------------
 // out = a * g,   g = sigmoid(z)       a (N,C); z, g (N,G) with G = C (elementwise) or NH
 // (headwise: one gate per head, broadcast over the head's hs channels).
@@ -1221,255 +893,60 @@ static void crossentropy_backward(real *probs, const int *targets, int N, int V,
 }
 
 // ----------------------------------------------------------------------------
-// 4. the model: config, parameter table, activations, forward, backward, AdamW
-
-typedef enum { ARCH_TRANSFORMER, ARCH_GATED, ARCH_TITANS, ARCH_HOPE, ARCH_COUNT } Arch;
-static const char *arch_names[ARCH_COUNT] = { "transformer", "gated", "titans", "hope" };
-
-enum { MAX_LAYERS = 64, MAX_CMS_LEVELS = 4 };
-
-typedef struct {
-    Arch arch;
-    int layers, dim, heads, vocab, seq_len; // L, C, NH, V, T (the longest sequence)
-    int mlp_width;                          // H: the uniform model's hidden width = mean width
-    Taper taper;
-    double taper_start, taper_end;          // f(first layer), f(last layer), in multiples of H
-    int taper_multiple;                     // every width is a multiple of this
-    int untied;                             // separate output head instead of wte^T
-    int gate_headwise;                      // gated: one gate per head instead of per channel
-    int window;                             // titans: sliding-window size of the attention
-    int mem_depth, mem_hidden, mem_chunk;   // titans: memory depth (1, 2), MLP width, chunk
-    int cms_levels, cms_width;              // hope: levels incl. the slow SwiGLU; fast levels' width
-    int cms_chunks[MAX_CMS_LEVELS];         // hope: update period of levels 2..k (index 1..k-1)
-    // derived by the taper:
-    int mlp_widths[MAX_LAYERS];             // SwiGLU hidden width of every layer
-    int cms_widths[MAX_LAYERS];             // hope: hidden width of every fast level of a layer
-} Config;
-
-// --- the parameter table ----------------------------------------------------------------
-// Every parameter lives in one contiguous block, layer after layer, in the order
-// layout_params() declares it; the gradients and both AdamW moments use the same layout.
-// The checkpoint stores the block in this order, so this function is also the checkpoint's
-// format. Each layer gets a view (LayerWeights) of its own tensors with its own widths, so
-// no kernel ever computes an offset.
-
-// NORMAL: N(0, 0.02); RESIDUAL: N(0, 0.02/sqrt(2L)) for matrices that write into the residual
-// stream; GATE_BIAS: the memory gates' biases (see init_params); SCALE: the constant 0.1
-typedef enum { INIT_NORMAL, INIT_RESIDUAL, INIT_ONES, INIT_GATE_BIAS, INIT_SCALE } Init;
-
-typedef struct {
-    char name[24];
-    int layer;          // -1: outside the blocks
-    int rows, cols;     // shape; vectors have rows = 1
-    int is_mlp;         // counts as MLP (tapered) in the per-layer table
-    int decay;          // AdamW weight decay applies (matrices)
-    Init init;
-    size_t offset, size;
-} ParamTensor;
-
-typedef struct {
-    real *attn_norm;                // (C)
-    real *wqkv;                     // (3C, C)   q | k | v
-    real *wgate;                    // (G, C)    gated: G = C, or NH when headwise
-    real *mem_wqkv;                 // (3C, C)   titans: memory q | k | v
-    real *mem_wgates;               // (3NH, C)  titans: step | momentum | forget, per head
-    real *mem_bgates;               // (3NH)
-    real *mem_w0;                   // (NH, P)   titans: initial memory weights per head
-    real *mem_norm;                 // (C)       titans: RMSNorm gain on the read-out
-    real *wo;                       // (C, C)
-    real *mlp_norm;                 // (C)
-    real *w1, *w3;                  // (F, C) each, adjacent: one (2F, C) matrix
-    real *w2;                       // (C, F)
-    // hope: fast levels 1..cms_levels-1 (level 0 is the SwiGLU above)
-    real *cms_norm[MAX_CMS_LEVELS];   // (C)
-    real *cms_wqkv[MAX_CMS_LEVELS];   // (3C, C)
-    real *cms_wgates[MAX_CMS_LEVELS]; // (3, C)
-    real *cms_bgates[MAX_CMS_LEVELS]; // (3)
-    real *cms_w0[MAX_CMS_LEVELS];     // (P)  P = 2 C m, m = cms_widths[l]
-    real *cms_scale[MAX_CMS_LEVELS];  // (C)  output gain
-} LayerWeights;
-
-typedef struct {
-    real *wte;                      // (V, C) token embedding
-    LayerWeights layer[MAX_LAYERS];
-    real *final_norm;               // (C)
-    real *lm_head;                  // (V, C) only when untied; else wte
-} Weights;
-
-typedef struct {
-    ParamTensor tensor[MAX_LAYERS * 32 + 8];
-    int count;
-    size_t total;
-    real *base;                     // NULL while only counting
-} ParamTable;
-
-static real *declare(ParamTable *pt, const char *name, int layer, int rows, int cols, int is_mlp, int decay, Init init) {
-    ParamTensor *t = &pt->tensor[pt->count++];
-    snprintf(t->name, sizeof(t->name), "%s", name);
-    t->layer = layer; t->rows = rows; t->cols = cols; t->is_mlp = is_mlp; t->decay = decay; t->init = init;
-    t->offset = pt->total;
-    t->size = (size_t)rows * cols;
-    pt->total += t->size;
-    return pt->base ? pt->base + t->offset : NULL;
-}
-
-// the memory MLP's parameter count: linear d x d, or W1 (m,d) and W2 (d,m)
-static int memory_params(int depth, int d, int m) { return depth == 1 ? d * d : 2 * d * m; }
-
-static void layout_params(const Config *c, real *base, ParamTable *pt, Weights *w) {
-    int C = c->dim, NH = c->heads, V = c->vocab;
-    memset(pt, 0, sizeof(*pt));
-    memset(w, 0, sizeof(*w));
-    pt->base = base;
-    w->wte = declare(pt, "wte", -1, V, C, 0, 1, INIT_NORMAL);
-    for (int l = 0; l < c->layers; l++) {
-        LayerWeights *lw = &w->layer[l];
-        int F = c->mlp_widths[l];
-        lw->attn_norm = declare(pt, "attn_norm", l, 1, C, 0, 0, INIT_ONES);
-        lw->wqkv = declare(pt, "wqkv", l, 3 * C, C, 0, 1, INIT_NORMAL);
-        if (c->arch == ARCH_GATED)
-            lw->wgate = declare(pt, "wgate", l, c->gate_headwise ? NH : C, C, 0, 1, INIT_NORMAL);
-        if (c->arch == ARCH_TITANS) {
-            int P = memory_params(c->mem_depth, C / NH, c->mem_hidden);
-            lw->mem_wqkv = declare(pt, "mem_wqkv", l, 3 * C, C, 0, 1, INIT_NORMAL);
-            lw->mem_wgates = declare(pt, "mem_wgates", l, 3 * NH, C, 0, 1, INIT_NORMAL);
-            lw->mem_bgates = declare(pt, "mem_bgates", l, 1, 3 * NH, 0, 0, INIT_GATE_BIAS);
-            lw->mem_w0 = declare(pt, "mem_w0", l, NH, P, 0, 0, INIT_NORMAL);
-            lw->mem_norm = declare(pt, "mem_norm", l, 1, C, 0, 0, INIT_ONES);
-        }
-        lw->wo = declare(pt, "wo", l, C, C, 0, 1, INIT_RESIDUAL);
-        lw->mlp_norm = declare(pt, "mlp_norm", l, 1, C, 1, 0, INIT_ONES);
-        lw->w1 = declare(pt, "w1", l, F, C, 1, 1, INIT_NORMAL);
-        lw->w3 = declare(pt, "w3", l, F, C, 1, 1, INIT_NORMAL);
-        lw->w2 = declare(pt, "w2", l, C, F, 1, 1, INIT_RESIDUAL);
-        if (c->arch == ARCH_HOPE) {
-            for (int k = 1; k < c->cms_levels; k++) {
-                int P = memory_params(2, C, c->cms_widths[l]);
-                lw->cms_norm[k] = declare(pt, "cms_norm", l, 1, C, 1, 0, INIT_ONES);
-                lw->cms_wqkv[k] = declare(pt, "cms_wqkv", l, 3 * C, C, 1, 1, INIT_NORMAL);
-                lw->cms_wgates[k] = declare(pt, "cms_wgates", l, 3, C, 1, 1, INIT_NORMAL);
-                lw->cms_bgates[k] = declare(pt, "cms_bgates", l, 1, 3, 1, 0, INIT_GATE_BIAS);
-                lw->cms_w0[k] = declare(pt, "cms_w0", l, 1, P, 1, 0, INIT_NORMAL);
-                lw->cms_scale[k] = declare(pt, "cms_scale", l, 1, C, 1, 0, INIT_SCALE);
-            }
-        }
-    }
-    w->final_norm = declare(pt, "final_norm", -1, 1, C, 0, 0, INIT_ONES);
-    w->lm_head = c->untied ? declare(pt, "lm_head", -1, V, C, 0, 1, INIT_NORMAL) : w->wte;
-}
-
-// --- activations ------------------------------------------------------------------------
-// Everything the backward needs, per layer, for B sequences of T tokens (N = B*T rows).
-// One allocation; layout_activations() hands out the pieces (and, with base NULL, counts).
-
-// The neural memory of Titans and of Hope's fast levels: projections of the block's
-// normalised input into keys, values, queries and per-token gates, then the memory
-// recurrence (memory_forward below) per sequence and head.
-typedef struct {
-    real *qkv;                  // (N, 3C) raw projections x Wqkv^T
-    real *k, *v, *q;            // (B, NH, T, hs) per head; k and q L2-normalised
-    real *k_inv, *q_inv;        // (B, NH, T) 1/|k|, 1/|q| before normalisation
-    real *gates;                // (N, 3NH) gate pre-activations x Wg^T + b
-    real *theta, *eta, *alpha;  // (B, NH, T) step size, momentum, forgetting
-    real *states;               // (B, NH, S) W, S at chunk boundaries + each chunk's kept products
-    real *yh;                   // (B, NH, T, hs) read-out per head
-    real *y;                    // (N, C) read-out, heads back in token order
-} MemoryActs;
-
-typedef struct {
-    real *ln1, *ln1_rstd;       // (N, C), (N)  RMSNorm of the block input
-    real *qkv;                  // (N, 3C) q | k | v, RoPE applied to q and k
-    real *att;                  // (B, NH, T, T) attention probabilities
-    real *attn;                 // (N, C) attention output
-    real *gate;                 // (N, G) gated: sigmoid(ln1 Wg^T)
-    MemoryActs mem;             // titans
-    real *my_norm, *my_rstd;    // (N, C), (N) titans: RMSNorm of the memory read-out
-    real *mgate;                // (N, C) titans: sigmoid(my_norm)
-    real *mixed;                // (N, C) input of W_O
-    real *res1;                 // (N, C) x + mixer
-    real *ln2, *ln2_rstd;       // (N, C), (N)
-    real *h;                    // (N, 2F) h1 | h3
-    real *hg;                   // (N, F) silu(h1) * h3
-    real *res2;                 // (N, C) res1 + SwiGLU
-    // hope: fast level k reads res[k-1] (res[0] = res2) and writes res[k] = res[k-1] + scale * y
-    real *cms_ln[MAX_CMS_LEVELS], *cms_rstd[MAX_CMS_LEVELS];
-    MemoryActs cms[MAX_CMS_LEVELS];
-    real *cms_res[MAX_CMS_LEVELS];
-    real *out;                  // (N, C) the block output: res2, or the last fast level's
-} LayerActs;
-
-typedef struct {
-    real *x0;                   // (N, C) token embeddings
-    LayerActs layer[MAX_LAYERS];
-    real *lnf, *lnf_rstd;       // (N, C), (N)
-    real *logits;               // (N, V) logits, then probabilities, then their gradient
-    real *losses;               // (N)
-    // gradient scratch, shared by all layers (sized for the widest)
-    real *dres;                 // (N, C) gradient of the residual stream
-    real *dln;                  // (N, C)
-    real *dmixed;               // (N, C)
-    real *dattn;                // (N, C)
-    real *dqkv;                 // (N, 3C)
-    Scratch att_scratch;        // (threads, ATT_BLOCK, T) attention backward: dS of a block of queries
-    real *dgate;                // (N, C)
-    real *dh;                   // (N, 2 Fmax)
-    real *dhg;                  // (N, Fmax)
-    real *dy;                   // (N, C) memory read-out
-    real *dmk, *dmv, *dmq;      // (B, NH, T, hs)
-    real *dtheta, *deta, *dalpha; // (B, NH, T)
-    real *dmgates;              // (N, 3NH)
-    real *dyh;                  // (B, NH, T, hs) dy with heads split
-    real *dw0_parts;            // (B, NH, Pmax) per-sequence memory gradients, summed in order
-    Scratch mem_scratch;        // (threads, memory_scratch_size) the memory kernel's workspace
-    real *tmp;                  // (N, C) forward scratch
-} Acts;
-
-static real *take(size_t *cursor, real *base, size_t n) {
-    size_t at = *cursor;
-    *cursor += (n + 15) & ~(size_t)15; // keep every piece 64-byte aligned
-    return base ? base + at : NULL;
-}
-
-// --- the neural memory (Titans; Hope's fast levels) -----------------------------------------
+// 5. the neural memory (Titans; Hope's fast levels), as the papers write it
+//
 // One sequence of T tokens, one head of size d. The memory M_W is
 //   depth 1:  M(x) = W x                          W (d, d)
 //   depth 2:  M(x) = x + W2 silu(W1 x)            W1 (m, d), W2 (d, m), stored W1 then W2
 // with P parameters, learned at test time on the associative loss l_t(W) = |M_W(k_t) - v_t|^2:
-//   g_t = grad_W l_t(W_c)                 W_c: the weights at the start of t's chunk of C tokens
+//   g_t = grad_W l_t(W_c)                 W_c: the weights at the start of t's chunk of tokens
 //   S_t = eta_t S_{t-1} - theta_t g_t     surprise with momentum         (S_{-1} = 0)
 //   W_t = (1 - alpha_t) W_{t-1} + S_t     forgetting and update          (W_{-1} = W0, learned)
 //   y_t = M_{W_t}(q_t)   (Titans)   or   M_{W_c}(q_t)   (Hope: a chunk reads its start weights)
-// C = 1 is the exact token-by-token recurrence. The forward keeps W and S at chunk boundaries
-// and, per chunk, the products the backward needs again (states: memory_state_size()); the
-// backward goes back through the chunks from there. The code below
-// first gives the token-by-token pieces (memory_apply, memory_grad and their backwards, which
-// the reference recurrence uses), then the recurrence one whole chunk at a time.
+// A chunk of 1 token is the exact token-by-token recurrence. Below: the pieces (memory_read, a
+// read y = M_W(x); memory_loss_grad, g = grad_W l(W); each with its backward), then the
+// recurrence token by token, memory_recurrence_forward/backward, exactly as written above. The
+// model runs the same function a whole chunk at a time in closed form (appendix B:
+// memory_chunked_forward/backward), which the tests check against this one. Last, the module
+// around it: projections into keys, values, queries and gates, per sequence and head.
+//
+// The sizes of one memory, for one head: its head size d, hidden width m (depth 2; depth 1
+// ignores it), depth (1 or 2) and chunk length (the last chunk of a sequence may be shorter).
+typedef struct { int d, m, depth, chunk; } MemorySize;
+// Titans' memory (one per head) and Hope's fast level k of layer l (one head as wide as the model)
+static MemorySize titans_memory(const Config *c) {
+    return (MemorySize){ c->dim / c->heads, c->mem_hidden, c->mem_depth, c->mem_chunk };
+}
+static MemorySize hope_level(const Config *c, int l, int k) {
+    return (MemorySize){ c->dim, c->cms_widths[l], 2, c->cms_chunks[k] };
+}
+
 
 // The states of one sequence and head: per chunk a record of W_c, S_c (P each) and what the
 // forward computed of the chunk that its backward needs again (memory_saved_size: the factors,
 // the coefficients, the read-out's hidden layer, Titans' n x n read products), then W and S at
 // the end (2P). Each chunk's forward advances from its record into the next.
-static size_t memory_saved_size(int C, int d, int m, int depth);
-static size_t memory_record_size(int T, int chunk, int d, int m, int depth) {
-    int C = chunk < T ? chunk : T;
-    return 2 * (size_t)memory_params(depth, d, m) + memory_saved_size(C, d, m, depth);
+static size_t memory_saved_size(int n, int d, int m, int depth); // (appendix B)
+static int memory_chunk_len(int T, MemorySize ms) { return ms.chunk < T ? ms.chunk : T; }
+static size_t memory_record_size(int T, MemorySize ms) {
+    return 2 * (size_t)memory_params(ms.depth, ms.d, ms.m) +
+           memory_saved_size(memory_chunk_len(T, ms), ms.d, ms.m, ms.depth);
 }
-static size_t memory_state_size(int T, int chunk, int d, int m, int depth) {
-    size_t chunks = ((size_t)T + chunk - 1) / chunk;
-    return chunks * memory_record_size(T, chunk, d, m, depth) + 2 * (size_t)memory_params(depth, d, m);
+static size_t memory_state_size(int T, MemorySize ms) {
+    size_t chunks = ((size_t)T + ms.chunk - 1) / ms.chunk;
+    return chunks * memory_record_size(T, ms) + 2 * (size_t)memory_params(ms.depth, ms.d, ms.m);
 }
 // per thread: two P-vectors (the adjoints of W and S) and one chunk's factors, coefficients
 // and products (memory_chunk_size)
-static size_t memory_chunk_size(int C, int d, int m);
-static size_t memory_scratch_size(int T, int d, int m, int depth, int chunk) {
-    int C = chunk < T ? chunk : T;
-    return 2 * (size_t)memory_params(depth, d, m) + memory_chunk_size(C, d, m);
+static size_t memory_chunk_size(int n, int d, int m); // (appendix B)
+static size_t memory_scratch_size(int T, MemorySize ms) {
+    return 2 * (size_t)memory_params(ms.depth, ms.d, ms.m) + memory_chunk_size(memory_chunk_len(T, ms), ms.d, ms.m);
 }
-// the token-by-token reference: W_t and S_t of one chunk (2 C P), four P-vectors, sixteen
-// vectors of d + m
-static inline size_t memory_reference_scratch_size(int T, int d, int m, int depth, int chunk) {
-    int C = chunk < T ? chunk : T;
-    return (2 * (size_t)C + 4) * memory_params(depth, d, m) + 16 * (size_t)(d + m);
+// the token-by-token recurrence: W_t and S_t of one chunk (2 n P for a chunk of n), four
+// P-vectors, sixteen vectors of d + m
+static inline size_t memory_recurrence_scratch_size(int T, MemorySize ms) {
+    return (2 * (size_t)memory_chunk_len(T, ms) + 4) * memory_params(ms.depth, ms.d, ms.m) +
+           16 * (size_t)(ms.d + ms.m);
 }
 
 
@@ -1478,7 +955,7 @@ static inline real silu_grad(real z) { real s = sigmoid(z); return s * (1 + z * 
 static inline real silu_grad2(real z) { real s = sigmoid(z); return s * (1 - s) * (2 + z * (1 - 2 * s)); }
 
 // y = M_W(x). vec: scratch of 2m (z, a)
-static void memory_apply(real *y, const real *W, const real *x, int d, int m, int depth, real *vec) {
+static void memory_read(real *y, const real *W, const real *x, int d, int m, int depth, real *vec) {
     if (depth == 1) {
         for (int i = 0; i < d; i++) y[i] = dot(W + (size_t)i * d, x, d);
         return;
@@ -1490,7 +967,7 @@ static void memory_apply(real *y, const real *W, const real *x, int d, int m, in
 }
 
 // dW += dM/dW^T dy ; dx += dM/dx^T dy       (y = M_W(x)). vec: scratch of 3m
-static void memory_apply_backward(real *restrict dW, real *restrict dx, const real *restrict dy,
+static void memory_read_backward(real *restrict dW, real *restrict dx, const real *restrict dy,
                                   const real *restrict W, const real *restrict x, int d, int m, int depth,
                                   real *restrict vec) {
     if (depth == 1) {
@@ -1531,7 +1008,7 @@ static void memory_apply_backward(real *restrict dW, real *restrict dx, const re
 //   depth 1:  e = W k - v ;  g = 2 e k^T
 //   depth 2:  z = W1 k, a = silu(z), e = k + W2 a - v ;  g2 = 2 e a^T ;  g1 = 2 (W2^T e * silu'(z)) k^T
 // vec: scratch of 3m + d
-static void memory_grad(real *g, const real *W, const real *k, const real *v, int d, int m, int depth, real *vec) {
+static void memory_loss_grad(real *g, const real *W, const real *k, const real *v, int d, int m, int depth, real *vec) {
     real *e = vec;
     if (depth == 1) {
         for (int i = 0; i < d; i++) {
@@ -1575,7 +1052,7 @@ static void memory_grad(real *g, const real *W, const real *k, const real *v, in
 // Backward of g = grad_W l(W; k, v), for an incoming dg = scale * D:
 //   dW += (dg/dW)^T dg ;  dk += (dg/dk)^T dg ;  dv += (dg/dv)^T dg
 // (the second derivative of the loss: for depth 2 it needs silu''). vec: scratch of 12 max(d, m)
-static void memory_grad_backward(real *dW, real *dk, real *dv, const real *D, real scale, const real *W,
+static void memory_loss_grad_backward(real *dW, real *dk, real *dv, const real *D, real scale, const real *W,
                                  const real *k, const real *v, int d, int m, int depth, real *vec) {
     if (depth == 1) {
         // e = W k - v ; g = 2 e k^T.  de = 2 dg k ; dk += 2 dg^T e ; then through e: dW += de k^T, dk += W^T de, dv -= de
@@ -1670,432 +1147,17 @@ static void memory_grad_backward(real *dW, real *dk, real *dv, const real *D, re
     }
 }
 
-// --- the memory recurrence, one chunk at a time ----------------------------------------------
-// Inside a chunk every g_t is taken at the chunk's start weights W_c, so each g_t is one outer
-// product per weight matrix, X_s = x_s y_s^T, of vectors from one batch of small products at W_c:
-//   depth 2:  g_s = 2 (u_s k_s^T | e_s a_s^T)   for (W1 | W2)    depth 1:  g_s = 2 e_s k_s^T
-//   z = W1c k, a = silu(z), e = M_Wc(k) - v, u = (W2c^T e) * silu'(z)       ("the factors")
-// Then W and S after any token t of the chunk are a closed form in W_c, S_c and those products:
-//   S_t = ps_t S_c + sum_{s<=t} ex_ts X_s          W_t = cw_t W_c + cs_t S_c + sum_{s<=t} cx_ts X_s
-// with scalar coefficients that follow the recurrence token by token (h_t = -2 theta_t):
-//   ex_s <- eta_t ex_s (s < t), ex_t = h_t ;  ps <- eta_t ps ;  cw <- (1 - alpha_t) cw ;
-//   cs <- (1 - alpha_t) cs + ps ;  cx_s <- (1 - alpha_t) cx_s + ex_s (s <= t)    (from cw = ps = 1)
-// So a chunk is a few products per weight matrix and an n x n scalar recurrence, not n passes
-// over W: the chunk's end state is (diag(cx) X)^T Y plus the scaled W_c and S_c, and Titans'
-// reads at W_t, row t of  IN W_t^T  for the n inputs IN of a weight matrix, are
-//   OUT = diag(cw) IN W_c^T + diag(cs) IN S_c^T + (cx o IN Y^T) X        (o: elementwise, s <= t)
-// Hope reads W_c only (cw = 1, cs = cx = 0 for its reads).
-
-// One chunk's arrays: what the forward keeps in the chunk's record (memory_chunk_saved()), the
-// rest in the thread's scratch (memory_chunk_layout()).
-typedef struct {
-    // kept:
-    real *E, *Z, *A, *R, *U;        // (n, d), (n, m) x 4: e, z, a, r = W2^T e, u
-    real *Zq, *Aq;                  // (n, m) x 2: the read-out's hidden layer (depth 2)
-    real *coef;                     // (n + 1, 3 + 2n): cw, cs, ps, cx (n), ex (n) before token t (row n: the end)
-    real *G[2];                     // (n, n) per block: Titans' reads, IN Y^T (unused by Hope)
-    // scratch:
-    real *dX[2], *dY[2];            // gradients of the factors X and Y of each block
-    real *dR, *dZ, *dZq;            // (n, m) x 3
-    real *gcoef;                    // (n, 3 + 2n): gradients of the coefficients after token t
-    real *T1, *T2, *H, *H2;         // (n, wide) x 2, (n, n) x 2 for the reads
-    real *M1, *M2, *N1, *N2, *Xs;   // (n, wide) x 5 for the end state (M1, M2 also for the reads' backward)
-} MemoryChunk;
-
-// Block b of W (depth 2: W1 (m, d), then W2 (d, m); depth 1: W (d, d)): its rows, columns,
-// offset, and the factors of its outer products, X (n, rows) and Y (n, cols).
-static int memory_blocks(int depth) { return depth == 1 ? 1 : 2; }
-static void memory_block(int depth, int d, int m, int b, int *rows, int *cols, size_t *offset) {
-    *rows = depth == 1 || b == 1 ? d : m;
-    *cols = depth == 1 || b == 0 ? d : m;
-    *offset = b == 0 ? 0 : (size_t)m * d;
-}
-static const real *memory_factor_x(const MemoryChunk *f, int depth, int b) { return depth == 1 || b == 1 ? f->E : f->U; }
-static const real *memory_factor_y(const MemoryChunk *f, int b, const real *K) { return b == 0 ? K : f->A; }
-static real *memory_coef(const MemoryChunk *f, int n, int row) { return f->coef + (size_t)row * (3 + 2 * n); }
-
-// What a chunk of C tokens keeps, in its record after W_c and S_c: E (n, d); Z, A, R, U, Zq, Aq
-// (n, m), depth 2 only; coef; G per block. The n x n tables grow as C^2 (C is at most T, so a long
-// chunk costs memory as attention's T x T does).
-static size_t memory_saved_size(int C, int d, int m, int depth) {
-    size_t n = (size_t)C;
-    return n * d + (depth == 2 ? 6 * n * (size_t)m : 0) + (n + 1) * (3 + 2 * n) + memory_blocks(depth) * n * n;
-}
-static void memory_chunk_saved(MemoryChunk *f, real *p, int C, int d, int m, int depth) {
-    size_t n = (size_t)C, nm = depth == 2 ? n * m : 0;
-    f->E = p;  f->Z = f->E + n * d;  f->A = f->Z + nm;  f->R = f->A + nm;  f->U = f->R + nm;
-    f->Zq = f->U + nm;  f->Aq = f->Zq + nm;  f->coef = f->Aq + nm;
-    f->G[0] = f->coef + (n + 1) * (3 + 2 * n);  f->G[1] = f->G[0] + n * n;
-}
-// The scratch of a chunk, per thread
-static size_t memory_chunk_size(int C, int d, int m) {
-    size_t n = (size_t)C, wide = d > m ? d : m;
-    // as memory_chunk_layout() lays it out: dY0, dX1 (n, d); dY1, dR, dZ, dZq (n, m); dX0, T1, T2,
-    // M1, M2, N1, N2, Xs (n, wide); gcoef; H, H2 (n, n)
-    return n * (2 * (size_t)d + 4 * (size_t)m + 8 * wide) + n * (3 + 2 * n) + 2 * n * n;
-}
-static void memory_chunk_layout(MemoryChunk *f, real *p, int C, int d, int m) {
-    size_t n = (size_t)C, wide = d > m ? d : m;
-    f->dX[0] = p;                               // (n, m) [depth 1: (n, d)]
-    f->dY[0] = f->dX[0] + n * wide;             // (n, d)
-    f->dX[1] = f->dY[0] + n * d;                // (n, d)
-    f->dY[1] = f->dX[1] + n * d;                // (n, m)
-    f->dR = f->dY[1] + n * m;  f->dZ = f->dR + n * m;  f->dZq = f->dZ + n * m;
-    f->gcoef = f->dZq + n * m;
-    f->T1 = f->gcoef + n * (3 + 2 * n);  f->T2 = f->T1 + n * wide;  f->H = f->T2 + n * wide;  f->H2 = f->H + n * n;
-    f->M1 = f->H2 + n * n;  f->M2 = f->M1 + n * wide;  f->N1 = f->M2 + n * wide;  f->N2 = f->N1 + n * wide;
-    f->Xs = f->N2 + n * wide;
-}
-
-// Y (n, d) = M_W(X) for n inputs at once, keeping Z = X W1^T and A = silu(Z) (depth 2)
-static void memory_apply_rows(real *Y, real *Z, real *A, const real *W, const real *X, int n, int d, int m, int depth) {
-    if (depth == 1) { gemm_serial(Y, X, W, n, d, d, 0, d, 1, d, d, 0); return; }
-    const real *W1 = W, *W2 = W + (size_t)m * d;
-    gemm_serial(Z, X, W1, n, m, d, 0, d, 1, d, m, 0);
-    for (size_t i = 0; i < (size_t)n * m; i++) A[i] = silu(Z[i]);
-    memcpy(Y, X, (size_t)n * d * sizeof(real));
-    gemm_serial(Y, A, W2, n, d, m, 0, m, 1, m, d, 1);        // Y = X + A W2^T
-}
-// its backward: dW += dM/dW^T dY, dX += dM/dX^T dY. dZ: scratch (n, m)
-static void memory_apply_rows_backward(real *dW, real *dX, const real *dY, const real *W, const real *X,
-                                       const real *Z, const real *A, real *dZ, int n, int d, int m, int depth) {
-    if (depth == 1) {
-        gemm_serial(dW, dY, X, d, d, n, 1, d, 0, d, d, 1);  // dW += dY^T X
-        gemm_serial(dX, dY, W, n, d, d, 0, d, 0, d, d, 1);  // dX += dY W
-        return;
-    }
-    const real *W1 = W, *W2 = W + (size_t)m * d;
-    real *dW1 = dW, *dW2 = dW + (size_t)m * d;
-    for (size_t i = 0; i < (size_t)n * d; i++) dX[i] += dY[i];
-    gemm_serial(dW2, dY, A, d, m, n, 1, d, 0, m, m, 1);     // dW2 += dY^T A
-    gemm_serial(dZ, dY, W2, n, m, d, 0, d, 0, m, m, 0);     // dA = dY W2
-    for (size_t i = 0; i < (size_t)n * m; i++) dZ[i] *= silu_grad(Z[i]);
-    gemm_serial(dW1, dZ, X, m, d, n, 1, m, 0, d, d, 1);     // dW1 += dZ^T X
-    gemm_serial(dX, dZ, W1, n, d, m, 0, m, 0, d, d, 1);     // dX += dZ W1
-}
-
-// the factors of the chunk's n tokens (keys K, values V) at the chunk's start weights Wc
-static void memory_factors(MemoryChunk *f, const real *Wc, const real *K, const real *V, int n, int d, int m, int depth) {
-    memory_apply_rows(f->E, f->Z, f->A, Wc, K, n, d, m, depth);
-    for (size_t i = 0; i < (size_t)n * d; i++) f->E[i] -= V[i];
-    if (depth == 1) return;
-    gemm_serial(f->R, f->E, Wc + (size_t)m * d, n, m, d, 0, d, 0, m, m, 0); // R = E W2
-    for (size_t i = 0; i < (size_t)n * m; i++) f->U[i] = f->R[i] * silu_grad(f->Z[i]);
-}
-// ... and their gradients (in f->dX, f->dY) back through that batch: dWc, dK, dV accumulated.
-//   depth 2:  u = r * silu'(z):  dr = du silu'(z), dz = du r silu''(z) ;  r = W2c^T e: de += dr W2c^T, dW2 += e^T dr
-//             e = k + W2c a - v: dk += de, dv -= de, dW2 += de^T a, da += de W2c ;  a = silu(z): dz += da silu'(z)
-//             z = W1c k: dW1 += dz^T k, dk += dz W1c          (and dk += the Y gradient of block 0)
-//   depth 1:  e = Wc k - v: dW += de^T k, dk += de Wc, dv -= de
-static void memory_factors_backward(MemoryChunk *f, real *dWc, real *dK, real *dV, const real *Wc, const real *K,
-                                    int n, int d, int m, int depth) {
-    for (size_t i = 0; i < (size_t)n * d; i++) dK[i] += f->dY[0][i];
-    if (depth == 1) {
-        const real *dE = f->dX[0];
-        for (size_t i = 0; i < (size_t)n * d; i++) dV[i] -= dE[i];
-        gemm_serial(dWc, dE, K, d, d, n, 1, d, 0, d, d, 1);      // dW += dE^T K
-        gemm_serial(dK, dE, Wc, n, d, d, 0, d, 0, d, d, 1);      // dK += dE Wc
-        return;
-    }
-    const real *W1 = Wc, *W2 = Wc + (size_t)m * d;
-    real *dW1 = dWc, *dW2 = dWc + (size_t)m * d, *dU = f->dX[0], *dE = f->dX[1], *dA = f->dY[1];
-    for (size_t i = 0; i < (size_t)n * m; i++) {
-        f->dR[i] = dU[i] * silu_grad(f->Z[i]);
-        f->dZ[i] = dU[i] * f->R[i] * silu_grad2(f->Z[i]);
-    }
-    gemm_serial(dE, f->dR, W2, n, d, m, 0, m, 1, m, d, 1);    // dE += dR W2^T
-    gemm_serial(dW2, f->E, f->dR, d, m, n, 1, d, 0, m, m, 1); // dW2 += E^T dR
-    for (size_t i = 0; i < (size_t)n * d; i++) { dK[i] += dE[i]; dV[i] -= dE[i]; }
-    gemm_serial(dW2, dE, f->A, d, m, n, 1, d, 0, m, m, 1);    // dW2 += dE^T A
-    gemm_serial(dA, dE, W2, n, m, d, 0, d, 0, m, m, 1);       // dA += dE W2
-    for (size_t i = 0; i < (size_t)n * m; i++) f->dZ[i] += dA[i] * silu_grad(f->Z[i]);
-    gemm_serial(dW1, f->dZ, K, m, d, n, 1, m, 0, d, d, 1);    // dW1 += dZ^T K
-    gemm_serial(dK, f->dZ, W1, n, d, m, 0, m, 0, d, d, 1);    // dK += dZ W1
-}
-
-// The coefficients before each token t (row t of f->coef: cw, cs, ps, cx_0..n-1, ex_0..n-1;
-// row n: after the last token), by the recurrence above.
-static void memory_coefficients(MemoryChunk *f, const real *eta, const real *theta, const real *alpha, int n) {
-    real *c = memory_coef(f, n, 0);
-    memset(c, 0, (3 + 2 * (size_t)n) * sizeof(real));
-    c[0] = c[2] = 1;
-    for (int t = 0; t < n; t++) {
-        const real *p = memory_coef(f, n, t), *pcx = p + 3, *pex = pcx + n;
-        real *q = memory_coef(f, n, t + 1), *cx = q + 3, *ex = cx + n, a = 1 - alpha[t];
-        for (int s = 0; s < n; s++) ex[s] = s < t ? eta[t] * pex[s] : s == t ? -2 * theta[t] : 0;
-        q[2] = eta[t] * p[2];
-        q[0] = a * p[0];
-        q[1] = a * p[1] + q[2];
-        for (int s = 0; s < n; s++) cx[s] = a * pcx[s] + ex[s];
-    }
-}
-// Reverse mode through memory_coefficients: f->gcoef row t holds the gradients of the values
-// after token t (used up); deta, dalpha, dtheta are accumulated.
-static void memory_coefficients_backward(MemoryChunk *f, const real *eta, const real *alpha, real *deta, real *dalpha,
-                                         real *dtheta, int n) {
-    for (int t = n - 1; t >= 0; t--) {
-        real *g = f->gcoef + (size_t)t * (3 + 2 * n), *gcx = g + 3, *gex = gcx + n;
-        const real *p = memory_coef(f, n, t), *pcx = p + 3, *pex = pcx + n; // the values before token t
-        real a = 1 - alpha[t], da = 0, de = 0;
-        // only s <= t: cx_s and ex_s of a later token s are the constant 0 before it (what
-        // those entries of the gradient rows hold is never used)
-        for (int s = 0; s <= t; s++) {           // cx_s <- a cx_s + ex_s
-            gex[s] += gcx[s];
-            da -= gcx[s] * pcx[s];
-            gcx[s] *= a;
-        }
-        da -= g[1] * p[1] + g[0] * p[0];           // cs <- a cs + ps ;  cw <- a cw
-        g[2] += g[1];
-        g[1] *= a;
-        g[0] *= a;
-        de += g[2] * p[2];                         // ps <- eta ps
-        g[2] *= eta[t];
-        dtheta[t] -= 2 * gex[t];                   // ex_t = -2 theta_t
-        for (int s = 0; s < t; s++) {              // ex_s <- eta ex_s
-            de += gex[s] * pex[s];
-            gex[s] *= eta[t];
-        }
-        dalpha[t] += da;
-        deta[t] += de;
-        if (t > 0) { // what is left are the gradients of the values before token t, after token t-1
-            real *gp = g - (3 + 2 * n);
-            for (int i = 0; i < 3 + 2 * n; i++) gp[i] += g[i];
-        }
-    }
-}
-
-// The chunk's end state W, S (the next chunk's start) from its start Wc, Sc:
-//   W = cw Wc + cs Sc + (diag(cx) X)^T Y ;  S = ps Sc + (diag(ex) X)^T Y
-// with the coefficients after the chunk's last token (row n of f->coef: cx_s = cx_{n-1,s})
-static void memory_chunk_advance(real *restrict W, real *restrict S, const real *restrict Wc, const real *restrict Sc,
-                                 MemoryChunk *f, const real *K, int n, int d, int m, int depth) {
-    int P = memory_params(depth, d, m);
-    const real *c = memory_coef(f, n, n);
-    for (int p = 0; p < P; p++) {
-        W[p] = c[0] * Wc[p] + c[1] * Sc[p];
-        S[p] = c[2] * Sc[p];
-    }
-    for (int b = 0; b < memory_blocks(depth); b++) {
-        int rows, cols;
-        size_t off;
-        memory_block(depth, d, m, b, &rows, &cols, &off);
-        const real *X = memory_factor_x(f, depth, b), *Y = memory_factor_y(f, b, K);
-        for (int target = 0; target < 2; target++) {
-            const real *coef = c + 3 + (target == 0 ? 0 : n); // cx, then ex
-            for (int s = 0; s < n; s++)
-                for (int r = 0; r < rows; r++) f->Xs[(size_t)s * rows + r] = coef[s] * X[(size_t)s * rows + r];
-            gemm_serial((target == 0 ? W : S) + off, f->Xs, Y, rows, cols, n, 1, rows, 0, cols, cols, 1);
-        }
-    }
-}
-// Its backward. dW, dS: the adjoints of the end state in, of W_c, S_c out (without the share of
-// the factors and reads at W_c, S_c, that the caller adds next). Into the last row of f->gcoef:
-//   g_cw = <dW, W_c>, g_cs = <dW, S_c>, g_ps = <dS, S_c>, g_cx_s = x_s^T dW y_s, g_ex_s = x_s^T dS y_s ;
-// into f->dX, f->dY (accumulated): dx_s = cx_s dW y_s + ex_s dS y_s, dy_s = cx_s dW^T x_s + ex_s dS^T x_s.
-static void memory_chunk_advance_backward(real *dW, real *dS, MemoryChunk *f, const real *Wc, const real *Sc,
-                                          const real *K, int n, int d, int m, int depth) {
-    int P = memory_params(depth, d, m);
-    const real *c = memory_coef(f, n, n), *cx = c + 3, *ex = cx + n;
-    real *g = f->gcoef + (size_t)(n - 1) * (3 + 2 * n), *gcx = g + 3, *gex = gcx + n;
-    for (int b = 0; b < memory_blocks(depth); b++) {
-        int rows, cols;
-        size_t off;
-        memory_block(depth, d, m, b, &rows, &cols, &off);
-        const real *X = memory_factor_x(f, depth, b), *Y = memory_factor_y(f, b, K);
-        gemm_serial(f->M1, Y, dW + off, n, rows, cols, 0, cols, 1, cols, rows, 0); // M1 = Y dW^T   (n, rows)
-        gemm_serial(f->M2, Y, dS + off, n, rows, cols, 0, cols, 1, cols, rows, 0); // M2 = Y dS^T
-        gemm_serial(f->N1, X, dW + off, n, cols, rows, 0, rows, 0, cols, cols, 0); // N1 = X dW     (n, cols)
-        gemm_serial(f->N2, X, dS + off, n, cols, rows, 0, rows, 0, cols, cols, 0); // N2 = X dS
-        for (int s = 0; s < n; s++) {
-            const real *x = X + (size_t)s * rows, *m1 = f->M1 + (size_t)s * rows, *m2 = f->M2 + (size_t)s * rows;
-            const real *n1 = f->N1 + (size_t)s * cols, *n2 = f->N2 + (size_t)s * cols;
-            real *dx = f->dX[b] + (size_t)s * rows, *dy = f->dY[b] + (size_t)s * cols;
-            gcx[s] += dot(x, m1, rows);
-            gex[s] += dot(x, m2, rows);
-            for (int r = 0; r < rows; r++) dx[r] += cx[s] * m1[r] + ex[s] * m2[r];
-            for (int j = 0; j < cols; j++) dy[j] += cx[s] * n1[j] + ex[s] * n2[j];
-        }
-    }
-    // one pass over the state: g_cw, g_cs, g_ps, then W = cw Wc + cs Sc + ..., S = ps Sc + ...
-    // backwards: dSc = cs dW + ps dS, dWc = cw dW
-    real gw = 0, gs = 0, gp = 0;
-    #pragma omp simd reduction(+ : gw, gs, gp)
-    for (int p = 0; p < P; p++) {
-        real w = dW[p], v = dS[p];
-        gw += w * Wc[p];
-        gs += w * Sc[p];
-        gp += v * Sc[p];
-        dS[p] = c[1] * w + c[2] * v;
-        dW[p] = c[0] * w;
-    }
-    g[0] += gw;
-    g[1] += gs;
-    g[2] += gp;
-}
-
-// Titans' reads through one block: row t of OUT (n, rows) is W_t's block times row t of IN
-// (n, cols):  OUT = diag(cw) IN Wc^T + diag(cs) IN Sc^T + (cx o G) X,  G = IN Y^T (n, n, kept)
-// (cw, cs, cx after token t; cx_s = 0 for s > t)
-static void memory_block_read(real *OUT, real *G, const real *IN, const real *Wcb, const real *Scb, MemoryChunk *f,
-                              const real *X, const real *Y, int n, int rows, int cols) {
-    gemm_serial(f->T1, IN, Wcb, n, rows, cols, 0, cols, 1, cols, rows, 0);
-    gemm_serial(f->T2, IN, Scb, n, rows, cols, 0, cols, 1, cols, rows, 0);
-    gemm_serial(G, IN, Y, n, n, cols, 0, cols, 1, cols, n, 0);
-    for (int t = 0; t < n; t++) {
-        const real *c = memory_coef(f, n, t + 1), *cx = c + 3;
-        for (int r = 0; r < rows; r++) OUT[(size_t)t * rows + r] = c[0] * f->T1[(size_t)t * rows + r] + c[1] * f->T2[(size_t)t * rows + r];
-        for (int s = 0; s < n; s++) f->H[(size_t)t * n + s] = s <= t ? cx[s] * G[(size_t)t * n + s] : 0;
-    }
-    gemm_serial(OUT, f->H, X, n, rows, n, 0, n, 0, rows, rows, 1);
-}
-// its backward, from dOUT: dIN, dWcb, dScb, the factors' dX, dY and the coefficients' gradients
-// (f->gcoef) accumulated. The first two terms go through P1 = dOUT Wc and P2 = dOUT Sc (n, cols),
-// which the forward's IN Wc^T and IN Sc^T need not be recomputed for:
-//   g_cw_t = P1_t . IN_t,  g_cs_t = P2_t . IN_t,  dIN_t += cw_t P1_t + cs_t P2_t,
-//   dWc += (cw o dOUT)^T IN,  dSc += (cs o dOUT)^T IN
-// and the third through dH = dOUT X^T: g_cx_ts += dH_ts G_ts, dG = cx o dH, then through H = cx o G
-// and G = IN Y^T:  dX += H^T dOUT,  dIN += dG Y,  dY += dG^T IN
-static void memory_block_read_backward(real *dIN, real *dWcb, real *dScb, real *dX, real *dY, const real *dOUT,
-                                       const real *G, const real *IN, const real *Wcb, const real *Scb,
-                                       MemoryChunk *f, const real *X, const real *Y, int n, int rows, int cols) {
-    real *P1 = f->T1, *P2 = f->T2, *D1 = f->M1, *D2 = f->M2, *dH = f->H, *H = f->H2;
-    gemm_serial(P1, dOUT, Wcb, n, cols, rows, 0, rows, 0, cols, cols, 0);
-    gemm_serial(P2, dOUT, Scb, n, cols, rows, 0, rows, 0, cols, cols, 0);
-    gemm_serial(dH, dOUT, X, n, n, rows, 0, rows, 1, rows, n, 0);
-    for (int t = 0; t < n; t++) {
-        const real *c = memory_coef(f, n, t + 1), *cx = c + 3, *dout = dOUT + (size_t)t * rows;
-        const real *in = IN + (size_t)t * cols, *p1 = P1 + (size_t)t * cols, *p2 = P2 + (size_t)t * cols;
-        real *g = f->gcoef + (size_t)t * (3 + 2 * n), *gcx = g + 3, *din = dIN + (size_t)t * cols;
-        g[0] += dot(p1, in, cols);
-        g[1] += dot(p2, in, cols);
-        for (int j = 0; j < cols; j++) din[j] += c[0] * p1[j] + c[1] * p2[j];
-        for (int r = 0; r < rows; r++) {
-            D1[(size_t)t * rows + r] = c[0] * dout[r];
-            D2[(size_t)t * rows + r] = c[1] * dout[r];
-        }
-        for (int s = 0; s < n; s++) {
-            size_t ts = (size_t)t * n + s;
-            real dh = s <= t ? dH[ts] : 0;
-            gcx[s] += dh * G[ts];
-            dH[ts] = dh * cx[s];                   // now dG
-            H[ts] = s <= t ? cx[s] * G[ts] : 0;
-        }
-    }
-    gemm_serial(dX, H, dOUT, n, rows, n, 1, n, 0, rows, rows, 1);     // dX += H^T dOUT
-    gemm_serial(dWcb, D1, IN, rows, cols, n, 1, rows, 0, cols, cols, 1); // dWc += (cw o dOUT)^T IN
-    gemm_serial(dScb, D2, IN, rows, cols, n, 1, rows, 0, cols, cols, 1); // dSc += (cs o dOUT)^T IN
-    gemm_serial(dIN, dH, Y, n, cols, n, 0, n, 0, cols, cols, 1);      // dIN += dG Y
-    gemm_serial(dY, dH, IN, n, cols, n, 1, n, 0, cols, cols, 1);      // dY += dG^T IN
-}
-
-// Titans' read-out of the chunk, y_t = M_{W_t}(q_t):  Z = reads of Q through W1, A = silu(Z),
-// Y = Q + reads of A through W2  (depth 1: Y = reads of Q through W)
-static void memory_chunk_read(real *Yout, const real *Q, const real *Wc, const real *Sc, MemoryChunk *f,
-                              const real *K, int n, int d, int m, int depth) {
-    if (depth == 1) { memory_block_read(Yout, f->G[0], Q, Wc, Sc, f, f->E, K, n, d, d); return; }
-    size_t o2 = (size_t)m * d;
-    memory_block_read(f->Zq, f->G[0], Q, Wc, Sc, f, f->U, K, n, m, d);
-    for (size_t i = 0; i < (size_t)n * m; i++) f->Aq[i] = silu(f->Zq[i]);
-    memory_block_read(Yout, f->G[1], f->Aq, Wc + o2, Sc + o2, f, f->E, f->A, n, d, m);
-    for (size_t i = 0; i < (size_t)n * d; i++) Yout[i] += Q[i];
-}
-static void memory_chunk_read_backward(real *dQ, real *dWc, real *dSc, const real *dYout, const real *Q,
-                                       const real *Wc, const real *Sc, MemoryChunk *f, const real *K,
-                                       int n, int d, int m, int depth) {
-    if (depth == 1) {
-        memory_block_read_backward(dQ, dWc, dSc, f->dX[0], f->dY[0], dYout, f->G[0], Q, Wc, Sc, f, f->E, K, n, d, d);
-        return;
-    }
-    size_t o2 = (size_t)m * d; // the hidden layer Zq, Aq: kept by the forward
-    memset(f->dZq, 0, (size_t)n * m * sizeof(real));
-    for (size_t i = 0; i < (size_t)n * d; i++) dQ[i] += dYout[i];
-    memory_block_read_backward(f->dZq, dWc + o2, dSc + o2, f->dX[1], f->dY[1], dYout, f->G[1], f->Aq, Wc + o2,
-                               Sc + o2, f, f->E, f->A, n, d, m);
-    for (size_t i = 0; i < (size_t)n * m; i++) f->dZq[i] *= silu_grad(f->Zq[i]);
-    memory_block_read_backward(dQ, dWc, dSc, f->dX[0], f->dY[0], f->dZq, f->G[0], Q, Wc, Sc, f, f->U, K, n, m, d);
-}
-
-// y (T, d) from k, v, q (T, d) and the gates (T); states: see memory_state_size().
-static void memory_forward(real *y, real *states, real *scratch, const real *k, const real *v, const real *q,
+// The recurrence as the papers write it: token by token, each g_t built whole by
+// memory_loss_grad and its backward taken by memory_loss_grad_backward. The model runs the
+// chunked form of appendix B, which the tests check against this one. y (T, d) from k, v, q
+// (T, d) and the gates theta, eta, alpha (T); states: W_c, S_c at the start of every chunk, in
+// the chunked form's layout (memory_state_size(); the rest of each record unused).
+static inline void memory_recurrence_forward(real *y, real *states, real *scratch, const real *k, const real *v, const real *q,
                            const real *theta, const real *eta, const real *alpha, const real *W0,
-                           int T, int d, int m, int depth, int chunk, int read_chunk_start) {
-    int P = memory_params(depth, d, m), C = chunk < T ? chunk : T;
-    size_t record = memory_record_size(T, chunk, d, m, depth);
-    MemoryChunk f;
-    memory_chunk_layout(&f, scratch, C, d, m);
-    memcpy(states, W0, P * sizeof(real)); // the first chunk's start
-    memset(states + P, 0, P * sizeof(real));
-    for (int c = 0, s = 0; s < T; c++, s += chunk) {
-        int n = T - s < chunk ? T - s : chunk;
-        // the chunk's start, in its record; its end goes to the next record (after the last chunk:
-        // to the two P-vectors after the records)
-        real *Wc = states + c * record, *Sc = Wc + P, *Wn = Wc + record, *Sn = Wn + P;
-        const real *K = k + (size_t)s * d, *Q = q + (size_t)s * d;
-        memory_chunk_saved(&f, Sc + P, C, d, m, depth);
-        memory_factors(&f, Wc, K, v + (size_t)s * d, n, d, m, depth);
-        memory_coefficients(&f, eta + s, theta + s, alpha + s, n);
-        if (read_chunk_start) memory_apply_rows(y + (size_t)s * d, f.Zq, f.Aq, Wc, Q, n, d, m, depth); // Hope
-        else                  memory_chunk_read(y + (size_t)s * d, Q, Wc, Sc, &f, K, n, d, m, depth);  // Titans
-        memory_chunk_advance(Wn, Sn, Wc, Sc, &f, K, n, d, m, depth);
-    }
-}
-
-// Accumulates the gradients of every input of memory_forward, given dy (T, d), going back
-// through the chunks. dW, dS: the adjoints of the state at the end of the chunk at hand (zero at
-// the end of the sequence); each chunk's backward first turns them into those of its start W_c,
-// S_c, then adds what the chunk's reads and factors contributed at W_c, S_c. At the very start
-// dW0 += dW. (v and theta reach it through the kept factors and coefficients.)
-static void memory_backward(real *dk, real *dv, real *dq, real *dtheta, real *deta, real *dalpha, real *dW0,
-                            real *scratch, const real *dy, const real *states, const real *k,
-                            const real *q, const real *eta, const real *alpha,
-                            int T, int d, int m, int depth, int chunk, int read_chunk_start) {
-    int P = memory_params(depth, d, m), C = chunk < T ? chunk : T;
-    size_t record = memory_record_size(T, chunk, d, m, depth);
-    real *dW = scratch, *dS = dW + P;
-    MemoryChunk f;
-    memory_chunk_layout(&f, dS + P, C, d, m);
-    memset(dW, 0, P * sizeof(real));
-    memset(dS, 0, P * sizeof(real));
-    int chunks = (T + chunk - 1) / chunk;
-    for (int c = chunks - 1; c >= 0; c--) {
-        int s = c * chunk, n = T - s < chunk ? T - s : chunk;
-        const real *Wc = states + c * record, *Sc = Wc + P, *K = k + (size_t)s * d, *Q = q + (size_t)s * d;
-        memory_chunk_saved(&f, (real *)Sc + P, C, d, m, depth); // the forward's factors and coefficients
-#if defined(__GNUC__)
-        // the record of the chunk before was written long ago (the whole forward ran since): start
-        // bringing it into L2 now, while this chunk computes, instead of waiting on each line later
-        if (c > 0)
-            for (size_t i = 0; i < record; i += 64 / sizeof(real)) __builtin_prefetch(Wc - record + i, 0, 2);
-#endif
-        memset(f.gcoef, 0, (size_t)n * (3 + 2 * n) * sizeof(real));
-        int nx0 = depth == 1 ? d : m;
-        memset(f.dX[0], 0, (size_t)n * nx0 * sizeof(real));
-        memset(f.dY[0], 0, (size_t)n * d * sizeof(real));
-        if (depth == 2) {
-            memset(f.dX[1], 0, (size_t)n * d * sizeof(real));
-            memset(f.dY[1], 0, (size_t)n * m * sizeof(real));
-        }
-        // the last chunk's end state is not used: its adjoints are zero, and so is all this
-        if (c < chunks - 1) memory_chunk_advance_backward(dW, dS, &f, Wc, Sc, K, n, d, m, depth);
-        if (read_chunk_start) { // Hope: the reads at W_c, one batch (Zq, Aq kept by the forward)
-            memory_apply_rows_backward(dW, dq + (size_t)s * d, dy + (size_t)s * d, Wc, Q, f.Zq, f.Aq, f.dZq, n, d, m, depth);
-        } else {
-            memory_chunk_read_backward(dq + (size_t)s * d, dW, dS, dy + (size_t)s * d, Q, Wc, Sc, &f, K, n, d, m, depth);
-        }
-        memory_coefficients_backward(&f, eta + s, alpha + s, deta + s, dalpha + s, dtheta + s, n);
-        memory_factors_backward(&f, dW, dk + (size_t)s * d, dv + (size_t)s * d, Wc, K, n, d, m, depth);
-    }
-    for (int p = 0; p < P; p++) dW0[p] += dW[p];
-}
-
-// The same recurrence as plainly as it can be written: token by token, each g_t built whole by
-// memory_grad and its backward taken by memory_grad_backward. The tests check the chunked
-// version above against it.
-static inline void memory_forward_reference(real *y, real *states, real *scratch, const real *k, const real *v, const real *q,
-                           const real *theta, const real *eta, const real *alpha, const real *W0,
-                           int T, int d, int m, int depth, int chunk, int read_chunk_start) {
+                           int T, MemorySize ms, int read_chunk_start) {
+    int d = ms.d, m = ms.m, depth = ms.depth, chunk = ms.chunk;
     int P = memory_params(depth, d, m);
-    size_t record = memory_record_size(T, chunk, d, m, depth); // the same layout (the rest unused)
+    size_t record = memory_record_size(T, ms); // the same layout (the rest unused)
     real *W = scratch, *S = W + P, *g = S + P, *vec = g + 2 * (size_t)P;
     memcpy(W, W0, P * sizeof(real));
     memset(S, 0, P * sizeof(real));
@@ -2104,12 +1166,12 @@ static inline void memory_forward_reference(real *y, real *states, real *scratch
         memcpy(Wc, W, P * sizeof(real));
         memcpy(Wc + P, S, P * sizeof(real));
         for (int t = s; t < T && t < s + chunk; t++) {
-            memory_grad(g, Wc, k + (size_t)t * d, v + (size_t)t * d, d, m, depth, vec);
+            memory_loss_grad(g, Wc, k + (size_t)t * d, v + (size_t)t * d, d, m, depth, vec);
             for (int p = 0; p < P; p++) {
                 S[p] = eta[t] * S[p] - theta[t] * g[p];
                 W[p] = (1 - alpha[t]) * W[p] + S[p];
             }
-            memory_apply(y + (size_t)t * d, read_chunk_start ? Wc : W, q + (size_t)t * d, d, m, depth, vec);
+            memory_read(y + (size_t)t * d, read_chunk_start ? Wc : W, q + (size_t)t * d, d, m, depth, vec);
         }
     }
     int chunks = (T + chunk - 1) / chunk;
@@ -2124,13 +1186,14 @@ static inline void memory_forward_reference(real *y, real *states, real *scratch
 //   S_t = eta S_{t-1} - theta g_t:   dtheta_t = -<g_t, dS> ;  deta_t = <S_{t-1}, dS> ;
 //                                    dg_t = -theta_t dS (into dW_c, dk_t, dv_t) ;  dS <- eta_t dS
 // and at the chunk's start dW += dW_c, since W_c is W_{s-1}. At the very start dW0 += dW.
-static inline void memory_backward_reference(real *dk, real *dv, real *dq, real *dtheta, real *deta, real *dalpha, real *dW0,
+static inline void memory_recurrence_backward(real *dk, real *dv, real *dq, real *dtheta, real *deta, real *dalpha, real *dW0,
                             real *scratch, const real *dy, const real *states, const real *k, const real *v,
                             const real *q, const real *theta, const real *eta, const real *alpha,
-                            int T, int d, int m, int depth, int chunk, int read_chunk_start) {
-    int P = memory_params(depth, d, m), C = chunk < T ? chunk : T;
-    size_t record = memory_record_size(T, chunk, d, m, depth);
-    real *Wt = scratch, *St = Wt + (size_t)C * P, *dW = St + (size_t)C * P, *dS = dW + P, *dWc = dS + P;
+                            int T, MemorySize ms, int read_chunk_start) {
+    int d = ms.d, m = ms.m, depth = ms.depth, chunk = ms.chunk;
+    int P = memory_params(depth, d, m), len = memory_chunk_len(T, ms);
+    size_t record = memory_record_size(T, ms);
+    real *Wt = scratch, *St = Wt + (size_t)len * P, *dW = St + (size_t)len * P, *dS = dW + P, *dWc = dS + P;
     real *g = dWc + P, *vec = g + P;
     memset(dW, 0, P * sizeof(real));
     memset(dS, 0, P * sizeof(real));
@@ -2143,7 +1206,7 @@ static inline void memory_backward_reference(real *dk, real *dv, real *dq, real 
             int t = s + i;
             const real *Wp = i ? Wt + (size_t)(i - 1) * P : Wc, *Sp = i ? St + (size_t)(i - 1) * P : Sc;
             real *Wi = Wt + (size_t)i * P, *Si = St + (size_t)i * P;
-            memory_grad(g, Wc, k + (size_t)t * d, v + (size_t)t * d, d, m, depth, vec);
+            memory_loss_grad(g, Wc, k + (size_t)t * d, v + (size_t)t * d, d, m, depth, vec);
             for (int p = 0; p < P; p++) {
                 Si[p] = eta[t] * Sp[p] - theta[t] * g[p];
                 Wi[p] = (1 - alpha[t]) * Wp[p] + Si[p];
@@ -2155,9 +1218,9 @@ static inline void memory_backward_reference(real *dk, real *dv, real *dq, real 
             const real *Wi = Wt + (size_t)i * P;
             const real *Wp = i ? Wt + (size_t)(i - 1) * P : Wc, *Sp = i ? St + (size_t)(i - 1) * P : Sc;
             if (read_chunk_start)
-                memory_apply_backward(dWc, dq + (size_t)t * d, dy + (size_t)t * d, Wc, q + (size_t)t * d, d, m, depth, vec);
+                memory_read_backward(dWc, dq + (size_t)t * d, dy + (size_t)t * d, Wc, q + (size_t)t * d, d, m, depth, vec);
             else
-                memory_apply_backward(dW, dq + (size_t)t * d, dy + (size_t)t * d, Wi, q + (size_t)t * d, d, m, depth, vec);
+                memory_read_backward(dW, dq + (size_t)t * d, dy + (size_t)t * d, Wi, q + (size_t)t * d, d, m, depth, vec);
             real da = 0;
             #pragma omp simd reduction(+ : da)
             for (int p = 0; p < P; p++) {
@@ -2166,7 +1229,7 @@ static inline void memory_backward_reference(real *dk, real *dv, real *dq, real 
                 dW[p] *= 1 - alpha[t];
             }
             dalpha[t] += da;
-            memory_grad(g, Wc, k + (size_t)t * d, v + (size_t)t * d, d, m, depth, vec);
+            memory_loss_grad(g, Wc, k + (size_t)t * d, v + (size_t)t * d, d, m, depth, vec);
             real dth = 0, det = 0;
             #pragma omp simd reduction(+ : dth, det)
             for (int p = 0; p < P; p++) {
@@ -2175,7 +1238,7 @@ static inline void memory_backward_reference(real *dk, real *dv, real *dq, real 
             }
             dtheta[t] += dth;
             deta[t] += det;
-            memory_grad_backward(dWc, dk + (size_t)t * d, dv + (size_t)t * d, dS, -theta[t], Wc,
+            memory_loss_grad_backward(dWc, dk + (size_t)t * d, dv + (size_t)t * d, dS, -theta[t], Wc,
                                  k + (size_t)t * d, v + (size_t)t * d, d, m, depth, vec);
             for (int p = 0; p < P; p++) dS[p] *= eta[t];
         }
@@ -2184,45 +1247,163 @@ static inline void memory_backward_reference(real *dk, real *dv, real *dq, real 
     for (int p = 0; p < P; p++) dW0[p] += dW[p];
 }
 
-typedef struct {
-    Config cfg;
-    ParamTable table;
-    size_t num_params;
-    real *params, *grads;       // (num_params) each, layout_params order
-    float *adam_m, *adam_v;     // AdamW moments, same layout
-    Weights w, g;               // views into params and grads
-    int B, T;                   // activation capacity
-    Acts a;
-    real *act_memory;
-    size_t act_size;
-    real *rope;                 // (T, hs/2, 2) cos, sin
-    int *tokens, *targets;      // (B*T)
-    int step;                   // optimizer steps taken
-    double *norm_parts;         // (num_params / 4096, rounded up) grad_norm's partial sums
-    // layer analysis: skip a layer's MLP slot, or the whole layer, in forward
-    const int *skip_mlp, *skip_layer;
-    // wall time spent in forward + backward of the mixers (with W_O), the MLP slots, the head
-    double seconds_mixer, seconds_mlp, seconds_head;
-} Model;
+// The model's memory: the same function as memory_recurrence_forward/backward, a chunk at a
+// time in closed form (appendix B). Same arguments, except that the backward needs neither v nor
+// theta (it reaches them through what the forward kept in `states`); scratch per thread:
+// memory_scratch_size(), states: memory_state_size().
+static void memory_chunked_forward(real *y, real *states, real *scratch, const real *k, const real *v,
+                                   const real *q, const real *theta, const real *eta, const real *alpha,
+                                   const real *W0, int T, MemorySize ms, int read_chunk_start);
+static void memory_chunked_backward(real *dk, real *dv, real *dq, real *dtheta, real *deta, real *dalpha,
+                                    real *dW0, real *scratch, const real *dy, const real *states,
+                                    const real *k, const real *q, const real *eta, const real *alpha,
+                                    int T, MemorySize ms, int read_chunk_start);
+
+// --- the neural memory module (Titans' mixer branch, Hope's fast levels) -------------------
+// From the normalised block input x (N,C):
+//   q, k, v = split_heads(x Wqkv^T),  k <- k/|k|, q <- q/|q|        per head of size hs
+//   z = x Wg^T + b :  theta = (theta_max / C) sigmoid(z_step), eta = sigmoid(z_mom), alpha = sigmoid(z_forget)
+// The step size is divided by the chunk length: the gradients of a chunk's tokens are all taken
+// at the chunk's start weights and add up, so this keeps a chunk's update at the scale of one step.
+//   y = memory recurrence (memory_chunked_forward) per sequence and head, heads merged back (N,C)
+static const real theta_max = (real)0.1, eta_max = (real)0.9;
+
+static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqkv, const real *wgates,
+                                  const real *bgates, const real *w0, Scratch scratch,
+                                  int B, int T, int C, int NH, MemorySize ms, int read_chunk_start) {
+    int N = B * T, hs = ms.d, chunk = ms.chunk, P = memory_params(ms.depth, hs, ms.m);
+    size_t S = memory_state_size(T, ms);
+    matmul_forward(ma->qkv, x, wqkv, N, C, 3 * C);
+    matmul_forward(ma->gates, x, wgates, N, C, 3 * NH);
+    #pragma omp parallel for collapse(3)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                size_t n = (size_t)b * T + t, i = ((size_t)b * NH + h) * T + t;
+                const real *q = ma->qkv + n * 3 * C + h * hs, *k = q + C, *v = q + 2 * C;
+                real qq = dot(q, q, hs), kk = dot(k, k, hs);
+                real q_inv = 1 / r_sqrt(qq + (real)1e-12), k_inv = 1 / r_sqrt(kk + (real)1e-12);
+                for (int j = 0; j < hs; j++) {
+                    ma->q[i * hs + j] = q[j] * q_inv;
+                    ma->k[i * hs + j] = k[j] * k_inv;
+                    ma->v[i * hs + j] = v[j];
+                }
+                ma->q_inv[i] = q_inv;
+                ma->k_inv[i] = k_inv;
+                real *z = ma->gates + n * 3 * NH;
+                for (int g = 0; g < 3; g++) z[g * NH + h] += bgates[g * NH + h];
+                ma->theta[i] = theta_max / chunk * sigmoid(z[h]);
+                ma->eta[i] = eta_max * sigmoid(z[NH + h]);
+                ma->alpha[i] = sigmoid(z[2 * NH + h]);
+            }
+    gemm_init(); // memory_chunked_forward runs gemm_serial inside the loop
+    // one task per sequence and head, handed out as threads come free: each writes only its
+    // own outputs, so the results do not depend on which thread runs it
+    #pragma omp parallel for collapse(2) schedule(dynamic) num_threads(scratch_team(scratch))
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            size_t bh = (size_t)b * NH + h;
+            memory_chunked_forward(ma->yh + bh * T * hs, ma->states + bh * S, scratch_mine(scratch),
+                           ma->k + bh * T * hs, ma->v + bh * T * hs, ma->q + bh * T * hs,
+                           ma->theta + bh * T, ma->eta + bh * T, ma->alpha + bh * T, w0 + (size_t)h * P,
+                           T, ms, read_chunk_start);
+        }
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < NH; h++)
+                memcpy(ma->y + ((size_t)b * T + t) * C + h * hs, ma->yh + (((size_t)b * NH + h) * T + t) * hs, hs * sizeof(real));
+}
+
+// Backward of the module: dy (N,C) in; dx (N,C) and the weight gradients accumulated.
+//   memory_chunked_backward gives dk, dv, dq, dtheta, deta, dalpha and dW0 per sequence and head;
+//   through k <- k/|k|: dk_raw = (dk - k (k . dk)) / |k|  (same for q);
+//   through the gates: dz = dtheta theta (1 - theta C/theta_max), deta eta (1 - eta), ...
+static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates, real *dbgates, real *dw0,
+                                   const real *dy, const MemoryActs *ma, const real *x, const real *wqkv,
+                                   const real *wgates, int B, int T, int C, int NH,
+                                   MemorySize ms, int read_chunk_start) {
+    int N = B * T, hs = ms.d, chunk = ms.chunk, P = memory_params(ms.depth, hs, ms.m);
+    size_t S = memory_state_size(T, ms);
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < NH; h++)
+                memcpy(a->dyh + (((size_t)b * NH + h) * T + t) * hs, dy + ((size_t)b * T + t) * C + h * hs, hs * sizeof(real));
+    gemm_init(); // memory_chunked_backward runs gemm_serial inside the loop
+    #pragma omp parallel for collapse(2) schedule(dynamic) num_threads(scratch_team(a->mem_scratch))
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            size_t bh = (size_t)b * NH + h; // memory_chunked_backward adds into its outputs: zero them first
+            memset(a->dmk + bh * T * hs, 0, (size_t)T * hs * sizeof(real));
+            memset(a->dmv + bh * T * hs, 0, (size_t)T * hs * sizeof(real));
+            memset(a->dmq + bh * T * hs, 0, (size_t)T * hs * sizeof(real));
+            memset(a->dtheta + bh * T, 0, (size_t)T * sizeof(real));
+            memset(a->deta + bh * T, 0, (size_t)T * sizeof(real));
+            memset(a->dalpha + bh * T, 0, (size_t)T * sizeof(real));
+            memset(a->dw0_parts + bh * P, 0, (size_t)P * sizeof(real));
+            memory_chunked_backward(a->dmk + bh * T * hs, a->dmv + bh * T * hs, a->dmq + bh * T * hs,
+                            a->dtheta + bh * T, a->deta + bh * T, a->dalpha + bh * T, a->dw0_parts + bh * P,
+                            scratch_mine(a->mem_scratch), a->dyh + bh * T * hs,
+                            ma->states + bh * S, ma->k + bh * T * hs, ma->q + bh * T * hs,
+                            ma->eta + bh * T, ma->alpha + bh * T,
+                            T, ms, read_chunk_start);
+        }
+    // dW0[h] += sum over sequences, in a fixed order
+    #pragma omp parallel for
+    for (int h = 0; h < NH; h++)
+        for (int b = 0; b < B; b++)
+            for (int p = 0; p < P; p++) dw0[(size_t)h * P + p] += a->dw0_parts[((size_t)b * NH + h) * P + p];
+    real *dqkv = a->dqkv, *dz = a->dmgates;
+    #pragma omp parallel for collapse(3)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++)
+            for (int t = 0; t < T; t++) {
+                size_t n = (size_t)b * T + t, i = ((size_t)b * NH + h) * T + t;
+                const real *q = ma->q + i * hs, *k = ma->k + i * hs;
+                const real *dq = a->dmq + i * hs, *dk = a->dmk + i * hs, *dv = a->dmv + i * hs;
+                real qdq = dot(q, dq, hs), kdk = dot(k, dk, hs);
+                real *dq_raw = dqkv + n * 3 * C + h * hs, *dk_raw = dq_raw + C, *dv_raw = dq_raw + 2 * C;
+                for (int j = 0; j < hs; j++) {
+                    dq_raw[j] = (dq[j] - q[j] * qdq) * ma->q_inv[i];
+                    dk_raw[j] = (dk[j] - k[j] * kdk) * ma->k_inv[i];
+                    dv_raw[j] = dv[j];
+                }
+                real th = ma->theta[i], et = ma->eta[i], al = ma->alpha[i];
+                dz[n * 3 * NH + h] = a->dtheta[i] * th * (1 - th * chunk / theta_max);
+                dz[n * 3 * NH + NH + h] = a->deta[i] * et * (1 - et / eta_max);
+                dz[n * 3 * NH + 2 * NH + h] = a->dalpha[i] * al * (1 - al);
+            }
+    for (int j = 0; j < 3 * NH; j++) {
+        real s = 0;
+        for (int n = 0; n < N; n++) s += dz[(size_t)n * 3 * NH + j];
+        dbgates[j] += s;
+    }
+    matmul_backward(dx, dwqkv, dqkv, x, wqkv, N, C, 3 * C);
+    matmul_backward(dx, dwgates, dz, x, wgates, N, C, 3 * NH);
+}
+
+// ----------------------------------------------------------------------------
+// 6. the model: building it, the mixer, the MLP slot, forward and backward
 
 static int gate_width(const Config *c) { return c->gate_headwise ? c->heads : c->dim; }
 
-static void layout_memory_acts(MemoryActs *m, size_t *cur, real *base, int B, int T, int C, int NH,
-                               int depth, int hidden, int chunk) {
+static void layout_memory_acts(MemoryActs *ma, size_t *cur, real *base, int B, int T, int C, int NH,
+                               MemorySize ms) {
     size_t N = (size_t)B * T;
-    m->qkv = take(cur, base, N * 3 * C);
-    m->k = take(cur, base, N * C);
-    m->v = take(cur, base, N * C);
-    m->q = take(cur, base, N * C);
-    m->k_inv = take(cur, base, N * NH);
-    m->q_inv = take(cur, base, N * NH);
-    m->gates = take(cur, base, N * 3 * NH);
-    m->theta = take(cur, base, N * NH);
-    m->eta = take(cur, base, N * NH);
-    m->alpha = take(cur, base, N * NH);
-    m->states = take(cur, base, (size_t)B * NH * memory_state_size(T, chunk, C / NH, hidden, depth));
-    m->yh = take(cur, base, N * C);
-    m->y = take(cur, base, N * C);
+    ma->qkv = take(cur, base, N * 3 * C);
+    ma->k = take(cur, base, N * C);
+    ma->v = take(cur, base, N * C);
+    ma->q = take(cur, base, N * C);
+    ma->k_inv = take(cur, base, N * NH);
+    ma->q_inv = take(cur, base, N * NH);
+    ma->gates = take(cur, base, N * 3 * NH);
+    ma->theta = take(cur, base, N * NH);
+    ma->eta = take(cur, base, N * NH);
+    ma->alpha = take(cur, base, N * NH);
+    ma->states = take(cur, base, (size_t)B * NH * memory_state_size(T, ms));
+    ma->yh = take(cur, base, N * C);
+    ma->y = take(cur, base, N * C);
 }
 
 static size_t layout_activations(Model *model, real *base, int B, int T) {
@@ -2244,13 +1425,14 @@ static size_t layout_activations(Model *model, real *base, int B, int T) {
         la->attn = take(&cur, base, N * C);
         if (c->arch == ARCH_GATED) la->gate = take(&cur, base, N * gate_width(c));
         if (c->arch == ARCH_TITANS) {
-            int hs = C / NH, P = memory_params(c->mem_depth, hs, c->mem_hidden);
-            layout_memory_acts(&la->mem, &cur, base, B, T, C, NH, c->mem_depth, c->mem_hidden, c->mem_chunk);
+            MemorySize ms = titans_memory(c);
+            int P = memory_params(ms.depth, ms.d, ms.m);
+            layout_memory_acts(&la->mem, &cur, base, B, T, C, NH, ms);
             la->my_norm = take(&cur, base, N * C);
             la->my_rstd = take(&cur, base, N);
             la->mgate = take(&cur, base, N * C);
             if (P > Pmax) Pmax = P;
-            size_t s = memory_scratch_size(T, hs, c->mem_hidden, c->mem_depth, c->mem_chunk);
+            size_t s = memory_scratch_size(T, ms);
             if (s > scratch) scratch = s;
         }
         // transformer and hope feed the attention output straight into W_O
@@ -2268,11 +1450,11 @@ static size_t layout_activations(Model *model, real *base, int B, int T) {
                 int m = c->cms_widths[l], P = memory_params(2, C, m);
                 la->cms_ln[k] = take(&cur, base, N * C);
                 la->cms_rstd[k] = take(&cur, base, N);
-                layout_memory_acts(&la->cms[k], &cur, base, B, T, C, 1, 2, m, c->cms_chunks[k]);
+                layout_memory_acts(&la->cms[k], &cur, base, B, T, C, 1, hope_level(c, l, k));
                 la->cms_res[k] = take(&cur, base, N * C);
                 la->out = la->cms_res[k];
                 if (P > Pmax) Pmax = P;
-                size_t s = memory_scratch_size(T, C, m, 2, c->cms_chunks[k]);
+                size_t s = memory_scratch_size(T, hope_level(c, l, k));
                 if (s > scratch) scratch = s;
             }
         }
@@ -2390,9 +1572,9 @@ static void init_params(Model *m, uint64_t seed) {
 }
 
 // Memory a model may take: the machine's physical memory, unless a test sets a limit.
-static double tlm_memory_limit;
-static double memory_limit(void) {
-    if (tlm_memory_limit > 0) return tlm_memory_limit;
+static double tlm_ram_limit;
+static double ram_limit_bytes(void) {
+    if (tlm_ram_limit > 0) return tlm_ram_limit;
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
     return pages > 0 && page > 0 ? (double)pages * page : 16.0 * (1 << 30);
 }
@@ -2409,10 +1591,10 @@ static Model *model_create(const Config *cfg, int B, int T) {
     // refuse up front what would not fit: parameters, gradients, two AdamW moments, activations
     double act_bytes = (double)layout_activations(m, NULL, B, T) * sizeof(real);
     double bytes = (double)m->num_params * (2 * sizeof(real) + 2 * sizeof(float)) + act_bytes;
-    if (bytes > memory_limit())
+    if (bytes > ram_limit_bytes())
         die("this model needs %.2f GiB (%zu parameters; %.2f GiB of activations for %d x %d tokens), more than the %.2f GiB "
             "of memory here: make it smaller or lower --batch / --seq-len", bytes / (1 << 30), m->num_params,
-            act_bytes / (1 << 30), B, T, memory_limit() / (1 << 30));
+            act_bytes / (1 << 30), B, T, ram_limit_bytes() / (1 << 30));
     m->params = xcalloc(m->num_params, sizeof(real), "parameters");
     m->grads = xcalloc(m->num_params, sizeof(real), "gradients");
     layout_params(&m->cfg, m->params, &m->table, &m->w);
@@ -2437,130 +1619,6 @@ static void model_free(Model *m) {
     free(m->params); free(m->grads); free(m->adam_m); free(m->adam_v);
     free(m->act_memory); free(m->rope); free(m->tokens); free(m->targets); free(m->norm_parts);
     free(m);
-}
-
-// --- the neural memory module (Titans' mixer branch, Hope's fast levels) -------------------
-// From the normalised block input x (N,C):
-//   q, k, v = split_heads(x Wqkv^T),  k <- k/|k|, q <- q/|q|        per head of size hs
-//   z = x Wg^T + b :  theta = (theta_max / C) sigmoid(z_step), eta = sigmoid(z_mom), alpha = sigmoid(z_forget)
-// The step size is divided by the chunk size C: the C gradients of a chunk are all taken at the
-// chunk's start weights and add up, so this keeps a chunk's update at the scale of one step.
-//   y = memory recurrence (memory_forward) per sequence and head, heads merged back (N,C)
-static const real theta_max = (real)0.1, eta_max = (real)0.9;
-
-static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqkv, const real *wgates,
-                                  const real *bgates, const real *w0, Scratch scratch,
-                                  int B, int T, int C, int NH, int depth, int hidden, int chunk, int read_chunk_start) {
-    int N = B * T, hs = C / NH, P = memory_params(depth, hs, hidden);
-    size_t S = memory_state_size(T, chunk, hs, hidden, depth);
-    matmul_forward(ma->qkv, x, wqkv, N, C, 3 * C);
-    matmul_forward(ma->gates, x, wgates, N, C, 3 * NH);
-    #pragma omp parallel for collapse(3)
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++)
-            for (int t = 0; t < T; t++) {
-                size_t n = (size_t)b * T + t, i = ((size_t)b * NH + h) * T + t;
-                const real *q = ma->qkv + n * 3 * C + h * hs, *k = q + C, *v = q + 2 * C;
-                real qq = dot(q, q, hs), kk = dot(k, k, hs);
-                real q_inv = 1 / r_sqrt(qq + (real)1e-12), k_inv = 1 / r_sqrt(kk + (real)1e-12);
-                for (int j = 0; j < hs; j++) {
-                    ma->q[i * hs + j] = q[j] * q_inv;
-                    ma->k[i * hs + j] = k[j] * k_inv;
-                    ma->v[i * hs + j] = v[j];
-                }
-                ma->q_inv[i] = q_inv;
-                ma->k_inv[i] = k_inv;
-                real *z = ma->gates + n * 3 * NH;
-                for (int g = 0; g < 3; g++) z[g * NH + h] += bgates[g * NH + h];
-                ma->theta[i] = theta_max / chunk * sigmoid(z[h]);
-                ma->eta[i] = eta_max * sigmoid(z[NH + h]);
-                ma->alpha[i] = sigmoid(z[2 * NH + h]);
-            }
-    gemm_init(); // memory_forward runs gemm_serial inside the loop
-    // one task per sequence and head, handed out as threads come free: each writes only its
-    // own outputs, so the results do not depend on which thread runs it
-    #pragma omp parallel for collapse(2) schedule(dynamic) num_threads(scratch_team(scratch))
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            size_t bh = (size_t)b * NH + h;
-            memory_forward(ma->yh + bh * T * hs, ma->states + bh * S, scratch_mine(scratch),
-                           ma->k + bh * T * hs, ma->v + bh * T * hs, ma->q + bh * T * hs,
-                           ma->theta + bh * T, ma->eta + bh * T, ma->alpha + bh * T, w0 + (size_t)h * P,
-                           T, hs, hidden, depth, chunk, read_chunk_start);
-        }
-    #pragma omp parallel for collapse(2)
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++)
-            for (int h = 0; h < NH; h++)
-                memcpy(ma->y + ((size_t)b * T + t) * C + h * hs, ma->yh + (((size_t)b * NH + h) * T + t) * hs, hs * sizeof(real));
-}
-
-// Backward of the module: dy (N,C) in; dx (N,C) and the weight gradients accumulated.
-//   memory_backward gives dk, dv, dq, dtheta, deta, dalpha and dW0 per sequence and head;
-//   through k <- k/|k|: dk_raw = (dk - k (k . dk)) / |k|  (same for q);
-//   through the gates: dz = dtheta theta (1 - theta C/theta_max), deta eta (1 - eta), ...
-static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates, real *dbgates, real *dw0,
-                                   const real *dy, const MemoryActs *ma, const real *x, const real *wqkv,
-                                   const real *wgates, int B, int T, int C, int NH,
-                                   int depth, int hidden, int chunk, int read_chunk_start) {
-    int N = B * T, hs = C / NH, P = memory_params(depth, hs, hidden);
-    size_t S = memory_state_size(T, chunk, hs, hidden, depth);
-    #pragma omp parallel for collapse(2)
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++)
-            for (int h = 0; h < NH; h++)
-                memcpy(a->dyh + (((size_t)b * NH + h) * T + t) * hs, dy + ((size_t)b * T + t) * C + h * hs, hs * sizeof(real));
-    gemm_init(); // memory_backward runs gemm_serial inside the loop
-    #pragma omp parallel for collapse(2) schedule(dynamic) num_threads(scratch_team(a->mem_scratch))
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            size_t bh = (size_t)b * NH + h; // memory_backward adds into its outputs: zero them first
-            memset(a->dmk + bh * T * hs, 0, (size_t)T * hs * sizeof(real));
-            memset(a->dmv + bh * T * hs, 0, (size_t)T * hs * sizeof(real));
-            memset(a->dmq + bh * T * hs, 0, (size_t)T * hs * sizeof(real));
-            memset(a->dtheta + bh * T, 0, (size_t)T * sizeof(real));
-            memset(a->deta + bh * T, 0, (size_t)T * sizeof(real));
-            memset(a->dalpha + bh * T, 0, (size_t)T * sizeof(real));
-            memset(a->dw0_parts + bh * P, 0, (size_t)P * sizeof(real));
-            memory_backward(a->dmk + bh * T * hs, a->dmv + bh * T * hs, a->dmq + bh * T * hs,
-                            a->dtheta + bh * T, a->deta + bh * T, a->dalpha + bh * T, a->dw0_parts + bh * P,
-                            scratch_mine(a->mem_scratch), a->dyh + bh * T * hs,
-                            ma->states + bh * S, ma->k + bh * T * hs, ma->q + bh * T * hs,
-                            ma->eta + bh * T, ma->alpha + bh * T,
-                            T, hs, hidden, depth, chunk, read_chunk_start);
-        }
-    // dW0[h] += sum over sequences, in a fixed order
-    #pragma omp parallel for
-    for (int h = 0; h < NH; h++)
-        for (int b = 0; b < B; b++)
-            for (int p = 0; p < P; p++) dw0[(size_t)h * P + p] += a->dw0_parts[((size_t)b * NH + h) * P + p];
-    real *dqkv = a->dqkv, *dz = a->dmgates;
-    #pragma omp parallel for collapse(3)
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++)
-            for (int t = 0; t < T; t++) {
-                size_t n = (size_t)b * T + t, i = ((size_t)b * NH + h) * T + t;
-                const real *q = ma->q + i * hs, *k = ma->k + i * hs;
-                const real *dq = a->dmq + i * hs, *dk = a->dmk + i * hs, *dv = a->dmv + i * hs;
-                real qdq = dot(q, dq, hs), kdk = dot(k, dk, hs);
-                real *dq_raw = dqkv + n * 3 * C + h * hs, *dk_raw = dq_raw + C, *dv_raw = dq_raw + 2 * C;
-                for (int j = 0; j < hs; j++) {
-                    dq_raw[j] = (dq[j] - q[j] * qdq) * ma->q_inv[i];
-                    dk_raw[j] = (dk[j] - k[j] * kdk) * ma->k_inv[i];
-                    dv_raw[j] = dv[j];
-                }
-                real th = ma->theta[i], et = ma->eta[i], al = ma->alpha[i];
-                dz[n * 3 * NH + h] = a->dtheta[i] * th * (1 - th * chunk / theta_max);
-                dz[n * 3 * NH + NH + h] = a->deta[i] * et * (1 - et / eta_max);
-                dz[n * 3 * NH + 2 * NH + h] = a->dalpha[i] * al * (1 - al);
-            }
-    for (int j = 0; j < 3 * NH; j++) {
-        real s = 0;
-        for (int n = 0; n < N; n++) s += dz[(size_t)n * 3 * NH + j];
-        dbgates[j] += s;
-    }
-    matmul_backward(dx, dwqkv, dqkv, x, wqkv, N, C, 3 * C);
-    matmul_backward(dx, dwgates, dz, x, wgates, N, C, 3 * NH);
 }
 
 // --- the mixer: the only place the architectures' sequence mixing differs ---------------------
@@ -2606,7 +1664,7 @@ static void mixer_forward(Model *m, int l, int B, int T) {
         attention_branch_forward(m, l, B, T, c->window);
         memory_module_forward(&la->mem, la->ln1, w->mem_wqkv, w->mem_wgates, w->mem_bgates, w->mem_w0,
                               m->a.mem_scratch, B, T, C, NH,
-                              c->mem_depth, c->mem_hidden, c->mem_chunk, 0);
+                              titans_memory(c), 0);
         rmsnorm_forward(la->my_norm, la->my_rstd, la->mem.y, w->mem_norm, N, C);
         gate_forward(la->mixed, la->mgate, la->attn, la->my_norm, N, C, C);
         break;
@@ -2641,7 +1699,7 @@ static void mixer_backward(Model *m, int l, int B, int T) {
         rmsnorm_backward(a->dy, g->mem_norm, a->dgate, la->mem.y, w->mem_norm, la->my_rstd, N, C);
         memory_module_backward(a, a->dln, g->mem_wqkv, g->mem_wgates, g->mem_bgates, g->mem_w0, a->dy,
                                &la->mem, la->ln1, w->mem_wqkv, w->mem_wgates, B, T, C, NH,
-                               c->mem_depth, c->mem_hidden, c->mem_chunk, 0);
+                               titans_memory(c), 0);
         attention_branch_backward(m, l, B, T, c->window, a->dattn);
         break;
     default: break;
@@ -2670,7 +1728,7 @@ static void mlp_forward(Model *m, int l, int B, int T) {
         rmsnorm_forward(la->cms_ln[k], la->cms_rstd[k], in, w->cms_norm[k], N, C);
         memory_module_forward(&la->cms[k], la->cms_ln[k], w->cms_wqkv[k], w->cms_wgates[k], w->cms_bgates[k],
                               w->cms_w0[k], m->a.mem_scratch, B, T, C, 1,
-                              2, c->cms_widths[l], c->cms_chunks[k], 1);
+                              hope_level(c, l, k), 1);
         #pragma omp parallel for
         for (int n = 0; n < N; n++)
             for (int j = 0; j < C; j++) {
@@ -2699,7 +1757,7 @@ static void mlp_backward(Model *m, int l, int B, int T) {
             zero_parallel(a->dln, (size_t)N * C);
             memory_module_backward(a, a->dln, g->cms_wqkv[k], g->cms_wgates[k], g->cms_bgates[k], g->cms_w0[k],
                                    a->dy, &la->cms[k], la->cms_ln[k], w->cms_wqkv[k], w->cms_wgates[k],
-                                   B, T, C, 1, 2, c->cms_widths[l], c->cms_chunks[k], 1);
+                                   B, T, C, 1, hope_level(c, l, k), 1);
             rmsnorm_backward(a->dres, g->cms_norm[k], a->dln, la->cms_res[k - 1], w->cms_norm[k],
                              la->cms_rstd[k], N, C);
         }
@@ -2794,7 +1852,8 @@ static void model_backward(Model *m, int B, int T, real loss_scale) {
     embedding_backward(m->g.wte, a->dres, m->tokens, N, C);
 }
 
-// --- AdamW ----------------------------------------------------------------------------------
+// ----------------------------------------------------------------------------
+// 7. AdamW
 // Global gradient-norm clipping, then per parameter:
 //   m = b1 m + (1-b1) g ;  v = b2 v + (1-b2) g^2 ;  p -= lr (m_hat / (sqrt(v_hat) + eps) + wd p)
 // with weight decay wd only on matrices (decoupled, as in Loshchilov & Hutter).
@@ -2864,7 +1923,7 @@ static float learning_rate(int step, float lr, int warmup, int decay_steps) {
 }
 
 // ----------------------------------------------------------------------------
-// 5. checkpoints
+// 8. checkpoints
 //
 // A checkpoint is a header of 256 int32 (fields below; floats stored as their float32 bits),
 // then the parameters as float32 in layout_params() order, then, if has_optimizer, AdamW's
@@ -3012,7 +2071,7 @@ static void checkpoint_load(Model *m, const char *path, DataPosition *pos) {
 }
 
 // ----------------------------------------------------------------------------
-// 6. data: token shards and the tokenizer
+// 9. data: token shards and the tokenizer
 //
 // A shard is llm.c's format: a header of 256 int32 (magic 20240520, version 1, token count,
 // and in slot 3 the vocabulary size, 0 if unknown), then the tokens as uint16.
@@ -3168,7 +2227,7 @@ static void print_token(const Tokenizer *tk, int token) {
 }
 
 // ----------------------------------------------------------------------------
-// 7. training step, evaluation, sampling, layer analysis
+// 10. training step, evaluation, sampling, layer analysis
 
 // One optimizer step: grad_accum micro-batches of B x T tokens, then AdamW unless the loss or
 // the gradient is not finite (then the parameters are left as they were). Returns the mean
@@ -3281,7 +2340,7 @@ static void analyze_layers(Model *m, DataLoader *val, int batches, int B, int T,
 }
 
 // ----------------------------------------------------------------------------
-// 8. main: command line and training loop
+// 11. main: the command line, then evaluate, analyze or train
 
 typedef struct {
     Config cfg;
@@ -3727,3 +2786,959 @@ done:
     return rc;
 }
 #endif // TLM_TESTING
+
+
+// ============================================================================
+// Appendix A. The fast matmul
+//
+// What it speeds up: every product of the model, matmul_forward/backward (the linear layers, the
+// head), attention's Q K^T and P V per sequence and head, and the chunked memory's small products,
+// where most of a training step's time goes. What it is tested against: the plain triple loop of
+// the matmul contract in section 4 (matmul_forward_reference in test_tlm.c; test_matmul and
+// test_gemm_serial: every transposition, strided operands, onto C and over it, awkward shapes).
+// The dot product of section 1 lives here too, for its AVX-512 form.
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define HAVE_AVX512 1
+#else
+#define HAVE_AVX512 0
+#endif
+
+// Dot products of short rows (the memory's, of d or m = 32 values). With AVX-512 (float): 16
+// lanes of fused multiply-adds, a masked tail, one tree sum. Plain C: the same 16 lanes and a fixed
+// fold, which gcc vectorizes without -ffast-math (an `omp simd` reduction costs a chain of
+// scalar adds per row here). Either way the sum does not depend on where the arrays sit.
+static inline real dot(const real *a, const real *b, int n) {
+    int i = 0;
+#if HAVE_AVX512
+    if (sizeof(real) == sizeof(float)) {
+        const float *af = (const float *)a, *bf = (const float *)b;
+        __m512 acc = _mm512_setzero_ps();
+        for (; i + LANES <= n; i += LANES) acc = _mm512_fmadd_ps(_mm512_loadu_ps(af + i), _mm512_loadu_ps(bf + i), acc);
+        if (i < n) {
+            __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
+            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, af + i), _mm512_maskz_loadu_ps(k, bf + i), acc);
+        }
+        return (real)_mm512_reduce_add_ps(acc);
+    }
+#endif
+    real acc[LANES] = { 0 };
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++) acc[l] += a[i + l] * b[i + l];
+    for (int l = 0; i < n; i++, l++) acc[l] += a[i] * b[i];
+    for (int w = LANES / 2; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    return acc[0];
+}
+
+// --- matrix multiplication ---------------------------------------------------
+//
+// One blocked kernel, gemm(), computes C (M,N) (+)= A (M,K) B (K,N), where A or B may be
+// read transposed. Blocking (BLIS style, in the loop order that suits row-major C):
+//
+//   for jc in N by nc (<= NC):           a column block of C
+//     for pc in K by kc:                 a slice of the k sum
+//       pack B[pc:+kc, jc:+nc]            into NR-column strips: the B block, shared by
+//                                         the threads, who pack it together
+//       for each strip of ~MR rows       (the threads share the strips out)
+//         pack A[rows, pc:+kc]            into one MR-row strip, private to the thread
+//         for jr in nc by NR:
+//           micro-kernel: C[rows, jc+jr:+NR] (+)= A strip x B strip
+//
+// The micro-kernel keeps an MR x NR block of C in registers and streams the two packed
+// strips, both contiguous in k: per k it loads NR values of B (vectors along j: the loop
+// that is vectorized) and broadcasts MR values of A, for MR*NR multiply-adds. An A strip
+// is reused across the whole B block, which stays in L2; the B strips stream from there.
+// Assumed caches (AMD Zen 4): L1d 32 KiB, L2 1 MiB per core; a B block is 512 KiB.
+//
+// Packing copies each operand into the order the kernel reads it. When the operand is
+// read along its rows (A not transposed, B transposed: inp and W in the forward pass)
+// this is a transpose, done 16 x 16 at a time in registers for float.
+//
+// Rows are cut into strips of nearly equal height (12.8 on average for M = 256: 13 or 12
+// rows) rather than full strips and a ragged last one: the AVX-512 kernel has a variant
+// for every row count, so no multiply-add is wasted on padding, and the strip count is a
+// multiple of the thread count, so every thread gets the same share. Columns past N in
+// the last B strip are packed as zeros and masked off when C is stored.
+//
+// Two B buffers alternate, so that a thread that is done with one block can start to
+// pack the next without waiting for the others: one barrier per block.
+//
+// Three ways to run it: gemm() on all threads, sharing the row strips as above when there
+// are enough (GEMM_ROW_SHARE per thread), or else splitting C into a grid of tiles, one per
+// thread; gemm_serial() on the calling thread alone, for the small products that a parallel
+// loop hands out one per thread (attention per sequence and head, the memory modules).
+//
+// Determinism: the k slice length is fixed by the whole product (gemm_kc), and every C
+// element is the sum over the k slices in order, each slice summed in k order inside one
+// micro-kernel call, whichever thread runs it and however the rows or columns are cut, so
+// the results are bit-identical for any OMP_NUM_THREADS.
+//
+// Two micro-kernels: for float on an AVX-512 machine, 14 x 32 with intrinsics (28 zmm
+// accumulators); everywhere else (double, or no AVX-512) 8 x 32 in plain C, which
+// gcc/clang vectorize with -O3 -march=native. matmul_forward_reference() in test_tlm.c is the
+// plain triple loop they are tested against.
+
+enum {
+    GEMM_MR_AVX512 = 14, // AVX-512 float kernel: 14 rows x 2 zmm (32 floats) = 28 accumulators
+    GEMM_MR_C = 8,       // plain-C kernel: 8 rows x 32 columns (gcc's best, also for AVX2)
+    GEMM_MR_MAX = 14,
+    GEMM_NR = 32,        // both kernels: 32 columns
+};
+// Cache blocking. A packed B block (kc x nc) must stay in L2 (1 MiB): GEMM_B_BLOCK reals
+// = 512 KiB in float. Columns are cut into blocks of at most GEMM_NC (a multiple of NR); k
+// into slices as long as the B block allows, at most GEMM_KC_MAX: kc = 256 for nc = 512,
+// 1024 for nc = 128. Long k slices mean fewer passes over C (the dW of a small model,
+// K = B*T = 1024, N = C = 128, is one pass); an A strip (MR x kc, 14 KiB at kc = 256,
+// 56 KiB at 1024) then lives in L1 or L2: it is read at 56 bytes per 28 FMAs, either will do.
+// (Tuned on the shapes in the report: NC 384/512/768 x B block 384/512/768 KiB are all
+// within a few per cent; these are the best.)
+// The threads share a product's row strips (and pack its B blocks together) only when there
+// are at least GEMM_ROW_SHARE strips per thread; with fewer, each computes its own tiles
+// with no barrier between B blocks. 16: at 256 rows on 2 threads (19 strips) tiles are 12%
+// faster per GPT-2 step here, where a barrier waits for whichever core the machine paused;
+// on the 16-core machine 4 and 16 are within its noise.
+#ifndef GEMM_ROW_SHARE
+#define GEMM_ROW_SHARE 16
+#endif
+#ifndef GEMM_NC
+#define GEMM_NC 512
+#endif
+#ifndef GEMM_KC_MAX
+#define GEMM_KC_MAX 1024
+#endif
+#ifndef GEMM_B_BLOCK
+#define GEMM_B_BLOCK (256 * 512)
+#endif
+static real *gemm_buffer_raw;  // the allocation, for free()
+static real *gemm_pack_b[2];   // two B blocks (GEMM_B_BLOCK), shared by the threads, 64-byte aligned
+static real *gemm_pack_a;      // per thread: one A strip, MR_MAX*KC_MAX (aligned)
+static real *gemm_pack_b_own;  // per thread: one B block, when a thread computes a product alone
+                               // (gemm_serial() and gemm()'s tiles)
+static int gemm_pack_threads;
+
+// Called outside parallel regions (gemm() does; attention calls it before its loop).
+static void gemm_init(void) {
+    int n = num_threads();
+    if (gemm_buffer_raw && gemm_pack_threads >= n) return;
+    free(gemm_buffer_raw);
+    gemm_pack_threads = n;
+    size_t count = (2 + (size_t)n) * GEMM_B_BLOCK + (size_t)n * GEMM_MR_MAX * GEMM_KC_MAX + 64;
+    gemm_buffer_raw = xcalloc(count, sizeof(real), "matmul buffers");
+    uintptr_t p = ((uintptr_t)gemm_buffer_raw + 63) & ~(uintptr_t)63;
+    gemm_pack_b[0] = (real *)p;
+    gemm_pack_b[1] = gemm_pack_b[0] + (size_t)GEMM_B_BLOCK;
+    gemm_pack_b_own = gemm_pack_b[1] + (size_t)GEMM_B_BLOCK;
+    gemm_pack_a = gemm_pack_b_own + (size_t)n * GEMM_B_BLOCK;
+}
+
+#if HAVE_AVX512
+// dst[p*ldd + r] = src[r*lds + p] for r < 16, p < 16: a 16 x 16 transpose in zmm registers.
+// Rows r >= rows are read as zeros; lanes outside `lanes` are not stored. Four rounds of
+// shuffles, each interleaving pairs at twice the distance of the last: 1, 2, 4, 8 floats.
+static inline void gemm_transpose16(float *dst, int ldd, __mmask16 lanes,
+                                    const float *src, size_t lds, int rows) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) {
+        r[i] = i < rows ? _mm512_loadu_ps(src + i * lds) : _mm512_setzero_ps();
+        if (i < rows) _mm_prefetch((const char *)(src + i * lds + 64), _MM_HINT_T0); // 4 lines ahead
+    }
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i]     = _mm512_shuffle_ps(t[i],     t[i + 2], 0x44);
+        r[i + 1] = _mm512_shuffle_ps(t[i],     t[i + 2], 0xEE);
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i]      = _mm512_shuffle_f32x4(r[i],     r[i + 4],  0x88);
+        t[i + 4]  = _mm512_shuffle_f32x4(r[i],     r[i + 4],  0xDD);
+        t[i + 8]  = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+    }
+    for (int i = 0; i < 8; i++) {
+        r[i]     = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+    }
+    for (int p = 0; p < 16; p++) _mm512_mask_storeu_ps(dst + (size_t)p * ldd, lanes, r[p]);
+}
+#endif
+
+// dst[p*ldd + r] = src[r*lds + p] for r < rows, p < kc, and zeros for r in rows..ldd-1:
+// the packing of the operand that is read across its rows (A not transposed, B transposed)
+static void gemm_pack_transposed(real *restrict dst, int ldd, const real *src, int lds, int rows, int kc) {
+    int p0 = 0;
+#if HAVE_AVX512
+    if (sizeof(real) == sizeof(float)) { // float: 16 x 16 blocks through registers
+        for (; p0 + 16 <= kc; p0 += 16)
+            for (int r = 0; r < ldd; r += 16) {
+                int n = rows - r < 0 ? 0 : rows - r < 16 ? rows - r : 16;
+                int w = ldd - r < 16 ? ldd - r : 16;
+                gemm_transpose16((float *)dst + (size_t)p0 * ldd + r, ldd, (__mmask16)((1u << w) - 1),
+                                 (const float *)src + (size_t)r * lds + p0, lds, n);
+            }
+    }
+#endif
+    for (int p = p0; p < kc; p++) { // p outer: contiguous stores, `rows` read streams
+        for (int r = 0; r < rows; r++) dst[(size_t)p * ldd + r] = src[(size_t)r * lds + p];
+        for (int r = rows; r < ldd; r++) dst[(size_t)p * ldd + r] = 0;
+    }
+}
+
+// dst[p*ldd + r] = src[p*lds + r] for r < rows, p < kc, zeros for r in rows..ldd-1: the
+// packing of the operand whose rows are already contiguous along the strip (A^T, B)
+static void gemm_pack_direct(real *restrict dst, int ldd, const real *src, int lds, int rows, int kc) {
+#if HAVE_AVX512
+    if (sizeof(real) == sizeof(float)) { // float: masked 16-lane moves (gcc's own loop is scalar for ldd = 14)
+        for (int p = 0; p < kc; p++) {
+            const float *s = (const float *)src + (size_t)p * lds;
+            _mm_prefetch((const char *)(s + 2 * ldd - 1), _MM_HINT_T1); // see the plain loop below
+            for (int r = 0; r < ldd; r += 16) {
+                int n = rows - r < 0 ? 0 : rows - r < 16 ? rows - r : 16, w = ldd - r < 16 ? ldd - r : 16;
+                __m512 v = _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), s + r);
+                _mm512_mask_storeu_ps((float *)dst + (size_t)p * ldd + r, (__mmask16)((1u << w) - 1), v);
+            }
+        }
+        return;
+    }
+#endif
+    for (int p = 0; p < kc; p++) {
+        const real *s = src + (size_t)p * lds;
+#if defined(__GNUC__)
+        // when lds is large every p is another cache line (A^T: a row of dout, 200 KB apart
+        // for the lm head); fetch the values for the next strip now, to hide the memory latency
+        __builtin_prefetch(s + 2 * ldd - 1, 0, 2);
+#endif
+        // one loop with the zeros inside, not a copy and a fill: gcc then writes masked vector
+        // moves instead of a memcpy call for each of these short rows
+        for (int r = 0; r < ldd; r++) dst[(size_t)p * ldd + r] = r < rows ? s[r] : 0;
+    }
+}
+
+// pack rows [i0, i0+mr) of A, k in [p0, p0+kc), as dst[p*MR + i]; rows mr..MR-1 are zeros
+static void gemm_pack_a_strip(real *restrict dst, const real *A, int lda, int trans_a,
+                              int i0, int mr, int p0, int kc, int MR) {
+    if (trans_a) gemm_pack_direct(dst, MR, A + (size_t)p0 * lda + i0, lda, mr, kc);
+    else         gemm_pack_transposed(dst, MR, A + (size_t)i0 * lda + p0, lda, mr, kc);
+}
+
+// pack columns [j0, j0+nr) of B, k in [p0, p0+kc), as dst[p*NR + j]; columns nr..NR-1 are zeros
+static void gemm_pack_b_strip(real *restrict dst, const real *B, int ldb, int trans_b,
+                              int j0, int nr, int p0, int kc) {
+    if (trans_b) gemm_pack_transposed(dst, GEMM_NR, B + (size_t)j0 * ldb + p0, ldb, nr, kc);
+    else         gemm_pack_direct(dst, GEMM_NR, B + (size_t)p0 * ldb + j0, ldb, nr, kc);
+}
+
+// Plain-C micro-kernel: C[0:mr, 0:nr] (+)= sum_p a[p, 0:MR] (x) b[p, 0:NR], from packed
+// strips. The j loop is the one the compiler vectorizes; acc lives in vector registers.
+// 8 x 32 is what gcc 12 does best with (float with AVX2 only: ~70 GFLOP/s on one Zen 4
+// core; double with AVX-512: ~38); 6 x 16 or 8 x 16 look kinder to the register file but
+// gcc then stops vectorizing (~5 GFLOP/s). clang 14 vectorizes this kernel in float
+// (~53) but not in double with AVX-512 (~2.5 GFLOP/s): build the tests with gcc.
+static void gemm_micro_kernel_c(int kc, const real *restrict a, const real *restrict b,
+                                real *restrict c, int ldc, int mr, int nr, int overwrite) {
+    real acc[GEMM_MR_C][GEMM_NR] = {{0}};
+    for (int p = 0; p < kc; p++) {
+        const real *restrict ap = a + p * GEMM_MR_C;
+        const real *restrict bp = b + p * GEMM_NR;
+        for (int i = 0; i < GEMM_MR_C; i++)
+            for (int j = 0; j < GEMM_NR; j++)
+                acc[i][j] += ap[i] * bp[j];
+    }
+    for (int i = 0; i < mr; i++) {
+        real *restrict ci = c + (size_t)i * ldc;
+        if (overwrite) for (int j = 0; j < nr; j++) ci[j] = acc[i][j];
+        else           for (int j = 0; j < nr; j++) ci[j] += acc[i][j];
+    }
+}
+
+#if HAVE_AVX512
+// AVX-512 micro-kernel for float, MR (<= 14) rows x 32 columns. Per k: two 16-float
+// vectors of B (b0, b1), then for each row i one broadcast of A(i,k) and two fused
+// multiply-adds into that row's accumulators c0[i], c1[i]. With MR = 14 that is 28
+// accumulators + 2 B vectors + 1 broadcast = 31 of the 32 zmm registers, and 28 FMAs
+// per 2 vector loads + 14 broadcasts, so the FMA units, not the loads, set the pace.
+// MR is a compile-time constant in each call below, so the i loops unroll completely
+// and c0/c1 are registers, not memory.
+// A(i,k) = a[i*a_row + k*a_step], B(k,j) = b[k*b_step + j]: packed strips (a_row 1, a_step
+// MR_AVX512, b_step NR, all constants), or the operands where they lie (gemm_small). All 32
+// columns of B are read (a mask on those loads makes gcc spill the accumulators): whoever
+// calls it with nr < 32 pads B's rows to 32 columns.
+static inline __attribute__((always_inline))
+void gemm_avx512_rows(int kc, const float *restrict a, size_t a_row, size_t a_step, const float *restrict b,
+                      size_t b_step, float *restrict c, int ldc, int nr, int overwrite, const int MR) {
+    __m512 c0[GEMM_MR_AVX512], c1[GEMM_MR_AVX512];
+    for (int i = 0; i < MR; i++) { // while the k loop runs, bring the C block into L1
+        _mm_prefetch((const char *)(c + (size_t)i * ldc), _MM_HINT_T0);
+        _mm_prefetch((const char *)(c + (size_t)i * ldc + GEMM_NR - 1), _MM_HINT_T0);
+        c0[i] = _mm512_setzero_ps();
+        c1[i] = _mm512_setzero_ps();
+    }
+    for (int p = 0; p < kc; p++) {
+        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+        for (int i = 0; i < MR; i++) {
+            __m512 ai = _mm512_set1_ps(a[i * a_row]);
+            c0[i] = _mm512_fmadd_ps(ai, b0, c0[i]);
+            c1[i] = _mm512_fmadd_ps(ai, b1, c1[i]);
+        }
+        a += a_step;
+        b += b_step;
+    }
+    // store: all 32 columns, or the first nr of them under a mask at the right edge of C
+    __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : (__mmask16)((1u << (nr - 16)) - 1);
+    for (int i = 0; i < MR; i++) {
+        float *ci = c + (size_t)i * ldc;
+        if (nr == GEMM_NR) {
+            if (!overwrite) {
+                c0[i] = _mm512_add_ps(c0[i], _mm512_loadu_ps(ci));
+                c1[i] = _mm512_add_ps(c1[i], _mm512_loadu_ps(ci + 16));
+            }
+            _mm512_storeu_ps(ci, c0[i]);
+            _mm512_storeu_ps(ci + 16, c1[i]);
+        } else { // (a load under an empty mask is slow on Zen: no second half when nr <= 16)
+            if (!overwrite) c0[i] = _mm512_add_ps(c0[i], _mm512_maskz_loadu_ps(m0, ci));
+            _mm512_mask_storeu_ps(ci, m0, c0[i]);
+            if (nr <= 16) continue;
+            if (!overwrite) c1[i] = _mm512_add_ps(c1[i], _mm512_maskz_loadu_ps(m1, ci + 16));
+            _mm512_mask_storeu_ps(ci + 16, m1, c1[i]);
+        }
+    }
+}
+
+// one instance per row count, so that the strips of 13 rows run as fast as those of 14
+static inline __attribute__((always_inline))
+void gemm_avx512_strip(int kc, const float *a, size_t a_row, size_t a_step, const float *b, size_t b_step,
+                       float *c, int ldc, int mr, int nr, int overwrite) {
+    switch (mr) {
+    case 14: gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 14); break;
+    case 13: gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 13); break;
+    case 12: gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 12); break;
+    case 11: gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 11); break;
+    case 10: gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 10); break;
+    case 9:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 9);  break;
+    case 8:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 8);  break;
+    case 7:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 7);  break;
+    case 6:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 6);  break;
+    case 5:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 5);  break;
+    case 4:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 4);  break;
+    case 3:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 3);  break;
+    case 2:  gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 2);  break;
+    default: gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 1);  break;
+    }
+}
+// from packed strips (the strides are constants here, so the loads' offsets are too) ...
+static void gemm_micro_kernel_avx512(int kc, const float *a, const float *b, float *c, int ldc, int mr, int nr, int overwrite) {
+    gemm_avx512_strip(kc, a, 1, GEMM_MR_AVX512, b, GEMM_NR, c, ldc, mr, nr, overwrite);
+}
+// ... and from the operands where they lie
+static void gemm_micro_kernel_avx512_strided(int kc, const float *a, size_t a_row, size_t a_step, const float *b,
+                                              size_t b_step, float *c, int ldc, int mr, int nr, int overwrite) {
+    gemm_avx512_strip(kc, a, a_row, a_step, b, b_step, c, ldc, mr, nr, overwrite);
+}
+#endif
+
+// Column blocks of nearly equal size, multiples of NR: N = 768 is 2 x 384
+static int gemm_nc(int N) {
+    int n_blocks = (N + GEMM_NC - 1) / GEMM_NC;
+    return ((N + n_blocks - 1) / n_blocks + GEMM_NR - 1) / GEMM_NR * GEMM_NR;
+}
+// k slices of nearly equal length, as long as a B block of gemm_nc(N) columns allows, a
+// multiple of 16 (the transposing packs go 16 k at a time): K = 768 is 3 x 256
+static int gemm_kc(int N, int K) {
+    int kc_fit = GEMM_B_BLOCK / gemm_nc(N) / 16 * 16; // a multiple of 16, as is GEMM_KC_MAX
+    int kc_max = kc_fit < GEMM_KC_MAX ? kc_fit : GEMM_KC_MAX;
+    int k_slices = (K + kc_max - 1) / kc_max;
+    return ((K + k_slices - 1) / k_slices + 15) / 16 * 16;
+}
+
+// gemm_run() computes C (M,N) with `threads` threads (rank: this one's place among them) that
+// share out the row strips and pack the B blocks together; each packs into the buffers of its
+// OpenMP thread number. kc_even: the k slice, fixed by the whole product (gemm_kc), so that
+// however a product is cut between threads every C element sums the same slices in order.
+static void gemm_run(real *C, const real *A, const real *B, int M, int N, int K, int trans_a, int lda,
+                     int trans_b, int ldb, int ldc, int accumulate, int rank, int threads, int kc_even) {
+    const int avx512 = HAVE_AVX512 && sizeof(real) == sizeof(float);
+    const int MR = avx512 ? GEMM_MR_AVX512 : GEMM_MR_C;
+    int nc_even = gemm_nc(N);
+    // a B block must fit its buffer: kc_even was chosen for the whole product's N, and a
+    // tile of gemm()'s grid (fewer columns) can get wider blocks from gemm_nc than that allows
+    if ((size_t)nc_even * kc_even > GEMM_B_BLOCK) nc_even = GEMM_B_BLOCK / kc_even / GEMM_NR * GEMM_NR;
+    // row strips: strip s is rows [s*M/strips, (s+1)*M/strips); a multiple of the thread
+    // count, so that each thread gets the same number of rows (M = 256: 20 strips of 12.8)
+    int strips = ((M + MR - 1) / MR + threads - 1) / threads * threads;
+    if (strips > M) strips = M;
+    const int s_lo = (int)((long)rank * strips / threads), s_hi = (int)((long)(rank + 1) * strips / threads);
+    const int tid = thread_id();
+    real *pack_a = gemm_pack_a + (size_t)tid * GEMM_MR_MAX * GEMM_KC_MAX;
+    int block = 0; // shared B blocks alternate between two buffers
+    for (int jc = 0; jc < N; jc += nc_even) {
+        int nc = N - jc < nc_even ? N - jc : nc_even;
+        int b_strips = (nc + GEMM_NR - 1) / GEMM_NR;
+        for (int pc = 0; pc < K; pc += kc_even) {
+            int kc = K - pc < kc_even ? K - pc : kc_even;
+            int overwrite = pc == 0 && !accumulate;
+            real *pack_b = threads == 1 ? gemm_pack_b_own + (size_t)tid * GEMM_B_BLOCK : gemm_pack_b[block++ & 1];
+            // B block: the threads pack it together, then wait for each other; after that
+            // barrier every thread is also done with the block before last, that used this buffer
+            for (int t = (int)((long)rank * b_strips / threads); t < (int)((long)(rank + 1) * b_strips / threads); t++) {
+                int jr = t * GEMM_NR, nr = nc - jr < GEMM_NR ? nc - jr : GEMM_NR;
+                gemm_pack_b_strip(pack_b + (size_t)jr * kc, B, ldb, trans_b, jc + jr, nr, pc, kc);
+            }
+            if (threads > 1) {
+                #pragma omp barrier
+            }
+            // row strips: each thread packs an A strip and sweeps it across the B block; no
+            // barrier at the end: a thread that is done goes on to pack the next B block into
+            // the other buffer
+            for (int s = s_lo; s < s_hi; s++) {
+                int i0 = (int)((long)s * M / strips), mr = (int)((long)(s + 1) * M / strips) - i0;
+                gemm_pack_a_strip(pack_a, A, lda, trans_a, i0, mr, pc, kc, MR);
+                for (int jr = 0; jr < nc; jr += GEMM_NR) {
+                    int nr = nc - jr < GEMM_NR ? nc - jr : GEMM_NR;
+                    real *c = C + (size_t)i0 * ldc + jc + jr;
+                    const real *b = pack_b + (size_t)jr * kc;
+#if HAVE_AVX512
+                    if (avx512) {
+                        gemm_micro_kernel_avx512(kc, (const float *)pack_a, (const float *)b,
+                                                 (float *)c, ldc, mr, nr, overwrite);
+                        continue;
+                    }
+#endif
+                    gemm_micro_kernel_c(kc, pack_a, b, c, ldc, mr, nr, overwrite);
+                }
+            }
+        }
+    }
+}
+
+// An empty product: nothing to do when C is empty, C = 0 (or unchanged) when K = 0. Returns
+// 1 if it handled the product; gemm() and gemm_serial() call it before any blocking arithmetic.
+static int gemm_empty(real *C, int M, int N, int K, int ldc, int accumulate) {
+    if (M <= 0 || N <= 0) return 1;
+    if (K > 0) return 0;
+    if (!accumulate) for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, N * sizeof(real));
+    return 1;
+}
+
+// C (M,N) = A (M,K) B (K,N) (+ C if accumulate). A(i,k) = trans_a ? A[k*lda+i] : A[i*lda+k],
+// B(k,j) = trans_b ? B[j*ldb+k] : B[k*ldb+j]; C(i,j) = C[i*ldc+j].
+//
+// gemm(): one product on all threads; call it outside any parallel region. With enough row
+// strips (GEMM_ROW_SHARE per thread) the threads share the rows and the packed B blocks, as
+// above. With fewer (the forward of a batch of B*T = 256 rows) they split C into a grid of
+// tr x tc tiles instead, each computed by one thread alone with its own B buffer: more
+// columns per thread, no barriers.
+static void gemm(real *C, const real *A, const real *B, int M, int N, int K,
+                 int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
+    if (gemm_empty(C, M, N, K, ldc, accumulate)) return;
+    gemm_init();
+    const int MR = HAVE_AVX512 && sizeof(real) == sizeof(float) ? GEMM_MR_AVX512 : GEMM_MR_C;
+    const int threads = num_threads(), kc = gemm_kc(N, K), strips = (M + MR - 1) / MR;
+    if (strips >= GEMM_ROW_SHARE * threads) {
+        #pragma omp parallel
+        gemm_run(C, A, B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, thread_id(), num_threads_here(), kc);
+        return;
+    }
+    int tr = 1; // row groups: the largest divisor of the thread count that leaves 4 strips per group
+    for (int t = 1; t <= threads; t++)
+        if (threads % t == 0 && strips >= 4 * t) tr = t;
+    const int tc = threads / tr, col_strips = (N + GEMM_NR - 1) / GEMM_NR;
+    #pragma omp parallel
+    {
+        int id = thread_id(), r = id / tc, c = id % tc;
+        if (num_threads_here() == threads) {
+            int i0 = (int)((long)r * M / tr), i1 = (int)((long)(r + 1) * M / tr);
+            int j0 = (int)((long)c * col_strips / tc) * GEMM_NR, j1 = (int)((long)(c + 1) * col_strips / tc) * GEMM_NR;
+            if (j1 > N) j1 = N;
+            if (j1 > j0)
+                gemm_run(C + (size_t)i0 * ldc + j0, trans_a ? A + i0 : A + (size_t)i0 * lda,
+                         trans_b ? B + (size_t)j0 * ldb : B + j0, i1 - i0, j1 - j0, K, trans_a, lda, trans_b, ldb, ldc,
+                         accumulate, 0, 1, kc);
+        } else { // a smaller team than asked for: one thread does it all
+            if (id == 0) gemm_run(C, A, B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, 0, 1, kc);
+        }
+    }
+}
+#if HAVE_AVX512
+// A small product (A, B and a padded strip together at most GEMM_SMALL floats: 256 KiB, in L2)
+// costs little to multiply, so what packing costs shows: the memory recurrence's products are
+// 16 x 32 x 32 (Titans) and 16 x 64 x 128 (Hope). gemm_small() packs only what it must: B^T
+// (k must run along the rows it reads) and a last strip of fewer than 32 columns; the kernel
+// broadcasts A where it lies and reads B's rows in place, over the whole k range at once.
+// (At these sizes that beats packing at every shape tried, up to 128 x 128 x 128.)
+#ifndef GEMM_SMALL
+#define GEMM_SMALL 65536
+#endif
+static void gemm_small(float *C, const float *A, const float *B, int M, int N, int K,
+                       int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
+    size_t a_row = trans_a ? 1 : (size_t)lda, a_step = trans_a ? (size_t)lda : 1;
+    float *packed = (float *)gemm_pack_b_own + (size_t)thread_id() * GEMM_B_BLOCK; // this thread's B buffer
+    // B's 32-column strips: where they lie when trans_b = 0 and the strip is whole, else packed
+    // as gemm_run() packs them (K x 32 each, zeros past column N)
+    int n_in_place = trans_b ? 0 : N / GEMM_NR * GEMM_NR;
+    for (int j0 = n_in_place; j0 < N; j0 += GEMM_NR)
+        gemm_pack_b_strip((real *)packed + (size_t)j0 * K, (const real *)B, ldb, trans_b, j0,
+                          N - j0 < GEMM_NR ? N - j0 : GEMM_NR, 0, K);
+    // column strips outer: a strip of B (K x 32) stays in L1 while all of A's row strips pass
+    int strips = (M + GEMM_MR_AVX512 - 1) / GEMM_MR_AVX512;
+    for (int j0 = 0; j0 < N; j0 += GEMM_NR) {
+        const float *b = j0 < n_in_place ? B + j0 : packed + (size_t)j0 * K;
+        size_t b_step = j0 < n_in_place ? (size_t)ldb : GEMM_NR;
+        for (int s = 0; s < strips; s++) {
+            int i0 = (int)((long)s * M / strips), mr = (int)((long)(s + 1) * M / strips) - i0;
+            gemm_micro_kernel_avx512_strided(K, A + i0 * a_row, a_row, a_step, b, b_step, C + (size_t)i0 * ldc + j0,
+                                              ldc, mr, N - j0 < GEMM_NR ? N - j0 : GEMM_NR, !accumulate);
+        }
+    }
+}
+#endif
+// gemm_serial(): on the calling thread alone, with its own B buffer, for the many small
+// products that a parallel loop hands out one per thread (attention: one per sequence and
+// head). It may run inside a parallel region, but gemm_init() must have run before it,
+// outside that region, with at least as many threads: the buffers are per thread.
+static void gemm_serial(real *C, const real *A, const real *B, int M, int N, int K,
+                        int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
+    if (gemm_empty(C, M, N, K, ldc, accumulate)) return;
+#if HAVE_AVX512
+    if (sizeof(real) == sizeof(float) && K <= GEMM_KC_MAX && (size_t)K * (M + N + GEMM_NR) <= GEMM_SMALL) {
+        gemm_small((float *)C, (const float *)A, (const float *)B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate);
+        return;
+    }
+#endif
+    gemm_run(C, A, B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, 0, 1, gemm_kc(N, K));
+}
+
+// ============================================================================
+// Appendix B. The chunked memory
+//
+// What it speeds up: the neural memory recurrence of section 5, which costs n passes over the
+// memory's weights per chunk of n tokens when taken token by token. Here a chunk is a few small
+// matrix products (on gemm_serial) and an n x n scalar recurrence: in exact arithmetic the same
+// function. What it is tested against: memory_recurrence_forward/backward
+// of section 5 (test_memory_recurrence in test_tlm.c: Titans and Hope, depth 1 and 2, several
+// chunk sizes, forward values and every gradient).
+
+// --- the memory recurrence, one chunk at a time ----------------------------------------------
+// Inside a chunk every g_t is taken at the chunk's start weights W_c, so each g_t is one outer
+// product per weight matrix, X_s = x_s y_s^T, of vectors from one batch of small products at W_c:
+//   depth 2:  g_s = 2 (u_s k_s^T | e_s a_s^T)   for (W1 | W2)    depth 1:  g_s = 2 e_s k_s^T
+//   z = W1c k, a = silu(z), e = M_Wc(k) - v, u = (W2c^T e) * silu'(z)       ("the factors")
+// Then W and S after any token t of the chunk are a closed form in W_c, S_c and those products:
+//   S_t = ps_t S_c + sum_{s<=t} ex_ts X_s          W_t = cw_t W_c + cs_t S_c + sum_{s<=t} cx_ts X_s
+// with scalar coefficients that follow the recurrence token by token (h_t = -2 theta_t):
+//   ex_s <- eta_t ex_s (s < t), ex_t = h_t ;  ps <- eta_t ps ;  cw <- (1 - alpha_t) cw ;
+//   cs <- (1 - alpha_t) cs + ps ;  cx_s <- (1 - alpha_t) cx_s + ex_s (s <= t)    (from cw = ps = 1)
+// So a chunk is a few products per weight matrix and an n x n scalar recurrence, not n passes
+// over W: the chunk's end state is (diag(cx) X)^T Y plus the scaled W_c and S_c, and Titans'
+// reads at W_t, row t of  IN W_t^T  for the n inputs IN of a weight matrix, are
+//   OUT = diag(cw) IN W_c^T + diag(cs) IN S_c^T + (cx o IN Y^T) X        (o: elementwise, s <= t)
+// Hope reads W_c only (cw = 1, cs = cx = 0 for its reads).
+
+// One chunk's arrays: what the forward keeps in the chunk's record (memory_chunk_saved()), the
+// rest in the thread's scratch (memory_chunk_layout()).
+typedef struct {
+    // kept:
+    real *E, *Z, *A, *R, *U;        // (n, d), (n, m) x 4: e, z, a, r = W2^T e, u
+    real *Zq, *Aq;                  // (n, m) x 2: the read-out's hidden layer (depth 2)
+    real *coef;                     // (n + 1, 3 + 2n): cw, cs, ps, cx (n), ex (n) before token t (row n: the end)
+    real *G[2];                     // (n, n) per block: Titans' reads, IN Y^T (unused by Hope)
+    // scratch:
+    real *dX[2], *dY[2];            // gradients of the factors X and Y of each block
+    real *dR, *dZ, *dZq;            // (n, m) x 3
+    real *gcoef;                    // (n, 3 + 2n): gradients of the coefficients after token t
+    real *T1, *T2, *H, *H2;         // (n, wide) x 2, (n, n) x 2 for the reads
+    real *M1, *M2, *N1, *N2, *Xs;   // (n, wide) x 5 for the end state (M1, M2 also for the reads' backward)
+} MemoryChunk;
+
+// Block b of W (depth 2: W1 (m, d), then W2 (d, m); depth 1: W (d, d)): its rows, columns,
+// offset, and the factors of its outer products, X (n, rows) and Y (n, cols).
+static int memory_blocks(int depth) { return depth == 1 ? 1 : 2; }
+static void memory_block(int depth, int d, int m, int b, int *rows, int *cols, size_t *offset) {
+    *rows = depth == 1 || b == 1 ? d : m;
+    *cols = depth == 1 || b == 0 ? d : m;
+    *offset = b == 0 ? 0 : (size_t)m * d;
+}
+static const real *memory_factor_x(const MemoryChunk *f, int depth, int b) { return depth == 1 || b == 1 ? f->E : f->U; }
+static const real *memory_factor_y(const MemoryChunk *f, int b, const real *K) { return b == 0 ? K : f->A; }
+static real *memory_coef(const MemoryChunk *f, int n, int row) { return f->coef + (size_t)row * (3 + 2 * n); }
+
+// What a chunk of n tokens keeps, in its record after W_c and S_c: E (n, d); Z, A, R, U, Zq, Aq
+// (n, m), depth 2 only; coef; G per block. The n x n tables grow as n^2 (n is at most T, so a long
+// chunk costs memory as attention's T x T does).
+static size_t memory_saved_size(int n_tokens, int d, int m, int depth) {
+    size_t n = (size_t)n_tokens;
+    return n * d + (depth == 2 ? 6 * n * (size_t)m : 0) + (n + 1) * (3 + 2 * n) + memory_blocks(depth) * n * n;
+}
+static void memory_chunk_saved(MemoryChunk *f, real *p, int n_tokens, int d, int m, int depth) {
+    size_t n = (size_t)n_tokens, nm = depth == 2 ? n * m : 0;
+    f->E = p;  f->Z = f->E + n * d;  f->A = f->Z + nm;  f->R = f->A + nm;  f->U = f->R + nm;
+    f->Zq = f->U + nm;  f->Aq = f->Zq + nm;  f->coef = f->Aq + nm;
+    f->G[0] = f->coef + (n + 1) * (3 + 2 * n);  f->G[1] = f->G[0] + n * n;
+}
+// The scratch of a chunk, per thread
+static size_t memory_chunk_size(int n_tokens, int d, int m) {
+    size_t n = (size_t)n_tokens, wide = d > m ? d : m;
+    // as memory_chunk_layout() lays it out: dY0, dX1 (n, d); dY1, dR, dZ, dZq (n, m); dX0, T1, T2,
+    // M1, M2, N1, N2, Xs (n, wide); gcoef; H, H2 (n, n)
+    return n * (2 * (size_t)d + 4 * (size_t)m + 8 * wide) + n * (3 + 2 * n) + 2 * n * n;
+}
+static void memory_chunk_layout(MemoryChunk *f, real *p, int n_tokens, int d, int m) {
+    size_t n = (size_t)n_tokens, wide = d > m ? d : m;
+    f->dX[0] = p;                               // (n, m) [depth 1: (n, d)]
+    f->dY[0] = f->dX[0] + n * wide;             // (n, d)
+    f->dX[1] = f->dY[0] + n * d;                // (n, d)
+    f->dY[1] = f->dX[1] + n * d;                // (n, m)
+    f->dR = f->dY[1] + n * m;  f->dZ = f->dR + n * m;  f->dZq = f->dZ + n * m;
+    f->gcoef = f->dZq + n * m;
+    f->T1 = f->gcoef + n * (3 + 2 * n);  f->T2 = f->T1 + n * wide;  f->H = f->T2 + n * wide;  f->H2 = f->H + n * n;
+    f->M1 = f->H2 + n * n;  f->M2 = f->M1 + n * wide;  f->N1 = f->M2 + n * wide;  f->N2 = f->N1 + n * wide;
+    f->Xs = f->N2 + n * wide;
+}
+
+// Y (n, d) = M_W(X) for n inputs at once, keeping Z = X W1^T and A = silu(Z) (depth 2)
+static void memory_read_rows(real *Y, real *Z, real *A, const real *W, const real *X, int n, int d, int m, int depth) {
+    if (depth == 1) { gemm_serial(Y, X, W, n, d, d, 0, d, 1, d, d, 0); return; }
+    const real *W1 = W, *W2 = W + (size_t)m * d;
+    gemm_serial(Z, X, W1, n, m, d, 0, d, 1, d, m, 0);
+    for (size_t i = 0; i < (size_t)n * m; i++) A[i] = silu(Z[i]);
+    memcpy(Y, X, (size_t)n * d * sizeof(real));
+    gemm_serial(Y, A, W2, n, d, m, 0, m, 1, m, d, 1);        // Y = X + A W2^T
+}
+// its backward: dW += dM/dW^T dY, dX += dM/dX^T dY. dZ: scratch (n, m)
+static void memory_read_rows_backward(real *dW, real *dX, const real *dY, const real *W, const real *X,
+                                       const real *Z, const real *A, real *dZ, int n, int d, int m, int depth) {
+    if (depth == 1) {
+        gemm_serial(dW, dY, X, d, d, n, 1, d, 0, d, d, 1);  // dW += dY^T X
+        gemm_serial(dX, dY, W, n, d, d, 0, d, 0, d, d, 1);  // dX += dY W
+        return;
+    }
+    const real *W1 = W, *W2 = W + (size_t)m * d;
+    real *dW1 = dW, *dW2 = dW + (size_t)m * d;
+    for (size_t i = 0; i < (size_t)n * d; i++) dX[i] += dY[i];
+    gemm_serial(dW2, dY, A, d, m, n, 1, d, 0, m, m, 1);     // dW2 += dY^T A
+    gemm_serial(dZ, dY, W2, n, m, d, 0, d, 0, m, m, 0);     // dA = dY W2
+    for (size_t i = 0; i < (size_t)n * m; i++) dZ[i] *= silu_grad(Z[i]);
+    gemm_serial(dW1, dZ, X, m, d, n, 1, m, 0, d, d, 1);     // dW1 += dZ^T X
+    gemm_serial(dX, dZ, W1, n, d, m, 0, m, 0, d, d, 1);     // dX += dZ W1
+}
+
+// the factors of the chunk's n tokens (keys K, values V) at the chunk's start weights Wc
+static void memory_factors(MemoryChunk *f, const real *Wc, const real *K, const real *V, int n, int d, int m, int depth) {
+    memory_read_rows(f->E, f->Z, f->A, Wc, K, n, d, m, depth);
+    for (size_t i = 0; i < (size_t)n * d; i++) f->E[i] -= V[i];
+    if (depth == 1) return;
+    gemm_serial(f->R, f->E, Wc + (size_t)m * d, n, m, d, 0, d, 0, m, m, 0); // R = E W2
+    for (size_t i = 0; i < (size_t)n * m; i++) f->U[i] = f->R[i] * silu_grad(f->Z[i]);
+}
+// ... and their gradients (in f->dX, f->dY) back through that batch: dWc, dK, dV accumulated.
+//   depth 2:  u = r * silu'(z):  dr = du silu'(z), dz = du r silu''(z) ;  r = W2c^T e: de += dr W2c^T, dW2 += e^T dr
+//             e = k + W2c a - v: dk += de, dv -= de, dW2 += de^T a, da += de W2c ;  a = silu(z): dz += da silu'(z)
+//             z = W1c k: dW1 += dz^T k, dk += dz W1c          (and dk += the Y gradient of block 0)
+//   depth 1:  e = Wc k - v: dW += de^T k, dk += de Wc, dv -= de
+static void memory_factors_backward(MemoryChunk *f, real *dWc, real *dK, real *dV, const real *Wc, const real *K,
+                                    int n, int d, int m, int depth) {
+    for (size_t i = 0; i < (size_t)n * d; i++) dK[i] += f->dY[0][i];
+    if (depth == 1) {
+        const real *dE = f->dX[0];
+        for (size_t i = 0; i < (size_t)n * d; i++) dV[i] -= dE[i];
+        gemm_serial(dWc, dE, K, d, d, n, 1, d, 0, d, d, 1);      // dW += dE^T K
+        gemm_serial(dK, dE, Wc, n, d, d, 0, d, 0, d, d, 1);      // dK += dE Wc
+        return;
+    }
+    const real *W1 = Wc, *W2 = Wc + (size_t)m * d;
+    real *dW1 = dWc, *dW2 = dWc + (size_t)m * d, *dU = f->dX[0], *dE = f->dX[1], *dA = f->dY[1];
+    for (size_t i = 0; i < (size_t)n * m; i++) {
+        f->dR[i] = dU[i] * silu_grad(f->Z[i]);
+        f->dZ[i] = dU[i] * f->R[i] * silu_grad2(f->Z[i]);
+    }
+    gemm_serial(dE, f->dR, W2, n, d, m, 0, m, 1, m, d, 1);    // dE += dR W2^T
+    gemm_serial(dW2, f->E, f->dR, d, m, n, 1, d, 0, m, m, 1); // dW2 += E^T dR
+    for (size_t i = 0; i < (size_t)n * d; i++) { dK[i] += dE[i]; dV[i] -= dE[i]; }
+    gemm_serial(dW2, dE, f->A, d, m, n, 1, d, 0, m, m, 1);    // dW2 += dE^T A
+    gemm_serial(dA, dE, W2, n, m, d, 0, d, 0, m, m, 1);       // dA += dE W2
+    for (size_t i = 0; i < (size_t)n * m; i++) f->dZ[i] += dA[i] * silu_grad(f->Z[i]);
+    gemm_serial(dW1, f->dZ, K, m, d, n, 1, m, 0, d, d, 1);    // dW1 += dZ^T K
+    gemm_serial(dK, f->dZ, W1, n, d, m, 0, m, 0, d, d, 1);    // dK += dZ W1
+}
+
+// The coefficients before each token t (row t of f->coef: cw, cs, ps, cx_0..n-1, ex_0..n-1;
+// row n: after the last token), by the recurrence above.
+static void memory_coefficients(MemoryChunk *f, const real *eta, const real *theta, const real *alpha, int n) {
+    real *c = memory_coef(f, n, 0);
+    memset(c, 0, (3 + 2 * (size_t)n) * sizeof(real));
+    c[0] = c[2] = 1;
+    for (int t = 0; t < n; t++) {
+        const real *p = memory_coef(f, n, t), *pcx = p + 3, *pex = pcx + n;
+        real *q = memory_coef(f, n, t + 1), *cx = q + 3, *ex = cx + n, a = 1 - alpha[t];
+        for (int s = 0; s < n; s++) ex[s] = s < t ? eta[t] * pex[s] : s == t ? -2 * theta[t] : 0;
+        q[2] = eta[t] * p[2];
+        q[0] = a * p[0];
+        q[1] = a * p[1] + q[2];
+        for (int s = 0; s < n; s++) cx[s] = a * pcx[s] + ex[s];
+    }
+}
+// Reverse mode through memory_coefficients: f->gcoef row t holds the gradients of the values
+// after token t (used up); deta, dalpha, dtheta are accumulated.
+static void memory_coefficients_backward(MemoryChunk *f, const real *eta, const real *alpha, real *deta, real *dalpha,
+                                         real *dtheta, int n) {
+    for (int t = n - 1; t >= 0; t--) {
+        real *g = f->gcoef + (size_t)t * (3 + 2 * n), *gcx = g + 3, *gex = gcx + n;
+        const real *p = memory_coef(f, n, t), *pcx = p + 3, *pex = pcx + n; // the values before token t
+        real a = 1 - alpha[t], da = 0, de = 0;
+        // only s <= t: cx_s and ex_s of a later token s are the constant 0 before it (what
+        // those entries of the gradient rows hold is never used)
+        for (int s = 0; s <= t; s++) {           // cx_s <- a cx_s + ex_s
+            gex[s] += gcx[s];
+            da -= gcx[s] * pcx[s];
+            gcx[s] *= a;
+        }
+        da -= g[1] * p[1] + g[0] * p[0];           // cs <- a cs + ps ;  cw <- a cw
+        g[2] += g[1];
+        g[1] *= a;
+        g[0] *= a;
+        de += g[2] * p[2];                         // ps <- eta ps
+        g[2] *= eta[t];
+        dtheta[t] -= 2 * gex[t];                   // ex_t = -2 theta_t
+        for (int s = 0; s < t; s++) {              // ex_s <- eta ex_s
+            de += gex[s] * pex[s];
+            gex[s] *= eta[t];
+        }
+        dalpha[t] += da;
+        deta[t] += de;
+        if (t > 0) { // what is left are the gradients of the values before token t, after token t-1
+            real *gp = g - (3 + 2 * n);
+            for (int i = 0; i < 3 + 2 * n; i++) gp[i] += g[i];
+        }
+    }
+}
+
+// The chunk's end state W, S (the next chunk's start) from its start Wc, Sc:
+//   W = cw Wc + cs Sc + (diag(cx) X)^T Y ;  S = ps Sc + (diag(ex) X)^T Y
+// with the coefficients after the chunk's last token (row n of f->coef: cx_s = cx_{n-1,s})
+static void memory_chunk_advance(real *restrict W, real *restrict S, const real *restrict Wc, const real *restrict Sc,
+                                 MemoryChunk *f, const real *K, int n, int d, int m, int depth) {
+    int P = memory_params(depth, d, m);
+    const real *c = memory_coef(f, n, n);
+    for (int p = 0; p < P; p++) {
+        W[p] = c[0] * Wc[p] + c[1] * Sc[p];
+        S[p] = c[2] * Sc[p];
+    }
+    for (int b = 0; b < memory_blocks(depth); b++) {
+        int rows, cols;
+        size_t off;
+        memory_block(depth, d, m, b, &rows, &cols, &off);
+        const real *X = memory_factor_x(f, depth, b), *Y = memory_factor_y(f, b, K);
+        for (int target = 0; target < 2; target++) {
+            const real *coef = c + 3 + (target == 0 ? 0 : n); // cx, then ex
+            for (int s = 0; s < n; s++)
+                for (int r = 0; r < rows; r++) f->Xs[(size_t)s * rows + r] = coef[s] * X[(size_t)s * rows + r];
+            gemm_serial((target == 0 ? W : S) + off, f->Xs, Y, rows, cols, n, 1, rows, 0, cols, cols, 1);
+        }
+    }
+}
+// Its backward. dW, dS: the adjoints of the end state in, of W_c, S_c out (without the share of
+// the factors and reads at W_c, S_c, that the caller adds next). Into the last row of f->gcoef:
+//   g_cw = <dW, W_c>, g_cs = <dW, S_c>, g_ps = <dS, S_c>, g_cx_s = x_s^T dW y_s, g_ex_s = x_s^T dS y_s ;
+// into f->dX, f->dY (accumulated): dx_s = cx_s dW y_s + ex_s dS y_s, dy_s = cx_s dW^T x_s + ex_s dS^T x_s.
+static void memory_chunk_advance_backward(real *dW, real *dS, MemoryChunk *f, const real *Wc, const real *Sc,
+                                          const real *K, int n, int d, int m, int depth) {
+    int P = memory_params(depth, d, m);
+    const real *c = memory_coef(f, n, n), *cx = c + 3, *ex = cx + n;
+    real *g = f->gcoef + (size_t)(n - 1) * (3 + 2 * n), *gcx = g + 3, *gex = gcx + n;
+    for (int b = 0; b < memory_blocks(depth); b++) {
+        int rows, cols;
+        size_t off;
+        memory_block(depth, d, m, b, &rows, &cols, &off);
+        const real *X = memory_factor_x(f, depth, b), *Y = memory_factor_y(f, b, K);
+        gemm_serial(f->M1, Y, dW + off, n, rows, cols, 0, cols, 1, cols, rows, 0); // M1 = Y dW^T   (n, rows)
+        gemm_serial(f->M2, Y, dS + off, n, rows, cols, 0, cols, 1, cols, rows, 0); // M2 = Y dS^T
+        gemm_serial(f->N1, X, dW + off, n, cols, rows, 0, rows, 0, cols, cols, 0); // N1 = X dW     (n, cols)
+        gemm_serial(f->N2, X, dS + off, n, cols, rows, 0, rows, 0, cols, cols, 0); // N2 = X dS
+        for (int s = 0; s < n; s++) {
+            const real *x = X + (size_t)s * rows, *m1 = f->M1 + (size_t)s * rows, *m2 = f->M2 + (size_t)s * rows;
+            const real *n1 = f->N1 + (size_t)s * cols, *n2 = f->N2 + (size_t)s * cols;
+            real *dx = f->dX[b] + (size_t)s * rows, *dy = f->dY[b] + (size_t)s * cols;
+            gcx[s] += dot(x, m1, rows);
+            gex[s] += dot(x, m2, rows);
+            for (int r = 0; r < rows; r++) dx[r] += cx[s] * m1[r] + ex[s] * m2[r];
+            for (int j = 0; j < cols; j++) dy[j] += cx[s] * n1[j] + ex[s] * n2[j];
+        }
+    }
+    // one pass over the state: g_cw, g_cs, g_ps, then W = cw Wc + cs Sc + ..., S = ps Sc + ...
+    // backwards: dSc = cs dW + ps dS, dWc = cw dW
+    real gw = 0, gs = 0, gp = 0;
+    #pragma omp simd reduction(+ : gw, gs, gp)
+    for (int p = 0; p < P; p++) {
+        real w = dW[p], v = dS[p];
+        gw += w * Wc[p];
+        gs += w * Sc[p];
+        gp += v * Sc[p];
+        dS[p] = c[1] * w + c[2] * v;
+        dW[p] = c[0] * w;
+    }
+    g[0] += gw;
+    g[1] += gs;
+    g[2] += gp;
+}
+
+// Titans' reads through one block: row t of OUT (n, rows) is W_t's block times row t of IN
+// (n, cols):  OUT = diag(cw) IN Wc^T + diag(cs) IN Sc^T + (cx o G) X,  G = IN Y^T (n, n, kept)
+// (cw, cs, cx after token t; cx_s = 0 for s > t)
+static void memory_block_read(real *OUT, real *G, const real *IN, const real *Wcb, const real *Scb, MemoryChunk *f,
+                              const real *X, const real *Y, int n, int rows, int cols) {
+    gemm_serial(f->T1, IN, Wcb, n, rows, cols, 0, cols, 1, cols, rows, 0);
+    gemm_serial(f->T2, IN, Scb, n, rows, cols, 0, cols, 1, cols, rows, 0);
+    gemm_serial(G, IN, Y, n, n, cols, 0, cols, 1, cols, n, 0);
+    for (int t = 0; t < n; t++) {
+        const real *c = memory_coef(f, n, t + 1), *cx = c + 3;
+        for (int r = 0; r < rows; r++) OUT[(size_t)t * rows + r] = c[0] * f->T1[(size_t)t * rows + r] + c[1] * f->T2[(size_t)t * rows + r];
+        for (int s = 0; s < n; s++) f->H[(size_t)t * n + s] = s <= t ? cx[s] * G[(size_t)t * n + s] : 0;
+    }
+    gemm_serial(OUT, f->H, X, n, rows, n, 0, n, 0, rows, rows, 1);
+}
+// its backward, from dOUT: dIN, dWcb, dScb, the factors' dX, dY and the coefficients' gradients
+// (f->gcoef) accumulated. The first two terms go through P1 = dOUT Wc and P2 = dOUT Sc (n, cols),
+// which the forward's IN Wc^T and IN Sc^T need not be recomputed for:
+//   g_cw_t = P1_t . IN_t,  g_cs_t = P2_t . IN_t,  dIN_t += cw_t P1_t + cs_t P2_t,
+//   dWc += (cw o dOUT)^T IN,  dSc += (cs o dOUT)^T IN
+// and the third through dH = dOUT X^T: g_cx_ts += dH_ts G_ts, dG = cx o dH, then through H = cx o G
+// and G = IN Y^T:  dX += H^T dOUT,  dIN += dG Y,  dY += dG^T IN
+static void memory_block_read_backward(real *dIN, real *dWcb, real *dScb, real *dX, real *dY, const real *dOUT,
+                                       const real *G, const real *IN, const real *Wcb, const real *Scb,
+                                       MemoryChunk *f, const real *X, const real *Y, int n, int rows, int cols) {
+    real *P1 = f->T1, *P2 = f->T2, *D1 = f->M1, *D2 = f->M2, *dH = f->H, *H = f->H2;
+    gemm_serial(P1, dOUT, Wcb, n, cols, rows, 0, rows, 0, cols, cols, 0);
+    gemm_serial(P2, dOUT, Scb, n, cols, rows, 0, rows, 0, cols, cols, 0);
+    gemm_serial(dH, dOUT, X, n, n, rows, 0, rows, 1, rows, n, 0);
+    for (int t = 0; t < n; t++) {
+        const real *c = memory_coef(f, n, t + 1), *cx = c + 3, *dout = dOUT + (size_t)t * rows;
+        const real *in = IN + (size_t)t * cols, *p1 = P1 + (size_t)t * cols, *p2 = P2 + (size_t)t * cols;
+        real *g = f->gcoef + (size_t)t * (3 + 2 * n), *gcx = g + 3, *din = dIN + (size_t)t * cols;
+        g[0] += dot(p1, in, cols);
+        g[1] += dot(p2, in, cols);
+        for (int j = 0; j < cols; j++) din[j] += c[0] * p1[j] + c[1] * p2[j];
+        for (int r = 0; r < rows; r++) {
+            D1[(size_t)t * rows + r] = c[0] * dout[r];
+            D2[(size_t)t * rows + r] = c[1] * dout[r];
+        }
+        for (int s = 0; s < n; s++) {
+            size_t ts = (size_t)t * n + s;
+            real dh = s <= t ? dH[ts] : 0;
+            gcx[s] += dh * G[ts];
+            dH[ts] = dh * cx[s];                   // now dG
+            H[ts] = s <= t ? cx[s] * G[ts] : 0;
+        }
+    }
+    gemm_serial(dX, H, dOUT, n, rows, n, 1, n, 0, rows, rows, 1);     // dX += H^T dOUT
+    gemm_serial(dWcb, D1, IN, rows, cols, n, 1, rows, 0, cols, cols, 1); // dWc += (cw o dOUT)^T IN
+    gemm_serial(dScb, D2, IN, rows, cols, n, 1, rows, 0, cols, cols, 1); // dSc += (cs o dOUT)^T IN
+    gemm_serial(dIN, dH, Y, n, cols, n, 0, n, 0, cols, cols, 1);      // dIN += dG Y
+    gemm_serial(dY, dH, IN, n, cols, n, 1, n, 0, cols, cols, 1);      // dY += dG^T IN
+}
+
+// Titans' read-out of the chunk, y_t = M_{W_t}(q_t):  Z = reads of Q through W1, A = silu(Z),
+// Y = Q + reads of A through W2  (depth 1: Y = reads of Q through W)
+static void memory_chunk_read(real *Yout, const real *Q, const real *Wc, const real *Sc, MemoryChunk *f,
+                              const real *K, int n, int d, int m, int depth) {
+    if (depth == 1) { memory_block_read(Yout, f->G[0], Q, Wc, Sc, f, f->E, K, n, d, d); return; }
+    size_t o2 = (size_t)m * d;
+    memory_block_read(f->Zq, f->G[0], Q, Wc, Sc, f, f->U, K, n, m, d);
+    for (size_t i = 0; i < (size_t)n * m; i++) f->Aq[i] = silu(f->Zq[i]);
+    memory_block_read(Yout, f->G[1], f->Aq, Wc + o2, Sc + o2, f, f->E, f->A, n, d, m);
+    for (size_t i = 0; i < (size_t)n * d; i++) Yout[i] += Q[i];
+}
+static void memory_chunk_read_backward(real *dQ, real *dWc, real *dSc, const real *dYout, const real *Q,
+                                       const real *Wc, const real *Sc, MemoryChunk *f, const real *K,
+                                       int n, int d, int m, int depth) {
+    if (depth == 1) {
+        memory_block_read_backward(dQ, dWc, dSc, f->dX[0], f->dY[0], dYout, f->G[0], Q, Wc, Sc, f, f->E, K, n, d, d);
+        return;
+    }
+    size_t o2 = (size_t)m * d; // the hidden layer Zq, Aq: kept by the forward
+    memset(f->dZq, 0, (size_t)n * m * sizeof(real));
+    for (size_t i = 0; i < (size_t)n * d; i++) dQ[i] += dYout[i];
+    memory_block_read_backward(f->dZq, dWc + o2, dSc + o2, f->dX[1], f->dY[1], dYout, f->G[1], f->Aq, Wc + o2,
+                               Sc + o2, f, f->E, f->A, n, d, m);
+    for (size_t i = 0; i < (size_t)n * m; i++) f->dZq[i] *= silu_grad(f->Zq[i]);
+    memory_block_read_backward(dQ, dWc, dSc, f->dX[0], f->dY[0], f->dZq, f->G[0], Q, Wc, Sc, f, f->U, K, n, m, d);
+}
+
+// y (T, d) from k, v, q (T, d) and the gates (T); states: see memory_state_size().
+static void memory_chunked_forward(real *y, real *states, real *scratch, const real *k, const real *v, const real *q,
+                           const real *theta, const real *eta, const real *alpha, const real *W0,
+                           int T, MemorySize ms, int read_chunk_start) {
+    int d = ms.d, m = ms.m, depth = ms.depth, chunk = ms.chunk;
+    int P = memory_params(depth, d, m), len = memory_chunk_len(T, ms);
+    size_t record = memory_record_size(T, ms);
+    MemoryChunk f;
+    memory_chunk_layout(&f, scratch, len, d, m);
+    memcpy(states, W0, P * sizeof(real)); // the first chunk's start
+    memset(states + P, 0, P * sizeof(real));
+    for (int c = 0, s = 0; s < T; c++, s += chunk) {
+        int n = T - s < chunk ? T - s : chunk;
+        // the chunk's start, in its record; its end goes to the next record (after the last chunk:
+        // to the two P-vectors after the records)
+        real *Wc = states + c * record, *Sc = Wc + P, *Wn = Wc + record, *Sn = Wn + P;
+        const real *K = k + (size_t)s * d, *Q = q + (size_t)s * d;
+        memory_chunk_saved(&f, Sc + P, len, d, m, depth);
+        memory_factors(&f, Wc, K, v + (size_t)s * d, n, d, m, depth);
+        memory_coefficients(&f, eta + s, theta + s, alpha + s, n);
+        if (read_chunk_start) memory_read_rows(y + (size_t)s * d, f.Zq, f.Aq, Wc, Q, n, d, m, depth); // Hope
+        else                  memory_chunk_read(y + (size_t)s * d, Q, Wc, Sc, &f, K, n, d, m, depth);  // Titans
+        memory_chunk_advance(Wn, Sn, Wc, Sc, &f, K, n, d, m, depth);
+    }
+}
+
+// Accumulates the gradients of every input of memory_chunked_forward, given dy (T, d), going back
+// through the chunks. dW, dS: the adjoints of the state at the end of the chunk at hand (zero at
+// the end of the sequence); each chunk's backward first turns them into those of its start W_c,
+// S_c, then adds what the chunk's reads and factors contributed at W_c, S_c. At the very start
+// dW0 += dW. (v and theta reach it through the kept factors and coefficients.)
+static void memory_chunked_backward(real *dk, real *dv, real *dq, real *dtheta, real *deta, real *dalpha, real *dW0,
+                            real *scratch, const real *dy, const real *states, const real *k,
+                            const real *q, const real *eta, const real *alpha,
+                            int T, MemorySize ms, int read_chunk_start) {
+    int d = ms.d, m = ms.m, depth = ms.depth, chunk = ms.chunk;
+    int P = memory_params(depth, d, m), len = memory_chunk_len(T, ms);
+    size_t record = memory_record_size(T, ms);
+    real *dW = scratch, *dS = dW + P;
+    MemoryChunk f;
+    memory_chunk_layout(&f, dS + P, len, d, m);
+    memset(dW, 0, P * sizeof(real));
+    memset(dS, 0, P * sizeof(real));
+    int chunks = (T + chunk - 1) / chunk;
+    for (int c = chunks - 1; c >= 0; c--) {
+        int s = c * chunk, n = T - s < chunk ? T - s : chunk;
+        const real *Wc = states + c * record, *Sc = Wc + P, *K = k + (size_t)s * d, *Q = q + (size_t)s * d;
+        memory_chunk_saved(&f, (real *)Sc + P, len, d, m, depth); // the forward's factors and coefficients
+#if defined(__GNUC__)
+        // the record of the chunk before was written long ago (the whole forward ran since): start
+        // bringing it into L2 now, while this chunk computes, instead of waiting on each line later
+        if (c > 0)
+            for (size_t i = 0; i < record; i += 64 / sizeof(real)) __builtin_prefetch(Wc - record + i, 0, 2);
+#endif
+        memset(f.gcoef, 0, (size_t)n * (3 + 2 * n) * sizeof(real));
+        int nx0 = depth == 1 ? d : m;
+        memset(f.dX[0], 0, (size_t)n * nx0 * sizeof(real));
+        memset(f.dY[0], 0, (size_t)n * d * sizeof(real));
+        if (depth == 2) {
+            memset(f.dX[1], 0, (size_t)n * d * sizeof(real));
+            memset(f.dY[1], 0, (size_t)n * m * sizeof(real));
+        }
+        // the last chunk's end state is not used: its adjoints are zero, and so is all this
+        if (c < chunks - 1) memory_chunk_advance_backward(dW, dS, &f, Wc, Sc, K, n, d, m, depth);
+        if (read_chunk_start) { // Hope: the reads at W_c, one batch (Zq, Aq kept by the forward)
+            memory_read_rows_backward(dW, dq + (size_t)s * d, dy + (size_t)s * d, Wc, Q, f.Zq, f.Aq, f.dZq, n, d, m, depth);
+        } else {
+            memory_chunk_read_backward(dq + (size_t)s * d, dW, dS, dy + (size_t)s * d, Q, Wc, Sc, &f, K, n, d, m, depth);
+        }
+        memory_coefficients_backward(&f, eta + s, alpha + s, deta + s, dalpha + s, dtheta + s, n);
+        memory_factors_backward(&f, dW, dk + (size_t)s * d, dv + (size_t)s * d, Wc, K, n, d, m, depth);
+    }
+    for (int p = 0; p < P; p++) dW0[p] += dW[p];
+}

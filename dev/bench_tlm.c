@@ -99,16 +99,17 @@ static void bench_matmul(int N, int C, int OC) {
     free(inp); free(w); free(out); free(dinp); free(dw);
 }
 
-// The memory recurrence alone: memory_forward and memory_backward of one sequence and head on
+// The memory recurrence alone: memory_chunked_forward and memory_chunked_backward of one sequence and head on
 // one thread, as each thread runs them in the model, at the classroom sizes (Titans' heads:
 // d 32, hidden 32; Hope's fast level: d 128 and the tapered hidden widths). 32 sequences'
 // records, as many as a layer of the classroom Titans keeps, so that the backward reads them
 // back from memory as in the model; the fastest of five rounds, in microseconds per sequence.
 static void bench_memory(const char *name, int T, int d, int m, int chunk, int read_chunk_start) {
     enum { SEQS = 32 };
-    size_t n = (size_t)T * d, S = memory_state_size(T, chunk, d, m, 2), P = memory_params(2, d, m);
+    MemorySize ms = { d, m, 2, chunk };
+    size_t n = (size_t)T * d, S = memory_state_size(T, ms), P = memory_params(2, d, m);
     real *states = xcalloc(SEQS * S, sizeof(real), "bench");
-    real *scratch = xcalloc(memory_scratch_size(T, d, m, 2, chunk), sizeof(real), "bench");
+    real *scratch = xcalloc(memory_scratch_size(T, ms), sizeof(real), "bench");
     real *k = xcalloc(8 * n + 6 * (size_t)T + 2 * P, sizeof(real), "bench");
     real *v = k + n, *q = v + n, *y = q + n, *dy = y + n, *dk = dy + n, *dv = dk + n, *dq = dv + n;
     real *theta = dq + n, *eta = theta + T, *alpha = eta + T, *dtheta = alpha + T, *deta = dtheta + T, *dalpha = deta + T;
@@ -124,11 +125,11 @@ static void bench_memory(const char *name, int T, int d, int m, int chunk, int r
     for (int r = 0; r < 5; r++) {
         double t0 = wall_time();
         for (int s = 0; s < SEQS; s++)
-            memory_forward(y, states + s * S, scratch, k, v, q, theta, eta, alpha, w0, T, d, m, 2, chunk, read_chunk_start);
+            memory_chunked_forward(y, states + s * S, scratch, k, v, q, theta, eta, alpha, w0, T, ms, read_chunk_start);
         double t1 = wall_time();
         for (int s = 0; s < SEQS; s++)
-            memory_backward(dk, dv, dq, dtheta, deta, dalpha, dw0, scratch, dy, states + s * S, k, q, eta, alpha,
-                            T, d, m, 2, chunk, read_chunk_start);
+            memory_chunked_backward(dk, dv, dq, dtheta, deta, dalpha, dw0, scratch, dy, states + s * S, k, q, eta, alpha,
+                            T, ms, read_chunk_start);
         double t2 = wall_time();
         fwd = fmin(fwd, (t1 - t0) / SEQS); bwd = fmin(bwd, (t2 - t1) / SEQS);
     }

@@ -1,7 +1,7 @@
 /*
  * fuzz_checkpoint — libFuzzer target for checkpoint loading (train_tlm.c section 5).
  * The input is one checkpoint file: checkpoint_read_config, model_create(&cfg, 1, T) with
- * T = min(seq_len, 4), checkpoint_load. tlm_memory_limit is 64 MiB, so a header asking for a
+ * T = min(seq_len, 4), checkpoint_load. tlm_ram_limit is 64 MiB, so a header asking for a
  * huge model is refused by model_create's up-front check (a die()) instead of taking the
  * machine's memory. A checkpoint that loads is then run once, forward and backward, on a
  * batch of 1 x T tokens, so that fuzzed shapes reach the kernels too; by default only for
@@ -17,7 +17,7 @@
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc; (void)argv;
     fz_init();
-    tlm_memory_limit = 64.0 * (1 << 20);
+    tlm_ram_limit = 64.0 * (1 << 20);
     return 0;
 }
 
