@@ -2593,15 +2593,14 @@ static void default_tokenizer_path(char *out, size_t n, const char *train, int v
     snprintf(out, n, "%.*s%s_tokenizer.bin", dirlen, train, vocab == 256 ? "byte" : "gpt2");
 }
 
-#ifndef TLM_TESTING
-int main(int argc, char **argv) {
-    setvbuf(stdout, NULL, _IOLBF, 0); // a progress line at a time, also into a pipe or a file (tee)
-    if (parse_args(argc, argv)) { usage(stdout); return 0; }
-    Config *cfg = &opt.cfg;
+// --- the run: build, then evaluate, analyze or train --------------------------------------
 
-    DataPosition resume_at = { 0, 0, 0 };
+// The model the command line asks for: with --load, the checkpoint's shape (a flag that names
+// another shape is an error) and its weights; else a new one, initialised from --seed. Opens the
+// data (train only when training), which fixes the vocabulary when --vocab does not.
+static Model *build_model(DataLoader *train, DataLoader *val, DataPosition *resume_at) {
+    Config *cfg = &opt.cfg;
     if (opt.load[0]) {
-        // the checkpoint decides the model's shape; flags that name another shape are an error
         Config saved;
         int32_t h[H_SIZE];
         checkpoint_read_config(opt.load, &saved, h);
@@ -2627,12 +2626,10 @@ int main(int argc, char **argv) {
         }
         *cfg = saved;
     }
-
-    DataLoader train = {0}, val = {0};
-    if (!opt.eval_only && !opt.analyze) dataloader_open(&train, opt.train, "--train");
-    dataloader_open(&val, opt.val, "--val");
+    if (!opt.eval_only && !opt.analyze) dataloader_open(train, opt.train, "--train");
+    dataloader_open(val, opt.val, "--val");
     if (!cfg->vocab) {
-        cfg->vocab = dataloader_vocab(train.count ? &train : &val);
+        cfg->vocab = dataloader_vocab(train->count ? train : val);
         if (!cfg->vocab) cfg->vocab = 50257;
     }
     if (opt.match_params && !opt.load[0]) {
@@ -2640,70 +2637,81 @@ int main(int argc, char **argv) {
         match_params(cfg);
         printf("--match-params: mean MLP width %d -> %d, for the parameters of a transformer of the same shape\n", before, cfg->mlp_width);
     }
-    train.vocab = val.vocab = cfg->vocab;
-    int B = opt.batch, T = cfg->seq_len;
-    Model *m = model_create(cfg, B, T);
+    train->vocab = val->vocab = cfg->vocab;
+    Model *m = model_create(cfg, opt.batch, cfg->seq_len);
     if (opt.load[0]) {
-        checkpoint_load(m, opt.load, &resume_at);
+        checkpoint_load(m, opt.load, resume_at);
         printf("loaded %s (step %d)\n", opt.load, m->step);
     } else {
         init_params(m, (uint64_t)opt.seed);
     }
-    cfg = &m->cfg;
     print_layer_table(m);
     printf("threads: %d\n", num_threads());
+    return m;
+}
 
-    if (opt.log[0]) {
-        log_file = fopen(opt.log, "a");
-        if (!log_file) die("--log %s: cannot open: %s", opt.log, strerror(errno));
-        char widths[MAX_LAYERS * 8] = "", cms[MAX_LAYERS * 8] = "";
-        for (int l = 0; l < cfg->layers; l++) {
-            snprintf(widths + strlen(widths), sizeof(widths) - strlen(widths), "%s%d", l ? "," : "", cfg->mlp_widths[l]);
-            snprintf(cms + strlen(cms), sizeof(cms) - strlen(cms), "%s%d", l ? "," : "", cfg->cms_widths[l]);
-        }
-        log_json("{\"event\":\"config\",\"arch\":\"%s\",\"layers\":%d,\"dim\":%d,\"heads\":%d,\"vocab\":%d,"
-                 "\"seq_len\":%d,\"mlp_width\":%d,\"taper\":\"%s\",\"taper_start\":%g,\"taper_end\":%g,"
-                 "\"taper_multiple\":%d,\"untied\":%d,\"gate_headwise\":%d,\"window\":%d,\"mem_depth\":%d,"
-                 "\"mem_hidden\":%d,\"mem_chunk\":%d,\"cms_levels\":%d,\"cms_width\":%d,\"cms_widths\":[%s],"
-                 "\"mlp_widths\":[%s],\"params\":%zu,\"batch\":%d,\"grad_accum\":%d,\"steps\":%d,\"lr\":%g,"
-                 "\"warmup\":%d,\"decay_steps\":%d,\"weight_decay\":%g,\"grad_clip\":%g,\"seed\":%ld,"
-                 "\"train\":\"%s\",\"val\":\"%s\",\"threads\":%d,\"resumed_step\":%d}",
-                 arch_names[cfg->arch], cfg->layers, cfg->dim, cfg->heads, cfg->vocab, cfg->seq_len,
-                 cfg->mlp_width, taper_names[cfg->taper], cfg->taper_start, cfg->taper_end, cfg->taper_multiple,
-                 cfg->untied, cfg->gate_headwise, cfg->window, cfg->mem_depth, cfg->mem_hidden, cfg->mem_chunk,
-                 cfg->cms_levels, cfg->cms_width, cms, widths, m->num_params, B, opt.grad_accum, opt.steps,
-                 opt.lr, opt.warmup, opt.decay_steps ? opt.decay_steps : opt.steps, opt.weight_decay,
-                 opt.grad_clip, opt.seed, opt.train, opt.val, num_threads(), m->step);
+// --log: open the JSONL log and write the run's config record
+static void open_log(const Model *m) {
+    if (!opt.log[0]) return;
+    const Config *cfg = &m->cfg;
+    log_file = fopen(opt.log, "a");
+    if (!log_file) die("--log %s: cannot open: %s", opt.log, strerror(errno));
+    char widths[MAX_LAYERS * 8] = "", cms[MAX_LAYERS * 8] = "";
+    for (int l = 0; l < cfg->layers; l++) {
+        snprintf(widths + strlen(widths), sizeof(widths) - strlen(widths), "%s%d", l ? "," : "", cfg->mlp_widths[l]);
+        snprintf(cms + strlen(cms), sizeof(cms) - strlen(cms), "%s%d", l ? "," : "", cfg->cms_widths[l]);
     }
+    log_json("{\"event\":\"config\",\"arch\":\"%s\",\"layers\":%d,\"dim\":%d,\"heads\":%d,\"vocab\":%d,"
+             "\"seq_len\":%d,\"mlp_width\":%d,\"taper\":\"%s\",\"taper_start\":%g,\"taper_end\":%g,"
+             "\"taper_multiple\":%d,\"untied\":%d,\"gate_headwise\":%d,\"window\":%d,\"mem_depth\":%d,"
+             "\"mem_hidden\":%d,\"mem_chunk\":%d,\"cms_levels\":%d,\"cms_width\":%d,\"cms_widths\":[%s],"
+             "\"mlp_widths\":[%s],\"params\":%zu,\"batch\":%d,\"grad_accum\":%d,\"steps\":%d,\"lr\":%g,"
+             "\"warmup\":%d,\"decay_steps\":%d,\"weight_decay\":%g,\"grad_clip\":%g,\"seed\":%ld,"
+             "\"train\":\"%s\",\"val\":\"%s\",\"threads\":%d,\"resumed_step\":%d}",
+             arch_names[cfg->arch], cfg->layers, cfg->dim, cfg->heads, cfg->vocab, cfg->seq_len,
+             cfg->mlp_width, taper_names[cfg->taper], cfg->taper_start, cfg->taper_end, cfg->taper_multiple,
+             cfg->untied, cfg->gate_headwise, cfg->window, cfg->mem_depth, cfg->mem_hidden, cfg->mem_chunk,
+             cfg->cms_levels, cfg->cms_width, cms, widths, m->num_params, opt.batch, opt.grad_accum, opt.steps,
+             opt.lr, opt.warmup, opt.decay_steps ? opt.decay_steps : opt.steps, opt.weight_decay,
+             opt.grad_clip, opt.seed, opt.train, opt.val, num_threads(), m->step);
+}
 
-    // from here on every way out goes through `done`, which frees what was made
-    int rc = 0;
+// --eval-only: the validation loss
+static int run_evaluate(Model *m, DataLoader *val) {
+    int B = opt.batch, T = m->cfg.seq_len;
+    double loss = evaluate(m, val, opt.eval_batches, B, T);
+    printf("val loss %.4f | perplexity %.2f | %d batches of %dx%d\n", loss, exp(loss), opt.eval_batches, B, T);
+    log_json("{\"event\":\"val\",\"step\":%d,\"loss\":%.6f,\"ppl\":%.4f}", m->step, loss, exp(loss));
+    return 0;
+}
+
+// --analyze: what each layer contributes (analyze_layers)
+static int run_analyze(Model *m, DataLoader *val) {
+    const Config *cfg = &m->cfg;
+    LayerStats stats[MAX_LAYERS];
+    double base;
+    analyze_layers(m, val, opt.eval_batches, opt.batch, cfg->seq_len, stats, &base);
+    printf("layer contribution analysis on %d val batches (val loss %.4f)\n", opt.eval_batches, base);
+    printf("  layer  mlp width  |dx|/|x| mixer  |dx|/|x| mlp  |dx|/|x|  cos(x, x')  dloss skip mlp  dloss skip layer\n");
+    for (int l = 0; l < cfg->layers; l++) {
+        printf("  %5d  %9d  %14.4f  %12.4f  %8.4f  %10.4f  %14.4f  %16.4f\n", l, cfg->mlp_widths[l],
+               stats[l].rel_mixer, stats[l].rel_mlp, stats[l].rel, stats[l].cos_sim,
+               stats[l].dloss_skip_mlp, stats[l].dloss_skip_layer);
+        log_json("{\"event\":\"analysis\",\"layer\":%d,\"mlp_width\":%d,\"rel_update_mixer\":%.6f,"
+                 "\"rel_update_mlp\":%.6f,\"rel_update\":%.6f,\"cos_sim\":%.6f,\"dloss_skip_mlp\":%.6f,"
+                 "\"dloss_skip_layer\":%.6f}", l, cfg->mlp_widths[l], stats[l].rel_mixer, stats[l].rel_mlp,
+                 stats[l].rel, stats[l].cos_sim, stats[l].dloss_skip_mlp, stats[l].dloss_skip_layer);
+    }
+    log_json("{\"event\":\"done\",\"step\":%d,\"val_loss\":%.6f,\"seconds\":0}", m->step, base);
+    return 0;
+}
+
+// Training: from step m->step to --steps, evaluating, sampling and saving along the way; Ctrl-C
+// or SIGTERM finishes the step, saves and stops. Returns the exit status.
+static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition resume_at) {
+    const Config *cfg = &m->cfg;
+    int B = opt.batch, T = cfg->seq_len, rc = 0;
     Tokenizer tk = {0};
-    if (opt.eval_only) {
-        double loss = evaluate(m, &val, opt.eval_batches, B, T);
-        printf("val loss %.4f | perplexity %.2f | %d batches of %dx%d\n", loss, exp(loss), opt.eval_batches, B, T);
-        log_json("{\"event\":\"val\",\"step\":%d,\"loss\":%.6f,\"ppl\":%.4f}", m->step, loss, exp(loss));
-        goto done;
-    }
-    if (opt.analyze) {
-        LayerStats stats[MAX_LAYERS];
-        double base;
-        analyze_layers(m, &val, opt.eval_batches, B, T, stats, &base);
-        printf("layer contribution analysis on %d val batches (val loss %.4f)\n", opt.eval_batches, base);
-        printf("  layer  mlp width  |dx|/|x| mixer  |dx|/|x| mlp  |dx|/|x|  cos(x, x')  dloss skip mlp  dloss skip layer\n");
-        for (int l = 0; l < cfg->layers; l++) {
-            printf("  %5d  %9d  %14.4f  %12.4f  %8.4f  %10.4f  %14.4f  %16.4f\n", l, cfg->mlp_widths[l],
-                   stats[l].rel_mixer, stats[l].rel_mlp, stats[l].rel, stats[l].cos_sim,
-                   stats[l].dloss_skip_mlp, stats[l].dloss_skip_layer);
-            log_json("{\"event\":\"analysis\",\"layer\":%d,\"mlp_width\":%d,\"rel_update_mixer\":%.6f,"
-                     "\"rel_update_mlp\":%.6f,\"rel_update\":%.6f,\"cos_sim\":%.6f,\"dloss_skip_mlp\":%.6f,"
-                     "\"dloss_skip_layer\":%.6f}", l, cfg->mlp_widths[l], stats[l].rel_mixer, stats[l].rel_mlp,
-                     stats[l].rel, stats[l].cos_sim, stats[l].dloss_skip_mlp, stats[l].dloss_skip_layer);
-        }
-        log_json("{\"event\":\"done\",\"step\":%d,\"val_loss\":%.6f,\"seconds\":0}", m->step, base);
-        goto done;
-    }
-
     char tk_path[4096];
     if (opt.tokenizer[0]) snprintf(tk_path, sizeof(tk_path), "%s", opt.tokenizer);
     else default_tokenizer_path(tk_path, sizeof(tk_path), opt.train, cfg->vocab);
@@ -2713,7 +2721,7 @@ int main(int argc, char **argv) {
         tk.vocab = cfg->vocab;
         tk.eot = cfg->vocab == 256 ? '\n' : 0;
     }
-    if (opt.load[0]) dataloader_seek(&train, resume_at);
+    if (opt.load[0]) dataloader_seek(train, resume_at);
 
     AdamW adam = { (float)opt.lr, 0.9f, 0.95f, 1e-8f, (float)opt.weight_decay, (float)opt.grad_clip };
     int decay_steps = opt.decay_steps ? opt.decay_steps : opt.steps;
@@ -2725,7 +2733,7 @@ int main(int argc, char **argv) {
     int steps_timed = 0, save_failed = 0;
     if (m->step >= opt.steps) printf("checkpoint is at step %d, --steps is %d: nothing to train\n", m->step, opt.steps);
     if (m->step < opt.steps || !opt.load[0]) {
-        last_val = evaluate(m, &val, opt.eval_batches, B, T);
+        last_val = evaluate(m, val, opt.eval_batches, B, T);
         printf("step %5d | val loss %.4f | perplexity %.2f\n", m->step, last_val, exp(last_val));
         log_json("{\"event\":\"val\",\"step\":%d,\"loss\":%.6f,\"ppl\":%.4f,\"tokens\":%zu}", m->step, last_val, exp(last_val), m->step * tokens_per_step);
     }
@@ -2733,13 +2741,13 @@ int main(int argc, char **argv) {
         int step = m->step; // steps taken so far; this is step + 1
         double t0 = wall_time();
         float lr = learning_rate(step, adam.lr, opt.warmup, decay_steps);
-        double norm, loss = train_step(m, &train, &adam, lr, opt.grad_accum, B, T, &norm);
+        double norm, loss = train_step(m, train, &adam, lr, opt.grad_accum, B, T, &norm);
         if (!isfinite(loss) || !isfinite(norm)) {
             // stop before anything is saved: the last checkpoint on disk stays the last good one
             fprintf(stderr, "error: step %d: loss %g, gradient norm %g is not finite; stopping (no checkpoint written)\n", step + 1, loss, norm);
             log_json("{\"event\":\"error\",\"step\":%d,\"message\":\"non-finite loss or gradient\"}", step + 1);
-            rc = 1;
-            goto done;
+            tokenizer_free(&tk);
+            return 1;
         }
         double dt = wall_time() - t0;
         t_train += dt;
@@ -2753,7 +2761,7 @@ int main(int argc, char **argv) {
                  m->step * tokens_per_step);
         int last = m->step == opt.steps;
         if (last || (opt.eval_every && m->step % opt.eval_every == 0)) {
-            last_val = evaluate(m, &val, opt.eval_batches, B, T);
+            last_val = evaluate(m, val, opt.eval_batches, B, T);
             printf("step %5d | val loss %.4f | perplexity %.2f\n", m->step, last_val, exp(last_val));
             log_json("{\"event\":\"val\",\"step\":%d,\"loss\":%.6f,\"ppl\":%.4f,\"tokens\":%zu}", m->step, last_val, exp(last_val), m->step * tokens_per_step);
         }
@@ -2763,23 +2771,35 @@ int main(int argc, char **argv) {
             printf("---\n");
         }
         if (opt.save[0] && (last || interrupted || (save_every && m->step % save_every == 0))) {
-            if (checkpoint_save(m, opt.save, train.at) == 0) printf("saved %s (step %d)\n", opt.save, m->step);
+            if (checkpoint_save(m, opt.save, train->at) == 0) printf("saved %s (step %d)\n", opt.save, m->step);
             else save_failed = 1;
         }
     }
+    tokenizer_free(&tk);
     if (interrupted) {
         printf("interrupted at step %d%s\n", m->step, opt.save[0] ? ", checkpoint saved; resume with --load" : "");
-        rc = 128 + interrupted; // 130 for SIGINT, 143 for SIGTERM, as a shell reports them
-        goto done;
+        return 128 + interrupted; // 130 for SIGINT, 143 for SIGTERM, as a shell reports them
     }
     double seconds = wall_time() - t_start;
     printf("done: %d steps, val loss %.4f, %.1f s (%.0f tok/s training)\n", m->step, last_val, seconds,
            steps_timed ? steps_timed * tokens_per_step / t_train : 0.0);
     log_json("{\"event\":\"done\",\"step\":%d,\"val_loss\":%.6f,\"seconds\":%.2f}", m->step, last_val, seconds);
     rc = save_failed ? 1 : 0;
-done:
+    return rc;
+}
+
+#ifndef TLM_TESTING
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0); // a progress line at a time, also into a pipe or a file (tee)
+    if (parse_args(argc, argv)) { usage(stdout); return 0; }
+    DataLoader train = {0}, val = {0};
+    DataPosition resume_at = { 0, 0, 0 };
+    Model *m = build_model(&train, &val, &resume_at);
+    open_log(m);
+    int rc = opt.eval_only ? run_evaluate(m, &val)
+           : opt.analyze   ? run_analyze(m, &val)
+           :                 run_train(m, &train, &val, resume_at);
     if (log_file) fclose(log_file);
-    tokenizer_free(&tk);
     dataloader_free(&train);
     dataloader_free(&val);
     model_free(m);
