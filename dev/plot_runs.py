@@ -263,14 +263,14 @@ class Axes:
 
 
 def loss_limits(runs, ymax):
-    """y range of the loss plot: down to the lowest loss; up to the highest loss once the
-    first 5% of each run's tokens are past (the first steps' losses, far above the rest,
-    would squash the curves) unless --ymax says otherwise."""
+    """y range of the loss plot: down to the lowest loss; up to the highest (smoothed) loss
+    once the first 2% of each run's tokens are past (the first steps' losses, far above the
+    rest, would squash the curves) unless --ymax says otherwise."""
     lows, highs = [], []
     for r in runs:
         pts = r.train + r.val
         end = max(x for x, _ in pts)
-        later = [y for x, y in smooth(r.train, 5) + r.val if x >= 0.05 * end] or [y for _, y in pts]
+        later = [y for x, y in smooth(r.train, 5) + r.val if x >= 0.02 * end] or [y for _, y in pts]
         lows.append(min(y for _, y in pts))
         highs.append(max(later))
     lo, hi = min(lows), max(highs) if ymax is None else ymax
@@ -287,7 +287,7 @@ def plot(runs, title, ymax, smooth_window):
     n = len(runs)
     legend_h = 20 * n + 30
     bar_gap, bar_title = 14, 20
-    bar_h = max(56, min(140, (PH - (n - 1) * bar_gap) / n - bar_title))
+    bar_h = max(56, min(180, (PH - (n - 1) * bar_gap) / n - bar_title))
     col_h = n * (bar_h + bar_title) + (n - 1) * bar_gap
     H = int(max(MT + PH + 44 + legend_h, MT + col_h + 30) + 10)
     svg = []
@@ -308,9 +308,9 @@ def plot(runs, title, ymax, smooth_window):
     ax = Axes(svg, ML, MT, PW, PH, (0, xmax * 1.015), loss_limits(runs, ymax))
     ax.grid(fmt_tokens, fmt_num)
     for r in runs:
-        w = smooth_window or max(1, len(r.train) // 40)
+        w = smooth_window or max(1, len(r.train) // 25)
         if len(r.train) > 1:
-            ax.polyline(r.train, tint(r.color, 0.28), width=1)
+            ax.polyline(r.train, tint(r.color, 0.22), width=1)
             ax.polyline(smooth(r.train, w), r.color, width=2.2)
         elif r.train:
             ax.dots(r.train, r.color, r=2)
@@ -449,9 +449,9 @@ def main():
     ap.add_argument("--title", help="the title (default: the run's label, or a generic one)")
     ap.add_argument("--ymax", type=float, metavar="LOSS",
                     help="the top of the loss axis (default: above the losses after the "
-                         "first 5%% of tokens)")
+                         "first 2%% of tokens)")
     ap.add_argument("--smooth", type=int, default=0, metavar="N",
-                    help="average the training loss over N steps (default: 1/40 of the run)")
+                    help="average the training loss over N steps (default: 1/25 of the run)")
     ap.add_argument("--no-png", action="store_true", help="with -o OUT.svg: no OUT.png")
     args = ap.parse_args()
     try:
