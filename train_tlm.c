@@ -581,13 +581,12 @@ typedef struct {
 // Activations are row-major (N, C) with N = B*T positions. Weight matrices are (OC, C):
 // a linear layer is out = inp W^T, as in PyTorch and llm.c.
 //
-// The backward convention: every *_backward ADDS (+=) into the gradients of its inputs and of
-// its weights, as llm.c's do; it never overwrites them. The parameter gradients are zeroed
-// once per optimizer step (model_zero_grad); the scratch gradients a layer's backward adds
-// into (Acts' d* buffers) are zeroed in one place, at the start of each residual branch's
-// backward (model_backward, mixer_backward, mlp_backward: one zero_scratch call each).
-// Two kernels work in place instead, on a buffer that holds the gradient already: rope_backward
-// rotates it back, crossentropy_backward turns the probabilities into d loss / d logits.
+// The backward convention: a *_backward adds (+=) into the gradients of its weights and, except
+// as noted, of its inputs, as llm.c's do. The parameter gradients are zeroed once per optimizer
+// step (model_zero_grad); a scratch gradient (Acts' d* buffers) is zeroed (zero_parallel) before
+// the kernels that add into it. Not yet uniform (issue 17, item 5): gate_backward writes dz,
+// swiglu_backward writes dh, the memory module writes its dqkv and gate gradients; rope_backward
+// and crossentropy_backward work in place on a buffer that holds the gradient already.
 
 // --- the matmul contract -----------------------------------------------------
 // C (M,N) = A (M,K) B (K,N)  (+ C if accumulate), with
