@@ -24,7 +24,7 @@ help:
 	@echo '  test-mutants    break the backward pass line by line: the tests must catch every one'
 	@echo '  fuzz            libFuzzer targets for the loaders and the command line (FUZZ_SECONDS each)'
 	@echo '  data            the Brown Corpus as byte tokens and as GPT-2 tokens, in data/'
-	@echo '  ablation        the classroom experiment: uniform vs cosine vs reverse per architecture'
+	@echo '  ablation        the classroom experiment (GRID=taper|groups|ratios, default taper)'
 	@echo '  ablation-quick  the same, tiny and quick (results in $(RUNS)/)'
 	@echo '  bench           training steps and matmuls at the benchmark shapes (BENCH_THREADS)'
 	@echo '  dev/bench_tlm   build the benchmark only'
@@ -69,13 +69,14 @@ run: train_tlm data/brown_byte_train.bin
 	./train_tlm
 
 # the classroom experiment: uniform vs cosine vs reverse taper for every architecture
-# (dev/ablation.py -h); ABLATION_ARGS e.g. "-j 4 --seeds 5 --linear". Its runs go to $(RUNS)/
-# (another --out in ABLATION_ARGS wins: the last one given counts).
+# (dev/ablation.py -h); GRID = taper | groups | ratios; ABLATION_ARGS e.g. "-j 4 --seeds 3".
+# Its runs go to $(RUNS)/ablation[_GRID][_quick] (an --out in ABLATION_ARGS wins).
+GRID ?= taper
 ablation: train_tlm data/brown_byte_train.bin
-	$(PYTHON) dev/ablation.py --out $(RUNS)/ablation $(ABLATION_ARGS)
+	$(PYTHON) dev/ablation.py --grid $(GRID) $(ABLATION_ARGS)
 
 ablation-quick: train_tlm data/brown_byte_train.bin
-	$(PYTHON) dev/ablation.py --quick --out $(RUNS)/ablation_quick $(ABLATION_ARGS)
+	$(PYTHON) dev/ablation.py --grid $(GRID) --quick $(ABLATION_ARGS)
 
 clean:
 	rm -f train_tlm test_tlm train_tlm_asan test_tlm_asan dev/bench_tlm *.o .build-flags

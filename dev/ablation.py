@@ -41,9 +41,9 @@ Usage (from the repository root, after `make`):
     python3 dev/ablation.py --train-args "--steps 300 --dim 96"   # override trainer flags
     python3 dev/ablation.py --train-args=--untied # a single flag needs the '=' form
     python3 dev/ablation.py --dry-run             # print the commands only
-    python3 dev/ablation.py --report-only --out runs/ablation_groups   # report existing logs
+    python3 dev/ablation.py --report-only --out dev/runs/ablation_groups   # report existing logs
 
-Outputs in --out (default runs/ablation, runs/ablation_groups, runs/ablation_ratios; with
+Outputs in --out (default dev/runs/ablation, dev/runs/ablation_groups, dev/runs/ablation_ratios; with
 --quick the same with _quick appended):
     {arch}_{schedule}_s{seed}.jsonl / .ckpt / .log  one run: JSONL log, checkpoint, output
     {arch}_{schedule}_analysis.jsonl / .log         layer analysis of the first seed
@@ -139,7 +139,7 @@ GRIDS = {"taper": (taper_grid, ARCHS, "uniform / cosine / reverse (/ linear) x a
 
 
 def default_out(grid, quick):
-    return "runs/ablation" + ("" if grid == "taper" else f"_{grid}") + ("_quick" if quick else "")
+    return "dev/runs/ablation" + ("" if grid == "taper" else f"_{grid}") + ("_quick" if quick else "")
 
 
 class UserError(Exception):
@@ -1137,7 +1137,7 @@ def make_parser(cores):
     add("--train-args", default="",
         help="extra trainer flags, e.g. '--steps 300 --dim 96'; override DEFAULT_ARGS/QUICK_ARGS")
     add("--out", default=None,
-        help="output dir [runs/ablation, runs/ablation_GRID for the others; + _quick with --quick]")
+        help="output dir [dev/runs/ablation, dev/runs/ablation_GRID for the others; + _quick with --quick]")
     add("--trainer", default="./train_tlm", help="trainer binary [./train_tlm]")
     add("-j", "--jobs", type=int, default=None,
         help=f"parallel runs [--quick: one per core ({cores} here), each on one thread; else "
