@@ -142,7 +142,7 @@ int run_gradient_tests(int *p, int *f) {
     test_gradcheck_can_fail();
     char label[128];
     for (int arch = 0; arch < ARCH_COUNT; arch++)
-        for (int taper = 0; taper < TAPER_COUNT; taper++) {
+        for (int taper = 0; taper < TAPER_SCHEDULES; taper++) {
             Config c = tiny_config((Arch)arch, (Taper)taper);
             snprintf(label, sizeof(label), "%s/%s", arch_names[arch], taper_names[taper]);
             int bad = gradcheck(label, c);
@@ -185,7 +185,7 @@ static void test_taper_budget(void) {
     const int mults[] = { 1, 8, 32 };
     for (int L = 1; L <= 24; L++)
         for (int H = 32; H <= 1024; H *= 2)
-            for (int t = 0; t < TAPER_COUNT; t++)
+            for (int t = 0; t < TAPER_SCHEDULES; t++)
                 for (size_t e = 0; e < sizeof(ends) / sizeof(ends[0]); e++)
                     for (size_t k = 0; k < 3; k++) {
                         if (taper_widths(widths, L, H, (Taper)t, ends[e][0], ends[e][1], mults[k], err, sizeof(err)))
@@ -260,6 +260,9 @@ static void test_param_counts(void) {
         for (int t = 0; t < TAPER_COUNT; t++) {
             Config c = tiny_config((Arch)arch, (Taper)t);
             c.layers = 7; c.dim = 32; c.heads = 4; c.mlp_width = 96; c.taper_multiple = 8; c.cms_width = 64;
+            if (t == TAPER_GROUPS) { c.taper_groups = 3; c.taper_group[0] = 1.5; c.taper_group[1] = 1; c.taper_group[2] = 0.5; }
+            const int given[7] = { 160, 128, 96, 96, 64, 64, 64 }; // sum 7 * 96
+            if (t == TAPER_EXPLICIT) memcpy(c.widths_given, given, sizeof(given));
             Model *m = model_create(&c, 1, 4);
             counts[t] = m->num_params;
             same &= counts[t] == counts[0];
@@ -631,6 +634,33 @@ static void test_shard_loader(void) {
 }
 
 // --- checkpoints ------------------------------------------------------------------------------
+static int32_t float_bits(float f) { int32_t i; memcpy(&i, &f, 4); return i; }
+
+// a version-1 checkpoint of model m (the format before the option area and the checksum):
+// the model options in their v1 header slots, then the parameters
+static void save_v1_checkpoint(const Model *m, const char *path) {
+    int32_t h[H_SIZE];
+    checkpoint_header(h, m, (DataPosition){ 0, 0, 0 }, 0);
+    h[H_VERSION] = 1;
+    h[H_OPTION_BYTES] = 0;
+    Options *v = xcalloc(1, sizeof(Options), "test");
+    options_default(v);
+    v->cfg = m->cfg;
+    for (int k = 0; k < NUM_OPTIONS; k++) {
+        const Option *o = &options[k];
+        if (o->v1_slot < 0) continue;
+        const void *p = (const char *)v + o->offset;
+        if (o->type == OPT_REAL) h[o->v1_slot] = float_bits((float)*(const double *)p);
+        else if (o->type == OPT_LIST) for (int j = 0; j < o->count; j++) h[o->v1_slot + j] = ((const int *)p)[j];
+        else h[o->v1_slot] = *(const int *)p;
+    }
+    free(v);
+    FILE *f = open_file(path, "wb");
+    fwrite(h, sizeof(h), 1, f);
+    uint32_t crc = 0;
+    write_floats(f, m->params, 1, m->num_params, &crc);
+    fclose(f);
+}
 static void load_into_tiny(void *path) {
     Config c = tiny_config(ARCH_TRANSFORMER, TAPER_COSINE);
     Model *m = model_create(&c, 1, 4);
@@ -643,6 +673,12 @@ static void save_fresh_checkpoint(Config c, const char *path) {
     Model *m = model_create(&c, 1, 4);
     DataPosition pos = { 0, 0, 0 };
     checkpoint_save(m, path, pos);
+    model_free(m);
+}
+// the same as a version-1 file (whose header slots the fuzz regressions patch)
+static void save_fresh_v1_checkpoint(Config c, const char *path) {
+    Model *m = model_create(&c, 1, 4);
+    save_v1_checkpoint(m, path);
     model_free(m);
 }
 
@@ -753,7 +789,7 @@ static void test_taper_extremes(void) {
     // the checkpoint's way in (the fuzzer's input): a one-layer sigmoid taper 1.25 -> 2.4923e35
     Config one = tiny_config(ARCH_TRANSFORMER, TAPER_SIGMOID);
     one.layers = 1;
-    save_fresh_checkpoint(one, tmp_path("taper_ok.ckpt"));
+    save_fresh_v1_checkpoint(one, tmp_path("taper_ok.ckpt"));
     int slots[2] = { H_TAPER_START, H_TAPER_END };
     int32_t values[2] = { float_bits(1.25f), float_bits(2.4923e35f) };
     patch_checkpoint(tmp_path("taper_ok.ckpt"), tmp_path("taper_far.ckpt"), 2, slots, values);
@@ -794,7 +830,7 @@ static void test_memory_config_bounds(void) {
     c.cms_chunks[1] = 2147483647;
     check(dies_with(create_tiny, &c, "--cms-chunks"), "hope: a level's chunk 2147483647 refused");
     // the checkpoint's way in: a valid titans checkpoint with its mem_chunk slot set to INT_MAX
-    save_fresh_checkpoint(tiny_config(ARCH_TITANS, TAPER_COSINE), tmp_path("titans_ok.ckpt"));
+    save_fresh_v1_checkpoint(tiny_config(ARCH_TITANS, TAPER_COSINE), tmp_path("titans_ok.ckpt"));
     int slot = H_MEM_CHUNK;
     int32_t value = 2147483647;
     patch_checkpoint(tmp_path("titans_ok.ckpt"), tmp_path("titans_chunk.ckpt"), 1, &slot, &value);

@@ -43,15 +43,18 @@
  */
 #define _XOPEN_SOURCE 700
 #include <errno.h>
+#include <fcntl.h>
 #include <float.h>
 #include <glob.h>
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #ifdef _OPENMP
@@ -193,6 +196,8 @@ static void die(const char *fmt, ...) {
     exit(1);
 }
 
+enum { TEXT_MAX = 4096 }; // the longest path (or list) an option holds, with its NUL
+
 static void *xcalloc(size_t n, size_t size, const char *what) {
     if (size && n > SIZE_MAX / size) die("%s: size overflow", what);
     void *p = calloc(n ? n : 1, size ? size : 1);
@@ -253,14 +258,20 @@ static double rng_normal(Rng *r) { // Box-Muller
 //     linear   f(x) = s + (e-s) * x
 //     sigmoid  f(x) = e + (s-e) * step(x)                  logistic step centred at x = 1/2
 //     reverse  the cosine's widths in reverse layer order   narrow early, wide late
+//     groups:v0,v1,..  f = v_g on the g-th of as many contiguous groups of layers as values
+//                      (e.g. groups:1.5,1,0.5: early / middle / late thirds; layer_group())
+//     --mlp-widths w0,w1,..  the widths themselves, which must sum to L*H ("explicit")
 //
 // With s + e = 2 the cosine already averages exactly 1 (its cosines cancel in pairs).
 // Reverse is computed as the cosine's rounded widths read backwards, so that it is the exact
 // mirror, width for width (rounding f(1 - x) instead would break the remainder ties the
 // other way round in about half of all shapes).
 
-typedef enum { TAPER_UNIFORM, TAPER_COSINE, TAPER_LINEAR, TAPER_SIGMOID, TAPER_REVERSE, TAPER_COUNT } Taper;
-static const char *taper_names[TAPER_COUNT] = { "uniform", "cosine", "linear", "sigmoid", "reverse" };
+// Beside the five schedules: "groups:v0,v1,.." (contiguous groups of layers, one multiple each:
+// taper_group_widths) and "explicit" (the widths given by --mlp-widths, summing to L*H).
+typedef enum { TAPER_UNIFORM, TAPER_COSINE, TAPER_LINEAR, TAPER_SIGMOID, TAPER_REVERSE, TAPER_SCHEDULES,
+               TAPER_GROUPS = TAPER_SCHEDULES, TAPER_EXPLICIT, TAPER_COUNT } Taper;
+static const char *taper_names[TAPER_COUNT] = { "uniform", "cosine", "linear", "sigmoid", "reverse", "groups", "explicit" };
 
 static double taper_factor(Taper taper, double x, double s, double e) {
     switch (taper) {
@@ -277,40 +288,21 @@ static double taper_factor(Taper taper, double x, double s, double e) {
     }
 }
 
-// Fills widths[0..L-1]. Returns 0 on success, or -1 with a one-line reason in err.
-static int taper_widths(int *widths, int L, int H, Taper taper, double start, double end,
-                        int multiple, char *err, size_t errlen) {
-    if (L < 1 || H < 1 || multiple < 1) {
-        snprintf(err, errlen, "layers, width and multiple must be positive (got %d, %d, %d)", L, H, multiple);
-        return -1;
-    }
-    if (H % multiple != 0) {
-        snprintf(err, errlen, "MLP width %d is not a multiple of --taper-multiple %d", H, multiple);
-        return -1;
-    }
-    if (taper != TAPER_UNIFORM && (!(start > 0) || !(end > 0) || !isfinite(start) || !isfinite(end))) {
-        snprintf(err, errlen, "taper start and end must be positive (got %g, %g)", start, end);
-        return -1;
-    }
-    // reverse: the cosine's widths, computed in slot order, then handed to the layers last first
-    int mirror = taper == TAPER_REVERSE;
-    Taper shape = mirror ? TAPER_COSINE : taper;
-    // the schedule, rescaled to mean 1
-    double f[L], sum = 0;
-    for (int l = 0; l < L; l++) {
-        f[l] = taper_factor(shape, L > 1 ? (double)l / (L - 1) : 0.0, start, end);
-        sum += f[l];
-    }
+// Rounds a schedule f[0..L-1] (positive, any scale) to widths: rescaled to mean 1, then to
+// multiples of `multiple` by largest remainder: floor every layer's share of the L*H/multiple
+// units, then hand the units left over to the largest fractional parts (earlier layer first on
+// ties), so that the total is exactly L*H. `what` names the taper in the messages (`reversed`: the
+// layers are numbered last first there). Returns 0, or -1 with a one-line reason in err.
+static int round_schedule(int *widths, const double *f, int L, int H, int multiple, int reversed,
+                          const char *what, char *err, size_t errlen) {
+    double sum = 0;
+    for (int l = 0; l < L; l++) sum += f[l];
     // absurd start/end (e.g. 1e308, or 1.25 -> 2e35 where the start is lost to rounding)
     // leave no finite, positive schedule to share the width by
     if (!isfinite(sum) || !(sum > 0)) {
-        snprintf(err, errlen, "%s taper %g -> %g cannot be computed (its widths overflow or vanish)",
-                 taper_names[taper], start, end);
+        snprintf(err, errlen, "%s cannot be computed (its widths overflow or vanish)", what);
         return -1;
     }
-    // round to multiples by largest remainder: floor every layer's share of the L*H/multiple
-    // units, then hand the units left over to the largest fractional parts (earlier layer
-    // first on ties), so that the total is exactly L*H
     int units = L * (H / multiple), given = 0;
     double frac[L];
     for (int l = 0; l < L; l++) {
@@ -328,19 +320,89 @@ static int taper_widths(int *widths, int L, int H, Taper taper, double start, do
     }
     for (int l = 0; l < L; l++) {
         if (widths[l] < 1) {
-            snprintf(err, errlen, "%s taper %g -> %g gives layer %d a width below one multiple of %d "
-                     "(need a larger --mlp-width, a smaller --taper-multiple or a milder taper)",
-                     taper_names[taper], start, end, mirror ? L - 1 - l : l, multiple);
+            snprintf(err, errlen, "%s gives layer %d a width below one multiple of %d "
+                     "(need a larger --mlp-width, a smaller --taper-multiple or a milder taper)", what,
+                     reversed ? L - 1 - l : l, multiple);
             return -1;
         }
         widths[l] *= multiple;
     }
+    return 0;
+}
+
+static int taper_check_shape(int L, int H, int multiple, char *err, size_t errlen) {
+    if (L < 1 || H < 1 || multiple < 1) {
+        snprintf(err, errlen, "layers, width and multiple must be positive (got %d, %d, %d)", L, H, multiple);
+        return -1;
+    }
+    if (H % multiple != 0) {
+        snprintf(err, errlen, "MLP width %d is not a multiple of --taper-multiple %d", H, multiple);
+        return -1;
+    }
+    return 0;
+}
+
+// Fills widths[0..L-1]. Returns 0 on success, or -1 with a one-line reason in err.
+static int taper_widths(int *widths, int L, int H, Taper taper, double start, double end,
+                        int multiple, char *err, size_t errlen) {
+    if (taper_check_shape(L, H, multiple, err, errlen)) return -1;
+    if (taper < 0 || taper >= TAPER_SCHEDULES) {
+        snprintf(err, errlen, "taper id %d is not a schedule", (int)taper);
+        return -1;
+    }
+    if (taper != TAPER_UNIFORM && (!(start > 0) || !(end > 0) || !isfinite(start) || !isfinite(end))) {
+        snprintf(err, errlen, "taper start and end must be positive (got %g, %g)", start, end);
+        return -1;
+    }
+    // reverse: the cosine's widths, computed in slot order, then handed to the layers last first
+    int mirror = taper == TAPER_REVERSE;
+    Taper shape = mirror ? TAPER_COSINE : taper;
+    double f[L];
+    for (int l = 0; l < L; l++) f[l] = taper_factor(shape, L > 1 ? (double)l / (L - 1) : 0.0, start, end);
+    char what[96];
+    snprintf(what, sizeof(what), "%s taper %g -> %g", taper_names[taper], start, end);
+    if (round_schedule(widths, f, L, H, multiple, mirror, what, err, errlen)) return -1;
     for (int l = 0; mirror && l < L / 2; l++) {
         int w = widths[l];
         widths[l] = widths[L - 1 - l];
         widths[L - 1 - l] = w;
     }
     return 0;
+}
+
+// The group of layer l when L layers are split into n contiguous groups as evenly as L allows:
+// group g holds the layers from round(g L / n) on, ties rounded towards the middle of the stack,
+// so that the split is symmetric where it can be (L 4 into 3: 1,2,1 layers; L 6 into 4: 2,1,1,2;
+// L 7 into 3: 2,3,2). Only with n even and L odd the middle boundary cannot be: the earlier half
+// gets the extra layer (L 3 into 2: 2,1).
+static int group_boundary(int g, int L, int n) {
+    long num = (long)g * L, q = num / n, r = num % n;
+    if (2 * r > n || (2 * r == n && 2 * g <= n)) q++;
+    return (int)q;
+}
+static int layer_group(int l, int L, int n) {
+    int g = 0;
+    while (g + 1 < n && l >= group_boundary(g + 1, L, n)) g++;
+    return g;
+}
+
+// --taper groups:v0,v1,..: layer l's schedule value is v of its group; then rescaled and rounded
+// as every schedule is (round_schedule), so the widths sum to exactly L*H.
+static int taper_group_widths(int *widths, int L, int H, const double *groups, int n, int multiple,
+                              char *err, size_t errlen) {
+    if (taper_check_shape(L, H, multiple, err, errlen)) return -1;
+    if (n < 1 || n > L) {
+        snprintf(err, errlen, "groups: %d values for %d layers (give 1 to %d values)", n, L, L);
+        return -1;
+    }
+    for (int g = 0; g < n; g++)
+        if (!(groups[g] > 0) || !isfinite(groups[g])) {
+            snprintf(err, errlen, "groups: value %d (%g) must be positive", g + 1, groups[g]);
+            return -1;
+        }
+    double f[L];
+    for (int l = 0; l < L; l++) f[l] = groups[layer_group(l, L, n)];
+    return round_schedule(widths, f, L, H, multiple, 0, "groups taper", err, errlen);
 }
 
 // ----------------------------------------------------------------------------
@@ -364,6 +426,10 @@ typedef struct {
     int mem_depth, mem_hidden, mem_chunk;   // titans: memory depth (1, 2), MLP width, chunk
     int cms_levels, cms_width;              // hope: levels incl. the slow SwiGLU; fast levels' width
     int cms_chunks[MAX_CMS_LEVELS];         // hope: update period of levels 2..k (index 1..k-1)
+    int taper_groups;                       // --taper groups:..: how many groups (else 0)
+    double taper_group[MAX_LAYERS];         //   and their multiples of H, first group first
+    int widths_given[MAX_LAYERS];           // --taper explicit: --mlp-widths (0 after the last)
+    int match_params;                       // --match-params was applied to mlp_width
     // derived by the taper:
     int mlp_widths[MAX_LAYERS];             // SwiGLU hidden width of every layer
     int cms_widths[MAX_LAYERS];             // hope: hidden width of every fast level of a layer
@@ -1488,38 +1554,81 @@ static size_t layout_activations(Model *model, real *base, int B, int T) {
     return cur;
 }
 
+// Where a config being checked came from: NULL for the command line, else the checkpoint's file,
+// which config_finish's messages then name before the option at fault.
+static const char *config_origin;
+static void config_die(const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (config_origin) die("%s: checkpoint header: %s", config_origin, msg);
+    die("%s", msg);
+}
+
+// The widths of a config's taper at mean width H (the MLP's, or with `fast` Hope's fast levels,
+// which follow the same taper; explicit widths then act as L groups of w_l / mlp_width).
+static int config_widths(const Config *c, int *widths, int H, int fast, char *err, size_t errlen) {
+    int L = c->layers, n = 0;
+    char why[200];
+    int rc = 0;
+    if (c->taper == TAPER_GROUPS) {
+        rc = taper_group_widths(widths, L, H, c->taper_group, c->taper_groups, c->taper_multiple, why, sizeof(why));
+    } else if (c->taper == TAPER_EXPLICIT) {
+        long sum = 0;
+        while (n < L && c->widths_given[n] > 0) sum += c->widths_given[n++];
+        if (n != L) {
+            snprintf(err, errlen, "--mlp-widths gives %d widths for --layers %d", n, L);
+            return -1;
+        }
+        if (sum != (long)L * c->mlp_width) {
+            snprintf(err, errlen, "--mlp-widths sum to %ld, they must sum to --layers x --mlp-width = %d x %d = %ld",
+                     sum, L, c->mlp_width, (long)L * c->mlp_width);
+            return -1;
+        }
+        if (!fast) {
+            for (int l = 0; l < L; l++) widths[l] = c->widths_given[l];
+            return 0;
+        }
+        double f[MAX_LAYERS];
+        for (int l = 0; l < L; l++) f[l] = (double)c->widths_given[l] / c->mlp_width;
+        rc = taper_group_widths(widths, L, H, f, L, c->taper_multiple, why, sizeof(why));
+    } else {
+        rc = taper_widths(widths, L, H, c->taper, c->taper_start, c->taper_end, c->taper_multiple, why, sizeof(why));
+    }
+    if (rc) snprintf(err, errlen, "--taper: %s", why);
+    return rc;
+}
+
 // Checks a config and derives the per-layer widths. Every message names the flag.
 static void config_finish(Config *c) {
     char err[256];
-    if (c->layers < 1 || c->layers > MAX_LAYERS) die("--layers must be in 1..%d (got %d)", MAX_LAYERS, c->layers);
+    if (c->layers < 1 || c->layers > MAX_LAYERS) config_die("--layers must be in 1..%d (got %d)", MAX_LAYERS, c->layers);
     if (c->dim < 2 || c->heads < 1 || c->dim % c->heads != 0)
-        die("--dim %d must be a positive multiple of --heads %d", c->dim, c->heads);
-    if ((c->dim / c->heads) % 2 != 0) die("head size --dim/--heads = %d must be even for RoPE", c->dim / c->heads);
-    if (c->vocab < 2 || c->vocab > 65536) die("--vocab must be in 2..65536 (tokens are uint16), got %d", c->vocab);
-    if (c->seq_len < 1 || c->seq_len > 8192) die("--seq-len must be in 1..8192, got %d", c->seq_len);
-    if (c->mlp_width < 1 || c->mlp_width > 1 << 18) die("--mlp-width must be in 1..%d, got %d", 1 << 18, c->mlp_width);
-    if (c->dim > 1 << 14) die("--dim must be at most %d, got %d", 1 << 14, c->dim);
-    if (taper_widths(c->mlp_widths, c->layers, c->mlp_width, c->taper, c->taper_start, c->taper_end,
-                     c->taper_multiple, err, sizeof(err)))
-        die("--taper: %s", err);
+        config_die("--dim %d must be a positive multiple of --heads %d", c->dim, c->heads);
+    if ((c->dim / c->heads) % 2 != 0) config_die("head size --dim/--heads = %d must be even for RoPE", c->dim / c->heads);
+    if (c->vocab < 2 || c->vocab > 65536) config_die("--vocab must be in 2..65536 (tokens are uint16), got %d", c->vocab);
+    if (c->seq_len < 1 || c->seq_len > 8192) config_die("--seq-len must be in 1..8192, got %d", c->seq_len);
+    if (c->mlp_width < 1 || c->mlp_width > 1 << 18) config_die("--mlp-width must be in 1..%d, got %d", 1 << 18, c->mlp_width);
+    if (c->dim > 1 << 14) config_die("--dim must be at most %d, got %d", 1 << 14, c->dim);
+    if (config_widths(c, c->mlp_widths, c->mlp_width, 0, err, sizeof(err))) config_die("%s", err);
     if (c->arch == ARCH_TITANS) {
-        if (c->window < 1) die("--window must be positive, got %d", c->window);
-        if (c->mem_depth != 1 && c->mem_depth != 2) die("--mem-depth must be 1 or 2, got %d", c->mem_depth);
+        if (c->window < 1) config_die("--window must be positive, got %d", c->window);
+        if (c->mem_depth != 1 && c->mem_depth != 2) config_die("--mem-depth must be 1 or 2, got %d", c->mem_depth);
         // (the scratch is sized by mem_hidden even for the linear memory, so bound it always)
-        if (c->mem_hidden < 1 || c->mem_hidden > 1 << 14) die("--mem-hidden must be in 1..%d, got %d", 1 << 14, c->mem_hidden);
-        if (c->mem_chunk < 1 || c->mem_chunk > 1 << 20) die("--mem-chunk must be in 1..%d, got %d", 1 << 20, c->mem_chunk);
+        if (c->mem_hidden < 1 || c->mem_hidden > 1 << 14) config_die("--mem-hidden must be in 1..%d, got %d", 1 << 14, c->mem_hidden);
+        if (c->mem_chunk < 1 || c->mem_chunk > 1 << 20) config_die("--mem-chunk must be in 1..%d, got %d", 1 << 20, c->mem_chunk);
     }
     if (c->arch == ARCH_HOPE) {
         if (c->cms_levels < 1 || c->cms_levels > MAX_CMS_LEVELS)
-            die("--cms-levels must be in 1..%d, got %d", MAX_CMS_LEVELS, c->cms_levels);
+            config_die("--cms-levels must be in 1..%d, got %d", MAX_CMS_LEVELS, c->cms_levels);
         for (int k = 1; k < c->cms_levels; k++)
             if (c->cms_chunks[k] < 1 || c->cms_chunks[k] > 1 << 20)
-                die("--cms-chunks: level %d needs a chunk size in 1..%d, got %d", k + 1, 1 << 20, c->cms_chunks[k]);
-        if (c->cms_levels > 1 && (c->cms_width < 1 || c->cms_width > 1 << 14)) die("--cms-width must be in 1..%d, got %d", 1 << 14, c->cms_width);
-        if (c->cms_levels > 1 &&
-            taper_widths(c->cms_widths, c->layers, c->cms_width, c->taper, c->taper_start, c->taper_end,
-                         c->taper_multiple, err, sizeof(err)))
-            die("--cms-width: %s", err);
+                config_die("--cms-chunks: level %d needs a chunk size in 1..%d, got %d", k + 1, 1 << 20, c->cms_chunks[k]);
+        if (c->cms_levels > 1 && (c->cms_width < 1 || c->cms_width > 1 << 14)) config_die("--cms-width must be in 1..%d, got %d", 1 << 14, c->cms_width);
+        if (c->cms_levels > 1 && config_widths(c, c->cms_widths, c->cms_width, 1, err, sizeof(err)))
+            config_die("--cms-width: %s", err);
     }
 }
 
@@ -1913,6 +2022,38 @@ static void adamw_step(Model *m, const AdamW *opt, float lr, double norm) {
     }
 }
 
+// After an update, before anything reaches disk: the first tensor whose weights or AdamW moments
+// hold a value that is not finite (or a negative second moment), and in *which what it is; NULL
+// if none. A pass over the model, in 4096-element blocks (flags in m->norm_parts).
+static inline int nonfinite_flags(const Model *m, size_t i) { // 1 weight, 2 first moment, 4 second
+    int f = !isfinite(m->params[i]);
+    if (m->adam_m) f |= (!isfinite(m->adam_m[i]) ? 2 : 0) | (!(m->adam_v[i] >= 0) || !isfinite(m->adam_v[i]) ? 4 : 0);
+    return f;
+}
+static const ParamTensor *nonfinite_tensor(const Model *m, const char **which) {
+    size_t n = m->num_params, blocks = (n + 4095) / 4096;
+    double *bad = m->norm_parts;
+    #pragma omp parallel for
+    for (size_t b = 0; b < blocks; b++) {
+        size_t end = n - b * 4096 < 4096 ? n : b * 4096 + 4096;
+        int flags = 0;
+        for (size_t i = b * 4096; i < end; i++) flags |= nonfinite_flags(m, i);
+        bad[b] = flags;
+    }
+    for (size_t b = 0; b < blocks; b++) {
+        if (!bad[b]) continue;
+        int flags = (int)bad[b], want = flags & 1 ? 1 : flags & 2 ? 2 : 4;
+        *which = want == 1 ? "weights" : want == 2 ? "AdamW first moment" : "AdamW second moment";
+        for (size_t i = b * 4096; i < n; i++)
+            if (nonfinite_flags(m, i) & want)
+                for (int t = 0; t < m->table.count; t++) {
+                    const ParamTensor *pt = &m->table.tensor[t];
+                    if (i >= pt->offset && i < pt->offset + pt->size) return pt;
+                }
+    }
+    return NULL;
+}
+
 // linear warmup to lr, then cosine decay to lr/10 at decay_steps, flat after
 static float learning_rate(int step, float lr, int warmup, int decay_steps) {
     if (step < warmup) return lr * (step + 1) / warmup;
@@ -1924,131 +2065,261 @@ static float learning_rate(int step, float lr, int warmup, int decay_steps) {
 // ----------------------------------------------------------------------------
 // 8. checkpoints
 //
-// A checkpoint is a header of 256 int32 (fields below; floats stored as their float32 bits),
-// then the parameters as float32 in layout_params() order, then, if has_optimizer, AdamW's
-// first and then second moments in the same order. It is written to PATH.tmp and renamed
-// over PATH, so a crash or a full disk never leaves a half-written checkpoint behind.
+// Version 2 (written; data/README.md has the layout): a header of 256 int32 (the fields below),
+// the option area (every model and training option of the table in section 11 as `name=value`
+// lines, so that --load can rebuild the model and resume the run), the parameters as float32 in
+// layout_params() order, then, if has_optimizer, AdamW's first and second moments in the same
+// order, and last a CRC-32C of all the bytes before it. Version 1 (read only) has no option
+// area and no checksum; its model options sit in the header slots the option table names.
+// A checkpoint is written to PATH.tmp (created anew, never through a link) with the signals
+// held back, synced, renamed over PATH and the directory synced: a crash, a full disk or a
+// second Ctrl-C never leaves a half-written checkpoint behind.
 
 enum {
-    CKPT_MAGIC = 20260623, CKPT_VERSION = 1,
-    H_MAGIC = 0, H_VERSION, H_ARCH, H_LAYERS, H_DIM, H_HEADS, H_VOCAB, H_SEQ_LEN, H_MLP_WIDTH,
+    CKPT_MAGIC = 20260623, CKPT_VERSION = 2,
+    H_MAGIC = 0, H_VERSION,
+    // version 1 only: the model options (the option table's v1 slots)
+    H_ARCH, H_LAYERS, H_DIM, H_HEADS, H_VOCAB, H_SEQ_LEN, H_MLP_WIDTH,
     H_TAPER, H_TAPER_START, H_TAPER_END, H_TAPER_MULTIPLE, H_UNTIED, H_GATE_HEADWISE, H_WINDOW,
     H_MEM_DEPTH, H_MEM_HIDDEN, H_MEM_CHUNK, H_CMS_LEVELS, H_CMS_WIDTH, H_CMS_CHUNKS, // 4 slots
+    // both versions
     H_NUM_PARAMS_LO = 32, H_NUM_PARAMS_HI, H_STEP, H_HAS_OPTIMIZER, H_DATA_SHARD, H_DATA_POS_LO,
     H_DATA_POS_HI, H_DATA_EPOCH,
+    H_OPTION_BYTES = 40, // version 2: bytes of the option area (a multiple of 4)
     H_MLP_WIDTHS = 64,  // MAX_LAYERS slots
     H_CMS_WIDTHS = 128, // MAX_LAYERS slots
-    H_SIZE = 256
+    H_SIZE = 256,
+    MAX_OPTION_BYTES = 1 << 20
 };
 
 typedef struct { int shard; size_t pos; int epoch; } DataPosition;
+typedef struct Options Options; // section 11: the command line, whose table also writes the option area
+static size_t options_to_text(char *buf, size_t n, const Config *cfg);
+static void options_from_text(Options *saved, const char *text, const char *path);
+static void options_from_v1_header(Options *saved, const int32_t *h);
+static void options_default(Options *v);
+static size_t options_size(void);
+static const Config *options_config(const Options *v);
 
-static int32_t float_bits(float f) { int32_t i; memcpy(&i, &f, 4); return i; }
 static float bits_float(int32_t i) { float f; memcpy(&f, &i, 4); return f; }
 
-static void checkpoint_header(int32_t *h, const Model *m, DataPosition pos) {
+// CRC-32C (Castagnoli), bytewise with a table: crc32c(0, "123456789", 9) = 0xE3069283
+static uint32_t crc32c(uint32_t crc, const void *data, size_t n) {
+    static uint32_t table[256];
+    if (!table[1])
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++) c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+            table[i] = c;
+        }
+    const unsigned char *p = data;
+    crc = ~crc;
+    while (n--) crc = table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+    return ~crc;
+}
+
+static void checkpoint_header(int32_t *h, const Model *m, DataPosition pos, size_t option_bytes) {
     const Config *c = &m->cfg;
     memset(h, 0, H_SIZE * sizeof(int32_t));
-    h[H_MAGIC] = CKPT_MAGIC; h[H_VERSION] = CKPT_VERSION; h[H_ARCH] = c->arch;
-    h[H_LAYERS] = c->layers; h[H_DIM] = c->dim; h[H_HEADS] = c->heads; h[H_VOCAB] = c->vocab;
-    h[H_SEQ_LEN] = c->seq_len; h[H_MLP_WIDTH] = c->mlp_width; h[H_TAPER] = c->taper;
-    h[H_TAPER_START] = float_bits((float)c->taper_start); h[H_TAPER_END] = float_bits((float)c->taper_end);
-    h[H_TAPER_MULTIPLE] = c->taper_multiple; h[H_UNTIED] = c->untied; h[H_GATE_HEADWISE] = c->gate_headwise;
-    h[H_WINDOW] = c->window; h[H_MEM_DEPTH] = c->mem_depth; h[H_MEM_HIDDEN] = c->mem_hidden;
-    h[H_MEM_CHUNK] = c->mem_chunk; h[H_CMS_LEVELS] = c->cms_levels; h[H_CMS_WIDTH] = c->cms_width;
-    for (int k = 0; k < MAX_CMS_LEVELS; k++) h[H_CMS_CHUNKS + k] = c->cms_chunks[k];
+    h[H_MAGIC] = CKPT_MAGIC; h[H_VERSION] = CKPT_VERSION;
     h[H_NUM_PARAMS_LO] = (int32_t)(m->num_params & 0xffffffffu);
     h[H_NUM_PARAMS_HI] = (int32_t)(m->num_params >> 32);
     h[H_STEP] = m->step; h[H_HAS_OPTIMIZER] = m->adam_m != NULL;
     h[H_DATA_SHARD] = pos.shard; h[H_DATA_EPOCH] = pos.epoch;
     h[H_DATA_POS_LO] = (int32_t)(pos.pos & 0xffffffffu); h[H_DATA_POS_HI] = (int32_t)((uint64_t)pos.pos >> 32);
+    h[H_OPTION_BYTES] = (int32_t)option_bytes;
     for (int l = 0; l < c->layers; l++) { h[H_MLP_WIDTHS + l] = c->mlp_widths[l]; h[H_CMS_WIDTHS + l] = c->cms_widths[l]; }
 }
 
+// Writes bytes and adds them to the running checksum.
+static int write_summed(const void *buf, size_t n, FILE *f, uint32_t *crc) {
+    *crc = crc32c(*crc, buf, n);
+    return write_all(buf, 1, n, f);
+}
+
 // Writes array as float32, in blocks so that no second copy of the model is needed.
-static int write_floats(FILE *f, const void *src, int src_is_real, size_t n) {
+static int write_floats(FILE *f, const void *src, int src_is_real, size_t n, uint32_t *crc) {
     float buf[4096];
     for (size_t i = 0; i < n; i += 4096) {
         size_t k = n - i < 4096 ? n - i : 4096;
         for (size_t j = 0; j < k; j++) buf[j] = src_is_real ? (float)((const real *)src)[i + j] : ((const float *)src)[i + j];
-        if (!write_all(buf, sizeof(float), k, f)) return 0;
+        if (!write_summed(buf, k * sizeof(float), f, crc)) return 0;
     }
     return 1;
 }
 
-// Returns 0 on success; on failure prints why and leaves any previous checkpoint untouched.
-static int checkpoint_save(const Model *m, const char *path, DataPosition pos) {
-    char tmp[4096];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) { fprintf(stderr, "error: %s: cannot write checkpoint: %s\n", tmp, strerror(errno)); return -1; }
+#ifdef TLM_TESTING
+static void (*tlm_save_hook)(void); // called half way through a save (the signal test)
+#endif
+
+// The directory a path lies in, for the fsync after the rename.
+static void path_directory(char *dir, size_t n, const char *path) {
+    const char *slash = strrchr(path, '/');
+    if (!slash) snprintf(dir, n, ".");
+    else if (slash == path) snprintf(dir, n, "/");
+    else snprintf(dir, n, "%.*s", (int)(slash - path), path);
+}
+
+static int checkpoint_write(const Model *m, const char *path, const char *tmp, DataPosition pos) {
+    // a stale PATH.tmp from a killed run: removed (a link itself, never what it points to)
+    if (unlink(tmp) != 0 && errno != ENOENT) {
+        fprintf(stderr, "error: %s: cannot remove the stale %s: %s\n", path, tmp, strerror(errno));
+        return -1;
+    }
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0644);
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "wb");
+    if (!f) {
+        fprintf(stderr, "error: %s: cannot write checkpoint: %s\n", tmp, strerror(errno));
+        if (fd >= 0) { close(fd); unlink(tmp); }
+        return -1;
+    }
+    char *text = xcalloc(MAX_OPTION_BYTES, 1, "checkpoint options");
+    size_t text_bytes = (options_to_text(text, MAX_OPTION_BYTES, &m->cfg) + 3) / 4 * 4; // NUL-padded
     int32_t h[H_SIZE];
-    checkpoint_header(h, m, pos);
-    int ok = write_all(h, sizeof(int32_t), H_SIZE, f) && write_floats(f, m->params, 1, m->num_params);
-    if (ok && m->adam_m) ok = write_floats(f, m->adam_m, 0, m->num_params) && write_floats(f, m->adam_v, 0, m->num_params);
+    checkpoint_header(h, m, pos, text_bytes);
+    uint32_t crc = 0;
+    errno = 0;
+    int ok = write_summed(h, sizeof(h), f, &crc) && write_summed(text, text_bytes, f, &crc);
+    free(text);
+#ifdef TLM_TESTING
+    if (tlm_save_hook) tlm_save_hook();
+#endif
+    ok = ok && write_floats(f, m->params, 1, m->num_params, &crc);
+    if (ok && m->adam_m) ok = write_floats(f, m->adam_m, 0, m->num_params, &crc) && write_floats(f, m->adam_v, 0, m->num_params, &crc);
+    ok = ok && write_all(&crc, sizeof(crc), 1, f);
     ok = ok && fflush(f) == 0 && fsync(fileno(f)) == 0;
     int err = errno;
     ok = (fclose(f) == 0) && ok;
     if (!ok) {
         fprintf(stderr, "error: %s: writing checkpoint failed: %s (previous checkpoint kept)\n", path, strerror(err ? err : EIO));
-        remove(tmp);
+        unlink(tmp);
         return -1;
     }
     if (rename(tmp, path) != 0) {
         fprintf(stderr, "error: %s: cannot rename %s into place: %s\n", path, tmp, strerror(errno));
-        remove(tmp);
+        unlink(tmp);
         return -1;
     }
+    char dir[TEXT_MAX];
+    path_directory(dir, sizeof(dir), path);
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (dfd >= 0) { fsync(dfd); close(dfd); } // (the rename is done; a failed directory sync is no error)
     return 0;
 }
 
-// Reads a checkpoint's header into a Config; everything is checked before it is trusted.
-static void checkpoint_read_config(const char *path, Config *c, int32_t *h) {
+// Returns 0 on success; on failure prints why and leaves any previous checkpoint untouched.
+// SIGINT and SIGTERM are held back while it writes: the save always completes.
+static int checkpoint_save(const Model *m, const char *path, DataPosition pos) {
+    if (strlen(path) + 5 > TEXT_MAX - 1) {
+        fprintf(stderr, "error: %s: path too long for a checkpoint (at most %d characters)\n", path, TEXT_MAX - 6);
+        return -1;
+    }
+    char tmp[TEXT_MAX];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    sigset_t hold, old;
+    sigemptyset(&hold);
+    sigaddset(&hold, SIGINT);
+    sigaddset(&hold, SIGTERM);
+    sigprocmask(SIG_BLOCK, &hold, &old);
+    int rc = checkpoint_write(m, path, tmp, pos);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}
+
+// Reads a checkpoint's header and options (saved: defaults, overwritten by what the file
+// stores; a version-1 file stores the model options only); everything is checked before it is
+// trusted, a version-2 file's checksum first. Returns the version.
+static int checkpoint_read_options(const char *path, Options *saved, int32_t *h) {
     FILE *f = open_file(path, "rb");
-    if (file_size(f) < (long)(H_SIZE * sizeof(int32_t))) die("%s: not a tlm checkpoint (file too short)", path);
+    long size = file_size(f);
+    if (size < (long)(H_SIZE * sizeof(int32_t))) die("%s: not a tlm checkpoint (file too short)", path);
     read_exact(h, sizeof(int32_t), H_SIZE, f, path);
-    fclose(f);
     if (h[H_MAGIC] != CKPT_MAGIC) die("%s: not a tlm checkpoint (bad magic %d)", path, h[H_MAGIC]);
-    if (h[H_VERSION] != CKPT_VERSION) die("%s: unsupported checkpoint version %d", path, h[H_VERSION]);
-    if (h[H_ARCH] < 0 || h[H_ARCH] >= ARCH_COUNT) die("%s: unknown architecture id %d", path, h[H_ARCH]);
-    if (h[H_TAPER] < 0 || h[H_TAPER] >= TAPER_COUNT) die("%s: unknown taper id %d", path, h[H_TAPER]);
-    if (h[H_LAYERS] < 1 || h[H_LAYERS] > MAX_LAYERS) die("%s: bad layer count %d", path, h[H_LAYERS]);
-    memset(c, 0, sizeof(*c));
-    c->arch = (Arch)h[H_ARCH]; c->layers = h[H_LAYERS]; c->dim = h[H_DIM]; c->heads = h[H_HEADS];
-    c->vocab = h[H_VOCAB]; c->seq_len = h[H_SEQ_LEN]; c->mlp_width = h[H_MLP_WIDTH]; c->taper = (Taper)h[H_TAPER];
-    c->taper_start = bits_float(h[H_TAPER_START]); c->taper_end = bits_float(h[H_TAPER_END]);
-    c->taper_multiple = h[H_TAPER_MULTIPLE]; c->untied = h[H_UNTIED]; c->gate_headwise = h[H_GATE_HEADWISE];
-    c->window = h[H_WINDOW]; c->mem_depth = h[H_MEM_DEPTH]; c->mem_hidden = h[H_MEM_HIDDEN];
-    c->mem_chunk = h[H_MEM_CHUNK]; c->cms_levels = h[H_CMS_LEVELS]; c->cms_width = h[H_CMS_WIDTH];
-    for (int k = 0; k < MAX_CMS_LEVELS; k++) c->cms_chunks[k] = h[H_CMS_CHUNKS + k];
-    // the widths are derived again from the schedule and must agree with the stored ones
-    Config check = *c;
+    if (h[H_VERSION] != 1 && h[H_VERSION] != 2) die("%s: unsupported checkpoint version %d", path, h[H_VERSION]);
+    options_default(saved);
+    if (h[H_VERSION] == 1) {
+        fclose(f);
+        if (h[H_ARCH] < 0 || h[H_ARCH] >= ARCH_COUNT) die("%s: unknown architecture id %d", path, h[H_ARCH]);
+        if (h[H_TAPER] < 0 || h[H_TAPER] >= TAPER_SCHEDULES) die("%s: unknown taper id %d", path, h[H_TAPER]);
+        if (h[H_LAYERS] < 1 || h[H_LAYERS] > MAX_LAYERS) die("%s: bad layer count %d", path, h[H_LAYERS]);
+        options_from_v1_header(saved, h);
+    } else {
+        long bytes = h[H_OPTION_BYTES];
+        if (bytes < 0 || bytes > MAX_OPTION_BYTES || bytes % 4 || (long)(H_SIZE * 4) + bytes + 4 > size)
+            die("%s: bad option area size %ld", path, bytes);
+        if (h[H_HAS_OPTIMIZER] != 0 && h[H_HAS_OPTIMIZER] != 1) die("%s: bad optimizer flag", path);
+        size_t n = (size_t)(uint32_t)h[H_NUM_PARAMS_LO] | ((size_t)(uint32_t)h[H_NUM_PARAMS_HI] << 32);
+        double expect = (double)(H_SIZE * 4) + bytes + (double)n * 4 * (h[H_HAS_OPTIMIZER] ? 3 : 1) + 4;
+        if ((double)size != expect) die("%s: size %ld bytes, expected %.0f (truncated or corrupt)", path, size, expect);
+#ifndef TLM_FUZZ // (the fuzz harness mutates files freely: it skips the checksum to reach the checks below)
+        // the checksum: the whole file but its last 4 bytes, then those
+        uint32_t crc = crc32c(0, h, H_SIZE * sizeof(int32_t)), stored;
+        unsigned char buf[1 << 16];
+        long left = size - 4 - (long)(H_SIZE * 4);
+        while (left > 0) {
+            size_t k = left < (long)sizeof(buf) ? (size_t)left : sizeof(buf);
+            read_exact(buf, 1, k, f, path);
+            crc = crc32c(crc, buf, k);
+            left -= (long)k;
+        }
+        read_exact(&stored, sizeof(stored), 1, f, path);
+        if (crc != stored) die("%s: checksum mismatch (the file is corrupt: stored %08x, computed %08x)", path, stored, crc);
+#endif
+        char *text = xcalloc((size_t)bytes + 1, 1, "checkpoint options");
+        fseek(f, H_SIZE * sizeof(int32_t), SEEK_SET);
+        read_exact(text, 1, (size_t)bytes, f, path);
+        fclose(f);
+        options_from_text(saved, text, path);
+        free(text);
+    }
+    // the widths are derived again from the stored options and must agree with the stored ones
+    Config check = *options_config(saved);
+    config_origin = path;
     config_finish(&check);
-    for (int l = 0; l < c->layers; l++)
-        if (check.mlp_widths[l] != h[H_MLP_WIDTHS + l] || (c->arch == ARCH_HOPE && c->cms_levels > 1 && check.cms_widths[l] != h[H_CMS_WIDTHS + l]))
+    config_origin = NULL;
+    for (int l = 0; l < check.layers; l++)
+        if (check.mlp_widths[l] != h[H_MLP_WIDTHS + l] || (check.arch == ARCH_HOPE && check.cms_levels > 1 && check.cms_widths[l] != h[H_CMS_WIDTHS + l]))
             die("%s: stored width of layer %d does not match its taper", path, l);
+    return h[H_VERSION];
+}
+
+// Reads a checkpoint's header into a Config (its model options).
+static int checkpoint_read_config(const char *path, Config *c, int32_t *h) {
+    Options *saved = xcalloc(1, options_size(), "checkpoint options");
+    int version = checkpoint_read_options(path, saved, h);
+    *c = *options_config(saved);
+    free(saved);
+    return version;
+}
+
+// the tensor that holds parameter i, for messages
+static const char *tensor_of(const Model *m, size_t i) {
+    for (int t = 0; t < m->table.count; t++)
+        if (i >= m->table.tensor[t].offset && i < m->table.tensor[t].offset + m->table.tensor[t].size) return m->table.tensor[t].name;
+    return "?";
 }
 
 // Loads parameters (and optimizer state, if present) into a model built from that config.
 static void checkpoint_load(Model *m, const char *path, DataPosition *pos) {
     int32_t h[H_SIZE];
     Config c;
-    checkpoint_read_config(path, &c, h);
+    int version = checkpoint_read_config(path, &c, h);
     size_t n = (size_t)(uint32_t)h[H_NUM_PARAMS_LO] | ((size_t)(uint32_t)h[H_NUM_PARAMS_HI] << 32);
     if (n != m->num_params) die("%s: holds %zu parameters, the model has %zu", path, n, m->num_params);
     if (h[H_HAS_OPTIMIZER] != 0 && h[H_HAS_OPTIMIZER] != 1) die("%s: bad optimizer flag", path);
     if (h[H_STEP] < 0) die("%s: bad step %d", path, h[H_STEP]);
     FILE *f = open_file(path, "rb");
-    long expect = (long)(H_SIZE * sizeof(int32_t) + n * sizeof(float) * (h[H_HAS_OPTIMIZER] ? 3 : 1));
+    long start = (long)(H_SIZE * sizeof(int32_t)) + (version == 2 ? h[H_OPTION_BYTES] : 0);
+    long expect = start + (long)(n * sizeof(float) * (h[H_HAS_OPTIMIZER] ? 3 : 1)) + (version == 2 ? 4 : 0);
     if (file_size(f) != expect)
         die("%s: size %ld bytes, expected %ld (truncated or corrupt)", path, file_size(f), expect);
-    fseek(f, H_SIZE * sizeof(int32_t), SEEK_SET);
+    fseek(f, start, SEEK_SET);
     float buf[4096];
     for (size_t i = 0; i < n; i += 4096) {
         size_t k = n - i < 4096 ? n - i : 4096;
         read_exact(buf, sizeof(float), k, f, path);
         for (size_t j = 0; j < k; j++) {
-            if (!isfinite(buf[j])) die("%s: parameter %zu is not a finite number", path, i + j);
+            if (!isfinite(buf[j])) die("%s: parameter %zu (%s) is not a finite number", path, i + j, tensor_of(m, i + j));
             m->params[i + j] = buf[j];
         }
     }
@@ -2059,6 +2330,11 @@ static void checkpoint_load(Model *m, const char *path, DataPosition *pos) {
         }
         read_exact(m->adam_m, sizeof(float), n, f, path);
         read_exact(m->adam_v, sizeof(float), n, f, path);
+        for (size_t i = 0; i < n; i++) {
+            if (!isfinite(m->adam_m[i])) die("%s: AdamW first moment %zu (%s) is not a finite number", path, i, tensor_of(m, i));
+            if (!isfinite(m->adam_v[i]) || m->adam_v[i] < 0)
+                die("%s: AdamW second moment %zu (%s) is %g, not a finite number >= 0", path, i, tensor_of(m, i), m->adam_v[i]);
+        }
     }
     fclose(f);
     m->step = h[H_STEP];
@@ -2125,10 +2401,16 @@ static void dataloader_open(DataLoader *d, const char *pattern, const char *flag
     globfree(&g);
 }
 
+// the vocabulary the shards' headers give (0: none does); shards that disagree are refused
 static int dataloader_vocab(const DataLoader *d) {
-    int v;
-    shard_check(d->paths[0], &v);
-    return v;
+    int vocab = 0, from = 0;
+    for (int i = 0; i < d->count; i++) {
+        int v;
+        shard_check(d->paths[i], &v);
+        if (v && vocab && v != vocab) die("%s: vocabulary %d in its header, %s has %d", d->paths[i], v, d->paths[from], vocab);
+        if (v && !vocab) { vocab = v; from = i; }
+    }
+    return vocab;
 }
 
 static void dataloader_free(DataLoader *d) {
@@ -2341,104 +2623,316 @@ static void analyze_layers(Model *m, DataLoader *val, int batches, int B, int T,
 // ----------------------------------------------------------------------------
 // 11. main: the command line, then evaluate, analyze or train
 
-typedef struct {
-    Config cfg;
-    const char *train, *val, *save, *load, *log, *tokenizer;
+// --- the option table ---------------------------------------------------------------------
+// Every option is one row of options[]: parsing, -h, the checkpoint's option area, the JSONL
+// config record and the comparison on --load are all generated from it. A row gives:
+//   name     as typed, --name (its JSONL key: '-' -> '_')
+//   type     INT, LONG, REAL (a double, range-checked as the float it is used as), STRING (a path
+//            of < TEXT_MAX characters), FLAG (no value), ARCH, TAPER (a schedule or groups:..),
+//            LIST (up to `count` positive integers, comma-separated, into an int array)
+//   kind     MODEL: the model's shape, stored in the checkpoint; with --load it must agree
+//            TRAIN: the run's settings, stored; with --load restored unless given (then overridden)
+//            RUN:   this invocation only (what to do, where to write), never stored
+//   offset   where the value lives in Options (model options: in its Config)
+//   def      the default, as it would be typed
+//   lo, hi   the range of a number (REAL: lo = FLT_MIN means positive)
+//   v1_slot  the header slot of a model option in a version-1 checkpoint (-1: none; REAL as
+//            float32 bits, LIST in `count` consecutive slots)
+// A new option: a field in Options (or Config), a row here; nothing else needs to change.
+
+struct Options {
+    Config cfg;                                         // the model options
+    char train[TEXT_MAX], val[TEXT_MAX], tokenizer[TEXT_MAX];
+    char save[TEXT_MAX], load[TEXT_MAX], log[TEXT_MAX];
     int batch, grad_accum, steps, warmup, decay_steps, eval_every, eval_batches;
-    int sample_every, sample_len, save_every, eval_only, analyze, match_params;
+    int sample_every, sample_len, save_every, eval_only, analyze;
     double lr, weight_decay, grad_clip;
     long seed;
-    const char *cms_chunks;
-} Options;
+};
 
-typedef enum { OPT_INT, OPT_LONG, OPT_REAL, OPT_STRING, OPT_FLAG, OPT_ARCH, OPT_TAPER } OptType;
+typedef enum { OPT_INT, OPT_LONG, OPT_REAL, OPT_STRING, OPT_FLAG, OPT_ARCH, OPT_TAPER, OPT_LIST } OptType;
+typedef enum { KIND_RUN, KIND_MODEL, KIND_TRAIN } OptKind;
 typedef struct {
     const char *name;
     OptType type;
-    void *value;
-    int model;          // part of the model's shape: must agree with a loaded checkpoint
+    OptKind kind;
+    size_t offset;
+    const char *def;
+    double lo, hi;
+    int count;          // LIST: at most this many values
+    int v1_slot;
     const char *help;
-    int set;            // given on the command line
 } Option;
 
-static const Options default_options = {
-    .cfg = { .arch = ARCH_TRANSFORMER, .layers = 6, .dim = 128, .heads = 4, .vocab = 0, .seq_len = 256,
-             .mlp_width = 384, .taper = TAPER_COSINE, .taper_start = 1.5, .taper_end = 0.5,
-             .taper_multiple = 32, .window = 64, .mem_depth = 2, .mem_hidden = 32, .mem_chunk = 16,
-             .cms_levels = 2, .cms_width = 64 },
-    .train = "data/brown_byte_train.bin", .val = "data/brown_byte_val.bin", .save = "", .load = "",
-    .log = "", .tokenizer = "", .batch = 8, .grad_accum = 1, .steps = 600, .warmup = 30,
-    .decay_steps = 0, .eval_every = 100, .eval_batches = 8, .sample_every = 200, .sample_len = 200,
-    .save_every = 0, .lr = 3e-3, .weight_decay = 0.1, .grad_clip = 1.0, .seed = 1337,
-    .cms_chunks = "16,64",
+#define OFF(field) offsetof(Options, field)
+#define BIG 2147483647.0
+static const Option options[] = {
+    // the model
+    { "arch", OPT_ARCH, KIND_MODEL, OFF(cfg.arch), "transformer", 0, 0, 0, H_ARCH, "transformer | gated | titans | hope" },
+    { "layers", OPT_INT, KIND_MODEL, OFF(cfg.layers), "6", 1, MAX_LAYERS, 0, H_LAYERS, "number of blocks L" },
+    { "dim", OPT_INT, KIND_MODEL, OFF(cfg.dim), "128", 2, 1 << 14, 0, H_DIM, "model width C" },
+    { "heads", OPT_INT, KIND_MODEL, OFF(cfg.heads), "4", 1, 1 << 14, 0, H_HEADS, "attention heads" },
+    { "vocab", OPT_INT, KIND_MODEL, OFF(cfg.vocab), "0", 0, 65536, 0, H_VOCAB, "vocabulary size (0: from the shards' header, else 50257)" },
+    { "mlp-width", OPT_INT, KIND_MODEL, OFF(cfg.mlp_width), "384", 1, 1 << 18, 0, H_MLP_WIDTH, "mean MLP hidden width H (the uniform model's width)" },
+    { "taper", OPT_TAPER, KIND_MODEL, OFF(cfg.taper), "cosine", 0, 0, 0, H_TAPER,
+      "uniform | cosine | linear | sigmoid | reverse | groups:v0,v1,.. (contiguous groups of layers)" },
+    { "taper-start", OPT_REAL, KIND_MODEL, OFF(cfg.taper_start), "1.5", FLT_MIN, FLT_MAX, 0, H_TAPER_START, "first layer's width in multiples of H" },
+    { "taper-end", OPT_REAL, KIND_MODEL, OFF(cfg.taper_end), "0.5", FLT_MIN, FLT_MAX, 0, H_TAPER_END, "last layer's width in multiples of H" },
+    { "taper-multiple", OPT_INT, KIND_MODEL, OFF(cfg.taper_multiple), "32", 1, 1 << 18, 0, H_TAPER_MULTIPLE, "round every width to a multiple of this" },
+    { "mlp-widths", OPT_LIST, KIND_MODEL, OFF(cfg.widths_given), "", 1, 1 << 20, MAX_LAYERS, -1,
+      "every layer's MLP width w0,w1,.. (sum L*H; instead of --taper)" },
+    { "seq-len", OPT_INT, KIND_MODEL, OFF(cfg.seq_len), "256", 1, 8192, 0, H_SEQ_LEN, "sequence length T" },
+    { "untied", OPT_FLAG, KIND_MODEL, OFF(cfg.untied), "0", 0, 1, 0, H_UNTIED, "separate output head (default: tied to the embedding)" },
+    { "gate-headwise", OPT_FLAG, KIND_MODEL, OFF(cfg.gate_headwise), "0", 0, 1, 0, H_GATE_HEADWISE, "gated: one gate per head instead of per channel" },
+    { "match-params", OPT_FLAG, KIND_MODEL, OFF(cfg.match_params), "0", 0, 1, 0, -1,
+      "shrink the mean MLP width to the transformer's parameter count (stored: the shrunk width)" },
+    { "window", OPT_INT, KIND_MODEL, OFF(cfg.window), "64", 1, BIG, 0, H_WINDOW, "titans: sliding attention window" },
+    { "mem-depth", OPT_INT, KIND_MODEL, OFF(cfg.mem_depth), "2", 1, 2, 0, H_MEM_DEPTH, "titans: memory depth, 1 (linear) or 2 (MLP)" },
+    { "mem-hidden", OPT_INT, KIND_MODEL, OFF(cfg.mem_hidden), "32", 1, 1 << 14, 0, H_MEM_HIDDEN, "titans: hidden width of the depth-2 memory" },
+    { "mem-chunk", OPT_INT, KIND_MODEL, OFF(cfg.mem_chunk), "16", 1, 1 << 20, 0, H_MEM_CHUNK, "titans: tokens per memory chunk (1 = exact recurrence)" },
+    { "cms-levels", OPT_INT, KIND_MODEL, OFF(cfg.cms_levels), "2", 1, MAX_CMS_LEVELS, 0, H_CMS_LEVELS, "hope: memory levels, including the slow SwiGLU" },
+    { "cms-width", OPT_INT, KIND_MODEL, OFF(cfg.cms_width), "64", 1, 1 << 14, 0, H_CMS_WIDTH, "hope: mean hidden width of the fast levels" },
+    { "cms-chunks", OPT_LIST, KIND_MODEL, OFF(cfg.cms_chunks[1]), "16,64", 1, 1 << 20, MAX_CMS_LEVELS - 1, H_CMS_CHUNKS + 1,
+      "hope: update period of levels 2, 3, .." },
+    // the training run
+    { "train", OPT_STRING, KIND_TRAIN, OFF(train), "data/brown_byte_train.bin", 0, 0, 0, -1, "training shard(s), a file or a glob" },
+    { "val", OPT_STRING, KIND_TRAIN, OFF(val), "data/brown_byte_val.bin", 0, 0, 0, -1, "validation shard(s)" },
+    { "tokenizer", OPT_STRING, KIND_TRAIN, OFF(tokenizer), "", 0, 0, 0, -1, "tokenizer file for samples (default: beside --train)" },
+    { "batch", OPT_INT, KIND_TRAIN, OFF(batch), "8", 1, 1 << 24, 0, -1, "sequences per micro-batch B" },
+    { "grad-accum", OPT_INT, KIND_TRAIN, OFF(grad_accum), "1", 1, 1 << 20, 0, -1, "micro-batches per optimizer step" },
+    { "steps", OPT_INT, KIND_TRAIN, OFF(steps), "600", 0, BIG, 0, -1, "total optimizer steps (a resumed run continues to this)" },
+    { "lr", OPT_REAL, KIND_TRAIN, OFF(lr), "3e-3", FLT_MIN, FLT_MAX, 0, -1, "peak learning rate" },
+    { "warmup", OPT_INT, KIND_TRAIN, OFF(warmup), "30", 0, BIG, 0, -1, "linear warmup steps" },
+    { "decay-steps", OPT_INT, KIND_TRAIN, OFF(decay_steps), "0", 0, BIG, 0, -1, "length of the cosine schedule (0: --steps)" },
+    { "weight-decay", OPT_REAL, KIND_TRAIN, OFF(weight_decay), "0.1", 0, FLT_MAX, 0, -1, "AdamW decoupled weight decay (matrices only)" },
+    { "grad-clip", OPT_REAL, KIND_TRAIN, OFF(grad_clip), "1", 0, FLT_MAX, 0, -1, "clip the global gradient norm to this (0: off)" },
+    { "seed", OPT_LONG, KIND_TRAIN, OFF(seed), "1337", 0, 0, 0, -1, "random seed (initialisation and samples)" },
+    { "eval-every", OPT_INT, KIND_TRAIN, OFF(eval_every), "100", 0, BIG, 0, -1, "validate every N steps (0: only first and last)" },
+    { "eval-batches", OPT_INT, KIND_TRAIN, OFF(eval_batches), "8", 1, BIG, 0, -1, "validation batches per evaluation (at most what --val holds)" },
+    { "sample-every", OPT_INT, KIND_TRAIN, OFF(sample_every), "200", 0, BIG, 0, -1, "print a text sample every N steps (0: never)" },
+    { "sample-len", OPT_INT, KIND_TRAIN, OFF(sample_len), "200", 1, BIG, 0, -1, "tokens per sample" },
+    { "save-every", OPT_INT, KIND_TRAIN, OFF(save_every), "0", 0, BIG, 0, -1, "save every N steps (0: --eval-every) and at the end" },
+    // this invocation
+    { "save", OPT_STRING, KIND_RUN, OFF(save), "", 0, 0, 0, -1, "checkpoint file to write" },
+    { "load", OPT_STRING, KIND_RUN, OFF(load), "", 0, 0, 0, -1,
+      "checkpoint to resume from: model, optimizer, data position, and the training options not given" },
+    { "eval-only", OPT_FLAG, KIND_RUN, OFF(eval_only), "0", 0, 1, 0, -1, "with --load: print the validation loss and exit" },
+    { "analyze", OPT_FLAG, KIND_RUN, OFF(analyze), "0", 0, 1, 0, -1, "with --load: per-layer contribution analysis" },
+    { "log", OPT_STRING, KIND_RUN, OFF(log), "", 0, 0, 0, -1, "append JSONL records (config, train, val, ...) to this file" },
 };
-static Options opt;
-
-static Option options[] = {
-    { "arch", OPT_ARCH, &opt.cfg.arch, 1, "transformer | gated | titans | hope", 0 },
-    { "layers", OPT_INT, &opt.cfg.layers, 1, "number of blocks L", 0 },
-    { "dim", OPT_INT, &opt.cfg.dim, 1, "model width C", 0 },
-    { "heads", OPT_INT, &opt.cfg.heads, 1, "attention heads", 0 },
-    { "vocab", OPT_INT, &opt.cfg.vocab, 1, "vocabulary size (default: from the train shard's header, else 50257)", 0 },
-    { "mlp-width", OPT_INT, &opt.cfg.mlp_width, 1, "mean MLP hidden width H (the uniform model's width)", 0 },
-    { "taper", OPT_TAPER, &opt.cfg.taper, 1, "uniform | cosine | linear | sigmoid | reverse", 0 },
-    { "taper-start", OPT_REAL, &opt.cfg.taper_start, 1, "first layer's width in multiples of H", 0 },
-    { "taper-end", OPT_REAL, &opt.cfg.taper_end, 1, "last layer's width in multiples of H", 0 },
-    { "taper-multiple", OPT_INT, &opt.cfg.taper_multiple, 1, "round every width to a multiple of this", 0 },
-    { "seq-len", OPT_INT, &opt.cfg.seq_len, 1, "sequence length T", 0 },
-    { "untied", OPT_FLAG, &opt.cfg.untied, 1, "separate output head (default: tied to the embedding)", 0 },
-    { "gate-headwise", OPT_FLAG, &opt.cfg.gate_headwise, 1, "gated: one gate per head instead of per channel", 0 },
-    { "match-params", OPT_FLAG, &opt.match_params, 0, "shrink the mean MLP width to the transformer's parameter count", 0 },
-    { "window", OPT_INT, &opt.cfg.window, 1, "titans: sliding attention window", 0 },
-    { "mem-depth", OPT_INT, &opt.cfg.mem_depth, 1, "titans: memory depth, 1 (linear) or 2 (MLP)", 0 },
-    { "mem-hidden", OPT_INT, &opt.cfg.mem_hidden, 1, "titans: hidden width of the depth-2 memory", 0 },
-    { "mem-chunk", OPT_INT, &opt.cfg.mem_chunk, 1, "titans: tokens per memory chunk (1 = exact recurrence)", 0 },
-    { "cms-levels", OPT_INT, &opt.cfg.cms_levels, 1, "hope: memory levels, including the slow SwiGLU", 0 },
-    { "cms-width", OPT_INT, &opt.cfg.cms_width, 1, "hope: mean hidden width of the fast levels", 0 },
-    { "cms-chunks", OPT_STRING, &opt.cms_chunks, 1, "hope: update period of levels 2, 3, ..", 0 },
-    { "train", OPT_STRING, &opt.train, 0, "training shard(s), a file or a glob", 0 },
-    { "val", OPT_STRING, &opt.val, 0, "validation shard(s)", 0 },
-    { "tokenizer", OPT_STRING, &opt.tokenizer, 0, "tokenizer file for samples (default: beside --train)", 0 },
-    { "batch", OPT_INT, &opt.batch, 0, "sequences per micro-batch B", 0 },
-    { "grad-accum", OPT_INT, &opt.grad_accum, 0, "micro-batches per optimizer step", 0 },
-    { "steps", OPT_INT, &opt.steps, 0, "total optimizer steps (a resumed run continues to this)", 0 },
-    { "lr", OPT_REAL, &opt.lr, 0, "peak learning rate", 0 },
-    { "warmup", OPT_INT, &opt.warmup, 0, "linear warmup steps", 0 },
-    { "decay-steps", OPT_INT, &opt.decay_steps, 0, "length of the cosine schedule (0: --steps)", 0 },
-    { "weight-decay", OPT_REAL, &opt.weight_decay, 0, "AdamW decoupled weight decay (matrices only)", 0 },
-    { "grad-clip", OPT_REAL, &opt.grad_clip, 0, "clip the global gradient norm to this (0: off)", 0 },
-    { "seed", OPT_LONG, &opt.seed, 0, "random seed (initialisation and samples)", 0 },
-    { "eval-every", OPT_INT, &opt.eval_every, 0, "validate every N steps (0: only first and last)", 0 },
-    { "eval-batches", OPT_INT, &opt.eval_batches, 0, "validation batches per evaluation", 0 },
-    { "sample-every", OPT_INT, &opt.sample_every, 0, "print a text sample every N steps (0: never)", 0 },
-    { "sample-len", OPT_INT, &opt.sample_len, 0, "tokens per sample", 0 },
-    { "save", OPT_STRING, &opt.save, 0, "checkpoint file to write", 0 },
-    { "save-every", OPT_INT, &opt.save_every, 0, "save every N steps (0: --eval-every) and at the end", 0 },
-    { "load", OPT_STRING, &opt.load, 0, "checkpoint to resume from (model, optimizer, data position)", 0 },
-    { "eval-only", OPT_FLAG, &opt.eval_only, 0, "with --load: print the validation loss and exit", 0 },
-    { "analyze", OPT_FLAG, &opt.analyze, 0, "with --load: per-layer contribution analysis", 0 },
-    { "log", OPT_STRING, &opt.log, 0, "append JSONL records (config, train, val, ...) to this file", 0 },
-};
+#undef OFF
+#undef BIG
 enum { NUM_OPTIONS = sizeof(options) / sizeof(options[0]) };
+static Options opt;
+static int option_given[NUM_OPTIONS]; // set on the command line
+static int opt_ready;                 // opt holds at least the defaults
+
+static size_t options_size(void) { return sizeof(Options); }
+static const Config *options_config(const Options *v) { return &v->cfg; }
+
+static int option_fail(char *why, size_t n, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, n, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+// the shortest text that reads back as exactly x
+static void format_real(char *buf, size_t n, double x) {
+    for (int digits = 1; digits <= 17; digits++) {
+        snprintf(buf, n, "%.*g", digits, x);
+        if (strtod(buf, NULL) == x) return;
+    }
+}
+
+static int parse_list(const char *text, int *out, int count, double lo, double hi, char *why, size_t n) {
+    int k = 0;
+    for (const char *p = text; *p; k++) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || (*end && *end != ',') || k >= count || v < lo || v > hi)
+            return option_fail(why, n, "is not a list of up to %d integers in %.0f..%.0f", count, lo, hi);
+        out[k] = (int)v;
+        p = *end ? end + 1 : end;
+        if (*end && !*p) return option_fail(why, n, "ends with a comma");
+    }
+    for (int j = k; j < count; j++) out[j] = 0;
+    return 0;
+}
+
+// Parses text as option o's value into v. Returns 0, or -1 with the reason in why.
+static int option_parse(const Option *o, Options *v, const char *text, char *why, size_t n) {
+    void *p = (char *)v + o->offset;
+    char *end;
+    errno = 0;
+    switch (o->type) {
+    case OPT_INT: case OPT_LONG: {
+        long x = strtol(text, &end, 10);
+        if (!*text || *end || errno) return option_fail(why, n, "is not an integer");
+        if (o->type == OPT_LONG) { *(long *)p = x; return 0; }
+        if (x < o->lo || x > o->hi) return option_fail(why, n, "must be in %.0f..%.0f", o->lo, o->hi);
+        *(int *)p = (int)x;
+        return 0;
+    }
+    case OPT_REAL: {
+        double x = strtod(text, &end);
+        if (!*text || *end || isnan(x)) return option_fail(why, n, "is not a number");
+        if (!(fabs(x) <= FLT_MAX)) return option_fail(why, n, "is out of the range of a float (|x| <= %g)", FLT_MAX);
+        if (x != 0 && fabs(x) < FLT_MIN) return option_fail(why, n, "is too small for a float (0, or |x| >= %g)", FLT_MIN);
+        if (o->lo == FLT_MIN && !(x > 0)) return option_fail(why, n, "must be positive");
+        if (x < o->lo || x > o->hi) return option_fail(why, n, "must not be negative");
+        *(double *)p = x;
+        return 0;
+    }
+    case OPT_STRING:
+        if (strlen(text) >= TEXT_MAX) return option_fail(why, n, "is too long (at most %d characters)", TEXT_MAX - 1);
+        if (strchr(text, '\n')) return option_fail(why, n, "contains a newline");
+        memcpy(p, text, strlen(text) + 1);
+        return 0;
+    case OPT_FLAG:
+        if (strcmp(text, "0") && strcmp(text, "1")) return option_fail(why, n, "is not 0 or 1");
+        *(int *)p = text[0] == '1';
+        return 0;
+    case OPT_ARCH:
+        for (int k = 0; k < ARCH_COUNT; k++) if (!strcmp(text, arch_names[k])) { *(Arch *)p = (Arch)k; return 0; }
+        return option_fail(why, n, "unknown value (transformer | gated | titans | hope)");
+    case OPT_TAPER: {
+        Config *c = &v->cfg;
+        if (!strncmp(text, "groups:", 7)) {
+            const char *q = text + 7;
+            int k = 0;
+            while (*q) {
+                double x = strtod(q, &end);
+                if (end == q || (*end && *end != ',') || !(x > 0) || !(x <= FLT_MAX) || k >= MAX_LAYERS)
+                    return option_fail(why, n, "is not groups: and up to %d positive numbers, e.g. groups:1.5,1,0.5", MAX_LAYERS);
+                c->taper_group[k++] = x;
+                q = *end ? end + 1 : end;
+                if (*end && !*q) return option_fail(why, n, "ends with a comma");
+            }
+            if (!k) return option_fail(why, n, "gives no groups (e.g. groups:1.5,1,0.5)");
+            c->taper = TAPER_GROUPS;
+            c->taper_groups = k;
+            return 0;
+        }
+        for (int k = 0; k < TAPER_COUNT; k++)
+            if (k != TAPER_GROUPS && !strcmp(text, taper_names[k])) { c->taper = (Taper)k; c->taper_groups = 0; return 0; }
+        return option_fail(why, n, "unknown value (uniform | cosine | linear | sigmoid | reverse | groups:v0,v1,..)");
+    }
+    case OPT_LIST:
+        return parse_list(text, (int *)p, o->count, o->lo, o->hi, why, n);
+    }
+    return -1;
+}
+
+// Option o's value in v as text that option_parse reads back to the same value.
+static void option_format(const Option *o, const Options *v, char *buf, size_t n) {
+    const void *p = (const char *)v + o->offset;
+    buf[0] = 0;
+    switch (o->type) {
+    case OPT_INT:    snprintf(buf, n, "%d", *(const int *)p); break;
+    case OPT_LONG:   snprintf(buf, n, "%ld", *(const long *)p); break;
+    case OPT_REAL:   format_real(buf, n, *(const double *)p); break;
+    case OPT_STRING: snprintf(buf, n, "%s", (const char *)p); break;
+    case OPT_FLAG:   snprintf(buf, n, "%d", *(const int *)p); break;
+    case OPT_ARCH:   snprintf(buf, n, "%s", arch_names[*(const Arch *)p]); break;
+    case OPT_TAPER: {
+        const Config *c = &v->cfg;
+        snprintf(buf, n, "%s", taper_names[c->taper]);
+        if (c->taper != TAPER_GROUPS) break;
+        for (int k = 0; k < c->taper_groups; k++) {
+            size_t len = strlen(buf);
+            buf[len++] = k ? ',' : ':';
+            format_real(buf + len, n - len, c->taper_group[k]);
+        }
+        break;
+    }
+    case OPT_LIST:
+        for (int k = 0; k < o->count && ((const int *)p)[k] > 0; k++)
+            snprintf(buf + strlen(buf), n - strlen(buf), "%s%d", k ? "," : "", ((const int *)p)[k]);
+        break;
+    }
+}
+
+static const Option *option_named(const char *name) {
+    for (int k = 0; k < NUM_OPTIONS; k++) if (!strcmp(options[k].name, name)) return &options[k];
+    return NULL;
+}
+
+static void options_default(Options *v) {
+    memset(v, 0, sizeof(*v));
+    char why[256];
+    for (int k = 0; k < NUM_OPTIONS; k++)
+        if (option_parse(&options[k], v, options[k].def, why, sizeof(why)))
+            die("option table: the default of --%s '%s' %s", options[k].name, options[k].def, why);
+}
+
+// The checkpoint's option area: `name=value` lines of every stored option, the model options
+// from cfg (the model as built), the training options from opt.
+static size_t options_to_text(char *buf, size_t n, const Config *cfg) {
+    if (!opt_ready) { options_default(&opt); opt_ready = 1; }
+    Options *v = xcalloc(1, sizeof(Options), "options");
+    *v = opt;
+    v->cfg = *cfg;
+    size_t len = 0;
+    char value[TEXT_MAX];
+    for (int k = 0; k < NUM_OPTIONS; k++) {
+        if (options[k].kind == KIND_RUN) continue;
+        option_format(&options[k], v, value, sizeof(value));
+        int w = snprintf(buf + len, n - len, "%s=%s\n", options[k].name, value);
+        if (w < 0 || (size_t)w >= n - len) die("checkpoint: the options do not fit in %zu bytes", n);
+        len += (size_t)w;
+    }
+    free(v);
+    memset(buf + len, 0, n - len < 4 ? n - len : 4);
+    return len;
+}
+
+static void options_from_text(Options *saved, const char *text, const char *path) {
+    char line[TEXT_MAX + 64], why[256];
+    for (const char *p = text; *p; ) {
+        const char *nl = strchr(p, '\n');
+        size_t len = nl ? (size_t)(nl - p) : strlen(p);
+        if (len >= sizeof(line)) die("%s: an option line of the checkpoint is too long", path);
+        memcpy(line, p, len);
+        line[len] = 0;
+        p += len + (nl ? 1 : 0);
+        char *eq = strchr(line, '=');
+        if (!eq) die("%s: the checkpoint's option area is corrupt ('%.40s')", path, line);
+        *eq = 0;
+        const Option *o = option_named(line);
+        if (!o || o->kind == KIND_RUN) die("%s: the checkpoint stores an unknown option '%.40s' (from a newer train_tlm?)", path, line);
+        if (option_parse(o, saved, eq + 1, why, sizeof(why))) die("%s: the checkpoint's --%s '%.40s' %s", path, o->name, eq + 1, why);
+    }
+}
+
+static void options_from_v1_header(Options *saved, const int32_t *h) {
+    for (int k = 0; k < NUM_OPTIONS; k++) {
+        const Option *o = &options[k];
+        if (o->v1_slot < 0) continue;
+        void *p = (char *)saved + o->offset;
+        switch (o->type) {
+        case OPT_REAL:  *(double *)p = bits_float(h[o->v1_slot]); break;
+        case OPT_ARCH:  *(Arch *)p = (Arch)h[o->v1_slot]; break;
+        case OPT_TAPER: saved->cfg.taper = (Taper)h[o->v1_slot]; break;
+        case OPT_LIST:  for (int j = 0; j < o->count; j++) ((int *)p)[j] = h[o->v1_slot + j]; break;
+        default:        *(int *)p = h[o->v1_slot]; break;
+        }
+    }
+}
 
 static void usage(FILE *out) {
     fprintf(out, "usage: ./train_tlm [options]\n"
                  "Trains a (tapered) language model; with no options a small cosine-tapered Transformer\n"
-                 "on the Brown Corpus as bytes, data/brown_byte_*.bin (make data). Options (default in brackets):\n");
+                 "on the Brown Corpus as bytes, data/brown_byte_*.bin (make data). With --load, the model\n"
+                 "options must match the checkpoint and the training options not given are restored.\n"
+                 "Options (default in brackets):\n");
     for (int i = 0; i < NUM_OPTIONS; i++) {
         const Option *o = &options[i];
-        char def[64] = "";
-        switch (o->type) {
-        case OPT_INT:    snprintf(def, sizeof(def), "%d", *(int *)o->value); break;
-        case OPT_LONG:   snprintf(def, sizeof(def), "%ld", *(long *)o->value); break;
-        case OPT_REAL:   snprintf(def, sizeof(def), "%g", *(double *)o->value); break;
-        case OPT_STRING: snprintf(def, sizeof(def), "%s", *(const char **)o->value); break;
-        case OPT_FLAG:   snprintf(def, sizeof(def), "off"); break;
-        case OPT_ARCH:   snprintf(def, sizeof(def), "%s", arch_names[*(Arch *)o->value]); break;
-        case OPT_TAPER:  snprintf(def, sizeof(def), "%s", taper_names[*(Taper *)o->value]); break;
-        }
         char name[40];
         snprintf(name, sizeof(name), "--%s%s", o->name, o->type == OPT_FLAG ? "" : " X");
+        const char *def = o->type == OPT_FLAG ? "off" : o->def;
         fprintf(out, "  %-22s %s%s%s%s\n", name, o->help, def[0] ? " [" : "", def, def[0] ? "]" : "");
     }
     fprintf(out, "  %-22s %s\n", "-h, --help", "show this help");
@@ -2461,25 +2955,12 @@ static void usage_error(const char *fmt, ...) {
     exit(2);
 }
 
-static void parse_cms_chunks(Config *c, const char *s) {
-    const char *p = s;
-    for (int k = 1; k < MAX_CMS_LEVELS; k++) c->cms_chunks[k] = 0;
-    for (int k = 1; *p; k++) {
-        char *end;
-        long v = strtol(p, &end, 10);
-        if (end == p || v < 1 || v > 1 << 20 || (*end && *end != ',') || k >= MAX_CMS_LEVELS)
-            usage_error("--cms-chunks: '%s' is not a list of up to %d positive integers", s, MAX_CMS_LEVELS - 1);
-        c->cms_chunks[k] = (int)v;
-        p = *end ? end + 1 : end;
-    }
-    for (int k = 1; k < c->cms_levels && k < MAX_CMS_LEVELS; k++)
-        if (!c->cms_chunks[k]) usage_error("--cms-chunks: '%s' gives no chunk size for level %d of --cms-levels %d", s, k + 1, c->cms_levels);
-}
-
 // Fills opt from the defaults and the command line; returns 1 if help was asked for.
 static int parse_args(int argc, char **argv) {
-    opt = default_options;
-    for (int k = 0; k < NUM_OPTIONS; k++) options[k].set = 0;
+    options_default(&opt);
+    opt_ready = 1;
+    for (int k = 0; k < NUM_OPTIONS; k++) option_given[k] = 0;
+    char why[256];
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) return 1;
@@ -2490,69 +2971,59 @@ static int parse_args(int argc, char **argv) {
         if (len >= sizeof(name)) usage_error("unknown option '%s'", arg);
         memcpy(name, arg + 2, len);
         name[len] = 0;
-        Option *o = NULL;
-        for (int k = 0; k < NUM_OPTIONS; k++) if (!strcmp(options[k].name, name)) o = &options[k];
+        const Option *o = option_named(name);
         if (!o) usage_error("unknown option '--%s'", name);
         if (o->type == OPT_FLAG) {
             if (eq) usage_error("--%s takes no value", name);
-            *(int *)o->value = 1;
-            o->set = 1;
-            continue;
-        }
-        if (eq) value = eq + 1;
+            value = "1";
+        } else if (eq) value = eq + 1;
         else if (i + 1 < argc) value = argv[++i];
         else usage_error("--%s needs a value", name);
-        char *end = NULL;
-        errno = 0;
-        switch (o->type) {
-        case OPT_INT: case OPT_LONG: {
-            long v = strtol(value, &end, 10);
-            if (!*value || *end || errno || (o->type == OPT_INT && (v < INT32_MIN || v > INT32_MAX)))
-                usage_error("--%s: '%s' is not an integer", name, value);
-            if (o->type == OPT_INT) *(int *)o->value = (int)v; else *(long *)o->value = v;
-            break;
-        }
-        case OPT_REAL: {
-            double v = strtod(value, &end);
-            if (!*value || *end || errno || !isfinite(v)) usage_error("--%s: '%s' is not a number", name, value);
-            *(double *)o->value = v;
-            break;
-        }
-        case OPT_STRING: *(const char **)o->value = value; break;
-        case OPT_ARCH: case OPT_TAPER: {
-            int n = o->type == OPT_ARCH ? ARCH_COUNT : TAPER_COUNT, found = -1;
-            for (int k = 0; k < n; k++)
-                if (!strcmp(value, o->type == OPT_ARCH ? arch_names[k] : taper_names[k])) found = k;
-            if (found < 0) usage_error("--%s: unknown value '%s'", name, value);
-            if (o->type == OPT_ARCH) *(Arch *)o->value = (Arch)found; else *(Taper *)o->value = (Taper)found;
-            break;
-        }
-        default: break;
-        }
-        o->set = 1;
+        if (!*value) usage_error("--%s: the value is empty", name);
+        if (option_parse(o, &opt, value, why, sizeof(why))) usage_error("--%s: '%s' %s", name, value, why);
+        option_given[o - options] = 1;
     }
-    parse_cms_chunks(&opt.cfg, opt.cms_chunks);
-    if (opt.batch < 1 || opt.grad_accum < 1) usage_error("--batch and --grad-accum must be positive");
-    if (opt.steps < 0 || opt.warmup < 0 || opt.decay_steps < 0 || opt.eval_every < 0 || opt.sample_every < 0 || opt.save_every < 0)
-        usage_error("step counts must not be negative");
-    if (opt.eval_batches < 1) usage_error("--eval-batches must be positive");
-    if (opt.sample_len < 1) usage_error("--sample-len must be positive");
-    if (!(opt.lr > 0)) usage_error("--lr must be positive");
-    if (opt.weight_decay < 0 || opt.grad_clip < 0) usage_error("--weight-decay and --grad-clip must not be negative");
+    Config *c = &opt.cfg;
+    if (c->widths_given[0]) {
+        if (option_given[option_named("taper") - options] && c->taper != TAPER_EXPLICIT)
+            usage_error("--mlp-widths gives the widths: drop --taper %s", taper_names[c->taper]);
+        c->taper = TAPER_EXPLICIT;
+    }
     if ((opt.eval_only || opt.analyze) && !opt.load[0]) usage_error("--eval-only and --analyze need --load");
+    if (opt.save[0] && strlen(opt.save) + 5 > TEXT_MAX - 1)
+        usage_error("--save: the path is too long (at most %d characters, for its .tmp)", TEXT_MAX - 6);
     return 0;
 }
 
 // --- logging -----------------------------------------------------------------------------
+// Every record is flushed and checked: the first failed write is kept in log_error (an errno),
+// and training stops cleanly at the next step (should_stop).
 static FILE *log_file;
+static int log_error;
 static void log_json(const char *fmt, ...) {
-    if (!log_file) return;
+    if (!log_file || log_error) return;
     va_list ap;
     va_start(ap, fmt);
+    errno = 0;
     vfprintf(log_file, fmt, ap);
     va_end(ap);
     fputc('\n', log_file);
-    fflush(log_file);
+    if (fflush(log_file) != 0 || ferror(log_file)) log_error = errno ? errno : EIO;
+}
+
+// s as a JSON string, quotes included
+static void json_string(char *out, size_t n, const char *s) {
+    size_t k = 0;
+    if (n < 3) return;
+    out[k++] = '"';
+    for (; *s && k + 8 < n; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') { out[k++] = '\\'; out[k++] = (char)ch; }
+        else if (ch < 32) k += (size_t)snprintf(out + k, n - k, "\\u%04x", ch);
+        else out[k++] = (char)ch;
+    }
+    out[k++] = '"';
+    out[k] = 0;
 }
 
 static void print_layer_table(const Model *m) {
@@ -2583,8 +3054,58 @@ static void print_layer_table(const Model *m) {
     printf("  total parameters: %zu\n", m->num_params);
 }
 
+// Ctrl-C and `kill PID` (SIGINT, SIGTERM) set a flag: the step in progress finishes, the run saves
+// and stops. sigaction, so the handler stays installed and a second signal is only a second flag
+// (signal() here would give System V semantics: reset to the default, and kill the save). SIGPIPE
+// is ignored: a failed write to stdout (`| tee` gone) is an interruption too (should_stop).
 static volatile sig_atomic_t interrupted;
-static void on_interrupt(int sig) { interrupted = sig; } // SIGINT or SIGTERM
+static void on_interrupt(int sig) { interrupted = sig; }
+static void install_signal_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_interrupt;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sa.sa_handler = SIG_IGN;
+    sigaction(SIGPIPE, &sa, NULL);
+}
+// why training must stop now: a signal, stdout that cannot be written, or the log
+static int should_stop(void) {
+    return interrupted || ferror(stdout) || log_error;
+}
+
+// --- paths that must not be written ---------------------------------------------------------
+static int same_file(const char *a, const char *b) {
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+// dies if path is one of the input files (the shards, the tokenizer, except `allowed`)
+static void refuse_input(const char *flag, const char *path, const DataLoader *train, const DataLoader *val,
+                         const char *allowed) {
+    const DataLoader *d[2] = { train, val };
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < d[k]->count; i++)
+            if (same_file(path, d[k]->paths[i])) die("%s %s is the %s shard %s: refusing to write over it", flag, path, k ? "--val" : "--train", d[k]->paths[i]);
+    if (opt.tokenizer[0] && same_file(path, opt.tokenizer)) die("%s %s is the --tokenizer: refusing to write over it", flag, path);
+    if (opt.load[0] && same_file(path, opt.load) && (!allowed || strcmp(allowed, opt.load)))
+        die("%s %s is the --load checkpoint: refusing to write over it", flag, path);
+}
+// --save: checked before the first step, so that a bad path costs no training time
+static void check_save_path(const char *path, const DataLoader *train, const DataLoader *val) {
+    struct stat st;
+    char dir[TEXT_MAX], tmp[TEXT_MAX + 8];
+    if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode))
+        die("--save %s is %s, not a checkpoint file: refusing to replace it", path,
+            S_ISDIR(st.st_mode) ? "a directory" : S_ISFIFO(st.st_mode) ? "a FIFO" : S_ISSOCK(st.st_mode) ? "a socket" : "a device");
+    path_directory(dir, sizeof(dir), path);
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) die("--save %s: no directory %s", path, dir);
+    if (access(dir, W_OK | X_OK) != 0) die("--save %s: directory %s is not writable: %s", path, dir, strerror(errno));
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    if (lstat(tmp, &st) == 0 && S_ISDIR(st.st_mode)) die("--save %s: %s is a directory", path, tmp);
+    refuse_input("--save", path, train, val, path);
+}
 
 static void default_tokenizer_path(char *out, size_t n, const char *train, int vocab) {
     const char *slash = strrchr(train, '/');
@@ -2594,49 +3115,86 @@ static void default_tokenizer_path(char *out, size_t n, const char *train, int v
 
 // --- the run: build, then evaluate, analyze or train --------------------------------------
 
-// The model the command line asks for: with --load, the checkpoint's shape (a flag that names
-// another shape is an error) and its weights; else a new one, initialised from --seed. Opens the
-// data (train only when training), which fixes the vocabulary when --vocab does not.
+// With --load: the checkpoint's options. A model option given on the command line must agree
+// with the checkpoint (else a one-line error); the model is the checkpoint's. A training option
+// not given is restored (a version-2 checkpoint stores them), one given overrides it, said once.
+static void apply_checkpoint_options(void) {
+    Options *saved = xcalloc(1, sizeof(Options), "checkpoint options");
+    int32_t h[H_SIZE];
+    int version = checkpoint_read_options(opt.load, saved, h);
+    char mine[TEXT_MAX], theirs[TEXT_MAX], why[256];
+    for (int k = 0; k < NUM_OPTIONS; k++) {
+        const Option *o = &options[k];
+        if (o->kind == KIND_RUN || (o->kind == KIND_TRAIN && version < 2)) continue;
+        option_format(o, &opt, mine, sizeof(mine));
+        option_format(o, saved, theirs, sizeof(theirs));
+        int same = !strcmp(mine, theirs);
+        if (o->kind == KIND_MODEL) {
+            if (option_given[k] && !same)
+                die("%s: checkpoint was made with a different --%s (%s there, %s here); drop the flag or start a new run",
+                    opt.load, o->name, theirs, mine);
+        } else if (!option_given[k]) {
+            if (option_parse(o, &opt, theirs, why, sizeof(why))) die("%s: --%s '%s' %s", opt.load, o->name, theirs, why);
+        } else if (!same) {
+            printf("--%s %s overrides the checkpoint's %s\n", o->name, mine, theirs);
+        }
+    }
+    opt.cfg = saved->cfg;
+    if (version < 2) printf("note: %s is a version-1 checkpoint: no checksum to verify, training options from the command line\n", opt.load);
+    free(saved);
+}
+
+// batches of B x T the validation data holds before evaluate() would wrap around
+static long val_batches(const DataLoader *val, int B, int T) {
+    long n = 0;
+    size_t per = (size_t)B * T;
+    for (int i = 0; i < val->count; i++) if (val->ntok[i] > per) n += (long)((val->ntok[i] - 1) / per);
+    return n;
+}
+
+// The vocabulary: --vocab (or the checkpoint's), else the shards' headers, else 50257. The train
+// and val shards must agree with each other, and with --vocab unless it is larger (then a note).
+static void settle_vocab(Config *cfg, const DataLoader *train, const DataLoader *val) {
+    int vt = train->count ? dataloader_vocab(train) : 0, vv = dataloader_vocab(val);
+    if (vt && vv && vt != vv)
+        die("--train %s has vocabulary %d in its header, --val %s has %d: they must be the same tokenization",
+            train->paths[0], vt, val->paths[0], vv);
+    int shards = vt ? vt : vv;
+    const char *src = opt.load[0] ? "the checkpoint's" : "--vocab";
+    if (!cfg->vocab) cfg->vocab = shards ? shards : 50257;
+    else if (shards && cfg->vocab < shards)
+        die("%s vocabulary %d is smaller than the shards' %d (%s)", src, cfg->vocab, shards, vt ? train->paths[0] : val->paths[0]);
+    else if (shards && cfg->vocab > shards)
+        printf("note: %s vocabulary %d is larger than the shards' %d: the extra tokens are never seen\n", src, cfg->vocab, shards);
+}
+
+// The model the command line asks for: with --load, the checkpoint's (apply_checkpoint_options)
+// and its weights; else a new one, initialised from --seed. Opens the data (train only when
+// training), which fixes the vocabulary when --vocab does not, and checks the output paths.
 static Model *build_model(DataLoader *train, DataLoader *val, DataPosition *resume_at) {
     Config *cfg = &opt.cfg;
-    if (opt.load[0]) {
-        Config saved;
-        int32_t h[H_SIZE];
-        checkpoint_read_config(opt.load, &saved, h);
-        for (int k = 0; k < NUM_OPTIONS; k++) {
-            if (!options[k].model || !options[k].set) continue;
-            Config want = *cfg;
-            int same = 1;
-            const char *n = options[k].name;
-            if (!strcmp(n, "arch")) same = want.arch == saved.arch;
-            else if (!strcmp(n, "layers")) same = want.layers == saved.layers;
-            else if (!strcmp(n, "dim")) same = want.dim == saved.dim;
-            else if (!strcmp(n, "heads")) same = want.heads == saved.heads;
-            else if (!strcmp(n, "vocab")) same = want.vocab == saved.vocab;
-            else if (!strcmp(n, "mlp-width")) same = want.mlp_width == saved.mlp_width;
-            else if (!strcmp(n, "taper")) same = want.taper == saved.taper;
-            else if (!strcmp(n, "seq-len")) same = want.seq_len == saved.seq_len;
-            else if (!strcmp(n, "untied")) same = want.untied == saved.untied;
-            else if (!strcmp(n, "mem-depth")) same = want.mem_depth == saved.mem_depth;
-            else if (!strcmp(n, "mem-chunk")) same = want.mem_chunk == saved.mem_chunk;
-            else if (!strcmp(n, "cms-levels")) same = want.cms_levels == saved.cms_levels;
-            if (!same) die("%s: checkpoint was made with a different --%s (it is a %s model); drop the flag or start a new run",
-                           opt.load, n, arch_names[saved.arch]);
-        }
-        *cfg = saved;
-    }
-    if (!opt.eval_only && !opt.analyze) dataloader_open(train, opt.train, "--train");
+    if (opt.load[0]) apply_checkpoint_options();
+    int training = !opt.eval_only && !opt.analyze;
+    if (training) dataloader_open(train, opt.train, "--train");
     dataloader_open(val, opt.val, "--val");
-    if (!cfg->vocab) {
-        cfg->vocab = dataloader_vocab(train->count ? train : val);
-        if (!cfg->vocab) cfg->vocab = 50257;
-    }
-    if (opt.match_params && !opt.load[0]) {
+    settle_vocab(cfg, train, val);
+    if (cfg->match_params && !opt.load[0]) {
         int before = cfg->mlp_width;
         match_params(cfg);
         printf("--match-params: mean MLP width %d -> %d, for the parameters of a transformer of the same shape\n", before, cfg->mlp_width);
     }
     train->vocab = val->vocab = cfg->vocab;
+    long have = val_batches(val, opt.batch, cfg->seq_len);
+    if (have > 0 && opt.eval_batches > have) {
+        printf("note: --eval-batches %d is more than --val holds (%ld batches of %dx%d): using %ld\n",
+               opt.eval_batches, have, opt.batch, cfg->seq_len, have);
+        opt.eval_batches = (int)have;
+    }
+    if (training && opt.save[0]) check_save_path(opt.save, train, val);
+    if (opt.log[0]) {
+        refuse_input("--log", opt.log, train, val, NULL);
+        if (opt.save[0] && same_file(opt.log, opt.save)) die("--log %s is the --save checkpoint", opt.log);
+    }
     Model *m = model_create(cfg, opt.batch, cfg->seq_len);
     if (opt.load[0]) {
         checkpoint_load(m, opt.load, resume_at);
@@ -2649,30 +3207,42 @@ static Model *build_model(DataLoader *train, DataLoader *val, DataPosition *resu
     return m;
 }
 
-// --log: open the JSONL log and write the run's config record
+// --log: open the JSONL log and write the run's config record: every stored option of the table
+// (the model's as built), then the widths, the parameter count and the threads
 static void open_log(const Model *m) {
     if (!opt.log[0]) return;
     const Config *cfg = &m->cfg;
     log_file = fopen(opt.log, "a");
     if (!log_file) die("--log %s: cannot open: %s", opt.log, strerror(errno));
+    Options *v = xcalloc(1, sizeof(Options), "options");
+    *v = opt;
+    v->cfg = *cfg;
+    size_t n = 16 * TEXT_MAX, len = 0;
+    char *rec = xcalloc(n, 1, "log"), value[TEXT_MAX], text[2 * TEXT_MAX];
+    len += (size_t)snprintf(rec + len, n - len, "{\"event\":\"config\"");
+    for (int k = 0; k < NUM_OPTIONS; k++) {
+        const Option *o = &options[k];
+        if (o->kind == KIND_RUN || o->offset == offsetof(Options, cfg.widths_given)) continue; // (mlp_widths: below)
+        option_format(o, v, value, sizeof(value));
+        char key[64];
+        snprintf(key, sizeof(key), "%s", o->name);
+        for (char *q = key; *q; q++) if (*q == '-') *q = '_';
+        if (o->type == OPT_STRING || o->type == OPT_ARCH || o->type == OPT_TAPER) json_string(text, sizeof(text), value);
+        else if (o->type == OPT_LIST) snprintf(text, sizeof(text), "[%s]", value);
+        else snprintf(text, sizeof(text), "%s", value);
+        len += (size_t)snprintf(rec + len, n - len, ",\"%s\":%s", key, text);
+    }
     char widths[MAX_LAYERS * 8] = "", cms[MAX_LAYERS * 8] = "";
     for (int l = 0; l < cfg->layers; l++) {
         snprintf(widths + strlen(widths), sizeof(widths) - strlen(widths), "%s%d", l ? "," : "", cfg->mlp_widths[l]);
         snprintf(cms + strlen(cms), sizeof(cms) - strlen(cms), "%s%d", l ? "," : "", cfg->cms_widths[l]);
     }
-    log_json("{\"event\":\"config\",\"arch\":\"%s\",\"layers\":%d,\"dim\":%d,\"heads\":%d,\"vocab\":%d,"
-             "\"seq_len\":%d,\"mlp_width\":%d,\"taper\":\"%s\",\"taper_start\":%g,\"taper_end\":%g,"
-             "\"taper_multiple\":%d,\"untied\":%d,\"gate_headwise\":%d,\"window\":%d,\"mem_depth\":%d,"
-             "\"mem_hidden\":%d,\"mem_chunk\":%d,\"cms_levels\":%d,\"cms_width\":%d,\"cms_widths\":[%s],"
-             "\"mlp_widths\":[%s],\"params\":%zu,\"batch\":%d,\"grad_accum\":%d,\"steps\":%d,\"lr\":%g,"
-             "\"warmup\":%d,\"decay_steps\":%d,\"weight_decay\":%g,\"grad_clip\":%g,\"seed\":%ld,"
-             "\"train\":\"%s\",\"val\":\"%s\",\"threads\":%d,\"resumed_step\":%d}",
-             arch_names[cfg->arch], cfg->layers, cfg->dim, cfg->heads, cfg->vocab, cfg->seq_len,
-             cfg->mlp_width, taper_names[cfg->taper], cfg->taper_start, cfg->taper_end, cfg->taper_multiple,
-             cfg->untied, cfg->gate_headwise, cfg->window, cfg->mem_depth, cfg->mem_hidden, cfg->mem_chunk,
-             cfg->cms_levels, cfg->cms_width, cms, widths, m->num_params, opt.batch, opt.grad_accum, opt.steps,
-             opt.lr, opt.warmup, opt.decay_steps ? opt.decay_steps : opt.steps, opt.weight_decay,
-             opt.grad_clip, opt.seed, opt.train, opt.val, num_threads(), m->step);
+    snprintf(rec + len, n - len, ",\"mlp_widths\":[%s],\"cms_widths\":[%s],\"params\":%zu,\"threads\":%d,\"resumed_step\":%d}",
+             widths, cms, m->num_params, num_threads(), m->step);
+    log_json("%s", rec);
+    free(rec);
+    free(v);
+    if (log_error) die("--log %s: cannot write: %s", opt.log, strerror(log_error));
 }
 
 // --eval-only: the validation loss
@@ -2726,17 +3296,16 @@ static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition 
     int decay_steps = opt.decay_steps ? opt.decay_steps : opt.steps;
     int save_every = opt.save_every ? opt.save_every : opt.eval_every;
     size_t tokens_per_step = (size_t)B * T * opt.grad_accum;
-    signal(SIGINT, on_interrupt); // Ctrl-C, and `kill PID`: finish the step, save, exit
-    signal(SIGTERM, on_interrupt);
+    install_signal_handlers(); // Ctrl-C, `kill PID`, a closed stdout: finish the step, save, exit
     double t_start = wall_time(), t_train = 0, last_val = NAN;
-    int steps_timed = 0, save_failed = 0;
+    int steps_timed = 0, save_failed = 0, saved_at = -1;
     if (m->step >= opt.steps) printf("checkpoint is at step %d, --steps is %d: nothing to train\n", m->step, opt.steps);
     if (m->step < opt.steps || !opt.load[0]) {
         last_val = evaluate(m, val, opt.eval_batches, B, T);
         printf("step %5d | val loss %.4f | perplexity %.2f\n", m->step, last_val, exp(last_val));
         log_json("{\"event\":\"val\",\"step\":%d,\"loss\":%.6f,\"ppl\":%.4f,\"tokens\":%zu}", m->step, last_val, exp(last_val), m->step * tokens_per_step);
     }
-    while (m->step < opt.steps && !interrupted) {
+    while (m->step < opt.steps && !should_stop()) {
         int step = m->step; // steps taken so far; this is step + 1
         double t0 = wall_time();
         float lr = learning_rate(step, adam.lr, opt.warmup, decay_steps);
@@ -2745,6 +3314,16 @@ static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition 
             // stop before anything is saved: the last checkpoint on disk stays the last good one
             fprintf(stderr, "error: step %d: loss %g, gradient norm %g is not finite; stopping (no checkpoint written)\n", step + 1, loss, norm);
             log_json("{\"event\":\"error\",\"step\":%d,\"message\":\"non-finite loss or gradient\"}", step + 1);
+            tokenizer_free(&tk);
+            return 1;
+        }
+        const char *moment;
+        const ParamTensor *bad = nonfinite_tensor(m, &moment);
+        if (bad) {
+            // stop before anything is saved: the last checkpoint on disk stays the last good one
+            fprintf(stderr, "error: step %d: the update made the %s of %s not finite (lr %g); stopping (no checkpoint written)\n",
+                    step + 1, moment, bad->name, lr);
+            log_json("{\"event\":\"error\",\"step\":%d,\"message\":\"non-finite %s of %s\"}", step + 1, moment, bad->name);
             tokenizer_free(&tk);
             return 1;
         }
@@ -2769,15 +3348,26 @@ static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition 
             sample_text(m, &tk, opt.sample_len < T ? opt.sample_len : T, (uint64_t)opt.seed + m->step);
             printf("---\n");
         }
-        if (opt.save[0] && (last || interrupted || (save_every && m->step % save_every == 0))) {
-            if (checkpoint_save(m, opt.save, train->at) == 0) printf("saved %s (step %d)\n", opt.save, m->step);
-            else save_failed = 1;
+        if (opt.save[0] && (last || should_stop() || (save_every && m->step % save_every == 0))) {
+            if (checkpoint_save(m, opt.save, train->at) == 0) {
+                saved_at = m->step;
+                printf("saved %s (step %d)\n", opt.save, m->step);
+            } else save_failed = 1;
         }
     }
     tokenizer_free(&tk);
-    if (interrupted) {
-        printf("interrupted at step %d%s\n", m->step, opt.save[0] ? ", checkpoint saved; resume with --load" : "");
-        return 128 + interrupted; // 130 for SIGINT, 143 for SIGTERM, as a shell reports them
+    if (should_stop()) {
+        // stopped early (also before the first step): the model as it is now, unless just saved
+        int saved = saved_at == m->step;
+        if (opt.save[0] && !saved && checkpoint_save(m, opt.save, train->at) == 0) saved = 1;
+        const char *what = saved ? ", checkpoint saved; resume with --load" : opt.save[0] ? ", no checkpoint written" : "";
+        if (interrupted) {
+            printf("interrupted at step %d%s\n", m->step, what);
+            return 128 + interrupted; // 130 for SIGINT, 143 for SIGTERM, as a shell reports them
+        }
+        if (ferror(stdout)) fprintf(stderr, "error: stdout: write failed (%s): stopped at step %d%s\n", strerror(errno ? errno : EIO), m->step, what);
+        else fprintf(stderr, "error: --log %s: write failed: %s; stopped at step %d%s\n", opt.log, strerror(log_error), m->step, what);
+        return 1;
     }
     double seconds = wall_time() - t_start;
     printf("done: %d steps, val loss %.4f, %.1f s (%.0f tok/s training)\n", m->step, last_val, seconds,
@@ -2798,7 +3388,10 @@ int main(int argc, char **argv) {
     int rc = opt.eval_only ? run_evaluate(m, &val)
            : opt.analyze   ? run_analyze(m, &val)
            :                 run_train(m, &train, &val, resume_at);
-    if (log_file) fclose(log_file);
+    if (log_file && fclose(log_file) != 0 && rc == 0) {
+        fprintf(stderr, "error: --log %s: write failed: %s\n", opt.log, strerror(errno));
+        rc = 1;
+    }
     dataloader_free(&train);
     dataloader_free(&val);
     model_free(m);

@@ -10,6 +10,7 @@
  * Build and run: dev/fuzz/run_fuzz.sh SECONDS fuzz_checkpoint
  */
 #define TLM_TESTING 1 // as -DTLM_TESTING: no main(), die() longjmps to *tlm_error_jump
+#define TLM_FUZZ 1    // no checksum check: mutated files reach the loader's other checks
 #include "fuzz_common.h"
 #include "../../train_tlm.c"
 #include "fuzz_common.h"

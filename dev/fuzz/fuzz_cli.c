@@ -54,7 +54,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         } else {
             cfg = opt.cfg;
             if (!cfg.vocab) cfg.vocab = 256;
-            if (opt.match_params && !opt.load[0]) match_params(&cfg);
+            if (cfg.match_params && !opt.load[0]) match_params(&cfg);
             m = model_create(&cfg, opt.batch, cfg.seq_len);
             print_layer_table(m);
             if (m->num_params + m->act_size <= 1 << 16) fz_forward_backward(m, m->B, m->T);
