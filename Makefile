@@ -18,7 +18,7 @@ help:
 	@echo 'make targets:'
 	@echo '  train_tlm       the trainer (the default goal builds it and test_tlm)'
 	@echo '  run             the default run: train_tlm on the Brown Corpus as bytes (fetches it once)'
-	@echo '  test            build and run the tests (double-precision gradient checks, float tests)'
+	@echo '  test            build and run the tests (gradient checks, float tests, the scripts'"'"' errors)'
 	@echo '  test_tlm        build the test binary only'
 	@echo '  test-asan       the tests and a short training run under ASan + UBSan'
 	@echo '  test-mutants    break the backward pass line by line: the tests must catch every one'
@@ -50,6 +50,7 @@ test_tlm: test_tlm.c train_tlm.c $(BUILD)/build-flags
 
 test: train_tlm test_tlm
 	./test_tlm
+	bash dev/test_scripts.sh
 
 # the build for machines without OpenMP or -march=native: plain C11, one thread
 portable:

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# dev/test_scripts.sh — every user error of the Python scripts in dev/ (ablation.py,
+# prepare_data.py, plot_runs.py) must give a non-zero exit, exactly one line on stderr and no
+# traceback (argparse's own usage errors aside). Run by `make test`; a few seconds (ablation.py's runs use
+# dev/test_fake_trainer.py, a stand-in for train_tlm that writes plausible logs at once).
+set -u
+cd "$(dirname "$0")/.." || exit 2
+PY=${PYTHON:-python3}
+S=$(mktemp -d /tmp/test_scripts.XXXXXX)
+trap 'rm -rf "$S"' EXIT
+F=dev/test_fake_trainer.py
+passed=0 failed=0
+
+# check SCRIPT ARGS...: the script must fail with one line on stderr, no traceback
+check() {
+    local script=$1; shift
+    $PY "dev/$script" "$@" >"$S/out" 2>"$S/err" </dev/null
+    local rc=$? n
+    n=$(wc -l <"$S/err")
+    if [ $rc -eq 0 ] || [ "$n" -ne 1 ] || grep -q Traceback "$S/err"; then
+        echo "FAIL: $script $* (exit $rc, $n stderr lines)"; sed 's/^/    /' "$S/err" | head -5
+        failed=$((failed + 1))
+    else
+        passed=$((passed + 1))
+    fi
+}
+
+# fixtures: a file, an empty directory, broken manifests, a taper-grid run of the fake trainer
+: >"$S/afile"
+mkdir -p "$S/emptydir" "$S/badman" "$S/badman2"
+echo '{"grid": 3' >"$S/badman/ablation.json"
+echo '{"grid": "taper", "trainer_args": "x", "archs": [], "variants": [], "seeds": []}' >"$S/badman2/ablation.json"
+$PY dev/ablation.py --quick --archs transformer --seeds 1 --out "$S/g_taper" --trainer "$F" >/dev/null 2>&1 ||
+    { echo "FAIL: the fake-trainer ablation run did not succeed"; failed=$((failed + 1)); }
+
+# dev/ablation.py
+check ablation.py --archs '' --dry-run
+check ablation.py --archs ' , ' --dry-run
+check ablation.py --archs foo --dry-run
+check ablation.py --archs transformer,transformer --dry-run
+check ablation.py --archs 'transformer,,gated' --dry-run
+check ablation.py --grid foo --dry-run
+check ablation.py --grid '' --dry-run
+check ablation.py --report-only --out "$S/nonexistent"
+check ablation.py --report-only --out "$S/afile"
+check ablation.py --out "$S/afile" --trainer "$F"
+check ablation.py --out "$S/afile" --dry-run
+check ablation.py --out "$S/afile/sub" --trainer "$F"
+check ablation.py --report-only --out "$S/emptydir"
+check ablation.py --report-only --out "$S/badman"
+check ablation.py --report-only --out "$S/badman2"
+check ablation.py --seeds 0 --dry-run
+check ablation.py --seeds abc --dry-run
+check ablation.py -j 0 --dry-run
+check ablation.py --bogus
+check ablation.py --linear --grid groups --dry-run
+check ablation.py --grid ratios --train-args '--taper-start 1.2' --dry-run
+check ablation.py --train-args '--taper cosine' --dry-run
+check ablation.py --train-args '--mlp-widths 1,2' --dry-run
+check ablation.py --train-args "'unbalanced" --dry-run
+check ablation.py --train-args 'stray' --dry-run
+check ablation.py --trainer "$S/nonexistent" --out "$S/e_run"
+check ablation.py --dry-run --report-only
+check ablation.py --grid groups --out "$S/g_taper" --trainer "$F"
+check ablation.py --grid groups --out "$S/g_taper" --report-only
+check ablation.py --out "$S/g_taper" --trainer "$F" --train-args '--steps 100'
+
+# dev/prepare_data.py
+printf 'good text\n' >"$S/ok.txt"
+printf 'caf\xe9 au lait\n' >"$S/latin1.txt"
+check prepare_data.py --corpus "$S/ok.txt" --tokenizer byte --out "$S/afile"
+check prepare_data.py --corpus "$S/latin1.txt" --tokenizer byte --out "$S/pd"
+check prepare_data.py --corpus "$S/missing.txt" --tokenizer byte --out "$S/pd"
+check prepare_data.py --corpus "$S/ok.txt" --tokenizer byte --out "$S/pd" --val-frac 2
+
+# dev/plot_runs.py
+printf '{"event":"config"\nnot json\n' >"$S/bad.jsonl"
+: >"$S/empty.jsonl"
+check plot_runs.py "$S/missing.jsonl" -o "$S/p.svg"
+check plot_runs.py "$S/bad.jsonl" -o "$S/p.svg"
+check plot_runs.py "$S/empty.jsonl" -o "$S/p.svg"
+check plot_runs.py "$S/g_taper/transformer_cosine_s1.jsonl" -o "$S/afile/p.svg"
+
+echo "scripts: $passed passed, $failed failed"
+[ $failed -eq 0 ]
