@@ -17,7 +17,8 @@ all: train_tlm test_tlm
 help:
 	@echo 'make targets:'
 	@echo '  train_tlm       the trainer (the default goal builds it and test_tlm)'
-	@echo '  run             the default run: train_tlm on the Brown Corpus as bytes (fetches it once)'
+	@echo '  run             the default run: train_tlm on the Brown Corpus as bytes (fetches it once),'
+	@echo '                  its log and checkpoint in $(RUNS)/default.jsonl, .ckpt'
 	@echo '  test            build and run the tests (gradient checks, float tests, the scripts'"'"' errors)'
 	@echo '  test_tlm        build the test binary only'
 	@echo '  test-asan       the tests and a short training run under ASan + UBSan'
@@ -57,7 +58,7 @@ portable:
 	$(MAKE) all CFLAGS="-O2 -Wno-unknown-pragmas" OPENMP=
 
 # the Brown Corpus as bytes (the default data) and as GPT-2 BPE tokens
-data: data/brown_byte_train.bin data/brown_gpt2_train.bin
+data: data/brown_byte_train.bin data/brown_gpt2_train.bin data/gpt2_encoder.bin
 
 data/brown_byte_train.bin:
 	$(PYTHON) dev/prepare_data.py --corpus brown --tokenizer byte
@@ -65,9 +66,17 @@ data/brown_byte_train.bin:
 data/brown_gpt2_train.bin:
 	$(PYTHON) dev/prepare_data.py --corpus brown --tokenizer gpt2
 
-# the default run needs the byte shards only
+# the GPT-2 prompt encoder for --sample (a data/ made before it existed lacks it)
+data/gpt2_encoder.bin:
+	$(PYTHON) dev/prepare_data.py --tokenizer-only
+
+# the default run needs the byte shards only; its log and checkpoint go to $(RUNS)/default.*
 run: train_tlm data/brown_byte_train.bin
-	./train_tlm
+	@mkdir -p $(RUNS)
+	rm -f $(RUNS)/default.jsonl
+	./train_tlm --log $(RUNS)/default.jsonl --save $(RUNS)/default.ckpt
+	@echo 'plot it:     $(PYTHON) dev/plot_runs.py $(RUNS)/default.jsonl -o $(RUNS)/default.svg'
+	@echo 'sample it:   ./train_tlm --load $(RUNS)/default.ckpt --sample --prompt "The "'
 
 # the classroom experiment: uniform vs cosine vs reverse taper for every architecture
 # (dev/ablation.py -h); GRID = taper | groups | ratios; ABLATION_ARGS e.g. "-j 4 --seeds 3".

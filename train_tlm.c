@@ -636,6 +636,7 @@ typedef struct {
     double *norm_parts;         // (num_params / 4096, rounded up) grad_norm's partial sums
     // layer analysis: skip a layer's MLP slot, or the whole layer, in forward
     const int *skip_mlp, *skip_layer;
+    int logits_last_row;        // sampling (B = 1): the head over the last position only, into logits[0..V)
     // wall time spent in forward + backward of the mixers (with W_O), the MLP slots, the head
     double seconds_mixer, seconds_mlp, seconds_head;
 } Model;
@@ -1913,6 +1914,7 @@ static real model_forward(Model *m, const int *tokens, const int *targets, int B
         x = la->out;
     }
     double t0 = wall_time();
+    if (m->logits_last_row && !targets) { x += (size_t)(N - 1) * C; N = 1; } // sampling: the last position
     rmsnorm_forward(a->lnf, a->lnf_rstd, x, m->w.final_norm, N, C);
     matmul_forward(a->logits, a->lnf, m->w.lm_head, N, C, V);
     if (!targets) { m->seconds_head += wall_time() - t0; return 0; }
@@ -2507,6 +2509,262 @@ static void print_token(const Tokenizer *tk, int token) {
     }
 }
 
+// --- GPT-2 BPE encoder (for --prompt) ----------------------------------------------------
+// Encodes text exactly as dev/prepare_data.py's GPT2Tokenizer.encode does, from the tokenizer
+// file and the encoder file that prepare_data.py writes beside it (data/gpt2_encoder.bin):
+//   1. UTF-8 -> code points. An invalid sequence reads as one U+FFFD per maximal valid prefix
+//      (at least one byte), as Python's bytes.decode(errors="replace") does.
+//   2. Pre-tokenize: cut the text into the pieces that GPT-2's regex finds,
+//        's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+//      (at each position the first alternative that matches wins); \p{L} (letters), \p{N}
+//      (numbers) and \s (white space) are the code point ranges of the encoder file.
+//   3. BPE each piece: start from one token per UTF-8 byte; while some adjacent pair of tokens
+//      is a merge, merge every occurrence of the pair of lowest rank, left to right. A piece
+//      of n bytes takes at most n - 1 rounds of n pair look-ups (binary search): 1 ms for 5 kB
+//      of English, 0.5 s for 5 kB of letters without a space (one piece).
+// Encoder file: a header of 256 int32 (magic 20240801, version 1, vocabulary size, M merges,
+// NL, NN, NS code point ranges, Unicode version in slots 7-9), then M x (left, right, merged)
+// token ids in rank order, then (NL + NN + NS) x (first, last) code points: the letters, the
+// numbers, the white space. A single byte's token is the one that is that byte in the tokenizer.
+
+enum { ENCODER_MAGIC = 20240801, ENCODER_HEADER = 256, ENCODER_MAX_CODE_POINT = 0x10FFFF };
+typedef enum { CHAR_LETTER, CHAR_NUMBER, CHAR_SPACE, CHAR_OTHER } CharClass;
+static const char *char_class_names[3] = { "letters", "numbers", "white space" };
+
+typedef struct { int32_t left, right, merged, rank; } BpeMerge;
+typedef struct {
+    int vocab;
+    int merges;
+    BpeMerge *merge;        // sorted by (left, right), for binary search
+    int byte_token[256];    // the token of each single byte
+    int ranges[3];          // number of code point ranges of letters, numbers, white space
+    int32_t *range[3];      // per class: ranges[c] pairs (first, last), ascending, disjoint
+} Encoder;
+
+static int merge_order(const void *a, const void *b) {
+    const BpeMerge *x = a, *y = b;
+    if (x->left != y->left) return x->left < y->left ? -1 : 1;
+    return x->right < y->right ? -1 : x->right > y->right;
+}
+
+// Loads path, checked against the tokenizer tk (which must be loaded): returns -1 if the file
+// cannot be opened, dies naming the file if it is not a valid encoder for tk's vocabulary.
+static int encoder_load(Encoder *e, const char *path, const Tokenizer *tk) {
+    memset(e, 0, sizeof(*e));
+    if (!tk->piece) die("%s: needs the tokenizer file that was written with it", path);
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    int32_t h[ENCODER_HEADER];
+    long size = file_size(f);
+    if (size < (long)sizeof(h)) die("%s: not a BPE encoder file (shorter than its 1024-byte header)", path);
+    read_exact(h, sizeof(int32_t), ENCODER_HEADER, f, path);
+    if (h[0] != ENCODER_MAGIC) die("%s: not a BPE encoder file (bad magic %d, expected %d)", path, h[0], ENCODER_MAGIC);
+    if (h[1] != 1) die("%s: unsupported encoder version %d", path, h[1]);
+    if (h[2] != tk->vocab) die("%s: made for a vocabulary of %d tokens, the tokenizer has %d", path, h[2], tk->vocab);
+    if (h[3] < 0 || h[3] >= tk->vocab) die("%s: bad number of merges %d for a vocabulary of %d", path, h[3], tk->vocab);
+    for (int c = 0; c < 3; c++)
+        if (h[4 + c] < 0 || h[4 + c] > ENCODER_MAX_CODE_POINT + 1)
+            die("%s: bad number of code point ranges %d for the %s", path, h[4 + c], char_class_names[c]);
+    long expect = (long)sizeof(h) + 12L * h[3] + 8L * ((long)h[4] + h[5] + h[6]);
+    if (size < expect)
+        die("%s: truncated: header says %d merges and %d code point ranges (%ld bytes), file has %ld bytes",
+            path, h[3], h[4] + h[5] + h[6], expect, size);
+    if (size > expect) die("%s: %ld bytes of trailing data", path, size - expect);
+    e->vocab = tk->vocab;
+
+    // single bytes: the tokenizer must hold exactly one token for each
+    for (int b = 0; b < 256; b++) e->byte_token[b] = -1;
+    for (int i = 0; i < tk->vocab; i++) {
+        if (tk->len[i] != 1) continue;
+        unsigned char b = (unsigned char)tk->piece[i][0];
+        if (e->byte_token[b] >= 0)
+            die("%s: the tokenizer has two tokens for the byte 0x%02x (%d and %d)", path, b, e->byte_token[b], i);
+        e->byte_token[b] = i;
+    }
+    for (int b = 0; b < 256; b++)
+        if (e->byte_token[b] < 0) die("%s: the tokenizer has no token for the byte 0x%02x", path, b);
+
+    // merges: each joins two tokens into the token that is their bytes joined
+    e->merges = h[3];
+    e->merge = xcalloc(e->merges, sizeof(BpeMerge), "encoder");
+    for (int r = 0; r < e->merges; r++) {
+        int32_t ids[3];
+        read_exact(ids, sizeof(int32_t), 3, f, path);
+        for (int k = 0; k < 3; k++)
+            if (ids[k] < 0 || ids[k] >= tk->vocab)
+                die("%s: merge %d names token %d, outside the vocabulary of %d", path, r, ids[k], tk->vocab);
+        int nl = tk->len[ids[0]], nr = tk->len[ids[1]];
+        if (tk->len[ids[2]] != nl + nr || memcmp(tk->piece[ids[2]], tk->piece[ids[0]], nl) ||
+            memcmp(tk->piece[ids[2]] + nl, tk->piece[ids[1]], nr))
+            die("%s: merge %d joins tokens %d and %d into %d, which is not their bytes joined in the tokenizer",
+                path, r, ids[0], ids[1], ids[2]);
+        BpeMerge m = { ids[0], ids[1], ids[2], r };
+        e->merge[r] = m;
+    }
+    qsort(e->merge, e->merges, sizeof(BpeMerge), merge_order);
+    for (int i = 1; i < e->merges; i++)
+        if (!merge_order(&e->merge[i - 1], &e->merge[i]))
+            die("%s: merges %d and %d join the same two tokens", path, e->merge[i - 1].rank, e->merge[i].rank);
+
+    // character classes
+    for (int c = 0; c < 3; c++) {
+        e->ranges[c] = h[4 + c];
+        e->range[c] = xcalloc(2 * (size_t)e->ranges[c], sizeof(int32_t), "encoder");
+        read_exact(e->range[c], sizeof(int32_t), 2 * (size_t)e->ranges[c], f, path);
+        for (int i = 0; i < e->ranges[c]; i++) {
+            int32_t first = e->range[c][2 * i], last = e->range[c][2 * i + 1];
+            int after_previous = i == 0 || first > e->range[c][2 * i - 1];
+            if (first < 0 || first > last || last > ENCODER_MAX_CODE_POINT || !after_previous)
+                die("%s: code point range %d of the %s (%d..%d) is not ascending within 0..0x10FFFF",
+                    path, i, char_class_names[c], first, last);
+        }
+    }
+    fclose(f);
+    return 0;
+}
+
+static void encoder_free(Encoder *e) {
+    free(e->merge);
+    for (int c = 0; c < 3; c++) free(e->range[c]);
+    memset(e, 0, sizeof(*e));
+}
+
+static int in_ranges(const int32_t *range, int n, uint32_t cp) { // binary search
+    int lo = 0, hi = n - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        if (cp < (uint32_t)range[2 * mid]) hi = mid - 1;
+        else if (cp > (uint32_t)range[2 * mid + 1]) lo = mid + 1;
+        else return 1;
+    }
+    return 0;
+}
+
+static CharClass char_class(const Encoder *e, uint32_t cp) {
+    for (int c = 0; c < 3; c++)
+        if (in_ranges(e->range[c], e->ranges[c], cp)) return (CharClass)c;
+    return CHAR_OTHER;
+}
+
+// Reads the code point at s[*i] (of n bytes) and moves *i past it. An invalid sequence reads
+// as U+FFFD and moves past its maximal valid prefix, at least one byte (Unicode's "maximal
+// subpart" practice, which Python follows); *invalid counts the bytes so replaced.
+// The second byte's range depends on the first: that excludes overlong forms (E0, F0),
+// surrogates (ED) and code points above U+10FFFF (F4).
+static uint32_t utf8_next(const unsigned char *s, size_t n, size_t *i, int *invalid) {
+    unsigned char b = s[*i], lo = 0x80, hi = 0xBF;
+    int more;
+    uint32_t cp;
+    if (b < 0x80) { (*i)++; return b; }
+    if (b >= 0xC2 && b <= 0xDF) {
+        more = 1; cp = b & 0x1F;
+    } else if (b >= 0xE0 && b <= 0xEF) {
+        more = 2; cp = b & 0x0F; lo = b == 0xE0 ? 0xA0 : 0x80; hi = b == 0xED ? 0x9F : 0xBF;
+    } else if (b >= 0xF0 && b <= 0xF4) {
+        more = 3; cp = b & 0x07; lo = b == 0xF0 ? 0x90 : 0x80; hi = b == 0xF4 ? 0x8F : 0xBF;
+    } else { // 80-C1, F5-FF never start a sequence
+        (*i)++; (*invalid)++;
+        return 0xFFFD;
+    }
+    size_t j = *i + 1;
+    for (int k = 0; k < more; k++, j++, lo = 0x80, hi = 0xBF) {
+        if (j >= n || s[j] < lo || s[j] > hi) { *invalid += (int)(j - *i); *i = j; return 0xFFFD; }
+        cp = cp << 6 | (s[j] & 0x3F);
+    }
+    *i = j;
+    return cp;
+}
+
+static int utf8_put(unsigned char *s, uint32_t cp) { // writes cp's 1-4 bytes, returns how many
+    if (cp < 0x80) { s[0] = (unsigned char)cp; return 1; }
+    if (cp < 0x800) { s[0] = 0xC0 | cp >> 6; s[1] = 0x80 | (cp & 0x3F); return 2; }
+    if (cp < 0x10000) { s[0] = 0xE0 | cp >> 12; s[1] = 0x80 | (cp >> 6 & 0x3F); s[2] = 0x80 | (cp & 0x3F); return 3; }
+    s[0] = 0xF0 | cp >> 18; s[1] = 0x80 | (cp >> 12 & 0x3F); s[2] = 0x80 | (cp >> 6 & 0x3F); s[3] = 0x80 | (cp & 0x3F);
+    return 4;
+}
+
+// The length, in code points, of the piece of GPT-2's regex that starts at cp[i] (of n code
+// points; cls[k] is the class of cp[k]). Every code point starts some alternative's match.
+static int pretoken_length(const uint32_t *cp, const unsigned char *cls, int i, int n) {
+    // 's 't 're 've 'm 'll 'd (lower case only, as in GPT-2)
+    if (cp[i] == '\'' && i + 1 < n) {
+        uint32_t a = cp[i + 1], b = i + 2 < n ? cp[i + 2] : 0;
+        if (a == 's' || a == 't' || a == 'm' || a == 'd') return 2;
+        if (((a == 'r' || a == 'v') && b == 'e') || (a == 'l' && b == 'l')) return 3;
+    }
+    // ' ?\p{L}+' | ' ?\p{N}+' | ' ?[^\s\p{L}\p{N}]+': an optional space, then a run of one class
+    int j = i + (cp[i] == ' ' && i + 1 < n && cls[i + 1] != CHAR_SPACE);
+    if (cls[j] != CHAR_SPACE) {
+        int k = j + 1;
+        while (k < n && cls[k] == cls[j]) k++;
+        return k - i;
+    }
+    // '\s+(?!\S)' | '\s+': a run of white space, less its last character when more than one
+    // precedes a non-space (that one then goes with the word after it)
+    int k = i + 1;
+    while (k < n && cls[k] == CHAR_SPACE) k++;
+    return k < n && k - i > 1 ? k - 1 - i : k - i;
+}
+
+static const BpeMerge *find_merge(const Encoder *e, int left, int right) {
+    BpeMerge key = { left, right, 0, 0 };
+    return bsearch(&key, e->merge, e->merges, sizeof(BpeMerge), merge_order);
+}
+
+// Applies the merges to the tokens parts[0..n); returns how many are left.
+static int bpe_piece(const Encoder *e, int *parts, int n) {
+    for (;;) {
+        const BpeMerge *best = NULL; // the adjacent pair of lowest rank
+        for (int i = 0; i + 1 < n; i++) {
+            const BpeMerge *m = find_merge(e, parts[i], parts[i + 1]);
+            if (m && (!best || m->rank < best->rank)) best = m;
+        }
+        if (!best) return n;
+        int w = 0;                   // merge each occurrence, left to right (w <= i)
+        for (int i = 0; i < n; w++) {
+            if (i + 1 < n && parts[i] == best->left && parts[i + 1] == best->right) {
+                parts[w] = best->merged;
+                i += 2;
+            } else {
+                parts[w] = parts[i++];
+            }
+        }
+        n = w;
+    }
+}
+
+// The tokens of text[0..len) as dev/prepare_data.py encodes it (no end-of-text token added).
+// Writes at most max of them to out and returns how many there are (max 0, out NULL: count
+// only); *invalid (if not NULL) gets the number of bytes that were not valid UTF-8.
+static int encoder_encode(const Encoder *e, const char *text, size_t len, int *out, int max, int *invalid) {
+    if (len > 0x1FFFFFFF) die("text to encode is too long (%zu bytes)", len); // ints below hold 3 len
+    uint32_t *cp = xcalloc(len + 1, sizeof(uint32_t), "encoder");   // the code points
+    unsigned char *cls = xcalloc(len + 1, 1, "encoder");            // and their classes
+    int *at = xcalloc(len + 2, sizeof(int), "encoder");             // where each starts in utf8
+    unsigned char *utf8 = xcalloc(3 * len + 1, 1, "encoder");       // U+FFFD is 3 bytes
+    int *parts = xcalloc(3 * len + 1, sizeof(int), "encoder");
+    const unsigned char *s = (const unsigned char *)text;
+    int n = 0, bad = 0, bytes = 0, count = 0;
+    for (size_t i = 0; i < len; n++) {
+        cp[n] = utf8_next(s, len, &i, &bad);
+        cls[n] = (unsigned char)char_class(e, cp[n]);
+        at[n] = bytes;
+        bytes += utf8_put(utf8 + bytes, cp[n]);
+    }
+    at[n] = bytes;
+    for (int i = 0; i < n;) {
+        int end = i + pretoken_length(cp, cls, i, n), k = 0;
+        for (int b = at[i]; b < at[end]; b++) parts[k++] = e->byte_token[utf8[b]];
+        k = bpe_piece(e, parts, k);
+        for (int t = 0; t < k; t++, count++)
+            if (count < max) out[count] = parts[t];
+        i = end;
+    }
+    if (invalid) *invalid = bad;
+    free(cp); free(cls); free(at); free(utf8); free(parts);
+    return count;
+}
+
 // ----------------------------------------------------------------------------
 // 10. training step, evaluation, sampling, layer analysis
 
@@ -2538,34 +2796,66 @@ static double evaluate(Model *m, DataLoader *val, int batches, int B, int T) {
     return sum / batches;
 }
 
-// Generates `len` tokens after the end-of-text token, sampling at temperature 1.
+// --- sampling ------------------------------------------------------------------------------
+
+static int descending(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+// The next token from one position's logits (V). Temperature 0: greedy, the first largest logit.
+// Else a draw from softmax(logits / temperature), over the top_k largest logits only when
+// top_k > 0 (a tie with the k-th largest is kept). keep: V doubles of scratch.
+static int sample_next(const real *logits, int V, double temperature, int top_k, Rng *rng, double *keep) {
+    int best = 0;
+    for (int v = 1; v < V; v++) if (logits[v] > logits[best]) best = v;
+    if (temperature == 0) return best;
+    double floor = -DBL_MAX; // the k-th largest logit
+    if (top_k > 0 && top_k < V) {
+        for (int v = 0; v < V; v++) keep[v] = logits[v];
+        qsort(keep, V, sizeof(double), descending);
+        floor = keep[top_k - 1];
+    }
+    double sum = 0;
+    for (int v = 0; v < V; v++) {
+        keep[v] = logits[v] >= floor ? exp((logits[v] - (double)logits[best]) / temperature) : 0;
+        sum += keep[v];
+    }
+    double r = rng_uniform(rng) * sum, acc = 0;
+    for (int v = 0; v < V; v++) {
+        acc += keep[v];
+        if (keep[v] > 0 && acc >= r) return v;
+    }
+    return best;
+}
+
+// Continues tokens[0..n) (n >= 1; room for n + len) by len tokens, each from the last position's
+// logits of a forward over the last seq-len tokens so far, as one sequence (B = 1). Nothing is
+// cached between tokens: Titans' and Hope's memories are learned in context, so each forward
+// relearns them over the window, as training does. Prints each token as it comes if tk is given.
+static void generate(Model *m, int *tokens, int n, int len, double temperature, int top_k, Rng *rng,
+                     const Tokenizer *tk) {
+    int T = m->T, V = m->cfg.vocab;
+    double *keep = xcalloc(V, sizeof(double), "sample");
+    m->logits_last_row = 1;
+    for (int i = 0; i < len; i++, n++) {
+        int window = n < T ? n : T;
+        model_forward(m, tokens + n - window, NULL, 1, window);
+        tokens[n] = sample_next(m->a.logits, V, temperature, top_k, rng, keep);
+        if (tk) { print_token(tk, tokens[n]); fflush(stdout); }
+    }
+    m->logits_last_row = 0;
+    free(keep);
+}
+
+// Training's samples: `len` tokens after the end-of-text token, at temperature 1.
 static void sample_text(Model *m, const Tokenizer *tk, int len, uint64_t seed) {
     Rng rng = rng_seeded(seed);
-    int T = m->T, V = m->cfg.vocab;
-    int *seq = xcalloc(T, sizeof(int), "sample");
-    seq[0] = tk->eot < V ? tk->eot : 0;
-    int n = 1;
-    for (int i = 0; i < len; i++) {
-        int window = n < T ? n : T, start = n - window;
-        model_forward(m, seq + start, NULL, 1, window);
-        const real *logits = m->a.logits + (size_t)(window - 1) * V;
-        real maxv = -FLT_MAX;
-        for (int v = 0; v < V; v++) if (logits[v] > maxv) maxv = logits[v];
-        double sum = 0;
-        for (int v = 0; v < V; v++) sum += exp((double)(logits[v] - maxv));
-        double r = rng_uniform(&rng) * sum, acc = 0;
-        int next = V - 1;
-        for (int v = 0; v < V; v++) {
-            acc += exp((double)(logits[v] - maxv));
-            if (acc >= r) { next = v; break; }
-        }
-        print_token(tk, next);
-        fflush(stdout);
-        if (n == T) { memmove(seq, seq + 1, (T - 1) * sizeof(int)); n--; }
-        seq[n++] = next;
-    }
+    int *tokens = xcalloc(len + 1, sizeof(int), "sample");
+    tokens[0] = tk->eot < m->cfg.vocab ? tk->eot : 0;
+    generate(m, tokens, 1, len, 1.0, 0, &rng, tk);
     printf("\n");
-    free(seq);
+    free(tokens);
 }
 
 // For each layer l, on validation batches: how much the layer changes the residual stream,
@@ -2648,6 +2938,9 @@ struct Options {
     int sample_every, sample_len, save_every, eval_only, analyze;
     double lr, weight_decay, grad_clip;
     long seed;
+    char prompt[TEXT_MAX];                              // --sample
+    int sample, top_k, samples;
+    double temperature;
 };
 
 typedef enum { OPT_INT, OPT_LONG, OPT_REAL, OPT_STRING, OPT_FLAG, OPT_ARCH, OPT_TAPER, OPT_LIST } OptType;
@@ -2710,7 +3003,7 @@ static const Option options[] = {
     { "eval-every", OPT_INT, KIND_TRAIN, OFF(eval_every), "100", 0, BIG, 0, -1, "validate every N steps (0: only first and last)" },
     { "eval-batches", OPT_INT, KIND_TRAIN, OFF(eval_batches), "8", 1, BIG, 0, -1, "validation batches per evaluation (at most what --val holds)" },
     { "sample-every", OPT_INT, KIND_TRAIN, OFF(sample_every), "200", 0, BIG, 0, -1, "print a text sample every N steps (0: never)" },
-    { "sample-len", OPT_INT, KIND_TRAIN, OFF(sample_len), "200", 1, BIG, 0, -1, "tokens per sample" },
+    { "sample-len", OPT_INT, KIND_TRAIN, OFF(sample_len), "200", 1, 1 << 20, 0, -1, "tokens per sample" },
     { "save-every", OPT_INT, KIND_TRAIN, OFF(save_every), "0", 0, BIG, 0, -1, "save every N steps (0: --eval-every) and at the end" },
     // this invocation
     { "save", OPT_STRING, KIND_RUN, OFF(save), "", 0, 0, 0, -1, "checkpoint file to write" },
@@ -2719,6 +3012,11 @@ static const Option options[] = {
     { "eval-only", OPT_FLAG, KIND_RUN, OFF(eval_only), "0", 0, 1, 0, -1, "with --load: print the validation loss and exit" },
     { "analyze", OPT_FLAG, KIND_RUN, OFF(analyze), "0", 0, 1, 0, -1, "with --load: per-layer contribution analysis" },
     { "log", OPT_STRING, KIND_RUN, OFF(log), "", 0, 0, 0, -1, "append JSONL records (config, train, val, ...) to this file" },
+    { "sample", OPT_FLAG, KIND_RUN, OFF(sample), "0", 0, 1, 0, -1, "with --load: print --samples continuations of --prompt, then exit" },
+    { "prompt", OPT_STRING, KIND_RUN, OFF(prompt), "", 0, 0, 0, -1, "--sample: the text to continue (GPT-2: after <|endoftext|>)" },
+    { "temperature", OPT_REAL, KIND_RUN, OFF(temperature), "1", 0, FLT_MAX, 0, -1, "--sample: softmax temperature (0: greedy)" },
+    { "top-k", OPT_INT, KIND_RUN, OFF(top_k), "0", 0, BIG, 0, -1, "--sample: draw from the k likeliest tokens only (0: from all)" },
+    { "samples", OPT_INT, KIND_RUN, OFF(samples), "1", 1, 1 << 20, 0, -1, "--sample: how many continuations" },
 };
 #undef OFF
 #undef BIG
@@ -2992,6 +3290,10 @@ static int parse_args(int argc, char **argv) {
     if ((opt.eval_only || opt.analyze) && !opt.load[0]) usage_error("--eval-only and --analyze need --load");
     if (opt.save[0] && strlen(opt.save) + 5 > TEXT_MAX - 1)
         usage_error("--save: the path is too long (at most %d characters, for its .tmp)", TEXT_MAX - 6);
+    if (opt.sample && !opt.load[0]) usage_error("--sample needs --load, the checkpoint to sample from");
+    if (opt.sample + opt.eval_only + opt.analyze > 1) usage_error("--sample, --eval-only and --analyze are separate runs: give one");
+    if (!opt.sample && (opt.prompt[0] || opt.temperature != 1 || opt.top_k || opt.samples != 1))
+        usage_error("--prompt, --temperature, --top-k and --samples go with --sample");
     return 0;
 }
 
@@ -3136,11 +3438,11 @@ static void apply_checkpoint_options(void) {
         } else if (!option_given[k]) {
             if (option_parse(o, &opt, theirs, why, sizeof(why))) die("%s: --%s '%s' %s", opt.load, o->name, theirs, why);
         } else if (!same) {
-            printf("--%s %s overrides the checkpoint's %s\n", o->name, mine, theirs);
+            fprintf(opt.sample ? stderr : stdout, "--%s %s overrides the checkpoint's %s\n", o->name, mine, theirs);
         }
     }
     opt.cfg = saved->cfg;
-    if (version < 2) printf("note: %s is a version-1 checkpoint: no checksum to verify, training options from the command line\n", opt.load);
+    if (version < 2) fprintf(opt.sample ? stderr : stdout, "note: %s is a version-1 checkpoint: no checksum to verify, training options from the command line\n", opt.load);
     free(saved);
 }
 
@@ -3170,14 +3472,17 @@ static void settle_vocab(Config *cfg, const DataLoader *train, const DataLoader 
 
 // The model the command line asks for: with --load, the checkpoint's (apply_checkpoint_options)
 // and its weights; else a new one, initialised from --seed. Opens the data (train only when
-// training), which fixes the vocabulary when --vocab does not, and checks the output paths.
+// training, none for --sample), which fixes the vocabulary when --vocab does not, and checks the
+// output paths.
 static Model *build_model(DataLoader *train, DataLoader *val, DataPosition *resume_at) {
     Config *cfg = &opt.cfg;
     if (opt.load[0]) apply_checkpoint_options();
-    int training = !opt.eval_only && !opt.analyze;
+    int training = !opt.eval_only && !opt.analyze && !opt.sample;
     if (training) dataloader_open(train, opt.train, "--train");
-    dataloader_open(val, opt.val, "--val");
-    settle_vocab(cfg, train, val);
+    if (!opt.sample) {
+        dataloader_open(val, opt.val, "--val");
+        settle_vocab(cfg, train, val);
+    }
     if (cfg->match_params && !opt.load[0]) {
         int before = cfg->mlp_width;
         match_params(cfg);
@@ -3195,13 +3500,14 @@ static Model *build_model(DataLoader *train, DataLoader *val, DataPosition *resu
         refuse_input("--log", opt.log, train, val, NULL);
         if (opt.save[0] && same_file(opt.log, opt.save)) die("--log %s is the --save checkpoint", opt.log);
     }
-    Model *m = model_create(cfg, opt.batch, cfg->seq_len);
+    Model *m = model_create(cfg, opt.sample ? 1 : opt.batch, cfg->seq_len);
     if (opt.load[0]) {
         checkpoint_load(m, opt.load, resume_at);
-        printf("loaded %s (step %d)\n", opt.load, m->step);
+        fprintf(opt.sample ? stderr : stdout, "loaded %s (step %d)\n", opt.load, m->step);
     } else {
         init_params(m, (uint64_t)opt.seed);
     }
+    if (opt.sample) return m; // stdout holds the samples only
     print_layer_table(m);
     printf("threads: %d\n", num_threads());
     return m;
@@ -3272,6 +3578,84 @@ static int run_analyze(Model *m, DataLoader *val) {
                  stats[l].rel, stats[l].cos_sim, stats[l].dloss_skip_mlp, stats[l].dloss_skip_layer);
     }
     log_json("{\"event\":\"done\",\"step\":%d,\"val_loss\":%.6f,\"seconds\":0}", m->step, base);
+    return 0;
+}
+
+// --sample: the prompt's tokens, as the model was trained on them, into *tokens (room for
+// sample_len more); returns how many. Byte models (vocabulary <= 256): the prompt's UTF-8 bytes
+// (a newline, the byte data's document separator, when there is no prompt). Larger vocabularies:
+// <|endoftext|>, which training puts before every document, then the prompt in BPE with the
+// encoder file beside the tokenizer (data/gpt2_tokenizer.bin -> data/gpt2_encoder.bin).
+static int encode_prompt(int **tokens, Tokenizer *tk, int V) {
+    const char *prompt = opt.prompt;
+    int len = (int)strlen(prompt), n = 0;
+    char tk_path[4096];
+    if (opt.tokenizer[0]) snprintf(tk_path, sizeof(tk_path), "%s", opt.tokenizer);
+    else default_tokenizer_path(tk_path, sizeof(tk_path), opt.train, V);
+    if ((V < 256 && !opt.tokenizer[0]) || tokenizer_load(tk, tk_path, V) != 0) { // (no default below 256)
+        if (opt.tokenizer[0]) die("--tokenizer %s: cannot open: %s", opt.tokenizer, strerror(errno));
+        if (V > 256) die("%s: no tokenizer for the model's vocabulary of %d (run `python3 dev/prepare_data.py "
+                         "--tokenizer-only` for GPT-2's, or give --tokenizer)", tk_path, V);
+        tk->vocab = V; // bytes print as themselves (print_token)
+        tk->eot = '\n';
+    }
+    if (V <= 256) {
+        *tokens = xcalloc(len + 1 + opt.sample_len, sizeof(int), "prompt");
+        for (int i = 0; i < len; i++) {
+            unsigned char b = (unsigned char)prompt[i];
+            if (b >= V) die("--prompt: byte 0x%02x at offset %d is outside the model's vocabulary of %d tokens", b, i, V);
+            (*tokens)[n++] = b;
+        }
+        if (!n) (*tokens)[n++] = tk->eot < V ? tk->eot : 0;
+        return n;
+    }
+    int count = 0, invalid = 0;
+    Encoder enc = {0};
+    if (len) {
+        char enc_path[4096];
+        size_t k = strlen(tk_path), suffix = strlen("tokenizer.bin");
+        if (k < suffix || strcmp(tk_path + k - suffix, "tokenizer.bin"))
+            die("%s: the encoder file for --prompt is looked for beside a tokenizer named *tokenizer.bin "
+                "(as *encoder.bin)", tk_path);
+        snprintf(enc_path, sizeof(enc_path), "%.*sencoder.bin", (int)(k - suffix), tk_path);
+        if (encoder_load(&enc, enc_path, tk) != 0)
+            die("%s: no BPE encoder file to encode --prompt with (`python3 dev/prepare_data.py "
+                "--tokenizer-only` writes data/gpt2_encoder.bin)", enc_path);
+        count = encoder_encode(&enc, prompt, len, NULL, 0, NULL);
+    }
+    *tokens = xcalloc((size_t)count + 1 + opt.sample_len, sizeof(int), "prompt");
+    (*tokens)[n++] = tk->eot;
+    if (len) n += encoder_encode(&enc, prompt, len, *tokens + 1, count, &invalid);
+    encoder_free(&enc);
+    if (invalid) fprintf(stderr, "note: --prompt: %d bytes are not UTF-8, read as U+FFFD\n", invalid);
+    for (int i = 0; i < n; i++)
+        if ((*tokens)[i] < 0 || (*tokens)[i] >= V)
+            die("--prompt: token %d at position %d is outside the model's vocabulary of %d", (*tokens)[i], i, V);
+    return n;
+}
+
+// --sample: --samples continuations of --prompt, each printed after the prompt; one random
+// stream from --seed, so the same seed gives the same text.
+static int run_sample(Model *m) {
+    int T = m->cfg.seq_len, V = m->cfg.vocab, *tokens, len = opt.sample_len;
+    Tokenizer tk = {0};
+    int n = encode_prompt(&tokens, &tk, V);
+    if (n + len > T)
+        fprintf(stderr, "note: the prompt and sample (%d tokens) are longer than the model's seq-len %d: "
+                "each token is predicted from the last %d\n", n + len, T, T);
+    Rng rng = rng_seeded((uint64_t)opt.seed);
+    double t0 = wall_time();
+    for (int s = 0; s < opt.samples; s++) {
+        if (s) printf("---\n");
+        fputs(opt.prompt, stdout);
+        generate(m, tokens, n, len, opt.temperature, opt.top_k, &rng, &tk);
+        printf("\n");
+    }
+    double seconds = wall_time() - t0;
+    fprintf(stderr, "%d x %d tokens after %d of prompt in %.2f s: %.1f tokens/s (%d threads)\n", opt.samples, len, n,
+            seconds, opt.samples * len / seconds, num_threads());
+    tokenizer_free(&tk);
+    free(tokens);
     return 0;
 }
 
@@ -3387,6 +3771,7 @@ int main(int argc, char **argv) {
     open_log(m);
     int rc = opt.eval_only ? run_evaluate(m, &val)
            : opt.analyze   ? run_analyze(m, &val)
+           : opt.sample    ? run_sample(m)
            :                 run_train(m, &train, &val, resume_at);
     if (log_file && fclose(log_file) != 0 && rc == 0) {
         fprintf(stderr, "error: --log %s: write failed: %s\n", opt.log, strerror(errno));
