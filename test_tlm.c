@@ -1255,6 +1255,46 @@ static void test_sampling(void) {
     }
 }
 
+// --analyze's alignment probe: cos(MLP slot output, the residual stream it reads and adds to),
+// recomputed here from the first batch's activations (Hope: the whole slot, out - res1)
+static void test_alignment_probe(void) {
+    const char *path = tmp_path("probe.bin");
+    write_shard(path, 400, SHARD_MAGIC, 1, 400, 11, 11, 0);
+    Arch archs[2] = { ARCH_TRANSFORMER, ARCH_HOPE };
+    for (int a = 0; a < 2; a++) {
+        Config c = tiny_config(archs[a], TAPER_COSINE);
+        int B = 2, T = c.seq_len, C = c.dim, N = B * T;
+        Model *m = model_create(&c, B, T);
+        init_params(m, 5);
+        DataLoader val;
+        dataloader_open(&val, path, "--val");
+        val.vocab = c.vocab;
+        LayerStats stats[MAX_LAYERS];
+        double base;
+        analyze_layers(m, &val, 1, B, T, stats, &base);
+        DataPosition start = { 0, 0, 0 };
+        val.at = start;
+        dataloader_next(&val, m->tokens, m->targets, B, T);
+        model_forward(m, m->tokens, NULL, B, T);
+        int ok = 1;
+        for (int l = 0; l < c.layers; l++) {
+            const LayerActs *la = &m->a.layer[l];
+            double mean = 0;
+            for (int n = 0; n < N; n++) {
+                real d[64], r[64];
+                for (int j = 0; j < C; j++) { r[j] = la->res1[n * C + j]; d[j] = la->out[n * C + j] - r[j]; }
+                double dr = 0, dd = 0, rr = 0;
+                for (int j = 0; j < C; j++) { dr += d[j] * r[j]; dd += d[j] * d[j]; rr += r[j] * r[j]; }
+                mean += dr / sqrt(dd * rr) / N;
+            }
+            ok &= fabs(mean - stats[l].cos_mlp_residual) < 1e-5 && fabs(mean) <= 1 && fabs(mean) > 1e-4;
+        }
+        check(ok, "analysis: %s: cos(MLP output, residual) per layer as recomputed from the activations", arch_names[archs[a]]);
+        dataloader_free(&val);
+        model_free(m);
+    }
+}
+
 // --- the command line, through the real binary --------------------------------------------------
 // the trainer binary under test: ./train_tlm, or $TLM_TRAINER (make test-asan: the sanitized build)
 static const char *trainer(void) {
@@ -1508,6 +1548,7 @@ int main(void) {
     test_encoder();
     test_encoder_matches_python();
     test_sampling();
+    test_alignment_probe();
     test_cli();
     test_sample_cli();
     snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);

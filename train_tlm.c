@@ -2861,8 +2861,12 @@ static void sample_text(Model *m, const Tokenizer *tk, int len, uint64_t seed) {
 // For each layer l, on validation batches: how much the layer changes the residual stream,
 //   rel_update = |x_{l+1} - x_l| / |x_l|   (and split: mixer |res1 - x|/|x|, MLP |out - res1|/|res1|)
 //   cos_sim    = cos(x_l, x_{l+1})          averaged over positions
+//   cos_mlp_residual = cos(MLP_l output, res1), res1 the residual stream the MLP slot reads and
+//                adds to (the alignment probe: does the MLP refine the stream or turn it?).
+//                Hope: the output of the whole slot, out - res1 (SwiGLU and fast levels), as
+//                rel_mlp and dloss_skip_mlp take it: the levels add to the same stream in turn.
 // and how much the loss rises when the layer's MLP slot, or the whole layer, is skipped.
-typedef struct { double rel_mixer, rel_mlp, rel, cos_sim, dloss_skip_mlp, dloss_skip_layer; } LayerStats;
+typedef struct { double rel_mixer, rel_mlp, rel, cos_sim, cos_mlp_residual, dloss_skip_mlp, dloss_skip_layer; } LayerStats;
 
 static void analyze_layers(Model *m, DataLoader *val, int batches, int B, int T, LayerStats *stats, double *base_loss) {
     const Config *c = &m->cfg;
@@ -2877,7 +2881,7 @@ static void analyze_layers(Model *m, DataLoader *val, int batches, int B, int T,
             const LayerActs *la = &m->a.layer[l];
             const real *x = l ? m->a.layer[l - 1].out : m->a.x0;
             for (int n = 0; n < N; n++) {
-                double xx = 0, mix = 0, res1 = 0, mlp = 0, upd = 0, dot = 0, oo = 0;
+                double xx = 0, mix = 0, res1 = 0, mlp = 0, upd = 0, dot = 0, oo = 0, align = 0;
                 for (int j = 0; j < C; j++) {
                     size_t k = (size_t)n * C + j;
                     xx += (double)x[k] * x[k];
@@ -2886,12 +2890,14 @@ static void analyze_layers(Model *m, DataLoader *val, int batches, int B, int T,
                     mlp += (double)(la->out[k] - la->res1[k]) * (la->out[k] - la->res1[k]);
                     upd += (double)(la->out[k] - x[k]) * (la->out[k] - x[k]);
                     dot += (double)x[k] * la->out[k];
+                    align += (double)(la->out[k] - la->res1[k]) * la->res1[k];
                     oo += (double)la->out[k] * la->out[k];
                 }
                 stats[l].rel_mixer += sqrt(mix / (xx + 1e-30)) / ((double)N * batches);
                 stats[l].rel_mlp += sqrt(mlp / (res1 + 1e-30)) / ((double)N * batches);
                 stats[l].rel += sqrt(upd / (xx + 1e-30)) / ((double)N * batches);
                 stats[l].cos_sim += dot / sqrt(xx * oo + 1e-30) / ((double)N * batches);
+                stats[l].cos_mlp_residual += align / sqrt(mlp * res1 + 1e-30) / ((double)N * batches);
             }
         }
     }
@@ -3567,15 +3573,17 @@ static int run_analyze(Model *m, DataLoader *val) {
     double base;
     analyze_layers(m, val, opt.eval_batches, opt.batch, cfg->seq_len, stats, &base);
     printf("layer contribution analysis on %d val batches (val loss %.4f)\n", opt.eval_batches, base);
-    printf("  layer  mlp width  |dx|/|x| mixer  |dx|/|x| mlp  |dx|/|x|  cos(x, x')  dloss skip mlp  dloss skip layer\n");
+    printf("  layer  mlp width  |dx|/|x| mixer  |dx|/|x| mlp  |dx|/|x|  cos(x, x')  cos(mlp, resid)  dloss skip mlp"
+           "  dloss skip layer\n");
     for (int l = 0; l < cfg->layers; l++) {
-        printf("  %5d  %9d  %14.4f  %12.4f  %8.4f  %10.4f  %14.4f  %16.4f\n", l, cfg->mlp_widths[l],
-               stats[l].rel_mixer, stats[l].rel_mlp, stats[l].rel, stats[l].cos_sim,
+        printf("  %5d  %9d  %14.4f  %12.4f  %8.4f  %10.4f  %15.4f  %14.4f  %16.4f\n", l, cfg->mlp_widths[l],
+               stats[l].rel_mixer, stats[l].rel_mlp, stats[l].rel, stats[l].cos_sim, stats[l].cos_mlp_residual,
                stats[l].dloss_skip_mlp, stats[l].dloss_skip_layer);
         log_json("{\"event\":\"analysis\",\"layer\":%d,\"mlp_width\":%d,\"rel_update_mixer\":%.6f,"
-                 "\"rel_update_mlp\":%.6f,\"rel_update\":%.6f,\"cos_sim\":%.6f,\"dloss_skip_mlp\":%.6f,"
-                 "\"dloss_skip_layer\":%.6f}", l, cfg->mlp_widths[l], stats[l].rel_mixer, stats[l].rel_mlp,
-                 stats[l].rel, stats[l].cos_sim, stats[l].dloss_skip_mlp, stats[l].dloss_skip_layer);
+                 "\"rel_update_mlp\":%.6f,\"rel_update\":%.6f,\"cos_sim\":%.6f,\"cos_mlp_residual\":%.6f,"
+                 "\"dloss_skip_mlp\":%.6f,\"dloss_skip_layer\":%.6f}", l, cfg->mlp_widths[l], stats[l].rel_mixer,
+                 stats[l].rel_mlp, stats[l].rel, stats[l].cos_sim, stats[l].cos_mlp_residual,
+                 stats[l].dloss_skip_mlp, stats[l].dloss_skip_layer);
     }
     log_json("{\"event\":\"done\",\"step\":%d,\"val_loss\":%.6f,\"seconds\":0}", m->step, base);
     return 0;
