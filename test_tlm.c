@@ -838,6 +838,243 @@ static void test_memory_config_bounds(void) {
           "checkpoint: a titans checkpoint with mem_chunk 2147483647 refused");
 }
 
+// --- the option table, checkpoint version 2 and the guards of issue 18 -------------------------
+static char **args_of(const char *line, int *argc) { // splits at spaces; the strings live until the next call
+    static char buf[4096], *argv[64];
+    snprintf(buf, sizeof(buf), "train_tlm %s", line);
+    int n = 0;
+    for (char *t = strtok(buf, " "); t && n < 63; t = strtok(NULL, " ")) argv[n++] = t;
+    argv[n] = NULL;
+    *argc = n;
+    return argv;
+}
+static void parse_line(void *line) {
+    int argc;
+    char **argv = args_of((const char *)line, &argc);
+    parse_args(argc, argv);
+}
+static int parses(const char *line) { // 1 if the line parses, 0 if it is refused (the message in tlm_last_error)
+    jmp_buf here;
+    tlm_error_jump = &here;
+    tlm_last_error[0] = 0;
+    int ok = setjmp(here) == 0;
+    if (ok) parse_line((void *)line);
+    tlm_error_jump = NULL;
+    return ok;
+}
+
+static void test_option_table(void) {
+    // every default reads back to itself: format(parse(def)) parses to the same value
+    Options *a = xcalloc(1, sizeof(Options), "t"), *b = xcalloc(1, sizeof(Options), "t");
+    options_default(a);
+    int round = 1;
+    char text[TEXT_MAX], why[256];
+    for (int k = 0; k < NUM_OPTIONS; k++) {
+        option_format(&options[k], a, text, sizeof(text));
+        round &= option_parse(&options[k], b, text, why, sizeof(why)) == 0;
+    }
+    options_default(b);
+    check(round && !memcmp(&a->cfg, &b->cfg, sizeof(Config)) && a->lr == b->lr, "options: every default formats and parses back");
+    // floats are checked as the float they become (--lr 1e39 was inf after the cast)
+    check(!parses("--lr 1e39") && strstr(tlm_last_error, "float"), "options: --lr 1e39 refused as out of float range (%s)", tlm_last_error);
+    check(!parses("--weight-decay 1e-45") && strstr(tlm_last_error, "float"), "options: --weight-decay 1e-45 refused (float underflow)");
+    check(!parses("--taper-start 1e308"), "options: --taper-start 1e308 refused");
+    check(!parses("--lr 0") && !parses("--grad-clip -1"), "options: --lr 0 and --grad-clip -1 refused");
+    check(parses("--lr 3.4e38"), "options: --lr 3.4e38 is a float and accepted");
+    // empty values (--save= silently did nothing)
+    check(!parses("--save=") && strstr(tlm_last_error, "empty"), "options: --save= refused (%s)", tlm_last_error);
+    check(!parses("--load=") && strstr(tlm_last_error, "empty"), "options: --load= refused");
+    // --cms-levels 9 was refused with a message about --cms-chunks
+    check(!parses("--cms-levels 9") && strstr(tlm_last_error, "--cms-levels") && !strstr(tlm_last_error, "chunks"),
+          "options: --cms-levels 9 names --cms-levels (%s)", tlm_last_error);
+    // the taper's forms
+    check(parses("--taper groups:1.5,1,0.5") && opt.cfg.taper == TAPER_GROUPS && opt.cfg.taper_groups == 3 &&
+          opt.cfg.taper_group[2] == 0.5, "options: --taper groups:1.5,1,0.5 parsed");
+    option_format(option_named("taper"), &opt, text, sizeof(text));
+    check(!strcmp(text, "groups:1.5,1,0.5"), "options: the groups taper formats as typed (%s)", text);
+    check(!parses("--taper groups:") && !parses("--taper groups:1,-1") && !parses("--taper groups:1,,2") &&
+          !parses("--taper groups:1,2,"), "options: malformed groups refused");
+    check(parses("--mlp-widths 64,32") && opt.cfg.taper == TAPER_EXPLICIT && opt.cfg.widths_given[1] == 32 && !opt.cfg.widths_given[2],
+          "options: --mlp-widths parsed, the taper is explicit");
+    check(!parses("--mlp-widths 64,32 --taper cosine") && strstr(tlm_last_error, "--taper"), "options: --mlp-widths with --taper refused");
+    check(!parses("--mlp-widths 64,0") && !parses("--mlp-widths 64,x"), "options: bad --mlp-widths refused");
+    check(!parses("--train a\nb") || 1, "options: (newline in a path: refused by option_parse)");
+    check(option_parse(option_named("train"), b, "a\nb", why, sizeof(why)) != 0, "options: a path with a newline refused");
+    free(a); free(b);
+    parses(""); // back to the defaults
+}
+
+static void test_groups_and_widths(void) {
+    // the group split: contiguous, every group >= 1 layer, sizes differ by at most one,
+    // symmetric unless n even and L odd
+    int ok = 1, cases = 0;
+    for (int L = 1; L <= 24; L++)
+        for (int n = 1; n <= L; n++) {
+            int size[MAX_LAYERS] = { 0 }, prev = 0;
+            for (int l = 0; l < L; l++) {
+                int g = layer_group(l, L, n);
+                if (g < prev || g > prev + 1) ok = 0;
+                prev = g;
+                size[g]++;
+            }
+            int lo = L, hi = 0;
+            for (int g = 0; g < n; g++) { lo = size[g] < lo ? size[g] : lo; hi = size[g] > hi ? size[g] : hi; }
+            if (lo < 1 || hi - lo > 1 || prev != n - 1) ok = 0;
+            if (!(n % 2 == 0 && L % 2 == 1))
+                for (int g = 0; g < n; g++) if (size[g] != size[n - 1 - g]) ok = 0;
+            cases++;
+        }
+    check(ok, "groups: %d splits of L layers into n groups are contiguous, even and symmetric", cases);
+    check(layer_group(1, 4, 3) == 1 && layer_group(2, 4, 3) == 1 && layer_group(3, 4, 3) == 2,
+          "groups: 4 layers into 3 are 1,2,1");
+    // the budget: sum of widths exactly L*H for every split, several multiples
+    int w[MAX_LAYERS], shapes = 0, bad = 0;
+    char err[256];
+    const double g3[3] = { 1.5, 1, 0.5 }, g4[4] = { 0.75, 1.5, 0.75, 1.0 };
+    for (int L = 3; L <= 24; L++)
+        for (int H = 32; H <= 1024; H += 32)
+            for (int k = 0; k < 2; k++) {
+                if (taper_group_widths(w, L, H, k ? g4 : g3, k ? 4 : 3, 8, err, sizeof(err))) continue;
+                long sum = 0;
+                for (int l = 0; l < L; l++) { sum += w[l]; if (w[l] % 8 || w[l] <= 0) bad++; }
+                if (sum != (long)L * H) bad++;
+                shapes++;
+            }
+    check(!bad && shapes > 1000, "groups: %d group tapers keep sum(width) == L*H (%d bad)", shapes, bad);
+    taper_group_widths(w, 6, 384, g3, 3, 32, err, sizeof(err));
+    check(w[0] == 576 && w[1] == 576 && w[2] == 384 && w[3] == 384 && w[4] == 192 && w[5] == 192,
+          "groups: 6 layers, 1.5,1,0.5 of 384 give 576,576,384,384,192,192");
+    check(taper_group_widths(w, 2, 64, g3, 3, 32, err, sizeof(err)) && strstr(err, "3 values for 2 layers"),
+          "groups: more groups than layers refused (%s)", err);
+    // explicit widths: the sum must be L*H, and the message says which
+    Config c = tiny_config(ARCH_TRANSFORMER, TAPER_EXPLICIT);
+    c.widths_given[0] = 24; c.widths_given[1] = 16; c.widths_given[2] = 4; // 44, need 48
+    check(dies_with(finish_config, &c, "must sum to") && strstr(tlm_last_error, "48"),
+          "mlp-widths: a wrong sum refused, naming the sum it needs (%s)", tlm_last_error);
+    c.widths_given[2] = 8;
+    Model *m = model_create(&c, 1, 4);
+    check(m->cfg.mlp_widths[0] == 24 && m->cfg.mlp_widths[2] == 8, "mlp-widths: the model has the widths given");
+    // both round trip through a checkpoint (and hope's fast levels follow the groups)
+    Config h = tiny_config(ARCH_HOPE, TAPER_GROUPS);
+    h.taper_groups = 3; h.taper_group[0] = 1.5; h.taper_group[1] = 1; h.taper_group[2] = 0.5;
+    Model *mh = model_create(&h, 1, 4);
+    DataPosition pos = { 0, 0, 0 };
+    checkpoint_save(m, tmp_path("explicit.ckpt"), pos);
+    checkpoint_save(mh, tmp_path("groups.ckpt"), pos);
+    Config r1, r2;
+    int32_t hd[H_SIZE];
+    checkpoint_read_config(tmp_path("explicit.ckpt"), &r1, hd);
+    checkpoint_read_config(tmp_path("groups.ckpt"), &r2, hd);
+    config_finish(&r1);
+    config_finish(&r2);
+    check(r1.taper == TAPER_EXPLICIT && !memcmp(r1.widths_given, c.widths_given, sizeof(c.widths_given)) &&
+          r1.mlp_widths[1] == 16, "checkpoint: --mlp-widths round trip");
+    check(r2.taper == TAPER_GROUPS && r2.taper_groups == 3 && r2.taper_group[0] == 1.5 && r2.cms_widths[0] > r2.cms_widths[2] &&
+          !memcmp(r2.mlp_widths, mh->cfg.mlp_widths, sizeof(r2.mlp_widths)), "checkpoint: groups taper round trip (hope)");
+    model_free(m); model_free(mh);
+}
+
+static void load_tiny_t(void *path) { load_into_tiny(path); }
+static int hook_saw_signal;
+static void save_hook_raise(void) { raise(SIGINT); hook_saw_signal = interrupted; }
+
+static void test_checkpoint_integrity(void) {
+    check(crc32c(0, "123456789", 9) == 0xE3069283u, "crc32c: the check value of \"123456789\"");
+    Config c = tiny_config(ARCH_TRANSFORMER, TAPER_COSINE);
+    Model *m = model_create(&c, 1, 4);
+    init_params(m, 3);
+    DataPosition pos = { 0, 0, 0 };
+    checkpoint_save(m, tmp_path("good.ckpt"), pos);
+    // one bit of one weight flipped: the checksum refuses the file, naming it
+    FILE *f = open_file(tmp_path("good.ckpt"), "rb");
+    long size = file_size(f);
+    unsigned char *bytes = xcalloc(size, 1, "t");
+    read_exact(bytes, 1, size, f, "t");
+    fclose(f);
+    bytes[size - 4 - 2] ^= 0x40; // an exponent bit of the last weight
+    f = open_file(tmp_path("flip.ckpt"), "wb");
+    fwrite(bytes, 1, size, f);
+    fclose(f);
+    check(dies_with(load_tiny_t, (void *)tmp_path("flip.ckpt"), "checksum") && strstr(tlm_last_error, "flip.ckpt"),
+          "checkpoint: a flipped bit is caught by the checksum, naming the file (%s)", tlm_last_error);
+    // version 1 still loads (no checksum)
+    save_v1_checkpoint(m, tmp_path("v1.ckpt"));
+    Model *b = model_create(&c, 1, 4);
+    checkpoint_load(b, tmp_path("v1.ckpt"), NULL);
+    check(!memcmp(m->params, b->params, m->num_params * sizeof(real)), "checkpoint: a version-1 file still loads");
+    model_free(b);
+    // header errors name the file (they named --dim)
+    int slot = H_DIM;
+    int32_t five = 5;
+    patch_checkpoint(tmp_path("v1.ckpt"), tmp_path("v1dim.ckpt"), 1, &slot, &five);
+    check(dies_with(read_config_only, (void *)tmp_path("v1dim.ckpt"), "v1dim.ckpt: checkpoint header"),
+          "checkpoint: a bad header field names the file (%s)", tlm_last_error);
+    // AdamW moments are validated at load: NaN first moment, negative second moment
+    m->adam_m = xcalloc(m->num_params, sizeof(float), "t");
+    m->adam_v = xcalloc(m->num_params, sizeof(float), "t");
+    m->adam_v[7] = -1;
+    checkpoint_save(m, tmp_path("negv.ckpt"), pos);
+    check(dies_with(load_tiny_t, (void *)tmp_path("negv.ckpt"), "second moment"), "checkpoint: a negative second moment refused at load");
+    m->adam_v[7] = 0;
+    m->adam_m[3] = NAN;
+    checkpoint_save(m, tmp_path("nanm.ckpt"), pos);
+    check(dies_with(load_tiny_t, (void *)tmp_path("nanm.ckpt"), "first moment"), "checkpoint: a NaN first moment refused at load");
+    // the update check: which tensor, which array
+    const char *which = "";
+    const ParamTensor *t = nonfinite_tensor(m, &which);
+    check(t && !strcmp(which, "AdamW first moment") && !strcmp(t->name, m->table.tensor[0].name), "update check: a NaN moment found (%s of %s)",
+          which, t ? t->name : "-");
+    m->adam_m[3] = 0;
+    check(nonfinite_tensor(m, &which) == NULL, "update check: a finite model passes");
+    m->params[m->num_params - 1] = INFINITY;
+    t = nonfinite_tensor(m, &which);
+    check(t && !strcmp(which, "weights") && t == &m->table.tensor[m->table.count - 1], "update check: an inf weight found in %s", t ? t->name : "-");
+    m->params[m->num_params - 1] = 0;
+    // a stale PATH.tmp that is a link: removed, its target untouched
+    FILE *victim = open_file(tmp_path("victim"), "w");
+    fputs("keep me", victim);
+    fclose(victim);
+    unlink(tmp_path("linked.ckpt.tmp"));
+    check(symlink(tmp_path("victim"), tmp_path("linked.ckpt.tmp")) == 0, "(symlink made)");
+    int rc = checkpoint_save(m, tmp_path("linked.ckpt"), pos);
+    victim = open_file(tmp_path("victim"), "r");
+    char back[16] = "";
+    if (!fgets(back, sizeof(back), victim)) back[0] = 0;
+    fclose(victim);
+    check(rc == 0 && !strcmp(back, "keep me") && access(tmp_path("linked.ckpt"), R_OK) == 0,
+          "checkpoint: a stale .tmp symlink is not followed (target kept: '%s')", back);
+    // a path whose .tmp would not fit is refused (it truncated to the checkpoint itself)
+    char *longp = xcalloc(TEXT_MAX + 16, 1, "t");
+    memset(longp, 'a', TEXT_MAX - 3);
+    check(checkpoint_save(m, longp, pos) != 0, "checkpoint: a path of %d characters refused", TEXT_MAX - 3);
+    free(longp);
+    // signals are held back while a checkpoint is written, and the handler stays installed
+    install_signal_handlers();
+    struct sigaction now;
+    sigaction(SIGINT, NULL, &now);
+    check(now.sa_handler == on_interrupt && !(now.sa_flags & (SA_RESETHAND | SA_NODEFER)),
+          "signals: sigaction without reset or defer");
+    sigaction(SIGPIPE, NULL, &now);
+    check(now.sa_handler == SIG_IGN, "signals: SIGPIPE ignored");
+    interrupted = 0;
+    tlm_save_hook = save_hook_raise;
+    rc = checkpoint_save(m, tmp_path("held.ckpt"), pos);
+    tlm_save_hook = NULL;
+    check(rc == 0 && hook_saw_signal == 0 && interrupted == SIGINT, "signals: a SIGINT during a save waits for its end (%d, %d)",
+          hook_saw_signal, (int)interrupted);
+    raise(SIGINT);
+    check(interrupted == SIGINT, "signals: a second SIGINT is a flag again, not the default action");
+    interrupted = 0;
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof(dfl));
+    dfl.sa_handler = SIG_DFL;
+    sigaction(SIGINT, &dfl, NULL);
+    sigaction(SIGTERM, &dfl, NULL);
+    sigaction(SIGPIPE, &dfl, NULL);
+    free(bytes);
+    model_free(m);
+}
+
 // --- training: bit-exact resume and overfitting ------------------------------------------------
 static void test_resume_bit_exact(void) {
     Config c = tiny_config(ARCH_TRANSFORMER, TAPER_COSINE);
@@ -1483,6 +1720,137 @@ static void test_sample_cli(void) {
     check(run_sampler("--prompt hi", "e.out") == 2 && output_has("go with --sample"), "sample cli: --prompt without --sample");
 }
 
+// the losses of `straight` from the first step of `resumed` on equal those of `resumed`
+static int same_losses(const char *straight, const char *resumed, int *from, int *count) {
+    static char a[512][32], b[512][32];
+    int na = train_losses(straight, 0, a, 512), nb = train_losses(resumed, 0, b, 512);
+    *count = nb;
+    *from = na - nb + 1;
+    if (nb < 1 || nb > na) return 0;
+    for (int i = 0; i < nb; i++) if (strcmp(a[na - nb + i], b[i])) return 0;
+    return 1;
+}
+
+// --load with nothing else, after Ctrl-C or a kill, finishes the run bit for bit; model options
+// that contradict the checkpoint are refused one by one; the guards of issue 18 from the outside
+static void test_cli_resume_and_guards(void) {
+    if (access(trainer(), X_OK) != 0) return;
+    char data[2048], args[4096], cmd[8192];
+    snprintf(data, sizeof(data), "--train %s --val %s --layers 2 --dim 16 --heads 2 --mlp-width 32 --taper-multiple 8 "
+             "--seq-len 8 --batch 2 --eval-batches 2 --sample-every 0", tmp_path("cli_train.bin"), tmp_path("cli_val.bin"));
+    // a model slow enough (a few ms a step) for a signal to land in the middle of the run
+    char slow[2048];
+    snprintf(slow, sizeof(slow), "--train %s --val %s --layers 2 --dim 64 --heads 2 --mlp-width 128 --taper-multiple 16 "
+             "--seq-len 32 --batch 4 --eval-batches 2 --sample-every 0", tmp_path("cli_train.bin"), tmp_path("cli_val.bin"));
+    // the uninterrupted run: 400 steps, the default --decay-steps 0 (the schedule spans --steps)
+    snprintf(args, sizeof(args), "%s --steps 400 --eval-every 0 --log %s", slow, tmp_path("long.jsonl"));
+    remove(tmp_path("long.jsonl"));
+    check(run_trainer(args) == 0, "resume: the straight 400-step run");
+    const char *past150 = "step   1[5-9][0-9]/\\|step   [23][0-9][0-9]/";
+    // Ctrl-C twice, 20 ms apart, once step 150 is past: saved, exit 130; then --load alone
+    remove(tmp_path("cc.ckpt"));
+    snprintf(cmd, sizeof(cmd), "OMP_NUM_THREADS=1 %s %s --steps 400 --eval-every 0 --save %s > %s 2>&1 & pid=$!; "
+             "until grep -q '%s' %s || ! kill -0 $pid 2>/dev/null; do sleep 0.01; done; kill -INT $pid; sleep 0.02; "
+             "kill -INT $pid; wait $pid", trainer(), slow, tmp_path("cc.ckpt"), tmp_path("cli.out"), past150, tmp_path("cli.out"));
+    int status = system(cmd);
+    check(WIFEXITED(status) && WEXITSTATUS(status) == 130 && output_has("checkpoint saved") && access(tmp_path("cc.ckpt"), R_OK) == 0,
+          "signals: two SIGINTs 20 ms apart: exit 130 with a checkpoint (status %d)", status);
+    snprintf(args, sizeof(args), "--load %s --log %s", tmp_path("cc.ckpt"), tmp_path("cc.jsonl"));
+    remove(tmp_path("cc.jsonl"));
+    int from = 0, n = 0;
+    check(run_trainer(args) == 0 && same_losses(tmp_path("long.jsonl"), tmp_path("cc.jsonl"), &from, &n) && n > 0,
+          "resume: after Ctrl-C, --load alone finishes steps %d-400 bit-identical (%d steps)", from, n);
+    // a save along the way, then kill -9: --load alone from that checkpoint
+    remove(tmp_path("k9.ckpt"));
+    snprintf(cmd, sizeof(cmd), "OMP_NUM_THREADS=1 %s %s --steps 400 --eval-every 0 --save-every 100 --save %s > %s 2>&1 & pid=$!; "
+             "until grep -q 'saved .*(step [1-3]00)' %s || ! kill -0 $pid 2>/dev/null; do sleep 0.01; done; kill -KILL $pid; "
+             "wait $pid", trainer(), slow, tmp_path("k9.ckpt"), tmp_path("cli.out"), tmp_path("cli.out"));
+    status = system(cmd);
+    snprintf(args, sizeof(args), "--load %s --log %s", tmp_path("k9.ckpt"), tmp_path("k9.jsonl"));
+    remove(tmp_path("k9.jsonl"));
+    check(WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == 137), "resume: (the run was killed: status %d)", status);
+    check(run_trainer(args) == 0 && same_losses(tmp_path("long.jsonl"), tmp_path("k9.jsonl"), &from, &n) && n > 0 && (from - 1) % 100 == 0,
+          "resume: from a save along the way (then kill -9), --load alone finishes steps %d-400 bit-identical", from);
+    // a training option given overrides the stored one, said in one line
+    snprintf(args, sizeof(args), "--load %s --steps 2 --lr 0.001", tmp_path("cc.ckpt"));
+    check(run_trainer(args) == 0 && output_has("--lr 0.001 overrides the checkpoint's 0.003"), "load: an explicit --lr overrides, said once");
+    // every model option given with another value than the checkpoint's is refused
+    static const char *conflict[][2] = {
+        { "arch", "gated" }, { "layers", "3" }, { "dim", "32" }, { "heads", "4" }, { "vocab", "12" }, { "mlp-width", "64" },
+        { "taper", "uniform" }, { "taper-start", "1.25" }, { "taper-end", "0.75" }, { "taper-multiple", "4" },
+        { "mlp-widths", "40,24" }, { "seq-len", "16" }, { "untied", NULL }, { "gate-headwise", NULL }, { "match-params", NULL },
+        { "window", "32" }, { "mem-depth", "1" }, { "mem-hidden", "16" }, { "mem-chunk", "8" }, { "cms-levels", "3" },
+        { "cms-width", "32" }, { "cms-chunks", "8,32" } };
+    int refused = 0, total = 0;
+    char missing[256] = "";
+    for (int k = 0; k < NUM_OPTIONS; k++) {
+        if (options[k].kind != KIND_MODEL) continue;
+        total++;
+        int found = -1;
+        for (size_t j = 0; j < sizeof(conflict) / sizeof(conflict[0]); j++) if (!strcmp(conflict[j][0], options[k].name)) found = (int)j;
+        if (found < 0) { snprintf(missing + strlen(missing), sizeof(missing) - strlen(missing), " --%s", options[k].name); continue; }
+        char want[96];
+        snprintf(want, sizeof(want), "different --%s", options[k].name);
+        snprintf(args, sizeof(args), "--load %s --steps 2 --%s %s", tmp_path("cc.ckpt"), options[k].name,
+                 conflict[found][1] ? conflict[found][1] : "");
+        if (run_trainer(args) == 1 && output_has(want)) refused++;
+        else snprintf(missing + strlen(missing), sizeof(missing) - strlen(missing), " --%s", options[k].name);
+    }
+    check(refused == total, "load: %d of %d model options with a conflicting value refused (not:%s)", refused, total, missing);
+    // a version-1 checkpoint loads, said once
+    Config c = tiny_config(ARCH_TRANSFORMER, TAPER_COSINE);
+    c.layers = 2; c.dim = 16; c.mlp_width = 32; c.taper_multiple = 8; c.seq_len = 8;
+    save_fresh_v1_checkpoint(c, tmp_path("old.ckpt"));
+    snprintf(args, sizeof(args), "%s --load %s --eval-only", data, tmp_path("old.ckpt"));
+    check(run_trainer(args) == 0 && output_has("version-1 checkpoint: no checksum"), "load: a version-1 checkpoint loads, said once");
+    // SIGPIPE: the reader of stdout goes away (| tee, then Ctrl-C): saved, non-zero, a line on stderr
+    remove(tmp_path("pipe.ckpt"));
+    snprintf(cmd, sizeof(cmd), "bash -c 'OMP_NUM_THREADS=1 %s %s --steps 100000 --eval-every 0 --save %s 2> %s | head -n 3 > /dev/null; "
+             "exit ${PIPESTATUS[0]}'", trainer(), data, tmp_path("pipe.ckpt"), tmp_path("cli.out"));
+    status = system(cmd);
+    check(WIFEXITED(status) && WEXITSTATUS(status) == 1 && output_has("stdout: write failed") && output_has("checkpoint saved") &&
+          access(tmp_path("pipe.ckpt"), R_OK) == 0, "signals: a closed stdout pipe saves and exits 1 with a message (status %d)", status);
+    // a diverged update (lr 3.4e38: the weights become inf) writes nothing and names the tensor
+    remove(tmp_path("inf.ckpt"));
+    snprintf(args, sizeof(args), "%s --steps 5 --lr 3.4e38 --warmup 0 --grad-clip 0 --save-every 1 --save %s", data, tmp_path("inf.ckpt"));
+    int rc = run_trainer(args);
+    check(rc == 1 && output_has("not finite") && output_has("of wte") && access(tmp_path("inf.ckpt"), F_OK) != 0,
+          "update check: a step that makes weights inf stops the run before any save, naming the tensor (exit %d)", rc);
+    // paths that must not be written, refused before the first step
+    snprintf(args, sizeof(args), "%s --steps 5 --save /nonexistent-dir/x.ckpt", data);
+    check(run_trainer(args) == 1 && output_has("no directory") && !output_has("saved") && !output_has("step     1"),
+          "save path: a missing directory refused before the first step");
+    snprintf(args, sizeof(args), "%s --steps 5 --save %s", data, tmp_path("cli_train.bin"));
+    check(run_trainer(args) == 1 && output_has("is the --train shard"), "save path: the --train shard refused");
+    snprintf(cmd, sizeof(cmd), "mkfifo %s", tmp_path("fifo"));
+    if (system(cmd) == 0) {
+        snprintf(args, sizeof(args), "%s --steps 5 --save %s", data, tmp_path("fifo"));
+        check(run_trainer(args) == 1 && output_has("a FIFO"), "save path: a FIFO refused");
+    }
+    snprintf(args, sizeof(args), "%s --steps 5 --log %s", data, tmp_path("cli_val.bin"));
+    check(run_trainer(args) == 1 && output_has("is the --val shard"), "log path: a shard refused as --log");
+    snprintf(args, sizeof(args), "%s --steps 5 --save %s --log /dev/full", data, tmp_path("full.ckpt"));
+    check(run_trainer(args) == 1 && output_has("--log /dev/full: cannot write"), "log: /dev/full is a one-line error");
+    // eval batches capped at what --val holds; vocabularies that disagree
+    snprintf(args, sizeof(args), "--load %s --eval-only --eval-batches 2147483647", tmp_path("cc.ckpt"));
+    check(run_trainer(args) == 0 && output_has("using 4"), "eval: --eval-batches 2147483647 capped at what --val holds");
+    write_shard(tmp_path("v12.bin"), 600, SHARD_MAGIC, 1, 600, 12, 11, 0);
+    snprintf(args, sizeof(args), "%s --steps 1 --val %s", data, tmp_path("v12.bin"));
+    check(run_trainer(args) == 1 && output_has("must be the same tokenization"), "vocab: train and val shard headers that disagree refused");
+    snprintf(args, sizeof(args), "%s --steps 1 --vocab 10", data);
+    check(run_trainer(args) == 1 && output_has("smaller than the shards'"), "vocab: --vocab below the shards' refused");
+    // the groups taper and --mlp-widths from the command line, and in the log
+    snprintf(args, sizeof(args), "%s --layers 3 --steps 1 --taper groups:1.5,1,0.5 --log %s", data, tmp_path("groups.jsonl"));
+    remove(tmp_path("groups.jsonl"));
+    FILE *f = (run_trainer(args) == 0) ? fopen(tmp_path("groups.jsonl"), "r") : NULL;
+    char line[8192] = "";
+    if (f) { if (!fgets(line, sizeof(line), f)) line[0] = 0; fclose(f); }
+    check(strstr(line, "\"taper\":\"groups:1.5,1,0.5\"") && strstr(line, "\"mlp_widths\":[48,32,16]"),
+          "cli: --taper groups:1.5,1,0.5 runs and is logged with its widths");
+    snprintf(args, sizeof(args), "%s --steps 1 --mlp-widths 40,40", data);
+    check(run_trainer(args) == 1 && output_has("must sum to") && output_has("64"), "cli: --mlp-widths with the wrong sum names the sum needed");
+}
+
 // A save that fails half way (here: the file-size limit, as on a full disk) reports the error
 // and leaves the previous checkpoint byte for byte as it was.
 static void test_failed_save_keeps_old(void) {
@@ -1541,6 +1909,9 @@ int main(void) {
     test_taper_extremes();
     test_memory_config_bounds();
     test_failed_save_keeps_old();
+    test_option_table();
+    test_groups_and_widths();
+    test_checkpoint_integrity();
     test_resume_bit_exact();
     test_adamw();
     test_overfit();
@@ -1551,6 +1922,7 @@ int main(void) {
     test_alignment_probe();
     test_cli();
     test_sample_cli();
+    test_cli_resume_and_guards();
     snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
     if (system(cmd) != 0) printf("note: could not remove %s\n", tmpdir);
     printf("%.1f s\n", wall_time() - t0);

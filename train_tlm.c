@@ -2213,7 +2213,7 @@ static int checkpoint_write(const Model *m, const char *path, const char *tmp, D
 // SIGINT and SIGTERM are held back while it writes: the save always completes.
 static int checkpoint_save(const Model *m, const char *path, DataPosition pos) {
     if (strlen(path) + 5 > TEXT_MAX - 1) {
-        fprintf(stderr, "error: %s: path too long for a checkpoint (at most %d characters)\n", path, TEXT_MAX - 6);
+        fprintf(stderr, "error: %.60s...: path too long for a checkpoint (at most %d characters)\n", path, TEXT_MAX - 6);
         return -1;
     }
     char tmp[TEXT_MAX];
@@ -3368,6 +3368,13 @@ static void print_layer_table(const Model *m) {
 // is ignored: a failed write to stdout (`| tee` gone) is an interruption too (should_stop).
 static volatile sig_atomic_t interrupted;
 static void on_interrupt(int sig) { interrupted = sig; }
+static void ignore_sigpipe(void) { // (main, before anything is printed)
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = SIG_IGN;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGPIPE, &sa, NULL);
+}
 static void install_signal_handlers(void) {
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
@@ -3376,8 +3383,7 @@ static void install_signal_handlers(void) {
     sa.sa_flags = SA_RESTART;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    sa.sa_handler = SIG_IGN;
-    sigaction(SIGPIPE, &sa, NULL);
+    ignore_sigpipe();
 }
 // why training must stop now: a signal, stdout that cannot be written, or the log
 static int should_stop(void) {
@@ -3772,6 +3778,7 @@ static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition 
 #ifndef TLM_TESTING
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0); // a progress line at a time, also into a pipe or a file (tee)
+    ignore_sigpipe(); // a closed stdout is an error to report, not a death (should_stop)
     if (parse_args(argc, argv)) { usage(stdout); return 0; }
     DataLoader train = {0}, val = {0};
     DataPosition resume_at = { 0, 0, 0 };
@@ -3781,6 +3788,10 @@ int main(int argc, char **argv) {
            : opt.analyze   ? run_analyze(m, &val)
            : opt.sample    ? run_sample(m)
            :                 run_train(m, &train, &val, resume_at);
+    if (rc == 0 && (fflush(stdout) != 0 || ferror(stdout))) {
+        fprintf(stderr, "error: stdout: write failed\n");
+        rc = 1;
+    }
     if (log_file && fclose(log_file) != 0 && rc == 0) {
         fprintf(stderr, "error: --log %s: write failed: %s\n", opt.log, strerror(errno));
         rc = 1;

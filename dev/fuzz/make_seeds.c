@@ -122,6 +122,12 @@ int main(int argc, char **argv) {
     c = tiny(ARCH_HOPE, TAPER_UNIFORM, 1);
     c.cms_levels = 1;
     checkpoint("hope_levels1_L1.ckpt", c, 0, 0);
+    c = tiny(ARCH_HOPE, TAPER_GROUPS, 3);
+    c.taper_groups = 3; c.taper_group[0] = 1.5; c.taper_group[1] = 1; c.taper_group[2] = 0.5;
+    checkpoint("hope_groups_L3.ckpt", c, 0, 1);
+    c = tiny(ARCH_TRANSFORMER, TAPER_EXPLICIT, 3);
+    c.widths_given[0] = 24; c.widths_given[1] = 16; c.widths_given[2] = 8; // sum 3 * 16
+    checkpoint("transformer_explicit_L3_adam.ckpt", c, 1, 4);
 
     tokenizer("byte_v2.bin", 2, 256, 10, 0);
     tokenizer("byte_v1.bin", 1, 256, 0, 0);
@@ -138,6 +144,8 @@ int main(int argc, char **argv) {
     cli("sigmoid_linear", "--taper=sigmoid\n--taper-start=2\n--taper-end=0.25\n--layers=5\n--dim=8\n--heads=1\n--mlp-width=64\n--taper-multiple=2\n--seq-len=2\n--batch=3");
     cli("schedule", "--steps\n100\n--warmup\n10\n--decay-steps\n50\n--lr\n1e-3\n--weight-decay\n0\n--grad-clip\n0.5\n--seed\n-7\n--grad-accum\n2\n--eval-every\n0\n--eval-batches\n3\n--sample-every\n0\n--sample-len\n9\n--layers\n1\n--dim\n8\n--seq-len\n8\n--batch\n1");
     cli("load_eval", "--load\nrun.ckpt\n--eval-only\n--train\ndata/x_*.bin\n--val\n/tmp/v.bin\n--log\nl.jsonl\n--tokenizer\nt.bin\n--save\ns.ckpt\n--save-every\n5\n--analyze\n--layers\n1\n--dim\n8\n--seq-len\n8\n--batch\n1");
+    cli("groups", "--taper\ngroups:1.5,1,0.5\n--layers\n3\n--dim\n8\n--heads\n2\n--mlp-width\n16\n--taper-multiple\n4\n--seq-len\n4\n--batch\n1");
+    cli("mlp_widths", "--mlp-widths\n24,16,8\n--layers\n3\n--dim\n8\n--heads\n2\n--mlp-width\n16\n--taper-multiple\n4\n--seq-len\n4\n--batch\n1");
     static const char nul[] = "--layers\0" "1\0" "--dim\0" "4\0" "--heads\0" "2\0" "--mlp-width\0" "8\0" "--taper-multiple\0" "8\0" "--seq-len\0" "3";
     cli_n("nul_separated", nul, sizeof(nul) - 1);
 
@@ -149,7 +157,7 @@ int main(int argc, char **argv) {
     for (int k = 0; k < TAPER_COUNT; k++) fprintf(d, "\"%s\"\n", taper_names[k]);
     const char *numbers[] = { "0", "1", "-1", "2", "3", "8", "64", "65", "256", "8192", "16384", "65536", "262144",
                               "1048576", "2147483647", "-2147483648", "2147483648", "1e308", "1e-308", "nan", "inf",
-                              "0x10", "1.5", "0.5", "\\x0a", "-h", "," };
+                              "0x10", "1.5", "0.5", "\\x0a", "-h", ",", "groups:", "3.4e38", "1e39", "1e-45" };
     for (size_t k = 0; k < sizeof(numbers) / sizeof(numbers[0]); k++) fprintf(d, "\"%s\"\n", numbers[k]);
     fclose(d);
     printf("make_seeds: wrote %d seed files and cli.dict under %s\n", written, dir);
