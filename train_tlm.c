@@ -3442,6 +3442,8 @@ static void apply_checkpoint_options(void) {
         if (o->kind == KIND_RUN || (o->kind == KIND_TRAIN && version < 2)) continue;
         option_format(o, &opt, mine, sizeof(mine));
         option_format(o, saved, theirs, sizeof(theirs));
+        if (o->type == OPT_REAL && version < 2) // (version 1 stored reals as float32)
+            format_real(mine, sizeof(mine), (float)*(const double *)((const char *)&opt + o->offset));
         int same = !strcmp(mine, theirs);
         if (o->kind == KIND_MODEL) {
             if (option_given[k] && !same)
