@@ -607,6 +607,7 @@ typedef struct {
     real *dmk, *dmv, *dmq;      // (B, NH, T, hs)
     real *dtheta, *deta, *dalpha; // (B, NH, T)
     real *dmgates;              // (N, 3NH)
+    real *dmqkv;                // (N, 3C)  the memory's q | k | v projections' gradient
     real *dyh;                  // (B, NH, T, hs) dy with heads split
     real *dw0_parts;            // (B, NH, Pmax) per-sequence memory gradients, summed in order
     Scratch mem_scratch;        // (threads, memory_scratch_size) the memory kernel's workspace
@@ -648,12 +649,13 @@ typedef struct {
 // Activations are row-major (N, C) with N = B*T positions. Weight matrices are (OC, C):
 // a linear layer is out = inp W^T, as in PyTorch and llm.c.
 //
-// The backward convention: a *_backward adds (+=) into the gradients of its weights and, except
-// as noted, of its inputs, as llm.c's do. The parameter gradients are zeroed once per optimizer
-// step (model_zero_grad); a scratch gradient (Acts' d* buffers) is zeroed (zero_parallel) before
-// the kernels that add into it. Not yet uniform (issue 17, item 5): gate_backward writes dz,
-// swiglu_backward writes dh, the memory module writes its dqkv and gate gradients; rope_backward
-// and crossentropy_backward work in place on a buffer that holds the gradient already.
+// The backward convention, as llm.c's: every *_backward adds (+=) into the gradients of its
+// weights and of its inputs, and writes nothing else of the caller's. The parameter gradients are
+// zeroed once per optimizer step (model_zero_grad); the scratch gradients a layer's backward adds
+// into (Acts' d* buffers) are zeroed in one place per layer, at the top of mixer_backward and of
+// mlp_backward (and of each Hope level). Two kernels are the chain's own steps rather than adds:
+// crossentropy_backward turns the probabilities into d loss / d logits in place (the chain's
+// start), and rope_backward rotates a gradient in place (d x = R^T d x, R orthogonal).
 
 // --- the matmul contract -----------------------------------------------------
 // C (M,N) = A (M,K) B (K,N)  (+ C if accumulate), with
@@ -885,7 +887,7 @@ static void gate_forward(real *out, real *g, const real *a, const real *z, int N
             for (int c = j * span; c < (j + 1) * span; c++) outn[c] = an[c] * gn[j];
     }
 }
-// da += dout * g ;   dz = sum over the gate's channels of dout * a * g (1 - g)
+// da += dout * g ;   dz += sum over the gate's channels of dout * a * g (1 - g)
 static void gate_backward(real *da, real *dz, const real *dout, const real *a, const real *g, int N, int C, int G) {
     int span = C / G;
     if (span == 1) { // elementwise: no sums, one vectorized pass
@@ -894,7 +896,7 @@ static void gate_backward(real *da, real *dz, const real *dout, const real *a, c
             for (int c = 0; c < C; c++) {
                 size_t i = (size_t)n * C + c;
                 da[i] += dout[i] * g[i];
-                dz[i] = dout[i] * a[i] * g[i] * (1 - g[i]);
+                dz[i] += dout[i] * a[i] * g[i] * (1 - g[i]);
             }
         return;
     }
@@ -906,7 +908,7 @@ static void gate_backward(real *da, real *dz, const real *dout, const real *a, c
                 da[(size_t)n * C + c] += dout[(size_t)n * C + c] * gj;
                 s += dout[(size_t)n * C + c] * a[(size_t)n * C + c];
             }
-            dz[(size_t)n * G + j] = s * gj * (1 - gj);
+            dz[(size_t)n * G + j] += s * gj * (1 - gj);
         }
 }
 
@@ -920,7 +922,7 @@ static void swiglu_forward(real *hg, const real *h, int N, int F) {
         for (int i = 0; i < F; i++) hg[(size_t)n * F + i] = h1[i] * sigmoid(h1[i]) * h3[i];
     }
 }
-// dh1 = dhg h3 silu'(h1),  silu'(u) = s (1 + u (1 - s)), s = sigmoid(u) ;  dh3 = dhg silu(h1)
+// dh1 += dhg h3 silu'(h1),  silu'(u) = s (1 + u (1 - s)), s = sigmoid(u) ;  dh3 += dhg silu(h1)
 static void swiglu_backward(real *dh, const real *dhg, const real *h, int N, int F) {
     #pragma omp parallel for
     for (int n = 0; n < N; n++) {
@@ -928,8 +930,8 @@ static void swiglu_backward(real *dh, const real *dhg, const real *h, int N, int
         real *dh1 = dh + (size_t)n * 2 * F, *dh3 = dh1 + F;
         for (int i = 0; i < F; i++) {
             real s = sigmoid(h1[i]), d = dhg[(size_t)n * F + i];
-            dh1[i] = d * h3[i] * s * (1 + h1[i] * (1 - s));
-            dh3[i] = d * h1[i] * s;
+            dh1[i] += d * h3[i] * s * (1 + h1[i] * (1 - s));
+            dh3[i] += d * h1[i] * s;
         }
     }
 }
@@ -1391,6 +1393,16 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates
                                    MemorySize ms, int read_chunk_start) {
     int N = B * T, hs = ms.d, chunk = ms.chunk, P = memory_params(ms.depth, hs, ms.m);
     size_t S = memory_state_size(T, ms);
+    // the module's scratch gradients, which the kernels below add into, cleared in this one place
+    zero_parallel(a->dmk, (size_t)N * C);
+    zero_parallel(a->dmv, (size_t)N * C);
+    zero_parallel(a->dmq, (size_t)N * C);
+    zero_parallel(a->dtheta, (size_t)N * NH);
+    zero_parallel(a->deta, (size_t)N * NH);
+    zero_parallel(a->dalpha, (size_t)N * NH);
+    zero_parallel(a->dw0_parts, (size_t)B * NH * P);
+    zero_parallel(a->dmqkv, (size_t)N * 3 * C);
+    zero_parallel(a->dmgates, (size_t)N * 3 * NH);
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++)
@@ -1400,14 +1412,7 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates
     #pragma omp parallel for collapse(2) schedule(dynamic) num_threads(scratch_team(a->mem_scratch))
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
-            size_t bh = (size_t)b * NH + h; // memory_chunked_backward adds into its outputs: zero them first
-            memset(a->dmk + bh * T * hs, 0, (size_t)T * hs * sizeof(real));
-            memset(a->dmv + bh * T * hs, 0, (size_t)T * hs * sizeof(real));
-            memset(a->dmq + bh * T * hs, 0, (size_t)T * hs * sizeof(real));
-            memset(a->dtheta + bh * T, 0, (size_t)T * sizeof(real));
-            memset(a->deta + bh * T, 0, (size_t)T * sizeof(real));
-            memset(a->dalpha + bh * T, 0, (size_t)T * sizeof(real));
-            memset(a->dw0_parts + bh * P, 0, (size_t)P * sizeof(real));
+            size_t bh = (size_t)b * NH + h;
             memory_chunked_backward(a->dmk + bh * T * hs, a->dmv + bh * T * hs, a->dmq + bh * T * hs,
                             a->dtheta + bh * T, a->deta + bh * T, a->dalpha + bh * T, a->dw0_parts + bh * P,
                             scratch_mine(a->mem_scratch), a->dyh + bh * T * hs,
@@ -1420,7 +1425,7 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates
     for (int h = 0; h < NH; h++)
         for (int b = 0; b < B; b++)
             for (int p = 0; p < P; p++) dw0[(size_t)h * P + p] += a->dw0_parts[((size_t)b * NH + h) * P + p];
-    real *dqkv = a->dqkv, *dz = a->dmgates;
+    real *dqkv = a->dmqkv, *dz = a->dmgates;
     #pragma omp parallel for collapse(3)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)
@@ -1431,14 +1436,14 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates
                 real qdq = dot(q, dq, hs), kdk = dot(k, dk, hs);
                 real *dq_raw = dqkv + n * 3 * C + h * hs, *dk_raw = dq_raw + C, *dv_raw = dq_raw + 2 * C;
                 for (int j = 0; j < hs; j++) {
-                    dq_raw[j] = (dq[j] - q[j] * qdq) * ma->q_inv[i];
-                    dk_raw[j] = (dk[j] - k[j] * kdk) * ma->k_inv[i];
-                    dv_raw[j] = dv[j];
+                    dq_raw[j] += (dq[j] - q[j] * qdq) * ma->q_inv[i];
+                    dk_raw[j] += (dk[j] - k[j] * kdk) * ma->k_inv[i];
+                    dv_raw[j] += dv[j];
                 }
                 real th = ma->theta[i], et = ma->eta[i], al = ma->alpha[i];
-                dz[n * 3 * NH + h] = a->dtheta[i] * th * (1 - th * chunk / theta_max);
-                dz[n * 3 * NH + NH + h] = a->deta[i] * et * (1 - et / eta_max);
-                dz[n * 3 * NH + 2 * NH + h] = a->dalpha[i] * al * (1 - al);
+                dz[n * 3 * NH + h] += a->dtheta[i] * th * (1 - th * chunk / theta_max);
+                dz[n * 3 * NH + NH + h] += a->deta[i] * et * (1 - et / eta_max);
+                dz[n * 3 * NH + 2 * NH + h] += a->dalpha[i] * al * (1 - al);
             }
     for (int j = 0; j < 3 * NH; j++) {
         real s = 0;
@@ -1547,6 +1552,7 @@ static size_t layout_activations(Model *model, real *base, int B, int T) {
         a->deta = take(&cur, base, N * NH);
         a->dalpha = take(&cur, base, N * NH);
         a->dmgates = take(&cur, base, N * 3 * NH);
+        a->dmqkv = take(&cur, base, N * 3 * C);
         a->dyh = take(&cur, base, N * C);
         a->dw0_parts = take(&cur, base, (size_t)B * NH * Pmax);
         a->mem_scratch = (Scratch){take(&cur, base, (size_t)num_threads() * scratch), scratch, num_threads()};
@@ -1743,12 +1749,11 @@ static void attention_branch_forward(Model *m, int l, int B, int T, int window) 
     rope_forward(la->qkv, m->rope, B, T, 2 * NH, C / NH, 3 * C); // q and k: the first 2*NH heads
     attention_forward(la->attn, la->att, la->qkv, B, T, C, NH, window);
 }
-// dattn in; dln += (through q, k, v); dWqkv accumulated
+// dattn in; dln += (through q, k, v); dWqkv accumulated. a.dqkv: zeroed by the caller
 static void attention_branch_backward(Model *m, int l, int B, int T, int window, const real *dattn) {
     const Config *c = &m->cfg;
     LayerActs *la = &m->a.layer[l];
     int N = B * T, C = c->dim, NH = c->heads;
-    zero_parallel(m->a.dqkv, (size_t)N * 3 * C);
     attention_backward(m->a.dqkv, m->a.att_scratch, dattn, la->qkv, la->att, B, T, C, NH, window);
     rope_backward(m->a.dqkv, m->rope, B, T, 2 * NH, C / NH, 3 * C);
     matmul_backward(m->a.dln, m->g.layer[l].wqkv, m->a.dqkv, la->ln1, m->w.layer[l].wqkv, N, C, 3 * C);
@@ -1781,7 +1786,7 @@ static void mixer_forward(Model *m, int l, int B, int T) {
     }
 }
 
-// in: a.dmixed (N,C). out: a.dln (N,C) overwritten; weight gradients accumulated.
+// in: a.dmixed (N,C). out: a.dln (N,C) = d loss / d ln1; weight gradients accumulated.
 static void mixer_backward(Model *m, int l, int B, int T) {
     const Config *c = &m->cfg;
     LayerActs *la = &m->a.layer[l];
@@ -1789,22 +1794,26 @@ static void mixer_backward(Model *m, int l, int B, int T) {
     LayerWeights *g = &m->g.layer[l];
     Acts *a = &m->a;
     int N = B * T, C = c->dim, NH = c->heads;
+    // the scratch gradients the kernels below add into, cleared in this one place
     zero_parallel(a->dln, (size_t)N * C);
+    zero_parallel(a->dqkv, (size_t)N * 3 * C);
+    if (c->arch == ARCH_GATED || c->arch == ARCH_TITANS) {
+        zero_parallel(a->dattn, (size_t)N * C);
+        zero_parallel(a->dgate, (size_t)N * C);
+    }
+    if (c->arch == ARCH_TITANS) zero_parallel(a->dy, (size_t)N * C);
     switch (c->arch) {
     case ARCH_TRANSFORMER:
     case ARCH_HOPE:
         attention_branch_backward(m, l, B, T, 0, a->dmixed);
         break;
     case ARCH_GATED:
-        zero_parallel(a->dattn, (size_t)N * C);
         gate_backward(a->dattn, a->dgate, a->dmixed, la->attn, la->gate, N, C, gate_width(c));
         matmul_backward(a->dln, g->wgate, a->dgate, la->ln1, w->wgate, N, C, gate_width(c));
         attention_branch_backward(m, l, B, T, 0, a->dattn);
         break;
     case ARCH_TITANS:
-        zero_parallel(a->dattn, (size_t)N * C);
         gate_backward(a->dattn, a->dgate, a->dmixed, la->attn, la->mgate, N, C, C);
-        zero_parallel(a->dy, (size_t)N * C);
         rmsnorm_backward(a->dy, g->mem_norm, a->dgate, la->mem.y, w->mem_norm, la->my_rstd, N, C);
         memory_module_backward(a, a->dln, g->mem_wqkv, g->mem_wgates, g->mem_bgates, g->mem_w0, a->dy,
                                &la->mem, la->ln1, w->mem_wqkv, w->mem_wgates, B, T, C, NH,
@@ -1859,11 +1868,12 @@ static void mlp_backward(Model *m, int l, int B, int T) {
         for (int k = c->cms_levels - 1; k >= 1; k--) {
             // dscale += sum_n dres * y ;  dy = dres * scale ;  dres += RMSNorm backward of dln
             const real *y = la->cms[k].y;
+            zero_parallel(a->dy, (size_t)N * C); // this level's scratch gradients, cleared here
+            zero_parallel(a->dln, (size_t)N * C);
             column_sums(g->cms_scale[k], a->dres, y, NULL, N, C);
             #pragma omp parallel for
             for (int n = 0; n < N; n++)
-                for (int j = 0; j < C; j++) a->dy[(size_t)n * C + j] = a->dres[(size_t)n * C + j] * w->cms_scale[k][j];
-            zero_parallel(a->dln, (size_t)N * C);
+                for (int j = 0; j < C; j++) a->dy[(size_t)n * C + j] += a->dres[(size_t)n * C + j] * w->cms_scale[k][j];
             memory_module_backward(a, a->dln, g->cms_wqkv[k], g->cms_wgates[k], g->cms_bgates[k], g->cms_w0[k],
                                    a->dy, &la->cms[k], la->cms_ln[k], w->cms_wqkv[k], w->cms_wgates[k],
                                    B, T, C, 1, hope_level(c, l, k), 1);
@@ -1872,10 +1882,11 @@ static void mlp_backward(Model *m, int l, int B, int T) {
         }
     }
     // dhg = dres W2 ; dW2 += dres^T hg ; dh = SwiGLU backward ; dln = dh W13 ; dW13 += dh^T ln2
-    zero_parallel(a->dhg, (size_t)N * F);
+    zero_parallel(a->dhg, (size_t)N * F); // the SwiGLU's scratch gradients, cleared here
+    zero_parallel(a->dh, (size_t)N * 2 * F);
+    zero_parallel(a->dln, (size_t)N * C);
     matmul_backward(a->dhg, g->w2, a->dres, la->hg, w->w2, N, F, C);
     swiglu_backward(a->dh, a->dhg, la->h, N, F);
-    zero_parallel(a->dln, (size_t)N * C);
     matmul_backward(a->dln, g->w1, a->dh, la->ln2, w->w1, N, C, 2 * F);
     rmsnorm_backward(a->dres, g->mlp_norm, a->dln, la->res1, w->mlp_norm, la->ln2_rstd, N, C);
 }

@@ -22,18 +22,20 @@ mutate() { # $1: what is broken, $2: sed expression
     esac
 }
 mutate "RMSNorm backward without the r^3 term" 's/- k \* xn\[c\];/;/'
-mutate "SwiGLU backward without silu'"        's/dh1\[i\] = d \* h3\[i\] \* s \* (1 + h1\[i\] \* (1 - s));/dh1[i] = d * h3[i] * s;/'
+mutate "SwiGLU backward without silu'"        's/dh1\[i\] += d \* h3\[i\] \* s \* (1 + h1\[i\] \* (1 - s));/dh1[i] += d * h3[i] * s;/'
 mutate "softmax backward without the mean"    's/? pt\[j\] \* (dst\[j\] - pdp) \* scale : 0;/? pt[j] * dst[j] * scale : 0;/'
-mutate "gate backward without sigmoid'"       's/dz\[(size_t)n \* G + j\] = s \* gj \* (1 - gj);/dz[(size_t)n * G + j] = s * gj;/'
-mutate "elementwise gate without sigmoid'"   's/dz\[i\] = dout\[i\] \* a\[i\] \* g\[i\] \* (1 - g\[i\]);/dz[i] = dout[i] * a[i] * g[i];/'
+mutate "gate backward without sigmoid'"       's/dz\[(size_t)n \* G + j\] += s \* gj \* (1 - gj);/dz[(size_t)n * G + j] += s * gj;/'
+mutate "elementwise gate without sigmoid'"   's/dz\[i\] += dout\[i\] \* a\[i\] \* g\[i\] \* (1 - g\[i\]);/dz[i] += dout[i] * a[i] * g[i];/'
 mutate "memory: no silu'' term"               's/f->dZ\[i\] = dU\[i\] \* f->R\[i\] \* silu_grad2(f->Z\[i\]);/f->dZ[i] = 0;/'
 mutate "memory: forgetting gradient sign"     's/^        dalpha\[t\] += da;/        dalpha[t] -= da;/'
 mutate "memory: end state's gradient lost"    's/        dW\[p\] = c\[0\] \* w;/        dW[p] = 0;/'
 mutate "memory: reads give S_c no gradient"   's/    gemm_serial(dScb, D2, IN, rows, cols, n, 1, rows, 0, cols, cols, 1);/    (void)D2;/'
 mutate "memory: closed form drops eta"        's/        de += g\[2\] \* p\[2\];  /        de += 0;  /'
 mutate "attention: dV not accumulated"        's/gemm_serial(dv + (size_t)lo \* 3 \* C, p_blk, do_blk, keys, hs, rows, 1, T, 0, C, 3 \* C, 1);/(void)p_blk;/'
-mutate "memory: L2 norm backward skipped"     's/dq_raw\[j\] = (dq\[j\] - q\[j\] \* qdq) \* ma->q_inv\[i\];/dq_raw[j] = dq[j] * ma->q_inv[i];/'
+mutate "memory: L2 norm backward skipped"     's/dq_raw\[j\] += (dq\[j\] - q\[j\] \* qdq) \* ma->q_inv\[i\];/dq_raw[j] += dq[j] * ma->q_inv[i];/'
 mutate "RoPE backward rotates the wrong way"  's/rope_rotate(dx, tab, B, T, heads, hs, ld, -1);/rope_rotate(dx, tab, B, T, heads, hs, ld, 1);/'
 mutate "AdamW: no bias correction"            's/float update = (mj \/ bc1) \/ (sqrtf(vj \/ bc2) + eps)/float update = mj \/ (sqrtf(vj) + eps)/'
+mutate "SwiGLU's dh not cleared"             's/    zero_parallel(a->dh, (size_t)N \* 2 \* F);/    ;/'
+mutate "memory module's dmqkv not cleared"    's/    zero_parallel(a->dmqkv, (size_t)N \* 3 \* C);/    ;/'
 echo "$caught caught, $missed missed"
 [ "$missed" -eq 0 ]
