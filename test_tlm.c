@@ -48,7 +48,7 @@ static int dies_with(void (*fn)(void *), void *arg, const char *want) {
 static Config tiny_config(Arch arch, Taper taper) {
     Config c = { .arch = arch, .layers = 3, .dim = 8, .heads = 2, .vocab = 11, .seq_len = 6,
                  .mlp_width = 16, .taper = taper, .taper_start = 1.5, .taper_end = 0.5, .taper_multiple = 4,
-                 .window = 3, .mem_depth = 2, .mem_hidden = 5, .mem_chunk = 2,
+                 .window = 3, .mem_depth = 2, .mem_hidden = 5, .mem_chunk = 2, .mem_lr = 0.05, .mem_clip = 0.3, .mem_conv = 3, .mem_silu = 1,
                  .cms_levels = 2, .cms_width = 8, .cms_chunks = { 0, 2, 3, 0 } };
     return c;
 }
@@ -515,7 +515,8 @@ static void test_memory_recurrence(void) {
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
         int T = shapes[s][0], d = shapes[s][1], m = shapes[s][2], depth = shapes[s][3], chunk = shapes[s][4], hope = shapes[s][5];
         int P = memory_params(depth, d, m);
-        MemorySize ms = { d, m, depth, chunk };
+        // every other shape with the gradient's norm clipped (for some of its tokens, not all)
+        MemorySize ms = { d, m, depth, chunk, (real)(0.1 / chunk), s % 2 ? (real)(1.6 * sqrt(d)) : 0, 0, 0 };
         size_t nv = (size_t)T * d, ns = memory_state_size(T, ms);
         real *buf = xcalloc(30 * nv + 10 * (size_t)T + 4 * (size_t)P, sizeof(real), "t"), *p = buf;
         // states and each kernel's scratch at exactly their sizes, so that a sanitizer sees an overrun
@@ -532,7 +533,7 @@ static void test_memory_recurrence(void) {
             double kk = 0, qq = 0;
             for (int j = 0; j < d; j++) { kk += k[t * d + j] * k[t * d + j]; qq += q[t * d + j] * q[t * d + j]; }
             for (int j = 0; j < d; j++) { k[t * d + j] /= (real)sqrt(kk); q[t * d + j] /= (real)sqrt(qq); }
-            theta[t] = (real)(theta_max / chunk * (0.5 + 0.4 * sin(t))); eta[t] = (real)(0.5 + 0.3 * cos(t)); alpha[t] = (real)(0.1 + 0.05 * sin(3 * t));
+            theta[t] = (real)(ms.lr * (0.5 + 0.4 * sin(t))); eta[t] = (real)(0.5 + 0.3 * cos(t)); alpha[t] = (real)(0.1 + 0.05 * sin(3 * t));
         }
         for (int i = 0; i < P; i++) W0[i] = (real)(0.3 * rng_normal(&rng));
         real *out[2] = { y, y_ref }, *g[2] = { grads, grads_ref };
@@ -545,7 +546,7 @@ static void test_memory_recurrence(void) {
                                           T, ms, hope);
             } else {
                 memory_chunked_forward(out[ref], states, scratch_fast, k, v, q, theta, eta, alpha, W0, T, ms, hope);
-                memory_chunked_backward(dk, dv, dq, dth, det, dal, dW0, scratch_fast, dy, states, k, q, eta, alpha,
+                memory_chunked_backward(dk, dv, dq, dth, det, dal, dW0, scratch_fast, dy, states, k, q, theta, eta, alpha,
                                 T, ms, hope);
             }
         }
@@ -556,6 +557,69 @@ static void test_memory_recurrence(void) {
               T, d, m, depth, chunk, hope ? "hope" : "titans", e1, e2);
         free(buf); free(states); free(scratch_fast); free(scratch_ref);
     }
+}
+
+// The chunk is an approximation of the token-by-token recurrence, not another step size: chunk 2
+// differs from chunk 1 (the exact recurrence) only through gradients taken at W_c instead of
+// W_{t-1}, which differ by O(theta); so the read-outs differ by O(theta^2) and, relative to
+// what the memory's updates change at all (O(theta)), by O(theta): halving theta must at
+// least about halve the relative difference. And the models of --mem-chunk 1 and 16 have the
+// same step sizes theta_t.
+static void test_memory_chunk_approximation(void) {
+    int T = 24, d = 8, m = 8;
+    Rng rng = rng_seeded(5);
+    size_t nv = (size_t)T * d;
+    real *buf = xcalloc(8 * nv + 4 * (size_t)T, sizeof(real), "t"), *p = buf;
+    real *k = p, *v = p += nv, *q = p += nv, *y[3] = { p += nv, p += nv, p += nv };
+    real *theta = p += nv, *eta = p += T, *alpha = p += T;
+    for (size_t i = 0; i < nv; i++) { k[i] = (real)rng_normal(&rng); v[i] = (real)rng_normal(&rng); q[i] = (real)rng_normal(&rng); }
+    for (int t = 0; t < T; t++) {
+        double kk = 0, qq = 0;
+        for (int j = 0; j < d; j++) { kk += k[t * d + j] * k[t * d + j]; qq += q[t * d + j] * q[t * d + j]; }
+        for (int j = 0; j < d; j++) { k[t * d + j] /= (real)sqrt(kk); q[t * d + j] /= (real)sqrt(qq); }
+        eta[t] = (real)(0.5 + 0.3 * cos(t)); alpha[t] = (real)0.02;
+    }
+    int P = memory_params(2, d, m);
+    real *W0 = xcalloc(P, sizeof(real), "t");
+    for (int i = 0; i < P; i++) W0[i] = (real)(0.3 * rng_normal(&rng));
+    double rel[3];
+    for (int level = 0; level < 3; level++) {
+        double th = 0.2 / (1 << level), diff = 0, moved = 0;
+        for (int t = 0; t < T; t++) theta[t] = (real)(th * (0.6 + 0.3 * sin(t)));
+        for (int chunk = 1; chunk <= 2; chunk++) {
+            MemorySize ms = { d, m, 2, chunk, (real)th, 0, 0, 0 };
+            real *states = xcalloc(memory_state_size(T, ms), sizeof(real), "t");
+            real *scratch = xcalloc(memory_recurrence_scratch_size(T, ms), sizeof(real), "t");
+            memory_recurrence_forward(y[chunk - 1], states, scratch, k, v, q, theta, eta, alpha, W0, T, ms, 0);
+            free(states); free(scratch);
+        }
+        // what the updates change: the reads of the unchanged memory W0
+        real vec[64];
+        for (int t = 0; t < T; t++) memory_read(y[2] + (size_t)t * d, W0, q + (size_t)t * d, d, m, 2, vec);
+        for (size_t i = 0; i < nv; i++) { diff += fabs(y[1][i] - y[0][i]); moved += fabs(y[0][i] - y[2][i]); }
+        rel[level] = diff / moved;
+    }
+    check(rel[0] > 0 && rel[1] < 0.6 * rel[0] && rel[2] < 0.6 * rel[1],
+          "memory: chunk 2 vs chunk 1 differs only by the approximation (relative %.3g, %.3g, %.3g at theta, /2, /4)",
+          rel[0], rel[1], rel[2]);
+    free(buf); free(W0);
+    // the step sizes of --mem-chunk 1 and 16: the same theta_t for the same weights and tokens
+    Config c = tiny_config(ARCH_TITANS, TAPER_UNIFORM);
+    c.seq_len = 16;
+    int tokens[16], same = 1;
+    for (int t = 0; t < 16; t++) tokens[t] = (3 * t + 1) % c.vocab;
+    real *th[2];
+    Model *mm[2];
+    for (int i = 0; i < 2; i++) {
+        c.mem_chunk = i ? 16 : 1;
+        mm[i] = model_create(&c, 1, 16);
+        init_params(mm[i], 3);
+        model_forward(mm[i], tokens, tokens, 1, 16);
+        th[i] = mm[i]->a.layer[0].mem.theta;
+    }
+    for (int i = 0; i < 16 * c.heads; i++) same &= th[0][i] == th[1][i];
+    check(same && th[0][0] > 0 && th[0][0] < (real)c.mem_lr, "memory: --mem-chunk 1 and 16 give the same step sizes theta_t (%.4g)", (double)th[0][0]);
+    model_free(mm[0]); model_free(mm[1]);
 }
 
 // --- files the tests write ------------------------------------------------------------------
@@ -1904,6 +1968,7 @@ int main(void) {
     test_gemm_serial();
     test_attention();
     test_memory_recurrence();
+    test_memory_chunk_approximation();
     test_shard_loader();
     test_checkpoints();
     test_taper_extremes();

@@ -424,6 +424,8 @@ typedef struct {
     int gate_headwise;                      // gated: one gate per head instead of per channel
     int window;                             // titans: sliding-window size of the attention
     int mem_depth, mem_hidden, mem_chunk;   // titans: memory depth (1, 2), MLP width, chunk
+    double mem_lr, mem_clip;                // titans, hope: theta_max, the inner gradient's norm bound
+    int mem_conv, mem_silu;                 // titans, hope: q/k/v conv kernel (0: none), SiLU on q/k/v
     int cms_levels, cms_width;              // hope: levels incl. the slow SwiGLU; fast levels' width
     int cms_chunks[MAX_CMS_LEVELS];         // hope: update period of levels 2..k (index 1..k-1)
     int taper_groups;                       // --taper groups:..: how many groups (else 0)
@@ -443,8 +445,9 @@ typedef struct {
 // no kernel ever computes an offset.
 
 // NORMAL: N(0, 0.02); RESIDUAL: N(0, 0.02/sqrt(2L)) for matrices that write into the residual
-// stream; GATE_BIAS: the memory gates' biases (see init_params); SCALE: the constant 0.1
-typedef enum { INIT_NORMAL, INIT_RESIDUAL, INIT_ONES, INIT_GATE_BIAS, INIT_SCALE } Init;
+// stream; GATE_BIAS: the memory gates' biases (see init_params); SCALE: the constant 0.1;
+// CONV: a convolution that starts as the identity (weight 1 on the current token, 0 on the rest)
+typedef enum { INIT_NORMAL, INIT_RESIDUAL, INIT_ONES, INIT_GATE_BIAS, INIT_SCALE, INIT_CONV } Init;
 
 typedef struct {
     char name[24];
@@ -461,6 +464,7 @@ typedef struct {
     real *wqkv;                     // (3C, C)   q | k | v
     real *wgate;                    // (G, C)    gated: G = C, or NH when headwise
     real *mem_wqkv;                 // (3C, C)   titans: memory q | k | v
+    real *mem_conv;                 // (3C, K)   titans: causal depthwise conv on q | k | v (K = mem_conv)
     real *mem_wgates;               // (3NH, C)  titans: step | momentum | forget, per head
     real *mem_bgates;               // (3NH)
     real *mem_w0;                   // (NH, P)   titans: initial memory weights per head
@@ -472,6 +476,7 @@ typedef struct {
     // hope: fast levels 1..cms_levels-1 (level 0 is the SwiGLU above)
     real *cms_norm[MAX_CMS_LEVELS];   // (C)
     real *cms_wqkv[MAX_CMS_LEVELS];   // (3C, C)
+    real *cms_conv[MAX_CMS_LEVELS];   // (3C, K)  K = mem_conv
     real *cms_wgates[MAX_CMS_LEVELS]; // (3, C)
     real *cms_bgates[MAX_CMS_LEVELS]; // (3)
     real *cms_w0[MAX_CMS_LEVELS];     // (P)  P = 2 C m, m = cms_widths[l]
@@ -521,6 +526,7 @@ static void layout_params(const Config *c, real *base, ParamTable *pt, Weights *
         if (c->arch == ARCH_TITANS) {
             int P = memory_params(c->mem_depth, C / NH, c->mem_hidden);
             lw->mem_wqkv = declare(pt, "mem_wqkv", l, 3 * C, C, 0, 1, INIT_NORMAL);
+            if (c->mem_conv) lw->mem_conv = declare(pt, "mem_conv", l, 3 * C, c->mem_conv, 0, 0, INIT_CONV);
             lw->mem_wgates = declare(pt, "mem_wgates", l, 3 * NH, C, 0, 1, INIT_NORMAL);
             lw->mem_bgates = declare(pt, "mem_bgates", l, 1, 3 * NH, 0, 0, INIT_GATE_BIAS);
             lw->mem_w0 = declare(pt, "mem_w0", l, NH, P, 0, 0, INIT_NORMAL);
@@ -536,6 +542,7 @@ static void layout_params(const Config *c, real *base, ParamTable *pt, Weights *
                 int P = memory_params(2, C, c->cms_widths[l]);
                 lw->cms_norm[k] = declare(pt, "cms_norm", l, 1, C, 1, 0, INIT_ONES);
                 lw->cms_wqkv[k] = declare(pt, "cms_wqkv", l, 3 * C, C, 1, 1, INIT_NORMAL);
+                if (c->mem_conv) lw->cms_conv[k] = declare(pt, "cms_conv", l, 3 * C, c->mem_conv, 1, 0, INIT_CONV);
                 lw->cms_wgates[k] = declare(pt, "cms_wgates", l, 3, C, 1, 1, INIT_NORMAL);
                 lw->cms_bgates[k] = declare(pt, "cms_bgates", l, 1, 3, 1, 0, INIT_GATE_BIAS);
                 lw->cms_w0[k] = declare(pt, "cms_w0", l, 1, P, 1, 0, INIT_NORMAL);
@@ -556,6 +563,7 @@ static void layout_params(const Config *c, real *base, ParamTable *pt, Weights *
 // recurrence (memory_chunked_forward below) per sequence and head.
 typedef struct {
     real *qkv;                  // (N, 3C) raw projections x Wqkv^T
+    real *conv;                 // (N, 3C) after the causal depthwise convolution (mem_conv > 0)
     real *k, *v, *q;            // (B, NH, T, hs) per head; k and q L2-normalised
     real *k_inv, *q_inv;        // (B, NH, T) 1/|k|, 1/|q| before normalisation
     real *gates;                // (N, 3NH) gate pre-activations x Wg^T + b
@@ -607,7 +615,8 @@ typedef struct {
     real *dmk, *dmv, *dmq;      // (B, NH, T, hs)
     real *dtheta, *deta, *dalpha; // (B, NH, T)
     real *dmgates;              // (N, 3NH)
-    real *dmqkv;                // (N, 3C)  the memory's q | k | v projections' gradient
+    real *dmqkv;                // (N, 3C)  the memory's q | k | v after SiLU: their gradient
+    real *dmconv, *dmraw;       // (N, 3C)  ... before SiLU (after the conv) and before the conv
     real *dyh;                  // (B, NH, T, hs) dy with heads split
     real *dw0_parts;            // (B, NH, Pmax) per-sequence memory gradients, summed in order
     Scratch mem_scratch;        // (threads, memory_scratch_size) the memory kernel's workspace
@@ -968,7 +977,8 @@ static void crossentropy_backward(real *probs, const int *targets, int N, int V,
 //   depth 2:  M(x) = x + W2 silu(W1 x)            W1 (m, d), W2 (d, m), stored W1 then W2
 // with P parameters, learned at test time on the associative loss l_t(W) = |M_W(k_t) - v_t|^2:
 //   g_t = grad_W l_t(W_c)                 W_c: the weights at the start of t's chunk of tokens
-//   S_t = eta_t S_{t-1} - theta_t g_t     surprise with momentum         (S_{-1} = 0)
+//   c_t = min(1, clip / |g_t|)            the gradient's norm bounded (clip 0: c_t = 1)
+//   S_t = eta_t S_{t-1} - theta_t c_t g_t surprise with momentum         (S_{-1} = 0)
 //   W_t = (1 - alpha_t) W_{t-1} + S_t     forgetting and update          (W_{-1} = W0, learned)
 //   y_t = M_{W_t}(q_t)   (Titans)   or   M_{W_c}(q_t)   (Hope: a chunk reads its start weights)
 // A chunk of 1 token is the exact token-by-token recurrence. Below: the pieces (memory_read, a
@@ -980,13 +990,18 @@ static void crossentropy_backward(real *probs, const int *targets, int N, int V,
 //
 // The sizes of one memory, for one head: its head size d, hidden width m (depth 2; depth 1
 // ignores it), depth (1 or 2) and chunk length (the last chunk of a sequence may be shorter).
-typedef struct { int d, m, depth, chunk; } MemorySize;
+// The inner loop's step size is theta_t <= lr, whatever the chunk; clip bounds the norm of
+// each token's gradient (0: no bound), see memory_clip_factor().
+// conv: the kernel of the causal depthwise convolution on q, k, v (0: none); silu: SiLU on them.
+typedef struct { int d, m, depth, chunk; real lr, clip; int conv, silu; } MemorySize;
 // Titans' memory (one per head) and Hope's fast level k of layer l (one head as wide as the model)
 static MemorySize titans_memory(const Config *c) {
-    return (MemorySize){ c->dim / c->heads, c->mem_hidden, c->mem_depth, c->mem_chunk };
+    return (MemorySize){ c->dim / c->heads, c->mem_hidden, c->mem_depth, c->mem_chunk, (real)c->mem_lr, (real)c->mem_clip,
+                         c->mem_conv, c->mem_silu };
 }
 static MemorySize hope_level(const Config *c, int l, int k) {
-    return (MemorySize){ c->dim, c->cms_widths[l], 2, c->cms_chunks[k] };
+    return (MemorySize){ c->dim, c->cms_widths[l], 2, c->cms_chunks[k], (real)c->mem_lr, (real)c->mem_clip,
+                         c->mem_conv, c->mem_silu };
 }
 
 
@@ -1017,6 +1032,17 @@ static inline size_t memory_recurrence_scratch_size(int T, MemorySize ms) {
            16 * (size_t)(ms.d + ms.m);
 }
 
+
+// The inner loop stable by construction: each token's gradient is clipped to norm <= clip
+// (titans-pytorch's max_grad_norm; the Titans paper's inner loop is plain gradient descent, whose
+// step, with keys of unit norm, is stable only while 2 theta (chunk / (1 - eta)) < 2: a chunk sums
+// its gradients at W_c, and the momentum adds them up again). With the clip every token moves S by
+// at most theta_max clip, so |S_t| <= theta_max clip / (1 - eta_max) and W_t grows at most
+// linearly in t, whatever the outer weights, the chunk or the learning rate do; below the bound
+// the memory is the paper's. Chosen over a normalised step (which rescales every token, also
+// the small, well-behaved ones) and over tighter gates (which would tie theta_max to the chunk,
+// the dependence this removes). The scale c = min(1, clip/G) of a gradient of norm G, and dc/dG.
+static inline real memory_clip_factor(real G, real clip) { return clip > 0 && G > clip ? clip / G : 1; }
 
 static inline real silu(real z) { return z * sigmoid(z); }
 static inline real silu_grad(real z) { real s = sigmoid(z); return s * (1 + z * (1 - s)); }
@@ -1235,8 +1261,9 @@ static inline void memory_recurrence_forward(real *y, real *states, real *scratc
         memcpy(Wc + P, S, P * sizeof(real));
         for (int t = s; t < T && t < s + chunk; t++) {
             memory_loss_grad(g, Wc, k + (size_t)t * d, v + (size_t)t * d, d, m, depth, vec);
+            real step = theta[t] * memory_clip_factor(r_sqrt(dot(g, g, P)), ms.clip);
             for (int p = 0; p < P; p++) {
-                S[p] = eta[t] * S[p] - theta[t] * g[p];
+                S[p] = eta[t] * S[p] - step * g[p];
                 W[p] = (1 - alpha[t]) * W[p] + S[p];
             }
             memory_read(y + (size_t)t * d, read_chunk_start ? Wc : W, q + (size_t)t * d, d, m, depth, vec);
@@ -1275,8 +1302,9 @@ static inline void memory_recurrence_backward(real *dk, real *dv, real *dq, real
             const real *Wp = i ? Wt + (size_t)(i - 1) * P : Wc, *Sp = i ? St + (size_t)(i - 1) * P : Sc;
             real *Wi = Wt + (size_t)i * P, *Si = St + (size_t)i * P;
             memory_loss_grad(g, Wc, k + (size_t)t * d, v + (size_t)t * d, d, m, depth, vec);
+            real step = theta[t] * memory_clip_factor(r_sqrt(dot(g, g, P)), ms.clip);
             for (int p = 0; p < P; p++) {
-                Si[p] = eta[t] * Sp[p] - theta[t] * g[p];
+                Si[p] = eta[t] * Sp[p] - step * g[p];
                 Wi[p] = (1 - alpha[t]) * Wp[p] + Si[p];
             }
         }
@@ -1304,10 +1332,16 @@ static inline void memory_recurrence_backward(real *dk, real *dv, real *dq, real
                 dth -= g[p] * dS[p];
                 det += Sp[p] * dS[p];
             }
-            dtheta[t] += dth;
+            // the step theta c: dtheta += c dstep ;  clipped (c = clip/G): dc = theta dstep,
+            // dG = -c/G dc, dg += dG g/G
+            real G = r_sqrt(dot(g, g, P)), c = memory_clip_factor(G, ms.clip);
+            dtheta[t] += c * dth;
             deta[t] += det;
-            memory_loss_grad_backward(dWc, dk + (size_t)t * d, dv + (size_t)t * d, dS, -theta[t], Wc,
+            memory_loss_grad_backward(dWc, dk + (size_t)t * d, dv + (size_t)t * d, dS, -theta[t] * c, Wc,
                                  k + (size_t)t * d, v + (size_t)t * d, d, m, depth, vec);
+            if (c < 1)
+                memory_loss_grad_backward(dWc, dk + (size_t)t * d, dv + (size_t)t * d, g, -c / (G * G) * theta[t] * dth, Wc,
+                                     k + (size_t)t * d, v + (size_t)t * d, d, m, depth, vec);
             for (int p = 0; p < P; p++) dS[p] *= eta[t];
         }
         for (int p = 0; p < P; p++) dW[p] += dWc[p];
@@ -1316,39 +1350,98 @@ static inline void memory_recurrence_backward(real *dk, real *dv, real *dq, real
 }
 
 // The model's memory: the same function as memory_recurrence_forward/backward, a chunk at a
-// time in closed form (appendix B). Same arguments, except that the backward needs neither v nor
-// theta (it reaches them through what the forward kept in `states`); scratch per thread:
+// time in closed form (appendix B). Same arguments, except that the backward does not need v
+// (it reaches it through what the forward kept in `states`); scratch per thread:
 // memory_scratch_size(), states: memory_state_size().
 static void memory_chunked_forward(real *y, real *states, real *scratch, const real *k, const real *v,
                                    const real *q, const real *theta, const real *eta, const real *alpha,
                                    const real *W0, int T, MemorySize ms, int read_chunk_start);
 static void memory_chunked_backward(real *dk, real *dv, real *dq, real *dtheta, real *deta, real *dalpha,
                                     real *dW0, real *scratch, const real *dy, const real *states,
-                                    const real *k, const real *q, const real *eta, const real *alpha,
+                                    const real *k, const real *q, const real *theta, const real *eta, const real *alpha,
                                     int T, MemorySize ms, int read_chunk_start);
 
-// --- the neural memory module (Titans' mixer branch, Hope's fast levels) -------------------
-// From the normalised block input x (N,C):
-//   q, k, v = split_heads(x Wqkv^T),  k <- k/|k|, q <- q/|q|        per head of size hs
-//   z = x Wg^T + b :  theta = (theta_max / C) sigmoid(z_step), eta = sigmoid(z_mom), alpha = sigmoid(z_forget)
-// The step size is divided by the chunk length: the gradients of a chunk's tokens are all taken
-// at the chunk's start weights and add up, so this keeps a chunk's update at the scale of one step.
-//   y = memory recurrence (memory_chunked_forward) per sequence and head, heads merged back (N,C)
-static const real theta_max = (real)0.1, eta_max = (real)0.9;
+// --- causal depthwise convolution over time (the memory's q, k, v) --------------------------
+// out[b,t,c] = sum_{j<K, j<=t} w[c,j] x[b,t-j,c]      x, out (B,T,CH); w (CH,K), tap 0 the current token
+static void conv_forward(real *out, const real *x, const real *w, int B, int T, int CH, int K) {
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            real *o = out + ((size_t)b * T + t) * CH;
+            for (int c = 0; c < CH; c++) o[c] = 0;
+            for (int j = 0; j < K && j <= t; j++) {
+                const real *xr = x + ((size_t)b * T + t - j) * CH;
+                for (int c = 0; c < CH; c++) o[c] += w[(size_t)c * K + j] * xr[c];
+            }
+        }
+}
+// dx[b,t,c] += sum_{j, t+j<T} w[c,j] dout[b,t+j,c] ;   dw[c,j] += sum_{b,t>=j} dout[b,t,c] x[b,t-j,c]
+static void conv_backward(real *dx, real *dw, const real *dout, const real *x, const real *w,
+                          int B, int T, int CH, int K) {
+    #pragma omp parallel for collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            real *d = dx + ((size_t)b * T + t) * CH;
+            for (int j = 0; j < K && t + j < T; j++) {
+                const real *g = dout + ((size_t)b * T + t + j) * CH;
+                for (int c = 0; c < CH; c++) d[c] += w[(size_t)c * K + j] * g[c];
+            }
+        }
+    // per tap, the sum over positions of dout x shifted: blocks of channels, rows in order
+    for (int j = 0; j < K; j++) {
+        #pragma omp parallel for
+        for (int c0 = 0; c0 < CH; c0 += LANES) {
+            int width = CH - c0 < LANES ? CH - c0 : LANES;
+            real acc[LANES] = { 0 };
+            for (int b = 0; b < B; b++)
+                for (int t = j; t < T; t++) {
+                    const real *g = dout + ((size_t)b * T + t) * CH + c0, *xr = x + ((size_t)b * T + t - j) * CH + c0;
+                    for (int c = 0; c < width; c++) acc[c] += g[c] * xr[c];
+                }
+            for (int c = 0; c < width; c++) dw[(size_t)(c0 + c) * K + j] += acc[c];
+        }
+    }
+}
+// SiLU elementwise:  dx += dout silu'(x)
+static void silu_backward(real *dx, const real *dout, const real *x, size_t n) {
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) dx[i] += dout[i] * silu_grad(x[i]);
+}
 
-static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqkv, const real *wgates,
+// --- the neural memory module (Titans' mixer branch, Hope's fast levels) -------------------
+// From the normalised block input x (N,C), as Titans' section 4.4 builds its memory branch:
+//   p = x Wqkv^T ;  p <- CausalDepthwiseConv_K(p) ;  p <- silu(p)      (each optional: mem_conv, mem_silu)
+//   q, k, v = split_heads(p),  k <- k/|k|, q <- q/|q|        per head of size hs
+// The convolution mixes each channel over the K = 4 latest tokens (Mamba's and GLA's kernel, which
+// Titans follows): a key then says what the last few tokens were, not one token alone, at
+// 3CK parameters and a cost far below the projection's; it starts as the identity.
+//   z = x Wg^T + b :  theta = mem_lr sigmoid(z_step), eta = eta_max sigmoid(z_mom), alpha = sigmoid(z_forget)
+// theta does not depend on the chunk: the chunk only sets how closely the token-by-token
+// recurrence is approximated (its gradients taken at the chunk's start weights); the inner loop's
+// stability comes from the clipped gradient (memory_clip_factor), not from a smaller step.
+//   y = memory recurrence (memory_chunked_forward) per sequence and head, heads merged back (N,C)
+static const real eta_max = (real)0.9;
+
+static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqkv, const real *wconv, const real *wgates,
                                   const real *bgates, const real *w0, Scratch scratch,
                                   int B, int T, int C, int NH, MemorySize ms, int read_chunk_start) {
-    int N = B * T, hs = ms.d, chunk = ms.chunk, P = memory_params(ms.depth, hs, ms.m);
+    int N = B * T, hs = ms.d, P = memory_params(ms.depth, hs, ms.m);
     size_t S = memory_state_size(T, ms);
     matmul_forward(ma->qkv, x, wqkv, N, C, 3 * C);
+    if (ms.conv) conv_forward(ma->conv, ma->qkv, wconv, B, T, 3 * C, ms.conv); // (else ma->conv is ma->qkv)
     matmul_forward(ma->gates, x, wgates, N, C, 3 * NH);
     #pragma omp parallel for collapse(3)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)
             for (int t = 0; t < T; t++) {
                 size_t n = (size_t)b * T + t, i = ((size_t)b * NH + h) * T + t;
-                const real *q = ma->qkv + n * 3 * C + h * hs, *k = q + C, *v = q + 2 * C;
+                const real *p = ma->conv + n * 3 * C + h * hs;
+                real q[hs], k[hs], v[hs]; // p's head, after SiLU
+                for (int j = 0; j < hs; j++) {
+                    q[j] = ms.silu ? silu(p[j]) : p[j];
+                    k[j] = ms.silu ? silu(p[C + j]) : p[C + j];
+                    v[j] = ms.silu ? silu(p[2 * C + j]) : p[2 * C + j];
+                }
                 real qq = dot(q, q, hs), kk = dot(k, k, hs);
                 real q_inv = 1 / r_sqrt(qq + (real)1e-12), k_inv = 1 / r_sqrt(kk + (real)1e-12);
                 for (int j = 0; j < hs; j++) {
@@ -1360,7 +1453,7 @@ static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqk
                 ma->k_inv[i] = k_inv;
                 real *z = ma->gates + n * 3 * NH;
                 for (int g = 0; g < 3; g++) z[g * NH + h] += bgates[g * NH + h];
-                ma->theta[i] = theta_max / chunk * sigmoid(z[h]);
+                ma->theta[i] = ms.lr * sigmoid(z[h]);
                 ma->eta[i] = eta_max * sigmoid(z[NH + h]);
                 ma->alpha[i] = sigmoid(z[2 * NH + h]);
             }
@@ -1386,12 +1479,12 @@ static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqk
 // Backward of the module: dy (N,C) in; dx (N,C) and the weight gradients accumulated.
 //   memory_chunked_backward gives dk, dv, dq, dtheta, deta, dalpha and dW0 per sequence and head;
 //   through k <- k/|k|: dk_raw = (dk - k (k . dk)) / |k|  (same for q);
-//   through the gates: dz = dtheta theta (1 - theta C/theta_max), deta eta (1 - eta), ...
-static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates, real *dbgates, real *dw0,
-                                   const real *dy, const MemoryActs *ma, const real *x, const real *wqkv,
+//   through the gates: dz = dtheta theta (1 - theta/mem_lr), deta eta (1 - eta/eta_max), ...
+static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwconv, real *dwgates, real *dbgates, real *dw0,
+                                   const real *dy, const MemoryActs *ma, const real *x, const real *wqkv, const real *wconv,
                                    const real *wgates, int B, int T, int C, int NH,
                                    MemorySize ms, int read_chunk_start) {
-    int N = B * T, hs = ms.d, chunk = ms.chunk, P = memory_params(ms.depth, hs, ms.m);
+    int N = B * T, hs = ms.d, P = memory_params(ms.depth, hs, ms.m);
     size_t S = memory_state_size(T, ms);
     // the module's scratch gradients, which the kernels below add into, cleared in this one place
     zero_parallel(a->dmk, (size_t)N * C);
@@ -1402,6 +1495,8 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates
     zero_parallel(a->dalpha, (size_t)N * NH);
     zero_parallel(a->dw0_parts, (size_t)B * NH * P);
     zero_parallel(a->dmqkv, (size_t)N * 3 * C);
+    zero_parallel(a->dmconv, (size_t)N * 3 * C);
+    zero_parallel(a->dmraw, (size_t)N * 3 * C);
     zero_parallel(a->dmgates, (size_t)N * 3 * NH);
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
@@ -1417,7 +1512,7 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates
                             a->dtheta + bh * T, a->deta + bh * T, a->dalpha + bh * T, a->dw0_parts + bh * P,
                             scratch_mine(a->mem_scratch), a->dyh + bh * T * hs,
                             ma->states + bh * S, ma->k + bh * T * hs, ma->q + bh * T * hs,
-                            ma->eta + bh * T, ma->alpha + bh * T,
+                            ma->theta + bh * T, ma->eta + bh * T, ma->alpha + bh * T,
                             T, ms, read_chunk_start);
         }
     // dW0[h] += sum over sequences, in a fixed order
@@ -1441,7 +1536,7 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates
                     dv_raw[j] += dv[j];
                 }
                 real th = ma->theta[i], et = ma->eta[i], al = ma->alpha[i];
-                dz[n * 3 * NH + h] += a->dtheta[i] * th * (1 - th * chunk / theta_max);
+                dz[n * 3 * NH + h] += a->dtheta[i] * th * (1 - th / ms.lr);
                 dz[n * 3 * NH + NH + h] += a->deta[i] * et * (1 - et / eta_max);
                 dz[n * 3 * NH + 2 * NH + h] += a->dalpha[i] * al * (1 - al);
             }
@@ -1450,7 +1545,11 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwgates
         for (int n = 0; n < N; n++) s += dz[(size_t)n * 3 * NH + j];
         dbgates[j] += s;
     }
-    matmul_backward(dx, dwqkv, dqkv, x, wqkv, N, C, 3 * C);
+    // back through SiLU (dmqkv -> dmconv), the convolution (-> dmraw), the projection
+    const real *dp = dqkv;
+    if (ms.silu) { silu_backward(a->dmconv, dp, ma->conv, (size_t)N * 3 * C); dp = a->dmconv; }
+    if (ms.conv) { conv_backward(a->dmraw, dwconv, dp, ma->qkv, wconv, B, T, 3 * C, ms.conv); dp = a->dmraw; }
+    matmul_backward(dx, dwqkv, dp, x, wqkv, N, C, 3 * C);
     matmul_backward(dx, dwgates, dz, x, wgates, N, C, 3 * NH);
 }
 
@@ -1463,6 +1562,7 @@ static void layout_memory_acts(MemoryActs *ma, size_t *cur, real *base, int B, i
                                MemorySize ms) {
     size_t N = (size_t)B * T;
     ma->qkv = take(cur, base, N * 3 * C);
+    ma->conv = ms.conv ? take(cur, base, N * 3 * C) : ma->qkv;
     ma->k = take(cur, base, N * C);
     ma->v = take(cur, base, N * C);
     ma->q = take(cur, base, N * C);
@@ -1553,6 +1653,8 @@ static size_t layout_activations(Model *model, real *base, int B, int T) {
         a->dalpha = take(&cur, base, N * NH);
         a->dmgates = take(&cur, base, N * 3 * NH);
         a->dmqkv = take(&cur, base, N * 3 * C);
+        a->dmconv = take(&cur, base, N * 3 * C);
+        a->dmraw = take(&cur, base, N * 3 * C);
         a->dyh = take(&cur, base, N * C);
         a->dw0_parts = take(&cur, base, (size_t)B * NH * Pmax);
         a->mem_scratch = (Scratch){take(&cur, base, (size_t)num_threads() * scratch), scratch, num_threads()};
@@ -1627,6 +1729,12 @@ static void config_finish(Config *c) {
         if (c->mem_hidden < 1 || c->mem_hidden > 1 << 14) config_die("--mem-hidden must be in 1..%d, got %d", 1 << 14, c->mem_hidden);
         if (c->mem_chunk < 1 || c->mem_chunk > 1 << 20) config_die("--mem-chunk must be in 1..%d, got %d", 1 << 20, c->mem_chunk);
     }
+    if (c->arch == ARCH_TITANS || c->arch == ARCH_HOPE) {
+        if (!(c->mem_lr > 0 && c->mem_lr <= 1)) die("--mem-lr must be in (0, 1], got %g", c->mem_lr);
+        if (!(c->mem_clip >= 0 && c->mem_clip <= 1e6)) die("--mem-clip must be in 0..1e6 (0: off), got %g", c->mem_clip);
+        if (c->mem_conv < 0 || c->mem_conv > 64) die("--mem-conv must be in 0..64 (0: off), got %d", c->mem_conv);
+        if (c->mem_silu != 0 && c->mem_silu != 1) die("--mem-silu must be 0 or 1, got %d", c->mem_silu);
+    }
     if (c->arch == ARCH_HOPE) {
         if (c->cms_levels < 1 || c->cms_levels > MAX_CMS_LEVELS)
             config_die("--cms-levels must be in 1..%d, got %d", MAX_CMS_LEVELS, c->cms_levels);
@@ -1673,10 +1781,12 @@ static void init_params(Model *m, uint64_t seed) {
             case INIT_RESIDUAL: p[j] = (real)(0.02 / sqrt(2.0 * c->layers) * rng_normal(&rng)); break;
             case INIT_ONES:     p[j] = 1; break;
             case INIT_SCALE:    p[j] = (real)0.1; break;
+            case INIT_CONV:     p[j] = j % t->cols == 0; break; // tap 0: the current token
             case INIT_GATE_BIAS: {
                 // groups of the (3*heads) biases: step size, momentum, forgetting. At init a
-                // token writes with theta = sigmoid(-2) = 0.12, keeps eta = sigmoid(2) = 0.88 of
-                // the momentum and forgets alpha = sigmoid(-4) = 0.018 of the memory.
+                // token writes with theta = mem_lr sigmoid(-2) = 0.12 mem_lr (0.00074 at the
+                // default 0.00625), keeps eta = eta_max sigmoid(2) = 0.9 * 0.88 = 0.79 of the
+                // momentum and forgets alpha = sigmoid(-4) = 0.018 of the memory.
                 static const real bias[3] = { -2, 2, -4 };
                 p[j] = bias[j / (t->size / 3)];
                 break;
@@ -1776,7 +1886,7 @@ static void mixer_forward(Model *m, int l, int B, int T) {
         break;
     case ARCH_TITANS:
         attention_branch_forward(m, l, B, T, c->window);
-        memory_module_forward(&la->mem, la->ln1, w->mem_wqkv, w->mem_wgates, w->mem_bgates, w->mem_w0,
+        memory_module_forward(&la->mem, la->ln1, w->mem_wqkv, w->mem_conv, w->mem_wgates, w->mem_bgates, w->mem_w0,
                               m->a.mem_scratch, B, T, C, NH,
                               titans_memory(c), 0);
         rmsnorm_forward(la->my_norm, la->my_rstd, la->mem.y, w->mem_norm, N, C);
@@ -1815,8 +1925,8 @@ static void mixer_backward(Model *m, int l, int B, int T) {
     case ARCH_TITANS:
         gate_backward(a->dattn, a->dgate, a->dmixed, la->attn, la->mgate, N, C, C);
         rmsnorm_backward(a->dy, g->mem_norm, a->dgate, la->mem.y, w->mem_norm, la->my_rstd, N, C);
-        memory_module_backward(a, a->dln, g->mem_wqkv, g->mem_wgates, g->mem_bgates, g->mem_w0, a->dy,
-                               &la->mem, la->ln1, w->mem_wqkv, w->mem_wgates, B, T, C, NH,
+        memory_module_backward(a, a->dln, g->mem_wqkv, g->mem_conv, g->mem_wgates, g->mem_bgates, g->mem_w0, a->dy,
+                               &la->mem, la->ln1, w->mem_wqkv, w->mem_conv, w->mem_wgates, B, T, C, NH,
                                titans_memory(c), 0);
         attention_branch_backward(m, l, B, T, c->window, a->dattn);
         break;
@@ -1844,7 +1954,7 @@ static void mlp_forward(Model *m, int l, int B, int T) {
     for (int k = 1; k < c->cms_levels; k++) {
         const real *in = la->cms_res[k - 1];
         rmsnorm_forward(la->cms_ln[k], la->cms_rstd[k], in, w->cms_norm[k], N, C);
-        memory_module_forward(&la->cms[k], la->cms_ln[k], w->cms_wqkv[k], w->cms_wgates[k], w->cms_bgates[k],
+        memory_module_forward(&la->cms[k], la->cms_ln[k], w->cms_wqkv[k], w->cms_conv[k], w->cms_wgates[k], w->cms_bgates[k],
                               w->cms_w0[k], m->a.mem_scratch, B, T, C, 1,
                               hope_level(c, l, k), 1);
         #pragma omp parallel for
@@ -1874,8 +1984,9 @@ static void mlp_backward(Model *m, int l, int B, int T) {
             #pragma omp parallel for
             for (int n = 0; n < N; n++)
                 for (int j = 0; j < C; j++) a->dy[(size_t)n * C + j] += a->dres[(size_t)n * C + j] * w->cms_scale[k][j];
-            memory_module_backward(a, a->dln, g->cms_wqkv[k], g->cms_wgates[k], g->cms_bgates[k], g->cms_w0[k],
-                                   a->dy, &la->cms[k], la->cms_ln[k], w->cms_wqkv[k], w->cms_wgates[k],
+            memory_module_backward(a, a->dln, g->cms_wqkv[k], g->cms_conv[k], g->cms_wgates[k], g->cms_bgates[k],
+                                   g->cms_w0[k], a->dy, &la->cms[k], la->cms_ln[k], w->cms_wqkv[k], w->cms_conv[k],
+                                   w->cms_wgates[k],
                                    B, T, C, 1, hope_level(c, l, k), 1);
             rmsnorm_backward(a->dres, g->cms_norm[k], a->dln, la->cms_res[k - 1], w->cms_norm[k],
                              la->cms_rstd[k], N, C);
@@ -3000,6 +3111,13 @@ static const Option options[] = {
     { "mem-depth", OPT_INT, KIND_MODEL, OFF(cfg.mem_depth), "2", 1, 2, 0, H_MEM_DEPTH, "titans: memory depth, 1 (linear) or 2 (MLP)" },
     { "mem-hidden", OPT_INT, KIND_MODEL, OFF(cfg.mem_hidden), "32", 1, 1 << 14, 0, H_MEM_HIDDEN, "titans: hidden width of the depth-2 memory" },
     { "mem-chunk", OPT_INT, KIND_MODEL, OFF(cfg.mem_chunk), "16", 1, 1 << 20, 0, H_MEM_CHUNK, "titans: tokens per memory chunk (1 = exact recurrence)" },
+    { "mem-lr", OPT_REAL, KIND_MODEL, OFF(cfg.mem_lr), "0.00625", FLT_MIN, 1, 0, -1,
+      "titans, hope: the memory's largest step size theta_max (the same for any chunk)" },
+    { "mem-clip", OPT_REAL, KIND_MODEL, OFF(cfg.mem_clip), "1", 0, 1e6, 0, -1,
+      "titans, hope: bound on each token's inner-gradient norm (0: off)" },
+    { "mem-conv", OPT_INT, KIND_MODEL, OFF(cfg.mem_conv), "4", 0, 64, 0, -1,
+      "titans, hope: causal depthwise conv kernel on the memory's q, k, v (0: off)" },
+    { "mem-silu", OPT_INT, KIND_MODEL, OFF(cfg.mem_silu), "1", 0, 1, 0, -1, "titans, hope: SiLU on the memory's q, k, v (0: off)" },
     { "cms-levels", OPT_INT, KIND_MODEL, OFF(cfg.cms_levels), "2", 1, MAX_CMS_LEVELS, 0, H_CMS_LEVELS, "hope: memory levels, including the slow SwiGLU" },
     { "cms-width", OPT_INT, KIND_MODEL, OFF(cfg.cms_width), "64", 1, 1 << 14, 0, H_CMS_WIDTH, "hope: mean hidden width of the fast levels" },
     { "cms-chunks", OPT_LIST, KIND_MODEL, OFF(cfg.cms_chunks[1]), "16,64", 1, 1 << 20, MAX_CMS_LEVELS - 1, H_CMS_CHUNKS + 1,
@@ -3235,6 +3353,14 @@ static void options_from_v1_header(Options *saved, const int32_t *h) {
         default:        *(int *)p = h[o->v1_slot]; break;
         }
     }
+    // a version-1 file is a memory from before its step had its own option, its gradient a clip
+    // and its q, k, v a conv and SiLU: theta_max = 0.1 / chunk, none of the rest
+    Config *c = &saved->cfg;
+    int chunk = c->arch == ARCH_HOPE ? c->cms_chunks[1] : c->mem_chunk;
+    c->mem_lr = 0.1f / (float)(chunk > 0 ? chunk : 1);
+    c->mem_clip = 0;
+    c->mem_conv = 0;
+    c->mem_silu = 0;
 }
 
 static void usage(FILE *out) {
@@ -4382,6 +4508,7 @@ typedef struct {
     real *gcoef;                    // (n, 3 + 2n): gradients of the coefficients after token t
     real *T1, *T2, *H, *H2;         // (n, wide) x 2, (n, n) x 2 for the reads
     real *M1, *M2, *N1, *N2, *Xs;   // (n, wide) x 5 for the end state (M1, M2 also for the reads' backward)
+    real *step, *dstep;             // (n) x 2: theta_t c_t (the clipped step) and its gradient
 } MemoryChunk;
 
 // Block b of W (depth 2: W1 (m, d), then W2 (d, m); depth 1: W (d, d)): its rows, columns,
@@ -4414,7 +4541,7 @@ static size_t memory_chunk_size(int n_tokens, int d, int m) {
     size_t n = (size_t)n_tokens, wide = d > m ? d : m;
     // as memory_chunk_layout() lays it out: dY0, dX1 (n, d); dY1, dR, dZ, dZq (n, m); dX0, T1, T2,
     // M1, M2, N1, N2, Xs (n, wide); gcoef; H, H2 (n, n)
-    return n * (2 * (size_t)d + 4 * (size_t)m + 8 * wide) + n * (3 + 2 * n) + 2 * n * n;
+    return n * (2 * (size_t)d + 4 * (size_t)m + 8 * wide) + n * (3 + 2 * n) + 2 * n * n + 2 * n;
 }
 static void memory_chunk_layout(MemoryChunk *f, real *p, int n_tokens, int d, int m) {
     size_t n = (size_t)n_tokens, wide = d > m ? d : m;
@@ -4427,6 +4554,7 @@ static void memory_chunk_layout(MemoryChunk *f, real *p, int n_tokens, int d, in
     f->T1 = f->gcoef + n * (3 + 2 * n);  f->T2 = f->T1 + n * wide;  f->H = f->T2 + n * wide;  f->H2 = f->H + n * n;
     f->M1 = f->H2 + n * n;  f->M2 = f->M1 + n * wide;  f->N1 = f->M2 + n * wide;  f->N2 = f->N1 + n * wide;
     f->Xs = f->N2 + n * wide;
+    f->step = f->Xs + n * wide;  f->dstep = f->step + n;
 }
 
 // Y (n, d) = M_W(X) for n inputs at once, keeping Z = X W1^T and A = silu(Z) (depth 2)
@@ -4495,6 +4623,47 @@ static void memory_factors_backward(MemoryChunk *f, real *dWc, real *dK, real *d
     gemm_serial(dK, f->dZ, W1, n, d, m, 0, m, 0, d, d, 1);    // dK += dZ W1
 }
 
+// The clipped steps theta_t c_t of the chunk's tokens, c_t = min(1, clip / |g_t|) (section 5), with
+// |g_t|^2 = 4 |e|^2 |k|^2 (depth 1) or 4 (|u|^2 |k|^2 + |e|^2 |a|^2) (depth 2), from the factors.
+// sigma: (n) the |g_t|^2 / 4.
+static void memory_clip_sigma(real *sigma, const MemoryChunk *f, const real *K, int n, int d, int m, int depth) {
+    for (int t = 0; t < n; t++) {
+        const real *e = f->E + (size_t)t * d, *kt = K + (size_t)t * d;
+        real ee = dot(e, e, d), kk = dot(kt, kt, d);
+        sigma[t] = depth == 1 ? ee * kk
+                 : dot(f->U + (size_t)t * m, f->U + (size_t)t * m, m) * kk + ee * dot(f->A + (size_t)t * m, f->A + (size_t)t * m, m);
+    }
+}
+static void memory_clip_steps(MemoryChunk *f, const real *K, const real *theta, int n, int d, int m, int depth, real clip) {
+    memory_clip_sigma(f->step, f, K, n, d, m, depth);
+    for (int t = 0; t < n; t++) f->step[t] = theta[t] * memory_clip_factor(2 * r_sqrt(f->step[t]), clip);
+}
+// its backward, given dstep: dtheta += c dstep ; where clipped (c = clip/G, G = 2 sqrt(sigma)):
+// dsigma = theta dstep dc/dsigma = -2 c theta dstep / G^2, into the factors' gradients f->dX, f->dY
+// (depth 1: de += 2 e |k|^2 dsigma, dk += 2 k |e|^2 dsigma; depth 2 also du, da likewise)
+static void memory_clip_steps_backward(MemoryChunk *f, real *dtheta, const real *K, const real *theta,
+                                       int n, int d, int m, int depth, real clip) {
+    real *sigma = f->step; // the steps themselves are not needed again
+    memory_clip_sigma(sigma, f, K, n, d, m, depth);
+    for (int t = 0; t < n; t++) {
+        real G = 2 * r_sqrt(sigma[t]), c = memory_clip_factor(G, clip);
+        dtheta[t] += c * f->dstep[t];
+        if (c == 1) continue;
+        real ds = -2 * c * theta[t] * f->dstep[t] / (G * G);
+        const real *e = f->E + (size_t)t * d, *kt = K + (size_t)t * d;
+        real ee = dot(e, e, d), kk = dot(kt, kt, d);
+        real *de = (depth == 1 ? f->dX[0] : f->dX[1]) + (size_t)t * d, *dk = f->dY[0] + (size_t)t * d;
+        if (depth == 1) {
+            for (int i = 0; i < d; i++) { de[i] += 2 * e[i] * kk * ds; dk[i] += 2 * kt[i] * ee * ds; }
+            continue;
+        }
+        const real *u = f->U + (size_t)t * m, *a = f->A + (size_t)t * m;
+        real uu = dot(u, u, m), aa = dot(a, a, m);
+        real *du = f->dX[0] + (size_t)t * m, *da = f->dY[1] + (size_t)t * m;
+        for (int i = 0; i < d; i++) { de[i] += 2 * e[i] * aa * ds; dk[i] += 2 * kt[i] * uu * ds; }
+        for (int j = 0; j < m; j++) { du[j] += 2 * u[j] * kk * ds; da[j] += 2 * a[j] * ee * ds; }
+    }
+}
 // The coefficients before each token t (row t of f->coef: cw, cs, ps, cx_0..n-1, ex_0..n-1;
 // row n: after the last token), by the recurrence above.
 static void memory_coefficients(MemoryChunk *f, const real *eta, const real *theta, const real *alpha, int n) {
@@ -4716,7 +4885,8 @@ static void memory_chunked_forward(real *y, real *states, real *scratch, const r
         const real *K = k + (size_t)s * d, *Q = q + (size_t)s * d;
         memory_chunk_saved(&f, Sc + P, len, d, m, depth);
         memory_factors(&f, Wc, K, v + (size_t)s * d, n, d, m, depth);
-        memory_coefficients(&f, eta + s, theta + s, alpha + s, n);
+        memory_clip_steps(&f, K, theta + s, n, d, m, depth, ms.clip);
+        memory_coefficients(&f, eta + s, f.step, alpha + s, n);
         if (read_chunk_start) memory_read_rows(y + (size_t)s * d, f.Zq, f.Aq, Wc, Q, n, d, m, depth); // Hope
         else                  memory_chunk_read(y + (size_t)s * d, Q, Wc, Sc, &f, K, n, d, m, depth);  // Titans
         memory_chunk_advance(Wn, Sn, Wc, Sc, &f, K, n, d, m, depth);
@@ -4727,10 +4897,10 @@ static void memory_chunked_forward(real *y, real *states, real *scratch, const r
 // through the chunks. dW, dS: the adjoints of the state at the end of the chunk at hand (zero at
 // the end of the sequence); each chunk's backward first turns them into those of its start W_c,
 // S_c, then adds what the chunk's reads and factors contributed at W_c, S_c. At the very start
-// dW0 += dW. (v and theta reach it through the kept factors and coefficients.)
+// dW0 += dW. (v reaches it through the kept factors.)
 static void memory_chunked_backward(real *dk, real *dv, real *dq, real *dtheta, real *deta, real *dalpha, real *dW0,
                             real *scratch, const real *dy, const real *states, const real *k,
-                            const real *q, const real *eta, const real *alpha,
+                            const real *q, const real *theta, const real *eta, const real *alpha,
                             int T, MemorySize ms, int read_chunk_start) {
     int d = ms.d, m = ms.m, depth = ms.depth, chunk = ms.chunk;
     int P = memory_params(depth, d, m), len = memory_chunk_len(T, ms);
@@ -4766,7 +4936,9 @@ static void memory_chunked_backward(real *dk, real *dv, real *dq, real *dtheta, 
         } else {
             memory_chunk_read_backward(dq + (size_t)s * d, dW, dS, dy + (size_t)s * d, Q, Wc, Sc, &f, K, n, d, m, depth);
         }
-        memory_coefficients_backward(&f, eta + s, alpha + s, deta + s, dalpha + s, dtheta + s, n);
+        memset(f.dstep, 0, (size_t)n * sizeof(real));
+        memory_coefficients_backward(&f, eta + s, alpha + s, deta + s, dalpha + s, f.dstep, n);
+        memory_clip_steps_backward(&f, dtheta + s, K, theta + s, n, d, m, depth, ms.clip);
         memory_factors_backward(&f, dW, dk + (size_t)s * d, dv + (size_t)s * d, Wc, K, n, d, m, depth);
     }
     for (int p = 0; p < P; p++) dW0[p] += dW[p];
