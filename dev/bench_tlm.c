@@ -44,7 +44,8 @@ static void bench_config(const BenchConfig *bc, double seconds) {
     Config c = { .arch = bc->arch, .layers = bc->layers, .dim = bc->dim, .heads = bc->heads, .vocab = bc->vocab,
                  .seq_len = bc->seq_len, .mlp_width = bc->mlp_width, .taper = TAPER_COSINE, .taper_start = 1.5,
                  .taper_end = 0.5, .taper_multiple = 32, .window = 64, .mem_depth = 2, .mem_hidden = 32,
-                 .mem_chunk = 16, .cms_levels = 2, .cms_width = 64, .cms_chunks = { 0, 16, 64, 0 } };
+                 .mem_chunk = 16, .mem_lr = 0.00625, .mem_clip = 1, .mem_conv = 4, .mem_silu = 1,
+                 .cms_levels = 2, .cms_width = 64, .cms_chunks = { 0, 16, 64, 0 } };
     if (c.vocab == 256) match_params(&c); // the classroom configs (model_create redoes the widths)
     int B = bc->batch, T = bc->seq_len;
     Model *m = model_create(&c, B, T);
@@ -106,7 +107,7 @@ static void bench_matmul(int N, int C, int OC) {
 // back from memory as in the model; the fastest of five rounds, in microseconds per sequence.
 static void bench_memory(const char *name, int T, int d, int m, int chunk, int read_chunk_start) {
     enum { SEQS = 32 };
-    MemorySize ms = { d, m, 2, chunk };
+    MemorySize ms = { d, m, 2, chunk, (real)0.01, 1, 0, 0 }; // the default gradient clip (conv and SiLU are outside)
     size_t n = (size_t)T * d, S = memory_state_size(T, ms), P = memory_params(2, d, m);
     real *states = xcalloc(SEQS * S, sizeof(real), "bench");
     real *scratch = xcalloc(memory_scratch_size(T, ms), sizeof(real), "bench");
@@ -128,7 +129,7 @@ static void bench_memory(const char *name, int T, int d, int m, int chunk, int r
             memory_chunked_forward(y, states + s * S, scratch, k, v, q, theta, eta, alpha, w0, T, ms, read_chunk_start);
         double t1 = wall_time();
         for (int s = 0; s < SEQS; s++)
-            memory_chunked_backward(dk, dv, dq, dtheta, deta, dalpha, dw0, scratch, dy, states + s * S, k, q, eta, alpha,
+            memory_chunked_backward(dk, dv, dq, dtheta, deta, dalpha, dw0, scratch, dy, states + s * S, k, q, theta, eta, alpha,
                             T, ms, read_chunk_start);
         double t2 = wall_time();
         fwd = fmin(fwd, (t1 - t0) / SEQS); bwd = fmin(bwd, (t2 - t1) / SEQS);

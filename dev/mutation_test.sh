@@ -37,5 +37,11 @@ mutate "RoPE backward rotates the wrong way"  's/rope_rotate(dx, tab, B, T, head
 mutate "AdamW: no bias correction"            's/float update = (mj \/ bc1) \/ (sqrtf(vj \/ bc2) + eps)/float update = mj \/ (sqrtf(vj) + eps)/'
 mutate "SwiGLU's dh not cleared"             's/    zero_parallel(a->dh, (size_t)N \* 2 \* F);/    ;/'
 mutate "memory module's dmqkv not cleared"    's/    zero_parallel(a->dmqkv, (size_t)N \* 3 \* C);/    ;/'
+mutate "memory: clipped step's gradient lost"  's/        real ds = -2 \* c \* theta\[t\] \* f->dstep\[t\] \/ (G \* G);/        real ds = 0;/'
+mutate "memory: recurrence's clip gradient lost" 's/            if (c < 1)$/            if (0)/'
+mutate "memory: theta's sigmoid' without mem_lr" 's/(1 - th \/ ms.lr);/(1 - th);/'
+mutate "memory: SiLU backward without silu'"    's/    for (size_t i = 0; i < n; i++) dx\[i\] += dout\[i\] \* silu_grad(x\[i\]);/    for (size_t i = 0; i < n; i++) dx[i] += dout[i];/'
+mutate "memory: conv dx taps not shifted"       's/                for (int c = 0; c < CH; c++) d\[c\] += w\[(size_t)c \* K + j\] \* g\[c\];/                for (int c = 0; c < CH; c++) d[c] += w[(size_t)c * K] * g[c];/'
+mutate "memory: conv dw taps not shifted"       's/\*xr = x + ((size_t)b \* T + t - j) \* CH + c0;/*xr = x + ((size_t)b * T + t) * CH + c0;/'
 echo "$caught caught, $missed missed"
 [ "$missed" -eq 0 ]
