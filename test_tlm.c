@@ -1844,7 +1844,8 @@ static void test_cli_resume_and_guards(void) {
         { "taper", "uniform" }, { "taper-start", "1.25" }, { "taper-end", "0.75" }, { "taper-multiple", "4" },
         { "mlp-widths", "40,24" }, { "seq-len", "16" }, { "untied", NULL }, { "gate-headwise", NULL }, { "match-params", NULL },
         { "window", "32" }, { "mem-depth", "1" }, { "mem-hidden", "16" }, { "mem-chunk", "8" }, { "cms-levels", "3" },
-        { "cms-width", "32" }, { "cms-chunks", "8,32" } };
+        { "cms-width", "32" }, { "cms-chunks", "8,32" }, { "mem-lr", "0.01" }, { "mem-clip", "2" }, { "mem-conv", "2" },
+        { "mem-silu", "0" } };
     int refused = 0, total = 0;
     char missing[256] = "";
     for (int k = 0; k < NUM_OPTIONS; k++) {
