@@ -17,6 +17,7 @@ all: train_tlm test_tlm
 help:
 	@echo 'make targets:'
 	@echo '  train_tlm       the trainer (the default goal builds it and test_tlm)'
+	@echo '  train_tlm_mpi   the trainer, data parallel over MPI ranks (mpicc; README: More than one machine)'
 	@echo '  run             the default run: train_tlm on the Brown Corpus as bytes (fetches it once),'
 	@echo '                  its log and checkpoint in $(RUNS)/default.jsonl, .ckpt'
 	@echo '  test            build and run the tests (gradient checks, float tests, the scripts'"'"' errors)'
@@ -52,6 +53,7 @@ test_tlm: test_tlm.c train_tlm.c $(BUILD)/build-flags
 test: train_tlm test_tlm
 	./test_tlm
 	bash dev/test_scripts.sh
+	bash dev/test_mpi.sh
 
 # the build for machines without OpenMP or -march=native: plain C11, one thread
 portable:
@@ -89,7 +91,7 @@ ablation-quick: train_tlm data/brown_byte_train.bin
 	$(PYTHON) dev/ablation.py --grid $(GRID) --quick $(ABLATION_ARGS)
 
 clean:
-	rm -f train_tlm test_tlm train_tlm_asan test_tlm_asan dev/bench_tlm *.o .build-flags
+	rm -f train_tlm train_tlm_mpi test_tlm train_tlm_asan test_tlm_asan dev/bench_tlm *.o .build-flags
 	rm -rf $(BUILD)
 
 # a benchmark, not a test: full training steps and the matmul at the model's shapes
@@ -129,3 +131,8 @@ test-asan: test_tlm.c train_tlm.c
 FUZZ_SECONDS ?= 60
 fuzz:
 	bash dev/fuzz/run_fuzz.sh $(FUZZ_SECONDS)
+
+# data parallel over MPI ranks (Open MPI: libopenmpi-dev openmpi-bin); README "More than one machine"
+MPICC ?= mpicc
+train_tlm_mpi: train_tlm.c $(BUILD)/build-flags
+	OMPI_CC=$(CC) $(MPICC) $(CFLAGS) $(OPENMP) -DTLM_MPI $< $(LDLIBS) -o $@

@@ -31,7 +31,7 @@
  *    7. AdamW
  *    8. checkpoints
  *    9. data: token shards and the tokenizer
- *   10. training step, evaluation, sampling, layer analysis
+ *   10. data parallel over MPI ranks; training step, evaluation, sampling, layer analysis
  *   11. main: the command line, then evaluate, analyze or train
  * Appendices, the fast forms of what the main text states plainly (each tested against it):
  *    A. the fast matmul: blocking, packing, AVX-512 micro-kernels, gemm_small
@@ -59,6 +59,9 @@
 #include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#ifdef TLM_MPI
+#include <mpi.h> // make train_tlm_mpi: data parallel over MPI ranks (section 10)
 #endif
 
 // ----------------------------------------------------------------------------
@@ -179,6 +182,8 @@ static double wall_time(void) {
 static jmp_buf *tlm_error_jump;
 static char tlm_last_error[512];
 #endif
+// This process among the ranks of an MPI run (section 10): rank 0 of 1 without -DTLM_MPI.
+static struct { int rank, ranks; } world = { 0, 1 };
 static void die(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -190,9 +195,13 @@ static void die(const char *fmt, ...) {
     }
 #endif
     fprintf(stderr, "error: ");
+    if (world.ranks > 1) fprintf(stderr, "rank %d: ", world.rank);
     vfprintf(stderr, fmt, ap);
     fprintf(stderr, "\n");
     va_end(ap);
+#ifdef TLM_MPI
+    if (world.ranks > 1) MPI_Abort(MPI_COMM_WORLD, 1); // every rank stops
+#endif
     exit(1);
 }
 
@@ -634,6 +643,7 @@ typedef struct {
     ParamTable table;
     size_t num_params;
     real *params, *grads;       // (num_params) each, layout_params order
+    real *micro_grads;          // (num_params) with --grad-accum > 1: a later micro-batch's gradient
     float *adam_m, *adam_v;     // AdamW moments, same layout
     Weights w, g;               // views into params and grads
     int B, T;                   // activation capacity
@@ -1841,7 +1851,7 @@ static Model *model_create(const Config *cfg, int B, int T) {
 
 static void model_free(Model *m) {
     if (!m) return;
-    free(m->params); free(m->grads); free(m->adam_m); free(m->adam_v);
+    free(m->params); free(m->grads); free(m->micro_grads); free(m->adam_m); free(m->adam_v);
     free(m->act_memory); free(m->rope); free(m->tokens); free(m->targets); free(m->norm_parts);
     free(m);
 }
@@ -2210,6 +2220,7 @@ enum {
     H_NUM_PARAMS_LO = 32, H_NUM_PARAMS_HI, H_STEP, H_HAS_OPTIMIZER, H_DATA_SHARD, H_DATA_POS_LO,
     H_DATA_POS_HI, H_DATA_EPOCH,
     H_OPTION_BYTES = 40, // version 2: bytes of the option area (a multiple of 4)
+    H_RANKS,             // version 2: the MPI ranks that wrote it (0: one process; section 10)
     H_MLP_WIDTHS = 64,  // MAX_LAYERS slots
     H_CMS_WIDTHS = 128, // MAX_LAYERS slots
     H_SIZE = 256,
@@ -2252,6 +2263,7 @@ static void checkpoint_header(int32_t *h, const Model *m, DataPosition pos, size
     h[H_DATA_SHARD] = pos.shard; h[H_DATA_EPOCH] = pos.epoch;
     h[H_DATA_POS_LO] = (int32_t)(pos.pos & 0xffffffffu); h[H_DATA_POS_HI] = (int32_t)((uint64_t)pos.pos >> 32);
     h[H_OPTION_BYTES] = (int32_t)option_bytes;
+    h[H_RANKS] = world.ranks > 1 ? world.ranks : 0;
     for (int l = 0; l < c->layers; l++) { h[H_MLP_WIDTHS + l] = c->mlp_widths[l]; h[H_CMS_WIDTHS + l] = c->cms_widths[l]; }
 }
 
@@ -2888,19 +2900,160 @@ static int encoder_encode(const Encoder *e, const char *text, size_t len, int *o
 }
 
 // ----------------------------------------------------------------------------
-// 10. training step, evaluation, sampling, layer analysis
+// 10. data parallel over MPI ranks; training step, evaluation, sampling, layer analysis
 
-// One optimizer step: grad_accum micro-batches of B x T tokens, then AdamW unless the loss or
-// the gradient is not finite (then the parameters are left as they were). Returns the mean
-// loss; *norm gets the gradient norm before clipping.
-static double train_step(Model *m, DataLoader *data, const AdamW *opt, float lr, int grad_accum, int B, int T, double *norm) {
-    model_zero_grad(m);
-    double loss = 0;
-    for (int micro = 0; micro < grad_accum; micro++) {
-        dataloader_next(data, m->tokens, m->targets, B, T);
-        loss += model_forward(m, m->tokens, m->targets, B, T) / grad_accum;
-        model_backward(m, B, T, (real)(1.0 / grad_accum));
+// --- MPI: data parallel over ranks (make train_tlm_mpi, -DTLM_MPI; else one rank, no MPI) ---
+// Every rank holds the whole model. A step's global batch is ranks x grad_accum micro-batches
+// of B sequences, taken in order from the one data stream that every rank walks: micro-batch k
+// is rank (k mod ranks)'s. Each rank sums its micro-batches' gradients, one MPI_Allreduce sums
+// those over the ranks, and every rank clips and applies AdamW to the same sum, so the ranks'
+// parameters stay identical. Validation batch i is rank (i mod ranks)'s; the losses are summed.
+// Only rank 0 prints (the others' stdout is /dev/null), logs, samples and saves.
+// Equivalence: one process with --grad-accum 2 forms g0 + g1 as two ranks' all-reduce does
+// (train_step), so their losses and checkpoints agree bit for bit; with more ranks the
+// all-reduce adds in its own order (the same on every rank), within float rounding.
+
+static double allreduce_seconds; // in ranks_sum_grads, for the run's summary line
+
+static void ranks_start(int *argc, char ***argv) {
+#ifdef TLM_MPI
+    int threads_ok;
+    MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &threads_ok); // only the main thread calls MPI
+    MPI_Comm_rank(MPI_COMM_WORLD, &world.rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world.ranks);
+    if (world.rank > 0 && !freopen("/dev/null", "w", stdout)) die("cannot redirect stdout to /dev/null");
+#else
+    (void)argc; (void)argv;
+#endif
+}
+
+static void ranks_end(void) {
+#ifdef TLM_MPI
+    MPI_Finalize();
+#endif
+}
+
+// the gradient block summed over the ranks, in place: a few large MPI_Allreduce calls
+static void ranks_sum_grads(Model *m) {
+    if (world.ranks == 1) return;
+#ifdef TLM_MPI
+    double t0 = wall_time();
+    MPI_Datatype type = sizeof(real) == sizeof(float) ? MPI_FLOAT : MPI_DOUBLE;
+    for (size_t i = 0; i < m->num_params; i += 1 << 30) {
+        size_t n = m->num_params - i < (size_t)1 << 30 ? m->num_params - i : (size_t)1 << 30;
+        MPI_Allreduce(MPI_IN_PLACE, m->grads + i, (int)n, type, MPI_SUM, MPI_COMM_WORLD);
     }
+    allreduce_seconds += wall_time() - t0;
+#else
+    (void)m;
+#endif
+}
+
+// x[0:n] summed over the ranks (each rank's entries are 0 where another rank's are not, so
+// each sum is exact and the caller adds them in the single process's order)
+static void ranks_sum_doubles(double *x, int n) {
+    if (world.ranks == 1) return;
+#ifdef TLM_MPI
+    MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+#else
+    (void)x; (void)n;
+#endif
+}
+
+// the largest x over the ranks: every rank decides alike (e.g. to stop after a signal)
+static int ranks_max(int x) {
+    if (world.ranks == 1) return x;
+#ifdef TLM_MPI
+    MPI_Allreduce(MPI_IN_PLACE, &x, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+#endif
+    return x;
+}
+
+// Before rank 0 saves: every rank holds the very parameters it writes (a checksum of their bits).
+static void ranks_check_same(const Model *m) {
+    if (world.ranks == 1) return;
+    uint64_t sum = 0;
+    for (size_t i = 0; i < m->num_params; i++) {
+        uint32_t bits;
+        float f = (float)m->params[i];
+        memcpy(&bits, &f, 4);
+        sum = (sum ^ bits) * 0x100000001b3ull;
+    }
+#ifdef TLM_MPI
+    uint64_t low = sum, high = sum;
+    MPI_Allreduce(MPI_IN_PLACE, &low, 1, MPI_UINT64_T, MPI_MIN, MPI_COMM_WORLD);
+    MPI_Allreduce(MPI_IN_PLACE, &high, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
+    if (low != high) die("step %d: the ranks' parameters differ (checksum %016llx); not saving",
+                         m->step, (unsigned long long)sum);
+#endif
+}
+
+// --save on rank 0, once every rank has checked that it holds the parameters written: 0 saved,
+// -1 failed (rank 0 says why), 1 on the other ranks
+static int ranks_save(const Model *m, const char *path, DataPosition pos) {
+    ranks_check_same(m);
+    return world.rank == 0 ? checkpoint_save(m, path, pos) : 1;
+}
+
+// --load on another number of ranks (saved: 0 for one process). The data position is the one
+// stream's, so the run goes on where it stopped if every step takes the same global batch, of
+// ranks x batch x grad_accum sequences: a --grad-accum not given is set to keep it; otherwise
+// a different global batch is refused.
+static void ranks_check_resume(const char *path, int saved_ranks, int saved_batch, int saved_accum,
+                               int batch, int *grad_accum, int grad_accum_given) {
+    saved_ranks = saved_ranks > 0 ? saved_ranks : 1;
+    if (saved_ranks == world.ranks) return;
+    long long global = (long long)saved_ranks * saved_batch * saved_accum, per_accum = (long long)world.ranks * batch;
+    if (!grad_accum_given && global % per_accum == 0) *grad_accum = (int)(global / per_accum);
+    if ((long long)world.ranks * batch * *grad_accum != global)
+        die("%s: saved by %d rank(s) at a global batch of %lld sequences a step; here %d ranks x --batch %d x "
+            "--grad-accum %d: give --batch and --grad-accum that make %lld, or run on %d rank(s)", path,
+            saved_ranks, global, world.ranks, batch, *grad_accum, global, saved_ranks);
+    printf("resuming %s, saved by %d rank(s), on %d: --grad-accum %d keeps its global batch of %lld sequences\n",
+           path, saved_ranks, world.ranks, *grad_accum, global);
+}
+
+// --- training step, evaluation ----------------------------------------------------------
+
+// One optimizer step over the global batch (ranks x grad_accum micro-batches of B x T tokens;
+// this rank computes micro-batches rank, rank + ranks, ...), then AdamW unless the loss or the
+// gradient is not finite (then the parameters are left as they were). Returns the mean loss;
+// *norm gets the gradient norm before clipping. A rank's micro-batches after its first go into
+// micro_grads, which is then added to grads: g0 + g1, formed as the all-reduce forms it.
+static double train_step(Model *m, DataLoader *data, const AdamW *opt, float lr, int grad_accum, int B, int T, double *norm) {
+    int micro_batches = world.ranks * grad_accum;
+    double *loss_part = xcalloc(micro_batches, sizeof(double), "losses"); // 0 where another rank's
+    model_zero_grad(m);
+    int mine = 0;
+    for (int k = 0; k < micro_batches; k++) {
+        dataloader_next(data, m->tokens, m->targets, B, T);
+        if (k % world.ranks != world.rank) continue;
+        if (mine++ == 1) {
+            if (!m->micro_grads) m->micro_grads = xcalloc(m->num_params, sizeof(real), "gradients");
+            layout_params(&m->cfg, m->micro_grads, &m->table, &m->g); // backward now adds into it
+        }
+        if (mine > 1) zero_parallel(m->micro_grads, m->num_params);
+        loss_part[k] = model_forward(m, m->tokens, m->targets, B, T) / micro_batches;
+        if (world.ranks > 1 && !isfinite(loss_part[k]))
+            die("step %d: the loss of micro-batch %d is %g; stopping every rank", m->step + 1, k, loss_part[k]);
+        model_backward(m, B, T, (real)(1.0 / micro_batches));
+        if (mine > 1) {
+            real *restrict sum = m->grads;
+            const real *restrict g = m->micro_grads;
+            #pragma omp parallel for
+            for (size_t j = 0; j < m->num_params; j++) sum[j] += g[j];
+        }
+    }
+    if (mine > 1) layout_params(&m->cfg, m->grads, &m->table, &m->g);
+    // a rank whose gradient is not finite stops every rank, naming itself (a pass over the
+    // gradient: ~1% of a step); after the sum no rank could tell whose it was
+    if (world.ranks > 1 && !isfinite(*norm = grad_norm(m)))
+        die("step %d: this rank's gradient norm is %g; stopping every rank", m->step + 1, *norm);
+    ranks_sum_grads(m);
+    ranks_sum_doubles(loss_part, micro_batches);
+    double loss = 0;
+    for (int k = 0; k < micro_batches; k++) loss += loss_part[k];
+    free(loss_part);
     *norm = grad_norm(m);
     if (isfinite(loss) && isfinite(*norm)) adamw_step(m, opt, lr, *norm);
     return loss;
@@ -2910,11 +3063,15 @@ static double train_step(Model *m, DataLoader *data, const AdamW *opt, float lr,
 static double evaluate(Model *m, DataLoader *val, int batches, int B, int T) {
     DataPosition start = { 0, 0, 0 };
     val->at = start;
-    double sum = 0;
+    double *loss = xcalloc(batches, sizeof(double), "validation"); // 0 where another rank's
     for (int i = 0; i < batches; i++) {
         dataloader_next(val, m->tokens, m->targets, B, T);
-        sum += model_forward(m, m->tokens, m->targets, B, T);
+        if (i % world.ranks == world.rank) loss[i] = model_forward(m, m->tokens, m->targets, B, T);
     }
+    ranks_sum_doubles(loss, batches);
+    double sum = 0;
+    for (int i = 0; i < batches; i++) sum += loss[i];
+    free(loss);
     return sum / batches;
 }
 
@@ -3389,10 +3546,13 @@ static void usage_error(const char *fmt, ...) {
         longjmp(*tlm_error_jump, 2);
     }
 #endif
-    fprintf(stderr, "error: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n(run ./train_tlm --help for the options)\n");
+    if (world.rank == 0) { // every rank parses the same command line
+        fprintf(stderr, "error: ");
+        vfprintf(stderr, fmt, ap);
+        fprintf(stderr, "\n(run ./train_tlm --help for the options)\n");
+    }
     va_end(ap);
+    ranks_end();
     exit(2);
 }
 
@@ -3526,6 +3686,8 @@ static void install_signal_handlers(void) {
 static int should_stop(void) {
     return interrupted || ferror(stdout) || log_error;
 }
+// ... on any rank: every rank asks at the same points, so all stop after the same step
+static int ranks_should_stop(void) { return ranks_max(should_stop()); }
 
 // --- paths that must not be written ---------------------------------------------------------
 static int same_file(const char *a, const char *b) {
@@ -3593,6 +3755,10 @@ static void apply_checkpoint_options(void) {
         }
     }
     opt.cfg = saved->cfg;
+    int accum_given = 0;
+    for (int k = 0; k < NUM_OPTIONS; k++) if (!strcmp(options[k].name, "grad-accum")) accum_given = option_given[k];
+    if (version == 2 && !opt.eval_only && !opt.analyze && !opt.sample)
+        ranks_check_resume(opt.load, h[H_RANKS], saved->batch, saved->grad_accum, opt.batch, &opt.grad_accum, accum_given);
     if (version < 2) fprintf(opt.sample ? stderr : stdout, "note: %s is a version-1 checkpoint: no checksum to verify, training options from the command line\n", opt.load);
     free(saved);
 }
@@ -3661,13 +3827,16 @@ static Model *build_model(DataLoader *train, DataLoader *val, DataPosition *resu
     if (opt.sample) return m; // stdout holds the samples only
     print_layer_table(m);
     printf("threads: %d\n", num_threads());
+    if (world.ranks > 1)
+        printf("ranks: %d; global batch %d ranks x %d sequences x %d micro-batches = %lld sequences of %d tokens\n",
+               world.ranks, world.ranks, opt.batch, opt.grad_accum, (long long)world.ranks * opt.batch * opt.grad_accum, cfg->seq_len);
     return m;
 }
 
 // --log: open the JSONL log and write the run's config record: every stored option of the table
 // (the model's as built), then the widths, the parameter count and the threads
 static void open_log(const Model *m) {
-    if (!opt.log[0]) return;
+    if (!opt.log[0] || world.rank > 0) return;
     const Config *cfg = &m->cfg;
     log_file = fopen(opt.log, "a");
     if (!log_file) die("--log %s: cannot open: %s", opt.log, strerror(errno));
@@ -3696,6 +3865,7 @@ static void open_log(const Model *m) {
     }
     snprintf(rec + len, n - len, ",\"mlp_widths\":[%s],\"cms_widths\":[%s],\"params\":%zu,\"threads\":%d,\"resumed_step\":%d}",
              widths, cms, m->num_params, num_threads(), m->step);
+    if (world.ranks > 1) snprintf(rec + strlen(rec) - 1, n - strlen(rec) + 1, ",\"ranks\":%d}", world.ranks);
     log_json("%s", rec);
     free(rec);
     free(v);
@@ -3832,7 +4002,7 @@ static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition 
     AdamW adam = { (float)opt.lr, 0.9f, 0.95f, 1e-8f, (float)opt.weight_decay, (float)opt.grad_clip };
     int decay_steps = opt.decay_steps ? opt.decay_steps : opt.steps;
     int save_every = opt.save_every ? opt.save_every : opt.eval_every;
-    size_t tokens_per_step = (size_t)B * T * opt.grad_accum;
+    size_t tokens_per_step = (size_t)B * T * opt.grad_accum * world.ranks;
     install_signal_handlers(); // Ctrl-C, `kill PID`, a closed stdout: finish the step, save, exit
     double t_start = wall_time(), t_train = 0, last_val = NAN;
     int steps_timed = 0, save_failed = 0, saved_at = -1;
@@ -3842,14 +4012,14 @@ static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition 
         printf("step %5d | val loss %.4f | perplexity %.2f\n", m->step, last_val, exp(last_val));
         log_json("{\"event\":\"val\",\"step\":%d,\"loss\":%.6f,\"ppl\":%.4f,\"tokens\":%zu}", m->step, last_val, exp(last_val), m->step * tokens_per_step);
     }
-    while (m->step < opt.steps && !should_stop()) {
+    while (m->step < opt.steps && !ranks_should_stop()) {
         int step = m->step; // steps taken so far; this is step + 1
         double t0 = wall_time();
         float lr = learning_rate(step, adam.lr, opt.warmup, decay_steps);
         double norm, loss = train_step(m, train, &adam, lr, opt.grad_accum, B, T, &norm);
         if (!isfinite(loss) || !isfinite(norm)) {
             // stop before anything is saved: the last checkpoint on disk stays the last good one
-            fprintf(stderr, "error: step %d: loss %g, gradient norm %g is not finite; stopping (no checkpoint written)\n", step + 1, loss, norm);
+            if (world.rank == 0) fprintf(stderr, "error: step %d: loss %g, gradient norm %g is not finite; stopping (no checkpoint written)\n", step + 1, loss, norm);
             log_json("{\"event\":\"error\",\"step\":%d,\"message\":\"non-finite loss or gradient\"}", step + 1);
             tokenizer_free(&tk);
             return 1;
@@ -3858,7 +4028,7 @@ static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition 
         const ParamTensor *bad = nonfinite_tensor(m, &moment);
         if (bad) {
             // stop before anything is saved: the last checkpoint on disk stays the last good one
-            fprintf(stderr, "error: step %d: the update made the %s of %s not finite (lr %g); stopping (no checkpoint written)\n",
+            if (world.rank == 0) fprintf(stderr, "error: step %d: the update made the %s of %s not finite (lr %g); stopping (no checkpoint written)\n",
                     step + 1, moment, bad->name, lr);
             log_json("{\"event\":\"error\",\"step\":%d,\"message\":\"non-finite %s of %s\"}", step + 1, moment, bad->name);
             tokenizer_free(&tk);
@@ -3880,28 +4050,30 @@ static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition 
             printf("step %5d | val loss %.4f | perplexity %.2f\n", m->step, last_val, exp(last_val));
             log_json("{\"event\":\"val\",\"step\":%d,\"loss\":%.6f,\"ppl\":%.4f,\"tokens\":%zu}", m->step, last_val, exp(last_val), m->step * tokens_per_step);
         }
-        if (opt.sample_every && (m->step % opt.sample_every == 0 || last)) {
+        if (opt.sample_every && world.rank == 0 && (m->step % opt.sample_every == 0 || last)) {
             printf("--- sample at step %d ---\n", m->step);
             sample_text(m, &tk, opt.sample_len < T ? opt.sample_len : T, (uint64_t)opt.seed + m->step);
             printf("---\n");
         }
-        if (opt.save[0] && (last || should_stop() || (save_every && m->step % save_every == 0))) {
-            if (checkpoint_save(m, opt.save, train->at) == 0) {
+        if (opt.save[0] && (last || ranks_should_stop() || (save_every && m->step % save_every == 0))) {
+            int r = ranks_save(m, opt.save, train->at);
+            if (r == 0) {
                 saved_at = m->step;
                 printf("saved %s (step %d)\n", opt.save, m->step);
-            } else save_failed = 1;
+            } else if (r < 0) save_failed = 1;
         }
     }
     tokenizer_free(&tk);
-    if (should_stop()) {
+    if (ranks_should_stop()) {
         // stopped early (also before the first step): the model as it is now, unless just saved
-        int saved = saved_at == m->step;
-        if (opt.save[0] && !saved && checkpoint_save(m, opt.save, train->at) == 0) saved = 1;
+        int saved = ranks_max(saved_at == m->step), sig = ranks_max(interrupted); // (rank 0's, any rank's)
+        if (opt.save[0] && !saved && ranks_save(m, opt.save, train->at) == 0) saved = 1;
         const char *what = saved ? ", checkpoint saved; resume with --load" : opt.save[0] ? ", no checkpoint written" : "";
-        if (interrupted) {
+        if (sig) {
             printf("interrupted at step %d%s\n", m->step, what);
-            return 128 + interrupted; // 130 for SIGINT, 143 for SIGTERM, as a shell reports them
+            return 128 + sig; // 130 for SIGINT, 143 for SIGTERM, as a shell reports them
         }
+        if (world.rank > 0) return 1;
         if (ferror(stdout)) fprintf(stderr, "error: stdout: write failed (%s): stopped at step %d%s\n", strerror(errno ? errno : EIO), m->step, what);
         else fprintf(stderr, "error: --log %s: write failed: %s; stopped at step %d%s\n", opt.log, strerror(log_error), m->step, what);
         return 1;
@@ -3909,6 +4081,10 @@ static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition 
     double seconds = wall_time() - t_start;
     printf("done: %d steps, val loss %.4f, %.1f s (%.0f tok/s training)\n", m->step, last_val, seconds,
            steps_timed ? steps_timed * tokens_per_step / t_train : 0.0);
+    if (world.ranks > 1)
+        printf("all-reduce: %.1f ms a step, %.1f%% of the step (%d ranks x %d threads)\n",
+               steps_timed ? 1000 * allreduce_seconds / steps_timed : 0.0,
+               t_train > 0 ? 100 * allreduce_seconds / t_train : 0.0, world.ranks, num_threads());
     log_json("{\"event\":\"done\",\"step\":%d,\"val_loss\":%.6f,\"seconds\":%.2f}", m->step, last_val, seconds);
     rc = save_failed ? 1 : 0;
     return rc;
@@ -3916,9 +4092,10 @@ static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition 
 
 #ifndef TLM_TESTING
 int main(int argc, char **argv) {
+    ranks_start(&argc, &argv); // MPI's ranks (section 10); one without -DTLM_MPI
     setvbuf(stdout, NULL, _IOLBF, 0); // a progress line at a time, also into a pipe or a file (tee)
     ignore_sigpipe(); // a closed stdout is an error to report, not a death (should_stop)
-    if (parse_args(argc, argv)) { usage(stdout); return 0; }
+    if (parse_args(argc, argv)) { usage(stdout); ranks_end(); return 0; }
     DataLoader train = {0}, val = {0};
     DataPosition resume_at = { 0, 0, 0 };
     Model *m = build_model(&train, &val, &resume_at);
@@ -3938,6 +4115,7 @@ int main(int argc, char **argv) {
     dataloader_free(&train);
     dataloader_free(&val);
     model_free(m);
+    ranks_end();
     return rc;
 }
 #endif // TLM_TESTING
