@@ -145,18 +145,8 @@ def smooth(points, window):
 
 
 # ------------------------------------ SVG ----------------------------------------------
-def nice_ticks(lo, hi, n=5):
-    """About n round tick values covering [lo, hi], and their spacing."""
-    if hi <= lo:
-        hi = lo + 1e-9 + abs(lo) * 1e-3
-    raw = (hi - lo) / n
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    t, out = math.ceil(lo / step - 1e-9) * step, []
-    while t <= hi + step * 1e-9:
-        out.append(round(t, 12))
-        t += step
-    return out, step
+# round axis ticks: the ablation report's (dev/ablation.py, beside this file; importing it runs nothing)
+from ablation import nice_ticks  # noqa: E402
 
 
 def fmt_num(v, step):
