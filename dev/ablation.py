@@ -1011,6 +1011,48 @@ def plot_alignment(alogs, path):
     return write_svg(path, W, H, svg)
 
 
+def machine():
+    """'Intel(R) Xeon(R) Processor (family 6 model 207), 2 cores': where the table was made."""
+    name, fam, model = "unknown CPU", "?", "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, val = line.partition(":")
+            key, val = key.strip(), val.strip()
+            if key == "model name": name = val
+            elif key == "cpu family": fam = val
+            elif key == "model": model = val
+            elif not key and name != "unknown CPU": break      # the first processor is enough
+    except OSError:
+        pass
+    return f"{name} (family {fam} model {model}), {os.cpu_count()} cores"
+
+
+def code_version(trainer):
+    """The git commit of the trainer's checkout ('+ changes' when train_tlm.c differs from it)."""
+    where = os.path.dirname(os.path.abspath(trainer))
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", where, *a], capture_output=True, text=True,
+                                        timeout=10)
+        head = run("rev-parse", "--short", "HEAD")
+        if head.returncode:
+            return "code version unknown"
+        dirty = run("diff", "--quiet", "HEAD", "--", "train_tlm.c").returncode
+        return f"code at commit {head.stdout.strip()}" + (" + changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "code version unknown"
+
+
+def run_minutes(archs, variants, seeds, out):
+    """The finished runs' training time (their `done` events' seconds) summed, in minutes."""
+    total = 0.0
+    for a in archs:
+        for v in variants:
+            for s in seeds:
+                d = (RunLog(os.path.join(out, f"{a}_{v.name}_s{s}.jsonl")).done or {}).get("seconds")
+                total += d if isinstance(d, (int, float)) else 0
+    return total / 60
+
+
 def svg_to_png(svg):
     """SVG -> PNG with the first converter that works (rsvg-convert, ImageMagick); None if none."""
     png = svg[:-4] + ".png"
@@ -1055,6 +1097,7 @@ def load_analyses(out, archs, variants):
 def report(grid, archs, variants, seeds, args, targs, errors):
     """Prints the results table; writes results.md and the figures (SVG, PNG if possible)."""
     out, made = args.out, []
+    where = read_manifest(os.path.join(out, "ablation.json")) or {}   # machine, code version
     cells, warns = build_cells(archs, variants, seeds, out, errors)
     table, fails = results_table(cells, archs, variants, seeds), failures(cells)
     print("\n" + "\n".join(table))
@@ -1069,7 +1112,9 @@ def report(grid, archs, variants, seeds, args, targs, errors):
         return f"![{what}]({os.path.basename(png or svg)})"
 
     doc = [f"# Taper ablation: `--grid {grid}`", "",
-           f"{time.strftime('%Y-%m-%d %H:%M')}, trainer `{args.trainer}`, "
+           f"{time.strftime('%Y-%m-%d %H:%M')}, trainer `{args.trainer}` "
+           f"({where.get('code') or 'code version not recorded'}), "
+           f"{where.get('machine') or 'machine not recorded'}; the runs took {run_minutes(archs, variants, seeds, out):.0f} min summed; "
            f"seeds {seeds[0]}..{seeds[-1]}, trainer flags:", "", "    " + shlex.join(targs), ""]
     doc += table + ["", STATS_NOTE, ""]
     if fails:
@@ -1200,8 +1245,9 @@ def read_manifest(path):
     return m
 
 
-def write_manifest(path, old, grid, targs, archs, variants, seeds):
-    """The grid of this directory: the union with the runs made here before."""
+def write_manifest(path, old, grid, targs, archs, variants, seeds, trainer):
+    """The grid of this directory: the union with the runs made here before; the machine and
+    the code version of this invocation (the report names them)."""
     def union(key, new, order):
         have = set(new) | set((old or {}).get(key, []))
         return [x for x in order if x in have]
@@ -1209,7 +1255,8 @@ def write_manifest(path, old, grid, targs, archs, variants, seeds):
     with open(path, "w") as f:
         json.dump({"grid": grid, "trainer_args": targs, "archs": union("archs", archs, ARCHS),
                    "variants": union("variants", [v.name for v in variants], all_names),
-                   "seeds": sorted(set(seeds) | set((old or {}).get("seeds", [])))}, f, indent=1)
+                   "seeds": sorted(set(seeds) | set((old or {}).get("seeds", []))),
+                   "machine": machine(), "code": code_version(trainer)}, f, indent=1)
 
 
 def dry_run(runs, archs, variants, seeds, args, targs, threads, analyze):
@@ -1303,7 +1350,7 @@ def main():
         raise UserError(f"{args.out} holds runs made with other trainer flags (old: "
                         f"{shlex.join(old['trainer_args'])}; new: {shlex.join(targs)}): "
                         f"use another --out, delete the directory, or pass --force")
-    write_manifest(manifest, old, grid, targs, archs, variants, seeds)
+    write_manifest(manifest, old, grid, targs, archs, variants, seeds, args.trainer)
 
     def on_sigterm(signum, frame):                # `kill PID` stops as cleanly as Ctrl-C
         raise KeyboardInterrupt

@@ -32,6 +32,10 @@ echo '{"grid": 3' >"$S/badman/ablation.json"
 echo '{"grid": "taper", "trainer_args": "x", "archs": [], "variants": [], "seeds": []}' >"$S/badman2/ablation.json"
 $PY dev/ablation.py --quick --archs transformer --seeds 1 --out "$S/g_taper" --trainer "$F" >/dev/null 2>&1 ||
     { echo "FAIL: the fake-trainer ablation run did not succeed"; failed=$((failed + 1)); }
+# its report names the machine and the code version it was made with
+if grep -q "cores;" "$S/g_taper/results.md" 2>/dev/null && grep -q '"machine"' "$S/g_taper/ablation.json"; then
+    passed=$((passed + 1))
+else echo "FAIL: results.md / ablation.json do not name the machine"; failed=$((failed + 1)); fi
 
 # dev/ablation.py
 check ablation.py --archs '' --dry-run
