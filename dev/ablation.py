@@ -775,7 +775,8 @@ def legend(svg, x, y, items, maxw):
 
 def figure(title, ncols, pw, gap, ml=80):
     """Starts a figure of ncols panels: returns (svg list, total width, left margin)."""
-    W = max(ml + ncols * (pw + gap) - gap + 25, 560)
+    W = max(ml + ncols * (pw + gap) - gap + 25, 560,   # wide enough for the panels and for
+            round(len(title) * 10.5) + 40)               # the title (bold 17 px: ~10.5 px a letter)
     head = el("text", title, x=W / 2, y=26, text_anchor="middle", font_size=17, font_weight="bold")
     return [head], W, ml
 
