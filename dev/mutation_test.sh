@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
 # A test must be able to fail: break the backward pass in one place at a time (a copy of
 # train_tlm.c with one line changed) and check that ./test_tlm then fails.
-#   bash dev/mutation_test.sh        (make test-mutants)
+#   bash dev/mutation_test.sh        (make test-mutants; JOBS=N runs N mutants at once)
 set -u
 cd "$(dirname "$0")/.."
 CC=${CC:-gcc}
+JOBS=${JOBS:-1}
 FLAGS="-O2 -march=native -fopenmp -std=c11 -Wno-unused-function"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-caught=0 missed=0
-mutate() { # $1: what is broken, $2: sed expression
-    sed "$2" train_tlm.c > "$work/train_tlm.c"
-    if cmp -s "$work/train_tlm.c" train_tlm.c; then echo "not applied (update this script): $1"; missed=$((missed + 1)); return; fi
-    sed 's|#include "train_tlm.c"|#include "'"$work"'/train_tlm.c"|' test_tlm.c > "$work/test_tlm.c"
-    $CC $FLAGS -DTLM_DOUBLE -c "$work/test_tlm.c" -o "$work/d.o" && $CC $FLAGS -c "$work/test_tlm.c" -o "$work/f.o" &&
-        $CC -fopenmp "$work/f.o" "$work/d.o" -lm -o "$work/test_tlm" || { echo "build failed: $1"; missed=$((missed + 1)); return; }
-    result=$(cd "$work" && cp -r "$OLDPWD/train_tlm" . 2>/dev/null; ./test_tlm 2>&1 | tail -n 1)
+names=() exprs=()
+mutate() { names+=("$1"); exprs+=("$2"); }   # $1: what is broken, $2: the sed expression
+run_one() { # mutant $1 in $work/$1; its one-line verdict in $work/$1/verdict
+    local d="$work/$1" name="${names[$1]}"; mkdir -p "$d"
+    sed "${exprs[$1]}" train_tlm.c > "$d/train_tlm.c"
+    if cmp -s "$d/train_tlm.c" train_tlm.c; then echo "not applied (update this script): $name" > "$d/verdict"; return; fi
+    sed 's|#include "train_tlm.c"|#include "'"$d"'/train_tlm.c"|' test_tlm.c > "$d/test_tlm.c"
+    $CC $FLAGS -DTLM_DOUBLE -c "$d/test_tlm.c" -o "$d/d.o" && $CC $FLAGS -c "$d/test_tlm.c" -o "$d/f.o" &&
+        $CC -fopenmp "$d/f.o" "$d/d.o" -lm -o "$d/test_tlm" || { echo "build failed: $name" > "$d/verdict"; return; }
+    local result; result=$(cd "$d" && cp -r "$OLDPWD/train_tlm" . 2>/dev/null; ./test_tlm 2>&1 | tail -n 1)
     case "$result" in
-        *" 0 failed"*) echo "MISSED  $1: $result"; missed=$((missed + 1)) ;;
-        *) echo "caught  $1: $result"; caught=$((caught + 1)) ;;
+        *" 0 failed"*) echo "MISSED  $name: $result" > "$d/verdict" ;;
+        *) echo "caught  $name: $result" > "$d/verdict" ;;
     esac
 }
 mutate "RMSNorm backward without the r^3 term" 's/- k \* xn\[c\];/;/'
@@ -43,5 +46,17 @@ mutate "memory: theta's sigmoid' without mem_lr" 's/(1 - th \/ ms.lr);/(1 - th);
 mutate "memory: SiLU backward without silu'"    's/    for (size_t i = 0; i < n; i++) dx\[i\] += dout\[i\] \* silu_grad(x\[i\]);/    for (size_t i = 0; i < n; i++) dx[i] += dout[i];/'
 mutate "memory: conv dx taps not shifted"       's/                for (int c = 0; c < CH; c++) d\[c\] += w\[(size_t)c \* K + j\] \* g\[c\];/                for (int c = 0; c < CH; c++) d[c] += w[(size_t)c * K] * g[c];/'
 mutate "memory: conv dw taps not shifted"       's/\*xr = x + ((size_t)b \* T + t - j) \* CH + c0;/*xr = x + ((size_t)b * T + t) * CH + c0;/'
+
+caught=0 missed=0
+for i in "${!names[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+    run_one "$i" &
+done
+wait
+for i in "${!names[@]}"; do
+    verdict=$(cat "$work/$i/verdict" 2>/dev/null || echo "no verdict: ${names[$i]}")
+    echo "$verdict"
+    case "$verdict" in caught*) caught=$((caught + 1)) ;; *) missed=$((missed + 1)) ;; esac
+done
 echo "$caught caught, $missed missed"
 [ "$missed" -eq 0 ]
