@@ -40,12 +40,19 @@ static void shard(const char *name, int n, int vocab, int mod, int32_t batch, in
 }
 
 // --- checkpoints of tiny models ---
-static Config tiny(Arch arch, Taper taper, int layers) {
-    Config c = { .arch = arch, .layers = layers, .dim = 8, .heads = 2, .vocab = 11, .seq_len = 6,
-                 .mlp_width = 16, .taper = taper, .taper_start = 1.5, .taper_end = 0.5, .taper_multiple = 4,
-                 .window = 3, .mem_depth = 2, .mem_hidden = 4, .mem_chunk = 2,
-                 .cms_levels = 2, .cms_width = 8, .cms_chunks = { 0, 2, 3, 0 } };
-    return c;
+static Config tiny(Arch arch, Taper taper, int layers) { // the options' defaults, made small
+    Options o;
+    options_default(&o);
+    Config c = o.cfg, t = { .arch = arch, .layers = layers, .dim = 8, .heads = 2, .vocab = 11, .seq_len = 6,
+                            .mlp_width = 16, .taper = taper, .taper_start = 1.5, .taper_end = 0.5, .taper_multiple = 4,
+                            .window = 3, .mem_depth = 2, .mem_hidden = 4, .mem_chunk = 2,
+                            .cms_levels = 2, .cms_width = 8, .cms_chunks = { 0, 2, 3, 0 } };
+    c.arch = t.arch; c.layers = t.layers; c.dim = t.dim; c.heads = t.heads; c.vocab = t.vocab; c.seq_len = t.seq_len;
+    c.mlp_width = t.mlp_width; c.taper = t.taper; c.taper_start = t.taper_start; c.taper_end = t.taper_end;
+    c.taper_multiple = t.taper_multiple; c.window = t.window; c.mem_depth = t.mem_depth; c.mem_hidden = t.mem_hidden;
+    c.mem_chunk = t.mem_chunk; c.cms_levels = t.cms_levels; c.cms_width = t.cms_width;
+    memcpy(c.cms_chunks, t.cms_chunks, sizeof(c.cms_chunks));
+    return c; // (mem_lr, mem_clip, mem_conv, mem_silu and the rest: the defaults)
 }
 
 static void checkpoint(const char *name, Config c, int with_adam, int step) {
