@@ -5,11 +5,14 @@
  *                         with and without AdamW state, several tapers and options
  *   DIR/fuzz_tokenizer/   llm.c tokenizer files: byte-level v2 (eot 10), v1, a small multi-byte one
  *   DIR/fuzz_cli/         command lines, one argument per line
+ *   DIR/fuzz_encoder/     GPT-2-style BPE encoder files for fuzz_encoder_vocab.h's tokenizer,
+ *                         with prompts in the header's unused slots; truncated and bad ones
  *   DIR/cli.dict          libFuzzer dictionary for fuzz_cli: every --option from the options table
  * Usage: make_seeds DIR     (run_fuzz.sh builds it and calls it with dev/fuzz/corpus)
  */
 #define TLM_TESTING 1 // as -DTLM_TESTING: no main(), die() longjmps to *tlm_error_jump
 #include "../../train_tlm.c"
+#include "fuzz_encoder_vocab.h"
 #include <sys/stat.h>
 
 static char dir[2048];
@@ -91,6 +94,38 @@ static void tokenizer(const char *name, uint32_t version, uint32_t vocab, uint32
     free(body);
 }
 
+// --- encoder files (train_tlm.c's format, as dev/prepare_data.py writes it) for the tokenizer
+// of fuzz_encoder_vocab.h. fuzz_encoder reads a prompt from header bytes 512..1019 and its
+// tokenizer variant from slot 255. keep: how many bytes to write (0: all); extra: bytes after.
+static const int32_t seed_ranges[] = { // (first, last) code points: letters, numbers, white space
+    'A', 'Z', 'a', 'z', 0xAA, 0xAA, 0xC0, 0xD6, 0xD8, 0xF6, 0xF8, 0x2C1, 0x370, 0x3FF, 0x4E00, 0x9FFF,
+    '0', '9', 0xB2, 0xB3, 0x660, 0x669,
+    9, 13, ' ', ' ', 0x85, 0x85, 0xA0, 0xA0, 0x2000, 0x200A, 0x3000, 0x3000,
+};
+static void encoder(const char *name, const char *prompt, int variant, int merges, long keep, int extra) {
+    int32_t h[ENCODER_HEADER] = { ENCODER_MAGIC, 1, FZV_VOCAB, merges, 8, 3, 6, 15, 0, 0 };
+    h[255] = variant;
+    snprintf((char *)h + 512, 1020 - 512, "%s", prompt);
+    size_t nr = sizeof(seed_ranges) / sizeof(seed_ranges[0]), n = 0;
+    int32_t *body = xcalloc(3 * (size_t)merges + nr + 1, sizeof(int32_t), "seed");
+    for (int k = 0; k < merges; k++) {
+        body[n++] = fzv_id(fzv_merge[k][0]);
+        body[n++] = fzv_id(fzv_merge[k][1]);
+        body[n++] = 256 + k;
+    }
+    if (h[4] + h[5] + h[6] != (int)nr / 2) die("seed_ranges: %zu ranges, header says %d", nr / 2, h[4] + h[5] + h[6]);
+    memcpy(body + n, seed_ranges, sizeof(seed_ranges));
+    n += nr + (extra ? 1 : 0);
+    size_t total = sizeof(h) + n * sizeof(int32_t) - (extra ? 4 - (size_t)extra : 0);
+    if (keep > 0 && (size_t)keep < total) total = (size_t)keep;
+    unsigned char *all = xcalloc(total, 1, "seed");
+    memcpy(all, h, total < sizeof(h) ? total : sizeof(h));
+    if (total > sizeof(h)) memcpy(all + sizeof(h), body, total - sizeof(h));
+    write_file(out("fuzz_encoder", name), all, total, NULL, 0);
+    free(all);
+    free(body);
+}
+
 static void cli_n(const char *name, const char *line, size_t n) { write_file(out("fuzz_cli", name), line, n, NULL, 0); }
 static void cli(const char *name, const char *line) { cli_n(name, line, strlen(line)); }
 
@@ -140,6 +175,21 @@ int main(int argc, char **argv) {
     tokenizer("byte_v1.bin", 1, 256, 0, 0);
     tokenizer("multibyte_v2_vocab11.bin", 2, 11, 3, 1);
     tokenizer("eot_out_of_range.bin", 2, 11, 50256, 1);
+
+    encoder("english.bin", "Hello, world! It's the other 12 words\n\n  and the thing's in the order\t\tof words  ", 0, FZV_MERGES, 0, 0);
+    encoder("unicode.bin", "caf\xc3\xa9 \xe2\x80\x99s \xce\xb1\xce\xb2\xce\xb3 \xe4\xb8\xad\xe6\x96\x87 \xd9\xa1\xd9\xa2 "
+            "\xc2\xb2\xc2\xa0x\xe3\x80\x80y \xf0\x9f\x98\x80!! 3.14 \xc2\x85", 0, FZV_MERGES, 0, 0);
+    encoder("invalid_utf8.bin", "\xff\xc3(\xe0\x80\xbf \xed\xa0\x80 \xf4\x90\x80\x80 \xf0\x9f\x98 the\xc0\xaf end\xc3", 0, FZV_MERGES, 0, 0);
+    encoder("spaces.bin", "a   b\t\t\n c  \n\n\n x   ", 0, FZV_MERGES, 0, 0);
+    encoder("apostrophes.bin", "'s 't 're 've 'm 'll 'd 'x 'S it's we'll they're '", 0, FZV_MERGES, 0, 0);
+    encoder("no_merges_no_prompt.bin", "", 0, 0, 0, 0);
+    encoder("few_merges.bin", "the thing", 0, 5, 0, 0);
+    encoder("dup_byte_token.bin", "the", 1, FZV_MERGES, 0, 0);
+    encoder("missing_byte_token.bin", "the", 2, FZV_MERGES, 0, 0);
+    encoder("empty_token.bin", "the end", 3, FZV_MERGES, 0, 0);
+    encoder("truncated_merges.bin", "the", 0, FZV_MERGES, 1024 + 12 * 5 + 7, 0);
+    encoder("truncated_header.bin", "", 0, FZV_MERGES, 700, 0);
+    encoder("trailing_byte.bin", "the", 0, FZV_MERGES, 0, 1);
 
     cli("defaults", "");
     cli("help", "--help");
