@@ -1238,6 +1238,25 @@ static void test_adamw(void) {
         }
     }
     check(worst < 1e-5 && m->step == 2, "adamw: bias correction keeps the second step at lr sign(g) (error %.2g)", worst);
+    // the step flags what it wrote that is not finite (run_train then names the tensor): a NaN
+    // first moment, a negative second moment, an inf weight, each in the last tensor's last value
+    check(!m->update_not_finite, "adamw: a finite update is not flagged");
+    size_t last = m->table.tensor[m->table.count - 1].offset + m->table.tensor[m->table.count - 1].size - 1;
+    const char *what[3] = { "a NaN first moment", "a negative second moment", "an inf weight" };
+    for (int k = 0; k < 3; k++) {
+        if (k == 0) m->adam_m[last] = NAN;
+        if (k == 1) m->adam_v[last] = -1e30f;
+        if (k == 2) m->params[last] = INFINITY;
+        adamw_step(m, &opt, opt.lr, grad_norm(m));
+        const char *which = "";
+        const ParamTensor *bad = nonfinite_tensor(m, &which);
+        check(m->update_not_finite && bad == &m->table.tensor[m->table.count - 1],
+              "adamw: an update from %s is flagged (%s of %s)", what[k], which, bad ? bad->name : "-");
+        m->adam_m[last] = m->adam_v[last] = 0;
+        m->params[last] = 0;
+        adamw_step(m, &opt, opt.lr, grad_norm(m));
+        check(!m->update_not_finite, "adamw: the next finite update clears the flag");
+    }
     // the schedule: warmup, cosine to lr/10, flat after
     check(fabsf(learning_rate(0, 1, 10, 100) - 0.1f) < 1e-6f && fabsf(learning_rate(9, 1, 10, 100) - 1) < 1e-6f &&
           fabsf(learning_rate(100, 1, 10, 100) - 0.1f) < 1e-6f && fabsf(learning_rate(55, 1, 10, 100) - 0.55f) < 1e-3f,

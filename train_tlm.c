@@ -653,6 +653,7 @@ typedef struct {
     real *rope;                 // (T, hs/2, 2) cos, sin
     int *tokens, *targets;      // (B*T)
     int step;                   // optimizer steps taken
+    int update_not_finite;      // the last adamw_step wrote a weight or moment that is not finite
     double *norm_parts;         // (num_params / 4096, rounded up) grad_norm's partial sums
     // layer analysis: skip a layer's MLP slot, or the whole layer, in forward
     const int *skip_mlp, *skip_layer;
@@ -2122,7 +2123,9 @@ static double grad_norm(const Model *m) {
     return sqrt(total);
 }
 
-// One update with the gradients in m->grads, whose global norm is `norm`.
+// One update with the gradients in m->grads, whose global norm is `norm`. Sets
+// m->update_not_finite when a weight or moment it wrote is not finite (or a second moment < 0):
+// x - x is 0 for a finite x and NaN for inf or NaN, a test that costs the loop nothing
 static void adamw_step(Model *m, const AdamW *opt, float lr, double norm) {
     if (!m->adam_m) {
         m->adam_m = xcalloc(m->num_params, sizeof(float), "AdamW state");
@@ -2138,7 +2141,8 @@ static void adamw_step(Model *m, const AdamW *opt, float lr, double norm) {
     real *restrict p = m->params;
     const real *restrict grads = m->grads;
     float *restrict am = m->adam_m, *restrict av = m->adam_v;
-    #pragma omp parallel
+    int not_finite = 0;
+    #pragma omp parallel reduction(|:not_finite)
     for (int i = 0; i < m->table.count; i++) {
         const ParamTensor *t = &m->table.tensor[i];
         const float wd = t->decay ? opt->weight_decay : 0;
@@ -2151,14 +2155,17 @@ static void adamw_step(Model *m, const AdamW *opt, float lr, double norm) {
             am[j] = mj;
             av[j] = vj;
             float update = (mj / bc1) / (sqrtf(vj / bc2) + eps) + wd * (float)p[j];
-            p[j] -= (real)(lr * update);
+            real pj = p[j] - (real)(lr * update);
+            p[j] = pj;
+            not_finite |= !((pj - pj) + (mj - mj) + (vj - vj) == 0) | !(vj >= 0);
         }
     }
+    m->update_not_finite = not_finite;
 }
 
-// After an update, before anything reaches disk: the first tensor whose weights or AdamW moments
-// hold a value that is not finite (or a negative second moment), and in *which what it is; NULL
-// if none. A pass over the model, in 4096-element blocks (flags in m->norm_parts).
+// The first tensor whose weights or AdamW moments hold a value that is not finite (or a negative
+// second moment), and in *which what it is; NULL if none: after an update that adamw_step flagged,
+// before anything reaches disk. A pass over the model, in 4096-element blocks (flags in m->norm_parts).
 static inline int nonfinite_flags(const Model *m, size_t i) { // 1 weight, 2 first moment, 4 second
     int f = !isfinite(m->params[i]);
     if (m->adam_m) f |= (!isfinite(m->adam_m[i]) ? 2 : 0) | (!(m->adam_v[i] >= 0) || !isfinite(m->adam_v[i]) ? 4 : 0);
@@ -4024,8 +4031,10 @@ static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition 
             tokenizer_free(&tk);
             return 1;
         }
-        const char *moment;
-        const ParamTensor *bad = nonfinite_tensor(m, &moment);
+        // adamw_step flagged it as it wrote; the pass over the model only to name the tensor
+        const char *moment = "";
+        const ParamTensor *bad = m->update_not_finite ? nonfinite_tensor(m, &moment) : NULL;
+        if (m->update_not_finite && !bad) die("step %d: the update wrote a value that is not finite", step + 1);
         if (bad) {
             // stop before anything is saved: the last checkpoint on disk stays the last good one
             if (world.rank == 0) fprintf(stderr, "error: step %d: the update made the %s of %s not finite (lr %g); stopping (no checkpoint written)\n",
