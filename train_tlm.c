@@ -1374,44 +1374,58 @@ static void memory_chunked_backward(real *dk, real *dv, real *dq, real *dtheta, 
 
 // --- causal depthwise convolution over time (the memory's q, k, v) --------------------------
 // out[b,t,c] = sum_{j<K, j<=t} w[c,j] x[b,t-j,c]      x, out (B,T,CH); w (CH,K), tap 0 the current token
+// The loops run over the channels innermost, reading w's taps from a copy wt transposed to (K,CH)
+// (w's rows are a channel's K taps: read in place, each tap would be a stride-K gather).
+static real *conv_taps(const real *w, int CH, int K, size_t extra) { // wt (K,CH), then `extra` zeros
+    real *wt = xcalloc((size_t)K * CH + extra, sizeof(real), "conv taps");
+    for (int c = 0; c < CH; c++)
+        for (int j = 0; j < K; j++) wt[(size_t)j * CH + c] = w[(size_t)c * K + j];
+    return wt;
+}
 static void conv_forward(real *out, const real *x, const real *w, int B, int T, int CH, int K) {
+    real *wt = conv_taps(w, CH, K, 0);
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
             real *o = out + ((size_t)b * T + t) * CH;
             for (int c = 0; c < CH; c++) o[c] = 0;
             for (int j = 0; j < K && j <= t; j++) {
-                const real *xr = x + ((size_t)b * T + t - j) * CH;
-                for (int c = 0; c < CH; c++) o[c] += w[(size_t)c * K + j] * xr[c];
+                const real *xr = x + ((size_t)b * T + t - j) * CH, *wj = wt + (size_t)j * CH;
+                for (int c = 0; c < CH; c++) o[c] += wj[c] * xr[c];
             }
         }
+    free(wt);
 }
 // dx[b,t,c] += sum_{j, t+j<T} w[c,j] dout[b,t+j,c] ;   dw[c,j] += sum_{b,t>=j} dout[b,t,c] x[b,t-j,c]
+// One pass over the rows for both, each thread a range of whole blocks of LANES channels: dw's
+// sums (acc, (K,CH)) run over the rows in order, so they do not depend on the thread count.
 static void conv_backward(real *dx, real *dw, const real *dout, const real *x, const real *w,
                           int B, int T, int CH, int K) {
-    #pragma omp parallel for collapse(2)
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            real *d = dx + ((size_t)b * T + t) * CH;
-            for (int j = 0; j < K && t + j < T; j++) {
-                const real *g = dout + ((size_t)b * T + t + j) * CH;
-                for (int c = 0; c < CH; c++) d[c] += w[(size_t)c * K + j] * g[c];
-            }
-        }
-    // per tap, the sum over positions of dout x shifted: blocks of channels, rows in order
-    for (int j = 0; j < K; j++) {
-        #pragma omp parallel for
-        for (int c0 = 0; c0 < CH; c0 += LANES) {
-            int width = CH - c0 < LANES ? CH - c0 : LANES;
-            real acc[LANES] = { 0 };
-            for (int b = 0; b < B; b++)
-                for (int t = j; t < T; t++) {
-                    const real *g = dout + ((size_t)b * T + t) * CH + c0, *xr = x + ((size_t)b * T + t - j) * CH + c0;
-                    for (int c = 0; c < width; c++) acc[c] += g[c] * xr[c];
+    real *wt = conv_taps(w, CH, K, (size_t)K * CH), *acc = wt + (size_t)K * CH;
+    int blocks = (CH + LANES - 1) / LANES, parts = num_threads() < blocks ? num_threads() : blocks;
+    #pragma omp parallel for
+    for (int part = 0; part < parts; part++) {
+        int lo = LANES * (blocks * part / parts), hi = LANES * (blocks * (part + 1) / parts);
+        if (hi > CH) hi = CH;
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++) {
+                size_t row = (size_t)b * T + t;
+                real *d = dx + row * CH;
+                const real *g = dout + row * CH;
+                for (int j = 0; j < K && t + j < T; j++) {
+                    const real *gj = g + (size_t)j * CH, *wj = wt + (size_t)j * CH;
+                    for (int c = lo; c < hi; c++) d[c] += wj[c] * gj[c];
                 }
-            for (int c = 0; c < width; c++) dw[(size_t)(c0 + c) * K + j] += acc[c];
-        }
+                for (int j = 0; j < K && j <= t; j++) {
+                    const real *xr = x + (row - j) * CH;
+                    real *aj = acc + (size_t)j * CH;
+                    for (int c = lo; c < hi; c++) aj[c] += g[c] * xr[c];
+                }
+            }
     }
+    for (int c = 0; c < CH; c++)
+        for (int j = 0; j < K; j++) dw[(size_t)c * K + j] += acc[(size_t)j * CH + c];
+    free(wt);
 }
 // SiLU elementwise:  dx += dout silu'(x)
 static void silu_backward(real *dx, const real *dout, const real *x, size_t n) {
