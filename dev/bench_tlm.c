@@ -13,6 +13,9 @@
  * the model's shapes beside the machine's multiply-add peak (what no kernel can beat).
  *
  *   ./dev/bench_tlm [--threads 1,2] [--only NAME|matmul|memory] [--seconds S]
+ *                   [--mem-conv K] [--mem-silu 0|1] [--mem-clip X]
+ * The --mem-* options change the Titans and Hope configs' memory from train_tlm's defaults (conv
+ * 4, SiLU 1, clip 1), e.g. --mem-conv 0 --mem-silu 0 --mem-clip 0 to see what those parts cost.
  */
 #define TLM_TESTING
 #include "../train_tlm.c"
@@ -40,11 +43,14 @@ static const BenchConfig configs[] = {
 };
 enum { NUM_CONFIGS = sizeof(configs) / sizeof(configs[0]) };
 
-static void bench_config(const BenchConfig *bc, double seconds) {
+// the memory's q/k/v conv kernel, SiLU and inner-gradient clip (--mem-conv, --mem-silu, --mem-clip)
+typedef struct { int conv, silu; double clip; } MemoryParts;
+
+static void bench_config(const BenchConfig *bc, double seconds, MemoryParts mp) {
     Config c = { .arch = bc->arch, .layers = bc->layers, .dim = bc->dim, .heads = bc->heads, .vocab = bc->vocab,
                  .seq_len = bc->seq_len, .mlp_width = bc->mlp_width, .taper = TAPER_COSINE, .taper_start = 1.5,
                  .taper_end = 0.5, .taper_multiple = 32, .window = 64, .mem_depth = 2, .mem_hidden = 32,
-                 .mem_chunk = 16, .mem_lr = 0.00625, .mem_clip = 1, .mem_conv = 4, .mem_silu = 1,
+                 .mem_chunk = 16, .mem_lr = 0.00625, .mem_clip = mp.clip, .mem_conv = mp.conv, .mem_silu = mp.silu,
                  .cms_levels = 2, .cms_width = 64, .cms_chunks = { 0, 16, 64, 0 } };
     if (c.vocab == 256) match_params(&c); // the classroom configs (model_create redoes the widths)
     int B = bc->batch, T = bc->seq_len;
@@ -105,9 +111,9 @@ static void bench_matmul(int N, int C, int OC) {
 // d 32, hidden 32; Hope's fast level: d 128 and the tapered hidden widths). 32 sequences'
 // records, as many as a layer of the classroom Titans keeps, so that the backward reads them
 // back from memory as in the model; the fastest of five rounds, in microseconds per sequence.
-static void bench_memory(const char *name, int T, int d, int m, int chunk, int read_chunk_start) {
+static void bench_memory(const char *name, int T, int d, int m, int chunk, int read_chunk_start, double clip) {
     enum { SEQS = 32 };
-    MemorySize ms = { d, m, 2, chunk, (real)0.01, 1, 0, 0 }; // the default gradient clip (conv and SiLU are outside)
+    MemorySize ms = { d, m, 2, chunk, (real)0.01, (real)clip, 0, 0 }; // (conv and SiLU are outside)
     size_t n = (size_t)T * d, S = memory_state_size(T, ms), P = memory_params(2, d, m);
     real *states = xcalloc(SEQS * S, sizeof(real), "bench");
     real *scratch = xcalloc(memory_scratch_size(T, ms), sizeof(real), "bench");
@@ -166,14 +172,33 @@ static double bench_fma_peak(void) {
     return (double)iters * 12 * 16 * 2 * num_threads() / seconds / 1e9;
 }
 
+// a --mem-* value: a number in lo..hi (an integer if integral), else a one-line error and exit 2
+static double number_arg(const char *flag, const char *text, double lo, double hi, int integral) {
+    char *end;
+    double v = strtod(text, &end);
+    if (end == text || *end || !(v >= lo && v <= hi) || (integral && v != floor(v))) {
+        fprintf(stderr, "bench_tlm: %s must be %s in %g..%g, got '%s'\n", flag, integral ? "an integer" : "a number", lo, hi, text);
+        exit(2);
+    }
+    return v;
+}
+
 int main(int argc, char **argv) {
     const char *threads = NULL, *only = NULL;
     double seconds = 4;
+    MemoryParts mp = { 4, 1, 1 }; // train_tlm's defaults
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = argv[++i];
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--seconds") && i + 1 < argc) seconds = atof(argv[++i]);
-        else { fprintf(stderr, "usage: %s [--threads 1,2] [--only NAME|matmul|memory] [--seconds S]\n", argv[0]); return 2; }
+        else if (!strcmp(argv[i], "--mem-conv") && i + 1 < argc) mp.conv = (int)number_arg("--mem-conv", argv[++i], 0, 64, 1);
+        else if (!strcmp(argv[i], "--mem-silu") && i + 1 < argc) mp.silu = (int)number_arg("--mem-silu", argv[++i], 0, 1, 1);
+        else if (!strcmp(argv[i], "--mem-clip") && i + 1 < argc) mp.clip = number_arg("--mem-clip", argv[++i], 0, 1e6, 0);
+        else {
+            fprintf(stderr, "usage: %s [--threads 1,2] [--only NAME|matmul|memory] [--seconds S] "
+                    "[--mem-conv K] [--mem-silu 0|1] [--mem-clip X]\n", argv[0]);
+            return 2;
+        }
     }
     if (!(seconds > 0)) { fprintf(stderr, "bench_tlm: --seconds must be > 0\n"); return 2; }
     const int only_matmul = only && !strcmp(only, "matmul"); // --only matmul: just the matmul part
@@ -216,7 +241,7 @@ int main(int argc, char **argv) {
 #ifdef _OPENMP
                 omp_set_num_threads(counts[k]);
 #endif
-                bench_config(&configs[i], seconds);
+                bench_config(&configs[i], seconds, mp);
                 _exit(0);
             }
             int status;
@@ -227,10 +252,10 @@ int main(int argc, char **argv) {
     if (!only_matmul) {
         printf("the memory recurrence alone (Titans' heads, Hope's fast levels at the classroom sizes)\n");
         gemm_init();
-        bench_memory("titans", 256, 32, 32, 16, 0);
-        bench_memory("hope", 256, 128, 32, 16, 1);
-        bench_memory("hope", 256, 128, 64, 16, 1);
-        bench_memory("hope", 256, 128, 96, 16, 1);
+        bench_memory("titans", 256, 32, 32, 16, 0, mp.clip);
+        bench_memory("hope", 256, 128, 32, 16, 1, mp.clip);
+        bench_memory("hope", 256, 128, 64, 16, 1, mp.clip);
+        bench_memory("hope", 256, 128, 96, 16, 1, mp.clip);
     }
     if (only_memory) return 0;
     printf("blocked matmul at the model's shapes, and the machine's multiply-add peak\n");
