@@ -1376,14 +1376,14 @@ static void memory_chunked_backward(real *dk, real *dv, real *dq, real *dtheta, 
 // out[b,t,c] = sum_{j<K, j<=t} w[c,j] x[b,t-j,c]      x, out (B,T,CH); w (CH,K), tap 0 the current token
 // The loops run over the channels innermost, reading w's taps from a copy wt transposed to (K,CH)
 // (w's rows are a channel's K taps: read in place, each tap would be a stride-K gather).
-static real *conv_taps(const real *w, int CH, int K, size_t extra) { // wt (K,CH), then `extra` zeros
-    real *wt = xcalloc((size_t)K * CH + extra, sizeof(real), "conv taps");
+static real *conv_taps(const real *w, int CH, int K) { // wt (K,CH), to be freed
+    real *wt = xcalloc((size_t)K * CH, sizeof(real), "conv taps");
     for (int c = 0; c < CH; c++)
         for (int j = 0; j < K; j++) wt[(size_t)j * CH + c] = w[(size_t)c * K + j];
     return wt;
 }
 static void conv_forward(real *out, const real *x, const real *w, int B, int T, int CH, int K) {
-    real *wt = conv_taps(w, CH, K, 0);
+    real *wt = conv_taps(w, CH, K);
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
@@ -1401,7 +1401,7 @@ static void conv_forward(real *out, const real *x, const real *w, int B, int T, 
 // sums (acc, (K,CH)) run over the rows in order, so they do not depend on the thread count.
 static void conv_backward(real *dx, real *dw, const real *dout, const real *x, const real *w,
                           int B, int T, int CH, int K) {
-    real *wt = conv_taps(w, CH, K, (size_t)K * CH), *acc = wt + (size_t)K * CH;
+    real *wt = conv_taps(w, CH, K), *acc = xcalloc((size_t)K * CH, sizeof(real), "conv dw sums");
     int blocks = (CH + LANES - 1) / LANES, parts = num_threads() < blocks ? num_threads() : blocks;
     #pragma omp parallel for
     for (int part = 0; part < parts; part++) {
@@ -1426,6 +1426,7 @@ static void conv_backward(real *dx, real *dw, const real *dout, const real *x, c
     for (int c = 0; c < CH; c++)
         for (int j = 0; j < K; j++) dw[(size_t)c * K + j] += acc[(size_t)j * CH + c];
     free(wt);
+    free(acc);
 }
 // SiLU elementwise:  dx += dout silu'(x)
 static void silu_backward(real *dx, const real *dout, const real *x, size_t n) {
@@ -1520,8 +1521,8 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwconv,
     zero_parallel(a->dalpha, (size_t)N * NH);
     zero_parallel(a->dw0_parts, (size_t)B * NH * P);
     zero_parallel(a->dmqkv, (size_t)N * 3 * C);
-    zero_parallel(a->dmconv, (size_t)N * 3 * C);
-    zero_parallel(a->dmraw, (size_t)N * 3 * C);
+    if (ms.silu) zero_parallel(a->dmconv, (size_t)N * 3 * C); // (used only with SiLU, the conv)
+    if (ms.conv) zero_parallel(a->dmraw, (size_t)N * 3 * C);
     zero_parallel(a->dmgates, (size_t)N * 3 * NH);
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
