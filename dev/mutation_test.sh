@@ -44,8 +44,8 @@ mutate "memory: clipped step's gradient lost"  's/        real ds = -2 \* c \* t
 mutate "memory: recurrence's clip gradient lost" 's/            if (c < 1)$/            if (0)/'
 mutate "memory: theta's sigmoid' without mem_lr" 's/(1 - th \/ ms.lr);/(1 - th);/'
 mutate "memory: SiLU backward without silu'"    's/    for (size_t i = 0; i < n; i++) dx\[i\] += dout\[i\] \* silu_grad(x\[i\]);/    for (size_t i = 0; i < n; i++) dx[i] += dout[i];/'
-mutate "memory: conv dx taps not shifted"       's/                for (int c = 0; c < CH; c++) d\[c\] += w\[(size_t)c \* K + j\] \* g\[c\];/                for (int c = 0; c < CH; c++) d[c] += w[(size_t)c * K] * g[c];/'
-mutate "memory: conv dw taps not shifted"       's/\*xr = x + ((size_t)b \* T + t - j) \* CH + c0;/*xr = x + ((size_t)b * T + t) * CH + c0;/'
+mutate "memory: conv dx taps not shifted"       's/\*gj = g + (size_t)j \* CH, \*wj = wt + (size_t)j \* CH;/*gj = g + (size_t)j * CH, *wj = wt;/'
+mutate "memory: conv dw taps not shifted"       's/const real \*xr = x + (row - j) \* CH;/const real *xr = x + row * CH;/'
 
 caught=0 missed=0
 for i in "${!names[@]}"; do
