@@ -1,5 +1,9 @@
 # tlm.c — `make help` lists the targets. Generated files go under dev/build/ (git-ignored).
-CC ?= gcc
+# gcc unless you name one (make CC=clang, or CC=clang in the environment); `CC ?= gcc` would
+# never apply, since make predefines CC=cc
+ifeq ($(origin CC),default)
+CC = gcc
+endif
 CFLAGS ?= -O3 -march=native
 # -fno-math-errno: sqrtf sets no errno, so the loops that call it (AdamW) vectorize
 CFLAGS += -std=c11 -Wall -Wextra -fno-math-errno

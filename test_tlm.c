@@ -1857,6 +1857,20 @@ static void test_cli_resume_and_guards(void) {
     // a training option given overrides the stored one, said in one line
     snprintf(args, sizeof(args), "--load %s --steps 2 --lr 0.001", tmp_path("cc.ckpt"));
     check(run_trainer(args) == 0 && output_has("--lr 0.001 overrides the checkpoint's 0.003"), "load: an explicit --lr overrides, said once");
+    // a checkpoint that has done its --steps: said plainly, its real val loss (it printed nan), exit 0
+    check(run_trainer(args) == 0 && output_has("nothing left to train: ") && output_has(", --steps is 2 (") &&
+          output_has("val loss ") && !output_has("nan"), "load: a finished checkpoint says so and prints its val loss");
+    // the options of the samples, or any with --sample / --eval-only: this run's, no override note
+    snprintf(args, sizeof(args), "--load %s --steps 2 --sample-len 20 --sample-every 7", tmp_path("cc.ckpt"));
+    check(run_trainer(args) == 0 && output_has("--steps 2 overrides") && !output_has("--sample-len 20 overrides") &&
+          !output_has("--sample-every 7 overrides"), "load: --sample-len, --sample-every given print no override note");
+    snprintf(args, sizeof(args), "--load %s --sample --sample-len 5", tmp_path("cc.ckpt"));
+    int sample_rc = run_trainer(args);
+    char *said = read_text(tmp_path("cli.out"));
+    check(sample_rc == 0 && !output_has("overrides"), "load: --sample with --sample-len prints no override note (exit %d: %.300s)", sample_rc, said);
+    free(said);
+    snprintf(args, sizeof(args), "--load %s --eval-only --eval-batches 1", tmp_path("cc.ckpt"));
+    check(run_trainer(args) == 0 && !output_has("overrides") && output_has("val loss"), "load: --eval-only --eval-batches prints no override note");
     // every model option given with another value than the checkpoint's is refused
     static const char *conflict[][2] = {
         { "arch", "gated" }, { "layers", "3" }, { "dim", "32" }, { "heads", "4" }, { "vocab", "12" }, { "mlp-width", "64" },

@@ -3752,7 +3752,13 @@ static void default_tokenizer_path(char *out, size_t n, const char *train, int v
 
 // With --load: the checkpoint's options. A model option given on the command line must agree
 // with the checkpoint (else a one-line error); the model is the checkpoint's. A training option
-// not given is restored (a version-2 checkpoint stores them), one given overrides it, said once.
+// not given is restored (a version-2 checkpoint stores them), one given overrides it, said once
+// when it changes the training: not for --eval-only, --analyze, --sample (nothing is trained),
+// nor for the options of the printed samples (a sample's length cannot conflict with training).
+static int only_shapes_samples(const Option *o) {
+    return o->offset == offsetof(Options, sample_len) || o->offset == offsetof(Options, sample_every) ||
+           o->offset == offsetof(Options, tokenizer);
+}
 static void apply_checkpoint_options(void) {
     Options *saved = xcalloc(1, sizeof(Options), "checkpoint options");
     int32_t h[H_SIZE];
@@ -3772,8 +3778,8 @@ static void apply_checkpoint_options(void) {
                     opt.load, o->name, theirs, mine);
         } else if (!option_given[k]) {
             if (option_parse(o, &opt, theirs, why, sizeof(why))) die("%s: --%s '%s' %s", opt.load, o->name, theirs, why);
-        } else if (!same) {
-            fprintf(opt.sample ? stderr : stdout, "--%s %s overrides the checkpoint's %s\n", o->name, mine, theirs);
+        } else if (!same && !opt.eval_only && !opt.analyze && !opt.sample && !only_shapes_samples(o)) {
+            printf("--%s %s overrides the checkpoint's %s\n", o->name, mine, theirs);
         }
     }
     opt.cfg = saved->cfg;
@@ -4028,12 +4034,11 @@ static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition 
     install_signal_handlers(); // Ctrl-C, `kill PID`, a closed stdout: finish the step, save, exit
     double t_start = wall_time(), t_train = 0, last_val = NAN;
     int steps_timed = 0, save_failed = 0, saved_at = -1;
-    if (m->step >= opt.steps) printf("checkpoint is at step %d, --steps is %d: nothing to train\n", m->step, opt.steps);
-    if (m->step < opt.steps || !opt.load[0]) {
-        last_val = evaluate(m, val, opt.eval_batches, B, T);
-        printf("step %5d | val loss %.4f | perplexity %.2f\n", m->step, last_val, exp(last_val));
-        log_json("{\"event\":\"val\",\"step\":%d,\"loss\":%.6f,\"ppl\":%.4f,\"tokens\":%zu}", m->step, last_val, exp(last_val), m->step * tokens_per_step);
-    }
+    if (opt.load[0] && m->step >= opt.steps)
+        printf("nothing left to train: %s is at step %d, --steps is %d (raise --steps to train further)\n", opt.load, m->step, opt.steps);
+    last_val = evaluate(m, val, opt.eval_batches, B, T); // the starting point (also of a finished run)
+    printf("step %5d | val loss %.4f | perplexity %.2f\n", m->step, last_val, exp(last_val));
+    log_json("{\"event\":\"val\",\"step\":%d,\"loss\":%.6f,\"ppl\":%.4f,\"tokens\":%zu}", m->step, last_val, exp(last_val), m->step * tokens_per_step);
     while (m->step < opt.steps && !ranks_should_stop()) {
         int step = m->step; // steps taken so far; this is step + 1
         double t0 = wall_time();

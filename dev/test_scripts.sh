@@ -85,5 +85,16 @@ check plot_runs.py "$S/bad.jsonl" -o "$S/p.svg"
 check plot_runs.py "$S/empty.jsonl" -o "$S/p.svg"
 check plot_runs.py "$S/g_taper/transformer_cosine_s1.jsonl" -o "$S/afile/p.svg"
 
+# the Makefile's compiler: gcc by default (make predefines CC=cc), the one named by make CC=...
+# (make -n prints the commands, runs none; the outer make's variables are kept out)
+for want in gcc clang; do
+    arg=; [ $want = gcc ] || arg="CC=$want"
+    if env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u CC make -s -n -B $arg train_tlm 2>&1 | grep -q "^$want .*train_tlm\.c"; then
+        passed=$((passed + 1))
+    else
+        echo "FAIL: make ${arg:-(no CC)} does not compile with $want"; failed=$((failed + 1))
+    fi
+done
+
 echo "scripts: $passed passed, $failed failed"
 [ $failed -eq 0 ]
