@@ -1670,6 +1670,8 @@ static void test_cli(void) {
     check(run_trainer("--taper conical") == 2 && output_has("unknown value"), "cli: unknown schedule is a usage error");
     snprintf(args, sizeof(args), "%s --train %s", data, tmp_path("magic.bin"));
     check(run_trainer(args) == 1 && output_has("bad magic"), "cli: a bad shard is a one-line error");
+    snprintf(args, sizeof(args), "%s --train %s", data, tmp_path(""));
+    check(run_trainer(args) == 1 && output_has("Is a directory"), "cli: a directory as a shard: the read error, not 'truncated'");
     // bit-exact resume through the binary: 6 steps straight vs 3 + save + load + 3
     snprintf(args, sizeof(args), "%s --steps 6 --eval-every 3 --log %s", data, tmp_path("straight.jsonl"));
     remove(tmp_path("straight.jsonl"));

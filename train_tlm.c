@@ -221,7 +221,7 @@ static FILE *open_file(const char *path, const char *mode) {
 }
 // Reads exactly n items or dies naming the file: a short read means a truncated file.
 static void read_exact(void *buf, size_t size, size_t n, FILE *f, const char *path) {
-    if (fread(buf, size, n, f) != n) die("%s: file is truncated", path);
+    if (fread(buf, size, n, f) != n) die("%s: %s", path, ferror(f) ? strerror(errno) : "file is truncated");
 }
 static int write_all(const void *buf, size_t size, size_t n, FILE *f) {
     return fwrite(buf, size, n, f) == n;
