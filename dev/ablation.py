@@ -1043,15 +1043,10 @@ def code_version(trainer):
         return "code version unknown"
 
 
-def run_minutes(archs, variants, seeds, out):
+def run_minutes(cells):
     """The finished runs' training time (their `done` events' seconds) summed, in minutes."""
-    total = 0.0
-    for a in archs:
-        for v in variants:
-            for s in seeds:
-                d = (RunLog(os.path.join(out, f"{a}_{v.name}_s{s}.jsonl")).done or {}).get("seconds")
-                total += d if isinstance(d, (int, float)) else 0
-    return total / 60
+    secs = [(lg.done or {}).get("seconds") for c in cells.values() for lg in c.logs.values()]
+    return sum(d for d in secs if isinstance(d, (int, float))) / 60
 
 
 def svg_to_png(svg):
@@ -1115,7 +1110,7 @@ def report(grid, archs, variants, seeds, args, targs, errors):
     doc = [f"# Taper ablation: `--grid {grid}`", "",
            f"{time.strftime('%Y-%m-%d %H:%M')}, trainer `{args.trainer}` "
            f"({where.get('code') or 'code version not recorded'}), "
-           f"{where.get('machine') or 'machine not recorded'}; the runs took {run_minutes(archs, variants, seeds, out):.0f} min summed; "
+           f"{where.get('machine') or 'machine not recorded'}; the runs took {run_minutes(cells):.0f} min summed; "
            f"seeds {seeds[0]}..{seeds[-1]}, trainer flags:", "", "    " + shlex.join(targs), ""]
     doc += table + ["", STATS_NOTE, ""]
     if fails:
