@@ -1756,10 +1756,10 @@ static void config_finish(Config *c) {
         if (c->mem_chunk < 1 || c->mem_chunk > 1 << 20) config_die("--mem-chunk must be in 1..%d, got %d", 1 << 20, c->mem_chunk);
     }
     if (c->arch == ARCH_TITANS || c->arch == ARCH_HOPE) {
-        if (!(c->mem_lr > 0 && c->mem_lr <= 1)) die("--mem-lr must be in (0, 1], got %g", c->mem_lr);
-        if (!(c->mem_clip >= 0 && c->mem_clip <= 1e6)) die("--mem-clip must be in 0..1e6 (0: off), got %g", c->mem_clip);
-        if (c->mem_conv < 0 || c->mem_conv > 64) die("--mem-conv must be in 0..64 (0: off), got %d", c->mem_conv);
-        if (c->mem_silu != 0 && c->mem_silu != 1) die("--mem-silu must be 0 or 1, got %d", c->mem_silu);
+        if (!(c->mem_lr > 0 && c->mem_lr <= 1)) config_die("--mem-lr must be in (0, 1], got %g", c->mem_lr);
+        if (!(c->mem_clip >= 0 && c->mem_clip <= 1e6)) config_die("--mem-clip must be in 0..1e6 (0: off), got %g", c->mem_clip);
+        if (c->mem_conv < 0 || c->mem_conv > 64) config_die("--mem-conv must be in 0..64 (0: off), got %d", c->mem_conv);
+        if (c->mem_silu != 0 && c->mem_silu != 1) config_die("--mem-silu must be 0 or 1, got %d", c->mem_silu);
     }
     if (c->arch == ARCH_HOPE) {
         if (c->cms_levels < 1 || c->cms_levels > MAX_CMS_LEVELS)
