@@ -1987,6 +1987,63 @@ static void test_failed_save_keeps_old(void) {
     model_free(m);
 }
 
+// Ctrl-C before the first step (during the step-0 evaluation, where the flag is first looked at):
+// the model is saved as it is, and "checkpoint saved" is printed only when the file was written;
+// a save that fails says "no checkpoint written" (it said "checkpoint saved" and wrote nothing).
+// In a child with stdout in a file, the flag set as the handler would set it.
+static void test_interrupt_before_first_step(void) {
+    const char *ck = tmp_path("i0.ckpt"), *out = tmp_path("i0.out");
+    write_shard(tmp_path("i0_train.bin"), 3000, SHARD_MAGIC, 1, 3000, 11, 11, 0);
+    write_shard(tmp_path("i0_val.bin"), 600, SHARD_MAGIC, 1, 600, 11, 11, 0);
+    for (int fail = 0; fail < 2; fail++) {
+        remove(ck);
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid == 0) {
+            if (!freopen(out, "w", stdout) || !freopen("/dev/null", "w", stderr)) _exit(99);
+            if (fail) { // the checkpoint (~30 KB) does not fit, the output (~1 KB) does
+                struct rlimit lim = { 16384, 16384 };
+                signal(SIGXFSZ, SIG_IGN);
+                setrlimit(RLIMIT_FSIZE, &lim);
+            }
+            char line[2048];
+            snprintf(line, sizeof(line), "--train %s --val %s --layers 2 --dim 16 --heads 2 --mlp-width 32 "
+                     "--taper-multiple 8 --seq-len 8 --batch 2 --eval-batches 2 --sample-every 0 --steps 5 --save %s",
+                     tmp_path("i0_train.bin"), tmp_path("i0_val.bin"), ck);
+            int argc;
+            char **argv = args_of(line, &argc);
+            parse_args(argc, argv);
+            DataLoader train = {0}, val = {0};
+            DataPosition at = { 0, 0, 0 };
+            Model *m = build_model(&train, &val, &at);
+            interrupted = SIGINT; // Ctrl-C, arrived before the step-0 evaluation ended
+            int rc = run_train(m, &train, &val, at);
+            fflush(stdout);
+            _exit(rc);
+        }
+        int status;
+        waitpid(pid, &status, 0);
+        int rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        char text[8192] = "";
+        FILE *f = fopen(out, "r");
+        if (f) { text[fread(text, 1, sizeof(text) - 1, f)] = 0; fclose(f); }
+        if (!fail) {
+            int step = -1;
+            if (access(ck, R_OK) == 0) {
+                Config c;
+                int32_t h[H_SIZE];
+                checkpoint_read_config(ck, &c, h);
+                step = h[H_STEP];
+            }
+            check(rc == 130 && strstr(text, "interrupted at step 0, checkpoint saved") && step == 0,
+                  "signals: Ctrl-C before the first step saves the step-0 model and says so (exit %d, step %d)", rc, step);
+        } else {
+            check(rc == 130 && strstr(text, "interrupted at step 0, no checkpoint written") && !strstr(text, "saved") &&
+                  access(ck, F_OK) != 0, "signals: Ctrl-C before the first step, the save failing: 'no checkpoint written' (exit %d)", rc);
+        }
+    }
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof(tmpdir), "/tmp/test_tlm_%d", (int)getpid());
     char cmd[600];
@@ -2010,6 +2067,7 @@ int main(void) {
     test_taper_extremes();
     test_memory_config_bounds();
     test_failed_save_keeps_old();
+    test_interrupt_before_first_step();
     test_option_table();
     test_groups_and_widths();
     test_checkpoint_integrity();
