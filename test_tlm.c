@@ -1929,6 +1929,14 @@ static void test_cli_resume_and_guards(void) {
     }
     snprintf(args, sizeof(args), "%s --steps 5 --log %s", data, tmp_path("cli_val.bin"));
     check(run_trainer(args) == 1 && output_has("is the --val shard"), "log path: a shard refused as --log");
+    // a device node: our own twin of /dev/null (root only), so that a regression replaces only it
+    snprintf(cmd, sizeof(cmd), "mknod %s c 1 3 2>/dev/null", tmp_path("null"));
+    if (system(cmd) == 0) {
+        snprintf(args, sizeof(args), "%s --steps 5 --save %s", data, tmp_path("null"));
+        struct stat dn;
+        check(run_trainer(args) == 1 && output_has("is a device") && stat(tmp_path("null"), &dn) == 0 && S_ISCHR(dn.st_mode),
+              "save path: a device node refused, left as it is");
+    }
     snprintf(args, sizeof(args), "%s --steps 5 --save %s --log /dev/full", data, tmp_path("full.ckpt"));
     check(run_trainer(args) == 1 && output_has("--log /dev/full: cannot write"), "log: /dev/full is a one-line error");
     // eval batches capped at what --val holds; vocabularies that disagree
