@@ -1939,6 +1939,34 @@ static void test_cli_resume_and_guards(void) {
     }
     snprintf(args, sizeof(args), "%s --steps 5 --save %s --log /dev/full", data, tmp_path("full.ckpt"));
     check(run_trainer(args) == 1 && output_has("--log /dev/full: cannot write"), "log: /dev/full is a one-line error");
+    // the save's system calls, seen by strace when it is installed: the temporary file created
+    // exclusively and never through a link, synced, renamed into place, then its directory synced
+    const char *st = tmp_path("st.ckpt");
+    char trace[1024], dir[1024], tmpq[1100], renameq[2300];
+    snprintf(trace, sizeof(trace), "%s", tmp_path("strace.txt"));
+    snprintf(dir, sizeof(dir), "\"%s\", O_RDONLY|O_DIRECTORY", tmpdir);
+    snprintf(tmpq, sizeof(tmpq), "\"%s.tmp\"", st);
+    snprintf(renameq, sizeof(renameq), "rename(\"%s.tmp\", \"%s\")", st, st);
+    snprintf(cmd, sizeof(cmd), "command -v strace > /dev/null && OMP_NUM_THREADS=1 strace -f -e trace=open,openat,fsync,rename "
+             "-o %s %s %s --steps 1 --save %s > /dev/null 2>&1", trace, trainer(), data, st);
+    if (system(cmd) == 0) {
+        FILE *f = fopen(trace, "r");
+        char line[4096];
+        int tmp_fd = -1, synced = 0, renamed = 0, dir_fd = -1, dir_synced = 0;
+        while (f && fgets(line, sizeof(line), f)) {
+            const char *eq = strrchr(line, '='), *fs = strstr(line, "fsync(");
+            int fd = eq ? atoi(eq + 1) : -1;
+            if (strstr(line, tmpq) && strstr(line, "O_CREAT") && strstr(line, "O_EXCL") && strstr(line, "O_NOFOLLOW")) tmp_fd = fd;
+            else if (fs && tmp_fd >= 0 && !renamed && atoi(fs + 6) == tmp_fd && fd == 0) synced = 1;
+            else if (strstr(line, renameq) && fd == 0) renamed = synced;
+            else if (renamed && strstr(line, dir)) dir_fd = fd;
+            else if (fs && dir_fd >= 0 && atoi(fs + 6) == dir_fd && fd == 0) dir_synced = 1;
+        }
+        if (f) fclose(f);
+        check(tmp_fd >= 0 && synced && renamed && dir_synced,
+              "save: O_CREAT|O_EXCL|O_NOFOLLOW, fsync, rename, then the directory's fsync (strace: %d %d %d %d)",
+              tmp_fd >= 0, synced, renamed, dir_synced);
+    } else printf("note: strace not found or not permitted: the save's system calls are not checked\n");
     // eval batches capped at what --val holds; vocabularies that disagree
     snprintf(args, sizeof(args), "--load %s --eval-only --eval-batches 2147483647", tmp_path("cc.ckpt"));
     check(run_trainer(args) == 0 && output_has("using 4"), "eval: --eval-batches 2147483647 capped at what --val holds");
