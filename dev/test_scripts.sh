@@ -76,6 +76,15 @@ check prepare_data.py --corpus "$S/ok.txt" --tokenizer byte --out "$S/afile"
 check prepare_data.py --corpus "$S/latin1.txt" --tokenizer byte --out "$S/pd"
 check prepare_data.py --corpus "$S/missing.txt" --tokenizer byte --out "$S/pd"
 check prepare_data.py --corpus "$S/ok.txt" --tokenizer byte --out "$S/pd" --val-frac 2
+# an --out that cannot be made (under /proc nothing can be), and a full file system: the
+# file-size limit makes every write past 8 KB fail with EFBIG (SIGXFSZ ignored), as ENOSPC would
+check prepare_data.py --corpus "$S/ok.txt" --tokenizer byte --out /proc/tlm_test_scripts/pd
+for i in $(seq 2000); do echo "line $i of a corpus that does not fit in 8 KB"; done >"$S/big.txt"
+(trap '' XFSZ; ulimit -f 8; check prepare_data.py --corpus "$S/big.txt" --tokenizer byte --out "$S/full"
+ echo "$passed $failed" >"$S/counts")
+read -r passed failed <"$S/counts"
+if [ -z "$(ls -A "$S/full" 2>/dev/null | grep '\.bin$')" ]; then passed=$((passed + 1))
+else echo "FAIL: prepare_data.py left a partial shard behind on a full file system: $(ls "$S/full")"; failed=$((failed + 1)); fi
 
 # dev/plot_runs.py
 printf '{"event":"config"\nnot json\n' >"$S/bad.jsonl"
