@@ -2026,40 +2026,54 @@ static void test_failed_save_keeps_old(void) {
 // Ctrl-C before the first step (during the step-0 evaluation, where the flag is first looked at):
 // the model is saved as it is, and "checkpoint saved" is printed only when the file was written;
 // a save that fails says "no checkpoint written" (it said "checkpoint saved" and wrote nothing).
-// In a child with stdout in a file, the flag set as the handler would set it.
+// In this process (a forked child would hang in OpenMP's pool), stdout and stderr sent to a file,
+// the flag set as the handler would set it; a failing save by a file-size limit.
 static void test_interrupt_before_first_step(void) {
     const char *ck = tmp_path("i0.ckpt"), *out = tmp_path("i0.out");
     write_shard(tmp_path("i0_train.bin"), 3000, SHARD_MAGIC, 1, 3000, 11, 11, 0);
     write_shard(tmp_path("i0_val.bin"), 600, SHARD_MAGIC, 1, 600, 11, 11, 0);
+    Options *before = xcalloc(1, sizeof(Options), "t");
+    *before = opt;
     for (int fail = 0; fail < 2; fail++) {
         remove(ck);
+        char line[2048];
+        snprintf(line, sizeof(line), "--train %s --val %s --layers 2 --dim 16 --heads 2 --mlp-width 32 "
+                 "--taper-multiple 8 --seq-len 8 --batch 2 --eval-batches 2 --sample-every 0 --steps 5 --save %s",
+                 tmp_path("i0_train.bin"), tmp_path("i0_val.bin"), ck);
+        int argc;
+        char **argv = args_of(line, &argc);
+        parse_args(argc, argv);
+        DataLoader train = {0}, val = {0};
+        DataPosition at = { 0, 0, 0 };
         fflush(stdout);
-        pid_t pid = fork();
-        if (pid == 0) {
-            if (!freopen(out, "w", stdout) || !freopen("/dev/null", "w", stderr)) _exit(99);
-            if (fail) { // the checkpoint (~30 KB) does not fit, the output (~1 KB) does
-                struct rlimit lim = { 16384, 16384 };
-                signal(SIGXFSZ, SIG_IGN);
-                setrlimit(RLIMIT_FSIZE, &lim);
-            }
-            char line[2048];
-            snprintf(line, sizeof(line), "--train %s --val %s --layers 2 --dim 16 --heads 2 --mlp-width 32 "
-                     "--taper-multiple 8 --seq-len 8 --batch 2 --eval-batches 2 --sample-every 0 --steps 5 --save %s",
-                     tmp_path("i0_train.bin"), tmp_path("i0_val.bin"), ck);
-            int argc;
-            char **argv = args_of(line, &argc);
-            parse_args(argc, argv);
-            DataLoader train = {0}, val = {0};
-            DataPosition at = { 0, 0, 0 };
-            Model *m = build_model(&train, &val, &at);
-            interrupted = SIGINT; // Ctrl-C, arrived before the step-0 evaluation ended
-            int rc = run_train(m, &train, &val, at);
-            fflush(stdout);
-            _exit(rc);
+        fflush(stderr);
+        int out_fd = dup(1), err_fd = dup(2), fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        close(fd);
+        Model *m = build_model(&train, &val, &at);
+        struct rlimit lim, old;
+        getrlimit(RLIMIT_FSIZE, &old);
+        void (*old_xfsz)(int) = signal(SIGXFSZ, SIG_IGN);
+        if (fail) { // the checkpoint (~30 KB) does not fit, the output so far (~1 KB) does
+            lim = old;
+            lim.rlim_cur = 16384;
+            setrlimit(RLIMIT_FSIZE, &lim);
         }
-        int status;
-        waitpid(pid, &status, 0);
-        int rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        interrupted = SIGINT; // Ctrl-C, arrived before the step-0 evaluation ended
+        int rc = run_train(m, &train, &val, at);
+        fflush(stdout);
+        fflush(stderr);
+        setrlimit(RLIMIT_FSIZE, &old);
+        signal(SIGXFSZ, old_xfsz);
+        dup2(out_fd, 1);
+        dup2(err_fd, 2);
+        close(out_fd);
+        close(err_fd);
+        interrupted = 0;
+        model_free(m);
+        dataloader_free(&train);
+        dataloader_free(&val);
         char text[8192] = "";
         FILE *f = fopen(out, "r");
         if (f) { text[fread(text, 1, sizeof(text) - 1, f)] = 0; fclose(f); }
@@ -2078,6 +2092,8 @@ static void test_interrupt_before_first_step(void) {
                   access(ck, F_OK) != 0, "signals: Ctrl-C before the first step, the save failing: 'no checkpoint written' (exit %d)", rc);
         }
     }
+    opt = *before;
+    free(before);
 }
 
 int main(void) {
