@@ -2040,9 +2040,7 @@ static void test_interrupt_before_first_step(void) {
         snprintf(line, sizeof(line), "--train %s --val %s --layers 2 --dim 16 --heads 2 --mlp-width 32 "
                  "--taper-multiple 8 --seq-len 8 --batch 2 --eval-batches 2 --sample-every 0 --steps 5 --save %s",
                  tmp_path("i0_train.bin"), tmp_path("i0_val.bin"), ck);
-        int argc;
-        char **argv = args_of(line, &argc);
-        parse_args(argc, argv);
+        parse_line(line);
         DataLoader train = {0}, val = {0};
         DataPosition at = { 0, 0, 0 };
         fflush(stdout);
@@ -2074,9 +2072,7 @@ static void test_interrupt_before_first_step(void) {
         model_free(m);
         dataloader_free(&train);
         dataloader_free(&val);
-        char text[8192] = "";
-        FILE *f = fopen(out, "r");
-        if (f) { text[fread(text, 1, sizeof(text) - 1, f)] = 0; fclose(f); }
+        char *text = read_text(out);
         if (!fail) {
             int step = -1;
             if (access(ck, R_OK) == 0) {
@@ -2091,6 +2087,7 @@ static void test_interrupt_before_first_step(void) {
             check(rc == 130 && strstr(text, "interrupted at step 0, no checkpoint written") && !strstr(text, "saved") &&
                   access(ck, F_OK) != 0, "signals: Ctrl-C before the first step, the save failing: 'no checkpoint written' (exit %d)", rc);
         }
+        free(text);
     }
     opt = *before;
     free(before);
