@@ -68,6 +68,10 @@ SHARD_MAGIC, SHARD_VERSION = 20240520, 1
 TOKENIZER_MAGIC, TOKENIZER_VERSION = 20240328, 2
 ENCODER_MAGIC, ENCODER_VERSION = 20240801, 1
 HEADER_INTS = 256
+# train_tlm reads each batch as one run of B*T+1 tokens from a single shard (B*T = 8*256 by
+# default); a train shard must hold many: --shard-tokens is at least 2^16 (32 such batches)
+TRAINER_BATCH_TOKENS = 8 * 256 + 1
+MIN_SHARD_TOKENS = 65536
 
 
 def die(msg):
@@ -78,23 +82,29 @@ def die(msg):
 # ----------------------------------------------------------------------------------------
 # Files and downloads
 
-def write_atomic(path, chunks):
-    """Write byte chunks to path via a temporary file, so a reader never sees half a file.
-    A failure (read-only or full file system, ...) is a one-line error; the old file stays."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+def write_atomic(files):
+    """Write files, a list of (path, byte chunks), each to a temporary file beside it, and
+    rename them into place only when all are written: a reader never sees half a file, and
+    a failure (a read-only or full file system, ...) is a one-line error that leaves no new
+    file and every old one as it was (a set of shards is never half replaced)."""
+    tmps, path = [], None
     try:
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-        os.replace(tmp, path)
+        for path, chunks in files:
+            path = Path(path)
+            tmps.append(path.with_name(f".{path.name}.tmp{os.getpid()}"))
+            with open(tmps[-1], "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+        for (path, _), tmp in zip(files, tmps):
+            os.replace(tmp, path)
     except OSError as e:
         die(f"cannot write {path}: {e.strerror or e}")
     finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
+        for tmp in tmps:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
 def check_out_dir(out):
@@ -274,7 +284,7 @@ def load_tinyshakespeare(allow_invalid):
             CACHE_DIR.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             die(f"cannot create {CACHE_DIR}: {e.strerror or e}")
-        write_atomic(path, [data])
+        write_atomic([(path, [data])])
     return [read_text(path, allow_invalid)]
 
 
@@ -467,25 +477,24 @@ def int32_header(*fields):
     return struct.pack(f"<{HEADER_INTS}i", *fields, *[0] * (HEADER_INTS - len(fields)))
 
 
-def write_shard(path, tokens, vocab_size):
+def shard_chunks(tokens, vocab_size):
     data = array("H", tokens)
     if sys.byteorder == "big":
         data.byteswap()                          # the format is little-endian
-    write_atomic(path, [int32_header(SHARD_MAGIC, SHARD_VERSION, len(tokens), vocab_size),
-                        data.tobytes()])
+    return [int32_header(SHARD_MAGIC, SHARD_VERSION, len(tokens), vocab_size), data.tobytes()]
 
 
-def write_tokenizer(path, tok):
+def tokenizer_chunks(tok):
     chunks = [struct.pack(f"<{HEADER_INTS}I", TOKENIZER_MAGIC, TOKENIZER_VERSION,
                           tok.vocab_size, tok.eot, *[0] * (HEADER_INTS - 4))]
     for i in range(tok.vocab_size):
         b = tok.token_bytes(i)
         assert 0 < len(b) < 256, f"token {i} is {len(b)} bytes"
         chunks.append(bytes([len(b)]) + b)
-    write_atomic(path, chunks)
+    return chunks
 
 
-def write_encoder(path, tok):
+def encoder_chunks(tok):
     """The GPT-2 encoder file: what a C program needs, beside the tokenizer file, to encode
     text exactly as GPT2Tokenizer.encode does (the format is in the header comment)."""
     merges, seen = [], set()
@@ -502,18 +511,24 @@ def write_encoder(path, tok):
     version += [0] * (3 - len(version))
     header = int32_header(ENCODER_MAGIC, ENCODER_VERSION, tok.vocab_size, len(tok.merges),
                           *map(len, classes), *version)
-    write_atomic(path, [header, struct.pack(f"<{len(merges)}i", *merges)]
-                 + [struct.pack(f"<{2 * len(c)}i", *(x for r in c for x in r)) for c in classes])
+    return [header, struct.pack(f"<{len(merges)}i", *merges)] \
+        + [struct.pack(f"<{2 * len(c)}i", *(x for r in c for x in r)) for c in classes]
 
 
 def tokenizer_files(out, tok):
-    """Writes {tok}_tokenizer.bin (and for GPT-2 gpt2_encoder.bin) into out; returns the paths."""
-    paths = [out / f"{tok.name}_tokenizer.bin"]
-    write_tokenizer(paths[0], tok)
+    """{tok}_tokenizer.bin (and for GPT-2 gpt2_encoder.bin) in out, as (path, chunks)."""
+    files = [(out / f"{tok.name}_tokenizer.bin", tokenizer_chunks(tok))]
     if isinstance(tok, GPT2Tokenizer):
-        paths.append(out / "gpt2_encoder.bin")
-        write_encoder(paths[1], tok)
-    return paths
+        files.append((out / "gpt2_encoder.bin", encoder_chunks(tok)))
+    return files
+
+
+def shard_sizes(n, most):
+    """Token counts of the train shards for n tokens, at most `most` each: as few shards as
+    that allows, of near-equal size (so that no short last shard is left over)."""
+    count = -(-n // most)
+    base, extra = divmod(n, count)
+    return [base + (k < extra) for k in range(count)]
 
 
 # ----------------------------------------------------------------------------------------
@@ -630,7 +645,9 @@ def main():
                     help="fraction of the documents (or text) at the END that goes to "
                          "validation (default: 0.1)")
     ap.add_argument("--shard-tokens", type=int, default=100_000_000, metavar="N",
-                    help="at most N tokens per train shard (default: 100M)")
+                    help="at most N tokens per train shard, the shards of near-equal size "
+                         f"(default: 100M; at least {MIN_SHARD_TOKENS:,} = 32 batches of "
+                         "train_tlm's default 8 x 256, since a batch is read from one shard)")
     ap.add_argument("--allow-invalid-utf8", action="store_true",
                     help="read bytes of the corpus that are not valid UTF-8 as U+FFFD and "
                          "say how many there were (default: refuse such a corpus)")
@@ -650,8 +667,9 @@ def main():
         sys.exit(selftest())
     if not 0 < args.val_frac < 1:
         die("--val-frac must be between 0 and 1")
-    if args.shard_tokens < 1:
-        die("--shard-tokens must be positive")
+    if args.shard_tokens < MIN_SHARD_TOKENS:
+        die(f"--shard-tokens {args.shard_tokens}: must be at least {MIN_SHARD_TOKENS:,} "
+            f"(train_tlm reads each batch of {TRAINER_BATCH_TOKENS:,} tokens from one shard)")
     if args.encode_hex is not None:
         encode_hex(args.encode_hex, GPT2Tokenizer() if args.tokenizer == "gpt2" else ByteTokenizer())
         return
@@ -661,7 +679,9 @@ def main():
     check_out_dir(out)                           # before the time spent on tokenizing
     if args.tokenizer_only:
         tok = GPT2Tokenizer() if args.tokenizer == "gpt2" else ByteTokenizer()
-        for path in tokenizer_files(out, tok):
+        files = tokenizer_files(out, tok)
+        write_atomic(files)
+        for path, _ in files:
             print(f"wrote {path} ({path.stat().st_size:,} bytes)")
         return
 
@@ -688,18 +708,25 @@ def main():
     val = tok.encode_docs(val_docs)
     t_tok = max(time.time() - t0, 1e-9)
 
-    # 3. write shards and tokenizer
+    # 3. write shards and tokenizer, all or none
+    if not train or not val:
+        die(f"corpus {stem}: no {'train' if not train else 'val'} tokens")
+    if len(train) < TRAINER_BATCH_TOKENS:
+        print(f"note: {len(train):,} train tokens are fewer than one batch of train_tlm's "
+              f"default shape (8 x 256 + 1 = {TRAINER_BATCH_TOKENS:,})")
     prefix = f"{stem}_{tok.name}"
-    written = []
-    n_shards = (len(train) + args.shard_tokens - 1) // args.shard_tokens
-    for k in range(n_shards):
-        name = f"{prefix}_train.bin" if n_shards == 1 else f"{prefix}_train_{k:03d}.bin"
-        part = train[k * args.shard_tokens:(k + 1) * args.shard_tokens]
-        write_shard(out / name, part, tok.vocab_size)
-        written.append((out / name, len(part)))
-    write_shard(out / f"{prefix}_val.bin", val, tok.vocab_size)
+    files, written, start = [], [], 0
+    sizes = shard_sizes(len(train), args.shard_tokens)
+    for k, n in enumerate(sizes):
+        name = f"{prefix}_train.bin" if len(sizes) == 1 else f"{prefix}_train_{k:03d}.bin"
+        files.append((out / name, shard_chunks(train[start:start + n], tok.vocab_size)))
+        written.append((out / name, n))
+        start += n
+    files.append((out / f"{prefix}_val.bin", shard_chunks(val, tok.vocab_size)))
     written.append((out / f"{prefix}_val.bin", len(val)))
-    written += [(path, None) for path in tokenizer_files(out, tok)]
+    files += tokenizer_files(out, tok)
+    written += [(path, None) for path, _ in files[len(written):]]
+    write_atomic(files)
 
     # train shards of an earlier run with a different shard count would be picked up by a
     # glob such as data/brown_gpt2_train*.bin: remove them

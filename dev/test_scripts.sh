@@ -84,6 +84,26 @@ python_on_full_disk() { (trap '' XFSZ; ulimit -f 8; exec "${PYTHON:-python3}" "$
 PY=python_on_full_disk check prepare_data.py --corpus "$S/big.txt" --tokenizer byte --out "$S/full"
 if [ -z "$(ls -A "$S/full" 2>/dev/null | grep '\.bin$')" ]; then passed=$((passed + 1))
 else echo "FAIL: prepare_data.py left a partial shard behind on a full file system: $(ls "$S/full")"; failed=$((failed + 1)); fi
+# --shard-tokens below 2^16 (32 of the trainer's default batches) is refused before anything is
+# written; above it, the train tokens are cut into shards of near-equal size (no short last one)
+check prepare_data.py --corpus "$S/big.txt" --tokenizer byte --out "$S/sh" --shard-tokens 1
+check prepare_data.py --corpus "$S/big.txt" --tokenizer byte --out "$S/sh" --shard-tokens 65535
+if [ -z "$(ls -A "$S/sh" 2>/dev/null)" ]; then passed=$((passed + 1))
+else echo "FAIL: a refused --shard-tokens left files behind: $(ls "$S/sh")"; failed=$((failed + 1)); fi
+for i in 1 2 3 4 5 6 7 8 9; do cat "$S/big.txt"; done >"$S/big9.txt"   # 900 KB: 12 shards
+$PY dev/prepare_data.py --corpus "$S/big9.txt" --tokenizer byte --out "$S/sh" --shard-tokens 65536 >/dev/null
+sizes=$(stat -c %s "$S"/sh/big9_byte_train_0*.bin 2>/dev/null | sort -un | tr '\n' ' ')
+set -- $sizes
+if [ $# -ge 1 ] && [ $# -le 2 ] && [ $(( ${2:-$1} - $1 )) -le 2 ]; then passed=$((passed + 1))
+else echo "FAIL: --shard-tokens 65536 shard sizes are not near-equal: $sizes"; failed=$((failed + 1)); fi
+# a set is replaced whole or not at all: train shards of 130 KB fit under a 200 KB file-size
+# limit, the 400 KB val shard does not; the earlier set must be left exactly as it was
+$PY dev/prepare_data.py --corpus "$S/big9.txt" --tokenizer byte --out "$S/set" --val-frac 0.5 >/dev/null
+before=$(cd "$S/set" && md5sum * | tr '\n' ' ')
+python_limited() { (trap '' XFSZ; ulimit -f 200; exec "${PYTHON:-python3}" "$@"); }
+PY=python_limited check prepare_data.py --corpus "$S/big9.txt" --tokenizer byte --out "$S/set" --val-frac 0.5 --shard-tokens 65536
+if [ "$(cd "$S/set" && ls -A | grep -v '\.bin$'; md5sum * | tr '\n' ' ')" = "$before" ]; then passed=$((passed + 1))
+else echo "FAIL: a failed write left the earlier shard set changed: $(ls -A "$S/set")"; failed=$((failed + 1)); fi
 
 # dev/plot_runs.py
 printf '{"event":"config"\nnot json\n' >"$S/bad.jsonl"
