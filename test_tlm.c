@@ -100,7 +100,10 @@ static int gradcheck(const char *label, Config cfg) {
     double *analytic = xcalloc(m->num_params, sizeof(double), "test");
     memcpy(analytic, m->grads, m->num_params * sizeof(double));
     Rng rng = rng_seeded(5);
-    const double h = 1e-5;
+    // the five-point difference f' = (f(-2h) - 8 f(-h) + 8 f(h) - f(2h)) / 12h, error O(h^4):
+    // the central (f(h) - f(-h)) / 2h, error O(h^2), missed the tolerance at some points by its
+    // truncation alone (hope's fast levels, error falling as h^2 from h = 1e-3 to 1e-6)
+    const double h = 5e-5, step[4] = { -2, -1, 1, 2 };
     for (int t = 0; t < m->table.count; t++) {
         const ParamTensor *pt = &m->table.tensor[t];
         int n = pt->size <= 256 ? (int)pt->size : 48;
@@ -108,13 +111,14 @@ static int gradcheck(const char *label, Config cfg) {
         for (int j = 0; j < n; j++) {
             size_t i = pt->offset + (pt->size <= 256 ? (size_t)j : rng_u32(&rng) % pt->size);
             double p = m->params[i];
-            m->params[i] = p + h;
-            double up = model_forward(m, tokens, targets, B, T);
-            m->params[i] = p - h;
-            double down = model_forward(m, tokens, targets, B, T);
+            double f[4];
+            for (int k = 0; k < 4; k++) {
+                m->params[i] = p + step[k] * h;
+                f[k] = model_forward(m, tokens, targets, B, T);
+            }
             m->params[i] = p;
             a[j] = analytic[i];
-            num[j] = (up - down) / (2 * h);
+            num[j] = (f[0] - 8 * f[1] + 8 * f[2] - f[3]) / (12 * h);
         }
         int ok = grads_agree(a, num, n, &worst);
         check(ok, "gradient %s: layer %d %s (%dx%d): worst relative error %.3g", label, pt->layer, pt->name, pt->rows, pt->cols, worst);
@@ -270,6 +274,124 @@ static void test_param_counts(void) {
         }
         check(same, "param count: %s has the same parameters under every taper (%zu)", arch_names[arch], counts[0]);
     }
+}
+
+// --- initialisation that pairs: streams keyed by the tensor and the hidden unit ---------------
+// The tensor of b with a's name, layer and level, NULL if none.
+static const ParamTensor *same_tensor(const Model *b, const ParamTensor *t) {
+    for (int i = 0; i < b->table.count; i++) {
+        const ParamTensor *u = &b->table.tensor[i];
+        if (!strcmp(u->name, t->name) && u->layer == t->layer && u->level == t->level) return u;
+    }
+    return NULL;
+}
+// The tensors the hidden units index, named here, apart from the table under test
+static Units units_of(const char *name) {
+    if (!strcmp(name, "w1") || !strcmp(name, "w3")) return UNITS_ROWS;
+    if (!strcmp(name, "w2")) return UNITS_COLS;
+    return !strcmp(name, "cms_w0") ? UNITS_MEMORY : UNITS_NONE;
+}
+static long unit_count(const ParamTensor *t, Units kind, int C) {
+    return kind == UNITS_ROWS ? t->rows : kind == UNITS_COLS ? t->cols : (long)(t->size / (2 * C));
+}
+// Compares every weight a and b both have: whole tensors bit for bit, and of a tensor indexed
+// by the hidden units every unit both have (W1, W3 rows; W2 columns; cms_w0's W1 row and W2
+// column). *units counts the shared units, *tensors the tensors; returns the values that differ.
+static long shared_weights_differ(const Model *a, const Model *b, long *units, int *tensors) {
+    long differ = 0;
+    int C = a->cfg.dim;
+    *units = 0;
+    *tensors = 0;
+    for (int i = 0; i < a->table.count; i++) {
+        const ParamTensor *t = &a->table.tensor[i], *u = same_tensor(b, t);
+        if (!u) { differ++; continue; }
+        const real *p = a->params + t->offset, *q = b->params + u->offset;
+        Units kind = units_of(t->name);
+        (*tensors)++;
+        if (kind == UNITS_NONE) {
+            if (t->size != u->size) { differ++; continue; }
+            for (size_t j = 0; j < t->size; j++) differ += memcmp(&p[j], &q[j], sizeof(real)) != 0;
+            continue;
+        }
+        // the units: rows (W1, W3), columns (W2), or m of a fast level's W0 = W1 (m, C) | W2 (C, m)
+        long na = unit_count(t, kind, C), nb = unit_count(u, kind, C);
+        for (long j = 0; j < (na < nb ? na : nb); j++, (*units)++)
+            for (int k = 0; k < C; k++) {
+                size_t x, y;
+                if (kind == UNITS_ROWS) { x = j * C + k; y = x; }
+                else if (kind == UNITS_COLS) { x = (size_t)k * na + j; y = (size_t)k * nb + j; }
+                else {
+                    differ += memcmp(&p[j * C + k], &q[j * C + k], sizeof(real)) != 0; // W1 row j
+                    x = na * C + (size_t)k * na + j; y = nb * C + (size_t)k * nb + j; // W2 column j
+                }
+                differ += memcmp(&p[x], &q[y], sizeof(real)) != 0;
+            }
+    }
+    return differ;
+}
+
+static void test_init_pairs(void) {
+    for (int arch = 0; arch < ARCH_COUNT; arch++) {
+        Config cu = tiny_config((Arch)arch, TAPER_UNIFORM), cc = tiny_config((Arch)arch, TAPER_COSINE);
+        Model *u = model_create(&cu, 1, 4), *c = model_create(&cc, 1, 4), *other = model_create(&cu, 1, 4);
+        init_params(u, 1337);
+        init_params(c, 1337);
+        init_params(other, 1338);
+        int tapered = u->cfg.mlp_widths[0] != c->cfg.mlp_widths[0] &&
+                      (arch != ARCH_HOPE || u->cfg.cms_widths[0] != c->cfg.cms_widths[0]);
+        long units, units2;
+        int tensors, tensors2;
+        long differ = shared_weights_differ(u, c, &units, &tensors);
+        long differ2 = shared_weights_differ(c, u, &units2, &tensors2);
+        check(tapered && differ == 0 && differ2 == 0 && tensors == u->table.count && tensors2 == c->table.count,
+              "init: %s uniform and cosine of one seed agree bit for bit on all %d tensors and %ld shared units "
+              "(%ld values differ)", arch_names[arch], tensors, units, differ + differ2);
+        // another seed: every random value differs (the deterministic ones are the same)
+        long random = 0, same = 0;
+        for (int i = 0; i < u->table.count; i++) {
+            const ParamTensor *t = &u->table.tensor[i];
+            if (t->init != INIT_NORMAL && t->init != INIT_RESIDUAL) continue;
+            for (size_t j = 0; j < t->size; j++, random++)
+                same += u->params[t->offset + j] == other->params[t->offset + j];
+        }
+        check(random > 0 && same == 0, "init: %s another seed changes every one of %ld random weights (%ld alike)",
+              arch_names[arch], random, same);
+        model_free(u); model_free(c); model_free(other);
+    }
+    // the tensors of two fast levels, and of two layers, draw from streams of their own
+    Config h3 = tiny_config(ARCH_HOPE, TAPER_UNIFORM);
+    h3.cms_levels = 3;
+    Model *h = model_create(&h3, 1, 4);
+    init_params(h, 1337);
+    const LayerWeights *l0 = &h->w.layer[0], *l1 = &h->w.layer[1];
+    size_t nq = (size_t)3 * h3.dim * h3.dim, n0 = (size_t)2 * h3.dim * h->cfg.cms_widths[0];
+    check(memcmp(l0->cms_wqkv[1], l0->cms_wqkv[2], nq * sizeof(real)) &&
+          memcmp(l0->cms_w0[1], l0->cms_w0[2], n0 * sizeof(real)) &&
+          memcmp(l0->w1, l1->w1, (size_t)h3.dim * h->cfg.mlp_widths[0] * sizeof(real)),
+          "init: hope's levels 2 and 3, and layers 0 and 1, have weights of their own");
+    model_free(h);
+    // the same distribution as before: N(0, 0.02), and N(0, 0.02/sqrt(2L)) into the residual stream
+    Options *v = xcalloc(1, sizeof(Options), "t");
+    options_default(v);
+    v->cfg.vocab = 256;
+    Model *m = model_create(&v->cfg, 1, 4);
+    init_params(m, 5);
+    double sd[2] = { 0, 0 }, mean[2] = { 0, 0 };
+    double n[2] = { (double)m->cfg.vocab * m->cfg.dim, (double)m->cfg.dim * m->cfg.mlp_widths[0] };
+    const real *x[2] = { m->w.wte, m->w.layer[0].w2 };
+    for (int k = 0; k < 2; k++) {
+        for (size_t i = 0; i < (size_t)n[k]; i++) {
+            mean[k] += x[k][i] / n[k];
+            sd[k] += (double)x[k][i] * x[k][i] / n[k];
+        }
+        sd[k] = sqrt(sd[k] - mean[k] * mean[k]);
+    }
+    double want = 0.02 / sqrt(2.0 * m->cfg.layers);
+    check(fabs(sd[0] / 0.02 - 1) < 0.03 && fabs(sd[1] / want - 1) < 0.03 && fabs(mean[0]) < 3e-4 &&
+          fabs(mean[1]) < 3e-4, "init: wte's sd %.5f (0.02), layer 0's W2's %.5f (%.5f), means ~0",
+          sd[0], sd[1], want);
+    model_free(m);
+    free(v);
 }
 
 // the inline e^x against libm's in double, at every 1e-4 from -87 to 88, and at the edges
@@ -2105,6 +2227,7 @@ int main(void) {
     printf("float tests:\n");
     test_taper_budget();
     test_param_counts();
+    test_init_pairs();
     test_exp();
     test_matmul();
     test_gemm_serial();

@@ -252,6 +252,22 @@ static double rng_normal(Rng *r) { // Box-Muller
     double u1 = rng_uniform(r), u2 = rng_uniform(r);
     return sqrt(-2.0 * log(u1)) * cos(2.0 * PI * u2);
 }
+// Independent streams by name: splitmix64 (Steele, Lea, Flood 2014), the finaliser that
+// turns any 64-bit key into a well-mixed one, combines the parts of a stream's identity in
+// turn, key = splitmix64(key ^ part); a name enters as its 64-bit FNV-1a hash. The stream is
+// then rng_seeded(key). Two identities share a stream only by a 64-bit collision.
+static uint64_t splitmix64(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+static uint64_t fnv1a64(const char *s) {
+    uint64_t h = 0xCBF29CE484222325ull;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001B3ull;
+    return h;
+}
+static uint64_t key_mix(uint64_t key, uint64_t part) { return splitmix64(key ^ part); }
 
 // ----------------------------------------------------------------------------
 // 2. THE TAPER: per-layer MLP widths at a fixed budget
@@ -458,11 +474,18 @@ typedef struct {
 // CONV: a convolution that starts as the identity (weight 1 on the current token, 0 on the rest)
 typedef enum { INIT_NORMAL, INIT_RESIDUAL, INIT_ONES, INIT_GATE_BIAS, INIT_SCALE, INIT_CONV } Init;
 
+// How an MLP's hidden units index a tensor, whose width the taper sets (init_params draws
+// each unit's part from its own stream): ROWS, row j is unit j (W1, W3); COLS, column j (W2);
+// MEMORY, a fast level's W0 = W1 (m, C) then W2 (C, m): unit j is W1's row j and W2's column j.
+typedef enum { UNITS_NONE, UNITS_ROWS, UNITS_COLS, UNITS_MEMORY } Units;
+
 typedef struct {
     char name[24];
     int layer;          // -1: outside the blocks
+    int level;          // hope: the fast level k (1..cms_levels-1) it belongs to, else 0
     int rows, cols;     // shape; vectors have rows = 1
     int is_mlp;         // counts as MLP (tapered) in the per-layer table
+    Units units;        // indexed by the MLP's hidden units, and how
     int decay;          // AdamW weight decay applies (matrices)
     Init init;
     size_t offset, size;
@@ -504,16 +527,26 @@ typedef struct {
     int count;
     size_t total;
     real *base;                     // NULL while only counting
+    int level;                      // hope: the fast level being declared (0 elsewhere)
 } ParamTable;
 
 static real *declare(ParamTable *pt, const char *name, int layer, int rows, int cols, int is_mlp, int decay, Init init) {
     ParamTensor *t = &pt->tensor[pt->count++];
     snprintf(t->name, sizeof(t->name), "%s", name);
     t->layer = layer; t->rows = rows; t->cols = cols; t->is_mlp = is_mlp; t->decay = decay; t->init = init;
+    t->level = pt->level;
+    t->units = UNITS_NONE;
     t->offset = pt->total;
     t->size = (size_t)rows * cols;
     pt->total += t->size;
     return pt->base ? pt->base + t->offset : NULL;
+}
+// an MLP tensor indexed by the hidden units (Units)
+static real *declare_units(ParamTable *pt, const char *name, int layer, int rows, int cols, int decay, Init init,
+                           Units units) {
+    real *p = declare(pt, name, layer, rows, cols, 1, decay, init);
+    pt->tensor[pt->count - 1].units = units;
+    return p;
 }
 
 // the memory MLP's parameter count: linear d x d, or W1 (m,d) and W2 (d,m)
@@ -543,19 +576,21 @@ static void layout_params(const Config *c, real *base, ParamTable *pt, Weights *
         }
         lw->wo = declare(pt, "wo", l, C, C, 0, 1, INIT_RESIDUAL);
         lw->mlp_norm = declare(pt, "mlp_norm", l, 1, C, 1, 0, INIT_ONES);
-        lw->w1 = declare(pt, "w1", l, F, C, 1, 1, INIT_NORMAL);
-        lw->w3 = declare(pt, "w3", l, F, C, 1, 1, INIT_NORMAL);
-        lw->w2 = declare(pt, "w2", l, C, F, 1, 1, INIT_RESIDUAL);
+        lw->w1 = declare_units(pt, "w1", l, F, C, 1, INIT_NORMAL, UNITS_ROWS);
+        lw->w3 = declare_units(pt, "w3", l, F, C, 1, INIT_NORMAL, UNITS_ROWS);
+        lw->w2 = declare_units(pt, "w2", l, C, F, 1, INIT_RESIDUAL, UNITS_COLS);
         if (c->arch == ARCH_HOPE) {
             for (int k = 1; k < c->cms_levels; k++) {
                 int P = memory_params(2, C, c->cms_widths[l]);
+                pt->level = k;
                 lw->cms_norm[k] = declare(pt, "cms_norm", l, 1, C, 1, 0, INIT_ONES);
                 lw->cms_wqkv[k] = declare(pt, "cms_wqkv", l, 3 * C, C, 1, 1, INIT_NORMAL);
                 if (c->mem_conv) lw->cms_conv[k] = declare(pt, "cms_conv", l, 3 * C, c->mem_conv, 1, 0, INIT_CONV);
                 lw->cms_wgates[k] = declare(pt, "cms_wgates", l, 3, C, 1, 1, INIT_NORMAL);
                 lw->cms_bgates[k] = declare(pt, "cms_bgates", l, 1, 3, 1, 0, INIT_GATE_BIAS);
-                lw->cms_w0[k] = declare(pt, "cms_w0", l, 1, P, 1, 0, INIT_NORMAL);
+                lw->cms_w0[k] = declare_units(pt, "cms_w0", l, 1, P, 0, INIT_NORMAL, UNITS_MEMORY);
                 lw->cms_scale[k] = declare(pt, "cms_scale", l, 1, C, 1, 0, INIT_SCALE);
+                pt->level = 0;
             }
         }
     }
@@ -1795,16 +1830,59 @@ static void match_params(Config *c) {
     c->mlp_width -= cut;
 }
 
+// Random tensors draw from streams keyed by the seed and the tensor's identity, never by its
+// place in the table:  key = splitmix64(seed), then key_mix (section 1) with fnv1a64(name),
+// layer + 1 (0: outside the blocks), level (Hope's fast level k, else 0) and unit + 1 (0: the
+// whole tensor); the stream is rng_seeded(key). A tensor that the MLP's hidden units index
+// (Units) draws unit by unit, unit j from its own stream: W1's and W3's row j and W2's column
+// j, C values each in order of the other index; a fast level's W1 row j, then its W2 column j.
+// Any other tensor draws its values in storage order from the whole tensor's stream. So two
+// models of one seed that differ only in MLP widths share bit for bit every weight of every
+// tensor and of every hidden unit that both have (unit j of layer l, level k).
+static Rng init_stream(uint64_t seed, const ParamTensor *t, long unit) {
+    uint64_t key = key_mix(splitmix64(seed), fnv1a64(t->name));
+    key = key_mix(key, (uint64_t)(t->layer + 1));
+    key = key_mix(key, (uint64_t)t->level);
+    return rng_seeded(key_mix(key, (uint64_t)(unit + 1)));
+}
+
+// N(0, sd) into a tensor, by the rule above
+static void init_normal(real *p, const ParamTensor *t, double sd, int C, uint64_t seed) {
+    int rows = t->rows, cols = t->cols;
+    if (t->units == UNITS_NONE) {
+        Rng r = init_stream(seed, t, -1);
+        for (size_t i = 0; i < t->size; i++) p[i] = (real)(sd * rng_normal(&r));
+    } else if (t->units == UNITS_ROWS) {            // (F, C): row j
+        for (int j = 0; j < rows; j++) {
+            Rng r = init_stream(seed, t, j);
+            for (int i = 0; i < cols; i++) p[(size_t)j * cols + i] = (real)(sd * rng_normal(&r));
+        }
+    } else if (t->units == UNITS_COLS) {            // (C, F): column j
+        for (int j = 0; j < cols; j++) {
+            Rng r = init_stream(seed, t, j);
+            for (int i = 0; i < rows; i++) p[(size_t)i * cols + j] = (real)(sd * rng_normal(&r));
+        }
+    } else {                                        // W1 (m, C) | W2 (C, m): W1 row j, W2 column j
+        size_t m = t->size / (2 * (size_t)C);
+        real *W1 = p, *W2 = p + m * C;
+        for (size_t j = 0; j < m; j++) {
+            Rng r = init_stream(seed, t, (long)j);
+            for (int i = 0; i < C; i++) W1[j * C + i] = (real)(sd * rng_normal(&r));
+            for (int i = 0; i < C; i++) W2[(size_t)i * m + j] = (real)(sd * rng_normal(&r));
+        }
+    }
+}
+
 static void init_params(Model *m, uint64_t seed) {
     const Config *c = &m->cfg;
-    Rng rng = rng_seeded(seed);
     for (int i = 0; i < m->table.count; i++) {
         const ParamTensor *t = &m->table.tensor[i];
         real *p = m->params + t->offset;
+        if (t->init == INIT_NORMAL) init_normal(p, t, 0.02, c->dim, seed);
+        if (t->init == INIT_RESIDUAL) init_normal(p, t, 0.02 / sqrt(2.0 * c->layers), c->dim, seed);
         for (size_t j = 0; j < t->size; j++) {
             switch (t->init) {
-            case INIT_NORMAL:   p[j] = (real)(0.02 * rng_normal(&rng)); break;
-            case INIT_RESIDUAL: p[j] = (real)(0.02 / sqrt(2.0 * c->layers) * rng_normal(&rng)); break;
+            case INIT_NORMAL: case INIT_RESIDUAL: break; // (drawn above)
             case INIT_ONES:     p[j] = 1; break;
             case INIT_SCALE:    p[j] = (real)0.1; break;
             case INIT_CONV:     p[j] = j % t->cols == 0; break; // tap 0: the current token
