@@ -313,7 +313,7 @@ static long shared_weights_differ(const Model *a, const Model *b, long *units, i
             for (size_t j = 0; j < t->size; j++) differ += memcmp(&p[j], &q[j], sizeof(real)) != 0;
             continue;
         }
-        // the units: rows (W1, W3), columns (W2), or m of a fast level's W0 = W1 (m, C) | W2 (C, m)
+        // the units: rows (W1, W3), columns (W2), m of a fast level's W0 = W1 (m, C) | W2 (C, m)
         long na = unit_count(t, kind, C), nb = unit_count(u, kind, C);
         for (long j = 0; j < (na < nb ? na : nb); j++, (*units)++)
             for (int k = 0; k < C; k++) {
@@ -322,7 +322,8 @@ static long shared_weights_differ(const Model *a, const Model *b, long *units, i
                 else if (kind == UNITS_COLS) { x = (size_t)k * na + j; y = (size_t)k * nb + j; }
                 else {
                     differ += memcmp(&p[j * C + k], &q[j * C + k], sizeof(real)) != 0; // W1 row j
-                    x = na * C + (size_t)k * na + j; y = nb * C + (size_t)k * nb + j; // W2 column j
+                    x = na * C + (size_t)k * na + j; // W2 column j
+                    y = nb * C + (size_t)k * nb + j;
                 }
                 differ += memcmp(&p[x], &q[y], sizeof(real)) != 0;
             }
@@ -332,8 +333,10 @@ static long shared_weights_differ(const Model *a, const Model *b, long *units, i
 
 static void test_init_pairs(void) {
     for (int arch = 0; arch < ARCH_COUNT; arch++) {
-        Config cu = tiny_config((Arch)arch, TAPER_UNIFORM), cc = tiny_config((Arch)arch, TAPER_COSINE);
-        Model *u = model_create(&cu, 1, 4), *c = model_create(&cc, 1, 4), *other = model_create(&cu, 1, 4);
+        Config cu = tiny_config((Arch)arch, TAPER_UNIFORM);
+        Config cc = tiny_config((Arch)arch, TAPER_COSINE);
+        Model *u = model_create(&cu, 1, 4), *c = model_create(&cc, 1, 4);
+        Model *other = model_create(&cu, 1, 4);
         init_params(u, 1337);
         init_params(c, 1337);
         init_params(other, 1338);
@@ -343,9 +346,10 @@ static void test_init_pairs(void) {
         int tensors, tensors2;
         long differ = shared_weights_differ(u, c, &units, &tensors);
         long differ2 = shared_weights_differ(c, u, &units2, &tensors2);
-        check(tapered && differ == 0 && differ2 == 0 && tensors == u->table.count && tensors2 == c->table.count,
-              "init: %s uniform and cosine of one seed agree bit for bit on all %d tensors and %ld shared units "
-              "(%ld values differ)", arch_names[arch], tensors, units, differ + differ2);
+        check(tapered && differ == 0 && differ2 == 0 && tensors == u->table.count &&
+              tensors2 == c->table.count, "init: %s uniform and cosine of one seed agree bit for "
+              "bit on all %d tensors and %ld shared units (%ld values differ)", arch_names[arch],
+              tensors, units, differ + differ2);
         // another seed: every random value differs (the deterministic ones are the same)
         long random = 0, same = 0;
         for (int i = 0; i < u->table.count; i++) {
@@ -354,8 +358,8 @@ static void test_init_pairs(void) {
             for (size_t j = 0; j < t->size; j++, random++)
                 same += u->params[t->offset + j] == other->params[t->offset + j];
         }
-        check(random > 0 && same == 0, "init: %s another seed changes every one of %ld random weights (%ld alike)",
-              arch_names[arch], random, same);
+        check(random > 0 && same == 0, "init: %s another seed changes every one of %ld random "
+              "weights (%ld alike)", arch_names[arch], random, same);
         model_free(u); model_free(c); model_free(other);
     }
     // the tensors of two fast levels, and of two layers, draw from streams of their own
@@ -370,7 +374,7 @@ static void test_init_pairs(void) {
           memcmp(l0->w1, l1->w1, (size_t)h3.dim * h->cfg.mlp_widths[0] * sizeof(real)),
           "init: hope's levels 2 and 3, and layers 0 and 1, have weights of their own");
     model_free(h);
-    // the same distribution as before: N(0, 0.02), and N(0, 0.02/sqrt(2L)) into the residual stream
+    // the same distribution as before: N(0, 0.02); N(0, 0.02/sqrt(2L)) into the residual stream
     Options *v = xcalloc(1, sizeof(Options), "t");
     options_default(v);
     v->cfg.vocab = 256;
@@ -787,7 +791,7 @@ static void test_shard_loader(void) {
     int tok[8], tgt[8];
     dataloader_next(&d, tok, tgt, 2, 4);
     int shifted = 1;
-    for (int i = 0; i < 7; i++) shifted &= tgt[i] == tok[i + 1];
+    for (int i = 0; i < 7; i++) shifted &= i % 4 == 3 || tgt[i] == tok[i + 1];
     check(shifted, "shard: targets are the inputs shifted by one");
     dataloader_free(&d);
     // a glob of two shards
@@ -817,6 +821,109 @@ static void test_shard_loader(void) {
     check(dies_with(open_train, (void *)tmp_path("missing_*.bin"), "no such file"), "shard: a glob matching nothing refused");
     write_shard(tmp_path("small.bin"), 5, SHARD_MAGIC, 1, 5, 11, 11, 0);
     check(dies_with(open_train, (void *)tmp_path("small.bin"), "a batch needs"), "shard: a shard smaller than a batch refused");
+}
+
+// --- the training order and the validation batches ---------------------------------------------
+// The order as data/README.md states it, written again from its text: the permutation of
+// 0..n-1 for epoch e and part (0: the shards; f + 1: the slots of shard f)
+static void readme_permutation(uint32_t *a, size_t n, uint64_t seed, int64_t e, uint64_t part) {
+    uint64_t key = splitmix64(splitmix64(splitmix64(seed) ^ (uint64_t)e) ^ part);
+    Rng r = rng_seeded(key);
+    for (size_t i = 0; i < n; i++) a[i] = (uint32_t)i;
+    for (size_t i = n - 1; i >= 1 && n > 1; i--) {
+        uint64_t x, limit = 4294967296ull - 4294967296ull % (i + 1);
+        do x = rng_u32(&r); while (x >= limit);
+        uint32_t j = (uint32_t)(x % (i + 1)), t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+    }
+}
+// a shard whose token i is (first + i) % 11
+static void write_counting_shard(const char *path, int n, int first) {
+    FILE *f = open_file(path, "wb");
+    int32_t h[256] = { SHARD_MAGIC, 1, n, 11 };
+    fwrite(h, sizeof(h), 1, f);
+    for (int i = 0; i < n; i++) { uint16_t t = (uint16_t)((first + i) % 11); fwrite(&t, 2, 1, f); }
+    fclose(f);
+}
+static void seek_bad(void *at) {
+    DataLoader d;
+    dataloader_open(&d, tmp_path("order_*.bin"), "--train");
+    d.vocab = 11;
+    dataloader_seek(&d, *(DataPosition *)at, 4);
+    dataloader_free(&d);
+}
+
+static void test_data_order(void) {
+    // three shards of 41, 29 and 9 tokens: at T = 4 10, 7 and 2 slots, at B = 3 an epoch of
+    // 3 + 2 + 0 batches (shard 0's last slot in its order, shard 1's last, shard 2 left out)
+    const int ntok[3] = { 41, 29, 9 }, first[3] = { 0, 4, 7 }, B = 3, T = 4, epochs = 4;
+    for (int f = 0; f < 3; f++) {
+        char name[32];
+        snprintf(name, sizeof(name), "order_%d.bin", f);
+        write_counting_shard(tmp_path(name), ntok[f], first[f]);
+    }
+    DataLoader d, again, other;
+    DataLoader *all[3] = { &d, &again, &other };
+    for (int k = 0; k < 3; k++) {
+        dataloader_open(all[k], tmp_path("order_*.bin"), "--train");
+        all[k]->vocab = 11;
+        all[k]->seed = k == 2 ? 43 : 42;
+    }
+    int tok[12], tgt[12], tok2[12], tgt2[12], expect_tok[12], expect_tgt[12];
+    int follows = 1, same = 1, differs = 0, resumes = 1, batches = 0, orders_vary = 0;
+    uint32_t shard_order[3], slot_order[10], first_order = 0;
+    DataPosition before = d.at;
+    for (int e = 0; e < epochs; e++) {
+        readme_permutation(shard_order, 3, 42, e, 0);
+        if (e == 0) first_order = shard_order[0];
+        orders_vary |= shard_order[0] != first_order;
+        for (int k = 0; k < 3; k++) {
+            int f = (int)shard_order[k], slots = (ntok[f] - 1) / T;
+            readme_permutation(slot_order, (size_t)slots, 42, e, (uint64_t)f + 1);
+            for (int at = 0; at + B <= slots; at += B, batches++) {
+                for (int b = 0; b < B; b++)
+                    for (int i = 0; i < T; i++) {
+                        int token = first[f] + (int)slot_order[at + b] * T + i;
+                        expect_tok[b * T + i] = token % 11;
+                        expect_tgt[b * T + i] = (token + 1) % 11;
+                    }
+                // a loader started afresh at the position before this batch reads the same batch
+                DataLoader r;
+                dataloader_open(&r, tmp_path("order_*.bin"), "--train");
+                r.vocab = 11;
+                r.seed = 42;
+                dataloader_seek(&r, before, T);
+                dataloader_next(&r, tok2, tgt2, B, T);
+                dataloader_next(&d, tok, tgt, B, T);
+                before = d.at;
+                follows &= !memcmp(tok, expect_tok, sizeof(tok)) &&
+                           !memcmp(tgt, expect_tgt, sizeof(tgt)) && d.at.epoch == e;
+                resumes &= !memcmp(tok, tok2, sizeof(tok)) && !memcmp(tgt, tgt2, sizeof(tgt));
+                dataloader_free(&r);
+                dataloader_next(&again, tok2, tgt2, B, T);
+                same &= !memcmp(tok, tok2, sizeof(tok));
+                dataloader_next(&other, tok2, tgt2, B, T);
+                differs += memcmp(tok, tok2, sizeof(tok)) != 0;
+            }
+        }
+    }
+    check(follows && batches == 5 * epochs, "data order: %d batches of %d epochs follow "
+          "data/README.md's rule (seeded shard and slot permutations, B slots of one shard, the "
+          "rest of a shard skipped)", batches, epochs);
+    check(orders_vary, "data order: (the shards' order changes from epoch to epoch at seed 42)");
+    check(resumes, "data order: from the position before any batch, across epoch boundaries, a "
+          "loader started afresh reads the same batch");
+    check(same && differs > batches / 2, "data order: the same data seed gives the same batches, "
+          "another seed others (%d of %d differ)", differs, batches);
+    for (int k = 0; k < 3; k++) dataloader_free(all[k]);
+    // positions not in the data are refused
+    DataPosition bad[3] = { { .epoch = -1 }, { .shard = 3 }, { .shard = 0, .slot = 11 } };
+    int refused = 0;
+    for (int k = 0; k < 3; k++) refused += dies_with(seek_bad, &bad[k], "data position");
+    DataPosition ok = { .epoch = 7, .shard = 2, .slot = 2 };
+    check(refused == 3 && !dies_with(seek_bad, &ok, ""), "data order: a position outside the "
+          "shards refused, the end of a shard accepted");
 }
 
 // --- checkpoints ------------------------------------------------------------------------------
@@ -875,14 +982,17 @@ static void test_checkpoints(void) {
         init_params(a, 1);
         init_params(b, 2);
         a->step = 42;
-        DataPosition pos = { 0, 123, 2 }, got = { 0, 0, 0 };
+        DataPosition pos = { .epoch = 2 + ((int64_t)arch << 33), .shard = 0, .slot = 123 };
+        DataPosition got = { 0, 0, 0 };
         check(checkpoint_save(a, tmp_path("rt.ckpt"), pos) == 0, "checkpoint: save %s", arch_names[arch]);
         Config read;
         int32_t h[H_SIZE];
         checkpoint_read_config(tmp_path("rt.ckpt"), &read, h);
         checkpoint_load(b, tmp_path("rt.ckpt"), &got);
         check(read.arch == c.arch && !memcmp(a->params, b->params, a->num_params * sizeof(real)) && b->step == 42 &&
-              got.pos == 123 && got.epoch == 2, "checkpoint: %s round trip restores parameters, step, data position", arch_names[arch]);
+              got.slot == 123 && got.epoch == pos.epoch,
+              "checkpoint: %s round trip restores parameters, step, data position",
+              arch_names[arch]);
         model_free(a); model_free(b);
     }
     // a valid checkpoint of the tiny transformer, then broken copies of it
@@ -1262,41 +1372,61 @@ static void test_checkpoint_integrity(void) {
 }
 
 // --- training: bit-exact resume and overfitting ------------------------------------------------
+// A shard of 49 tokens holds 8 slots of T = 6: 4 batches of B = 2, two steps of --grad-accum 2
+// an epoch. Saved at step 2 (the end of epoch 0) and at step 3 (in epoch 1), resumed to step 6
+// (epoch 2), each is bit-identical to 6 steps straight.
 static void test_resume_bit_exact(void) {
     Config c = tiny_config(ARCH_TRANSFORMER, TAPER_COSINE);
     c.dim = 16; c.mlp_width = 32; c.vocab = 11;
     AdamW adam = { 3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f };
     int B = 2, T = 6, steps = 6;
-    double straight[6], resumed[6], norm;
-    write_shard(tmp_path("resume.bin"), 400, SHARD_MAGIC, 1, 400, 11, 11, 0);
+    double straight[6], norm;
+    write_shard(tmp_path("resume.bin"), 49, SHARD_MAGIC, 1, 49, 11, 11, 0);
     DataLoader d;
     // straight: 6 steps
     Model *a = model_create(&c, B, T);
     init_params(a, 9);
     dataloader_open(&d, tmp_path("resume.bin"), "--train");
     d.vocab = 11;
+    d.seed = 5;
     for (int s = 0; s < steps; s++) straight[s] = train_step(a, &d, &adam, learning_rate(s, adam.lr, 2, steps), 2, B, T, &norm);
+    DataPosition end = d.at;
     dataloader_free(&d);
-    // 3 steps, save, fresh model, load, 3 more
-    Model *b = model_create(&c, B, T);
-    init_params(b, 9);
-    dataloader_open(&d, tmp_path("resume.bin"), "--train");
-    d.vocab = 11;
-    for (int s = 0; s < 3; s++) resumed[s] = train_step(b, &d, &adam, learning_rate(s, adam.lr, 2, steps), 2, B, T, &norm);
-    checkpoint_save(b, tmp_path("resume.ckpt"), d.at);
-    dataloader_free(&d);
-    model_free(b);
-    b = model_create(&c, B, T);
-    DataPosition at;
-    checkpoint_load(b, tmp_path("resume.ckpt"), &at);
-    dataloader_open(&d, tmp_path("resume.bin"), "--train");
-    d.vocab = 11;
-    dataloader_seek(&d, at);
-    for (int s = b->step; s < steps; s++) resumed[s] = train_step(b, &d, &adam, learning_rate(s, adam.lr, 2, steps), 2, B, T, &norm);
-    dataloader_free(&d);
-    check(!memcmp(straight, resumed, sizeof(straight)) && !memcmp(a->params, b->params, a->num_params * sizeof(real)),
-          "resume: 3 steps + save + load + 3 steps is bit-identical to 6 steps (%.9g vs %.9g)", straight[5], resumed[5]);
-    model_free(a); model_free(b);
+    for (int split = 2; split <= 3; split++) {
+        double resumed[6];
+        // `split` steps, save, fresh model, load, the rest
+        Model *b = model_create(&c, B, T);
+        init_params(b, 9);
+        dataloader_open(&d, tmp_path("resume.bin"), "--train");
+        d.vocab = 11;
+        d.seed = 5;
+        for (int s = 0; s < split; s++)
+            resumed[s] = train_step(b, &d, &adam, learning_rate(s, adam.lr, 2, steps), 2, B, T,
+                                    &norm);
+        DataPosition saved = d.at;
+        checkpoint_save(b, tmp_path("resume.ckpt"), d.at);
+        dataloader_free(&d);
+        model_free(b);
+        b = model_create(&c, B, T);
+        DataPosition at;
+        checkpoint_load(b, tmp_path("resume.ckpt"), &at);
+        dataloader_open(&d, tmp_path("resume.bin"), "--train");
+        d.vocab = 11;
+        d.seed = 5;
+        dataloader_seek(&d, at, T);
+        for (int s = b->step; s < steps; s++)
+            resumed[s] = train_step(b, &d, &adam, learning_rate(s, adam.lr, 2, steps), 2, B, T,
+                                    &norm);
+        int same = !memcmp(straight, resumed, sizeof(straight)) &&
+                   !memcmp(a->params, b->params, a->num_params * sizeof(real));
+        check(same && d.at.epoch == 2 && end.epoch == 2 && at.epoch == saved.epoch &&
+              at.slot == saved.slot, "resume: %d steps (saved at epoch %lld, slot %zu) + load + "
+              "%d steps is bit-identical to 6 steps across two epoch boundaries (%.9g vs %.9g)",
+              split, (long long)saved.epoch, saved.slot, steps - split, straight[5], resumed[5]);
+        dataloader_free(&d);
+        model_free(b);
+    }
+    model_free(a);
 }
 
 static void test_overfit(void) {
@@ -1714,9 +1844,7 @@ static void test_alignment_probe(void) {
         LayerStats stats[MAX_LAYERS];
         double base;
         analyze_layers(m, &val, 1, B, T, stats, &base);
-        DataPosition start = { 0, 0, 0 };
-        val.at = start;
-        dataloader_next(&val, m->tokens, m->targets, B, T);
+        val_batch(&val, 0, m->tokens, m->targets, B, T); // (batch 0 of 1: the split's first)
         model_forward(m, m->tokens, NULL, B, T);
         int ok = 1;
         for (int l = 0; l < c.layers; l++) {
@@ -1851,6 +1979,124 @@ static int same_text(const char *a, const char *b) {
     int same = x[0] && !strcmp(x, y);
     free(x); free(y);
     return same;
+}
+
+// the value of `key` in the nth record (0: first) of `event` in a JSONL log, as text ("" if none)
+static const char *jsonl_value(const char *path, const char *event, int nth, const char *key) {
+    static char value[256];
+    char line[8192], want[64], field[64];
+    snprintf(want, sizeof(want), "{\"event\":\"%s\"", event);
+    snprintf(field, sizeof(field), "\"%s\":", key);
+    value[0] = 0;
+    FILE *f = fopen(path, "r");
+    while (f && fgets(line, sizeof(line), f))
+        if (!strncmp(line, want, strlen(want)) && nth-- == 0) {
+            const char *at = strstr(line, field);
+            const char *v = at ? at + strlen(field) : "";
+            snprintf(value, sizeof(value), "%.*s", (int)strcspn(v, ",}"), v);
+            break;
+        }
+    if (f) fclose(f);
+    return value;
+}
+
+// A copy of a version-2 checkpoint without its option line `name=...`, as a file written before
+// that option existed: the option area's size and the checksum made right again.
+static void drop_option_line(const char *from, const char *to, const char *name) {
+    FILE *f = open_file(from, "rb");
+    long size = file_size(f);
+    char *b = xcalloc(size + 1, 1, "test");
+    read_exact(b, 1, size, f, from);
+    fclose(f);
+    int32_t h[H_SIZE];
+    memcpy(h, b, sizeof(h));
+    long bytes = h[H_OPTION_BYTES];
+    char *text = xcalloc(bytes + 1, 1, "test"), want[64];
+    memcpy(text, b + sizeof(h), bytes);
+    snprintf(want, sizeof(want), "\n%s=", name);
+    char *line = strstr(text, want);
+    char *next = line ? strchr(line + 1, '\n') + 1 : NULL; // (the line after it)
+    if (line) memmove(line + 1, next, strlen(next) + 1);
+    long len = (long)strlen(text), padded = (len + 3) / 4 * 4;
+    memset(text + len, 0, bytes - len);
+    h[H_OPTION_BYTES] = (int32_t)padded;
+    f = open_file(to, "wb");
+    uint32_t crc = 0;
+    write_summed(h, sizeof(h), f, &crc);
+    write_summed(text, padded, f, &crc);
+    write_summed(b + sizeof(h) + bytes, size - 4 - sizeof(h) - bytes, f, &crc);
+    fwrite(&crc, 4, 1, f);
+    fclose(f);
+    free(text);
+    free(b);
+}
+
+// --data-seed through the binary
+static void test_cli_data_seed(void) {
+    if (access(trainer(), X_OK) != 0) return; // (test_cli says so)
+    char data[1024], args[4096], ck[512];
+    write_shard(tmp_path("de_train.bin"), 3000, SHARD_MAGIC, 1, 3000, 11, 11, 0);
+    write_shard(tmp_path("de_val.bin"), 600, SHARD_MAGIC, 1, 600, 11, 11, 0);
+    snprintf(data, sizeof(data), "--train %s --val %s --layers 2 --dim 16 --heads 2 "
+             "--mlp-width 32 --taper-multiple 8 --seq-len 8 --batch 2 --eval-batches 2 "
+             "--sample-every 0", tmp_path("de_train.bin"), tmp_path("de_val.bin"));
+    snprintf(ck, sizeof(ck), "%s", tmp_path("ds.ckpt"));
+    check(run_trainer("--help") == 0 && output_has("--data-seed X") && output_has("[--seed]"),
+          "data seed cli: -h gives --data-seed [--seed]");
+    // the data seed: --seed's value unless given, stored in the checkpoint, changing the order
+    char log[4][512]; // (tmp_path's buffers are reused)
+    for (int k = 0; k < 4; k++)
+        snprintf(log[k], sizeof(log[k]), "%s/ds_%c.jsonl", tmpdir, 'a' + k);
+    const char *extra[3] = { "--seed 5", "--seed 5 --data-seed 5", "--seed 5 --data-seed 6" };
+    for (int k = 0; k < 3; k++) {
+        remove(log[k]);
+        snprintf(args, sizeof(args), "%s %s --steps 3 --log %s --save %s", data, extra[k], log[k],
+                 ck);
+        check(run_trainer(args) == 0, "data seed cli: a run with %s", extra[k]);
+    }
+    char *bytes = read_text(ck); // (the last run's: data seed 6)
+    int stored = 0;
+    for (long i = 0; i < 4096 && !stored; i++) stored = !strncmp(bytes + i, "\ndata-seed=6\n", 13);
+    free(bytes);
+    char a[4][32], b[4][32], c[4][32];
+    int na = train_losses(log[0], 0, a, 4), nb = train_losses(log[1], 0, b, 4);
+    int nc = train_losses(log[2], 0, c, 4), ab = na == 3 && nb == 3, ac = nc == 3;
+    for (int i = 0; i < 3; i++) { ab &= !strcmp(a[i], b[i]); ac &= strcmp(a[i], c[i]) != 0; }
+    check(!strcmp(jsonl_value(log[0], "config", 0, "data_seed"), "5") &&
+          !strcmp(jsonl_value(log[2], "config", 0, "data_seed"), "6"),
+          "data seed cli: --data-seed defaults to --seed's value and is in the config record");
+    check(ab && ac, "data seed cli: the same data seed gives the same losses, another other "
+          "losses (%s, %s vs %s)", na ? a[0] : "-", nb ? b[0] : "-", nc ? c[0] : "-");
+    check(stored, "data seed cli: the checkpoint's options store data-seed=6");
+    remove(log[3]);
+    snprintf(args, sizeof(args), "%s --steps 4 --seed 9 --load %s --log %s", data, ck, log[3]);
+    check(run_trainer(args) == 0 && !strcmp(jsonl_value(log[3], "config", 0, "data_seed"), "6") &&
+          !strcmp(jsonl_value(log[3], "config", 0, "seed"), "9"),
+          "data seed cli: --load without --data-seed restores it");
+    // a checkpoint from before --data-seed: evaluated, analyzed, sampled, not trained on
+    drop_option_line(ck, tmp_path("old_ds.ckpt"), "data-seed");
+    snprintf(args, sizeof(args), "%s --load %s --eval-only", data, tmp_path("old_ds.ckpt"));
+    int eval_ok = run_trainer(args) == 0 && output_has("val loss");
+    snprintf(args, sizeof(args), "%s --load %s --analyze", data, tmp_path("old_ds.ckpt"));
+    int analyze_ok = run_trainer(args) == 0 && output_has("dloss skip");
+    snprintf(args, sizeof(args), "--load %s --sample --sample-len 4", tmp_path("old_ds.ckpt"));
+    int sample_ok = run_trainer(args) == 0;
+    check(eval_ok && analyze_ok && sample_ok, "data seed cli: a checkpoint without data-seed "
+          "still loads for --eval-only, --analyze, --sample (%d %d %d)", eval_ok, analyze_ok,
+          sample_ok);
+    snprintf(args, sizeof(args), "%s --load %s --steps 6", data, tmp_path("old_ds.ckpt"));
+    int rc = run_trainer(args);
+    char *said = read_text(tmp_path("cli.out"));
+    check(rc == 1 && strstr(said, "old_ds.ckpt: written before --data-seed") &&
+          strstr(said, "cannot resume") && !strstr(said, "step     4/"), "data seed cli: resuming "
+          "training from it is a one-line error naming the file (%.200s)", said);
+    free(said);
+    Config v1 = tiny_config(ARCH_TRANSFORMER, TAPER_COSINE);
+    v1.layers = 2; v1.dim = 16; v1.mlp_width = 32; v1.taper_multiple = 8; v1.seq_len = 8;
+    save_fresh_v1_checkpoint(v1, tmp_path("old_v1.ckpt"));
+    snprintf(args, sizeof(args), "%s --load %s --steps 2", data, tmp_path("old_v1.ckpt"));
+    check(run_trainer(args) == 1 && output_has("old_v1.ckpt: written before --data-seed"),
+          "data seed cli: so is a version-1 checkpoint");
 }
 
 static void test_sample_cli(void) {
@@ -2235,6 +2481,7 @@ int main(void) {
     test_memory_recurrence();
     test_memory_chunk_approximation();
     test_shard_loader();
+    test_data_order();
     test_checkpoints();
     test_taper_extremes();
     test_memory_config_bounds();
@@ -2252,6 +2499,7 @@ int main(void) {
     test_sampling();
     test_alignment_probe();
     test_cli();
+    test_cli_data_seed();
     test_sample_cli();
     test_cli_resume_and_guards();
     snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);

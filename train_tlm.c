@@ -252,6 +252,16 @@ static double rng_normal(Rng *r) { // Box-Muller
     double u1 = rng_uniform(r), u2 = rng_uniform(r);
     return sqrt(-2.0 * log(u1)) * cos(2.0 * PI * u2);
 }
+// A uniform integer in 0..n-1 (1 <= n <= 2^32), without bias: the first 32-bit draw x below
+// 2^32 - (2^32 mod n), the largest multiple of n that 2^32 holds, then x mod n.
+static uint32_t rng_below(Rng *r, uint64_t n) {
+    uint64_t limit = 4294967296ull - 4294967296ull % n;
+    for (;;) {
+        uint64_t x = rng_u32(r);
+        if (x < limit) return (uint32_t)(x % n);
+    }
+}
+
 // Independent streams by name: splitmix64 (Steele, Lea, Flood 2014), the finaliser that
 // turns any 64-bit key into a well-mixed one, combines the parts of a stream's identity in
 // turn, key = splitmix64(key ^ part); a name enters as its 64-bit FNV-1a hash. The stream is
@@ -542,8 +552,8 @@ static real *declare(ParamTable *pt, const char *name, int layer, int rows, int 
     return pt->base ? pt->base + t->offset : NULL;
 }
 // an MLP tensor indexed by the hidden units (Units)
-static real *declare_units(ParamTable *pt, const char *name, int layer, int rows, int cols, int decay, Init init,
-                           Units units) {
+static real *declare_units(ParamTable *pt, const char *name, int layer, int rows, int cols,
+                           int decay, Init init, Units units) {
     real *p = declare(pt, name, layer, rows, cols, 1, decay, init);
     pt->tensor[pt->count - 1].units = units;
     return p;
@@ -1878,8 +1888,9 @@ static void init_params(Model *m, uint64_t seed) {
     for (int i = 0; i < m->table.count; i++) {
         const ParamTensor *t = &m->table.tensor[i];
         real *p = m->params + t->offset;
-        if (t->init == INIT_NORMAL) init_normal(p, t, 0.02, c->dim, seed);
-        if (t->init == INIT_RESIDUAL) init_normal(p, t, 0.02 / sqrt(2.0 * c->layers), c->dim, seed);
+        double sd = t->init == INIT_RESIDUAL ? 0.02 / sqrt(2.0 * c->layers) : 0.02;
+        if (t->init == INIT_NORMAL || t->init == INIT_RESIDUAL)
+            init_normal(p, t, sd, c->dim, seed);
         for (size_t j = 0; j < t->size; j++) {
             switch (t->init) {
             case INIT_NORMAL: case INIT_RESIDUAL: break; // (drawn above)
@@ -2317,20 +2328,23 @@ enum {
     H_TAPER, H_TAPER_START, H_TAPER_END, H_TAPER_MULTIPLE, H_UNTIED, H_GATE_HEADWISE, H_WINDOW,
     H_MEM_DEPTH, H_MEM_HIDDEN, H_MEM_CHUNK, H_CMS_LEVELS, H_CMS_WIDTH, H_CMS_CHUNKS, // 4 slots
     // both versions
-    H_NUM_PARAMS_LO = 32, H_NUM_PARAMS_HI, H_STEP, H_HAS_OPTIMIZER, H_DATA_SHARD, H_DATA_POS_LO,
-    H_DATA_POS_HI, H_DATA_EPOCH,
+    H_NUM_PARAMS_LO = 32, H_NUM_PARAMS_HI, H_STEP, H_HAS_OPTIMIZER,
+    H_DATA_SHARD, H_DATA_SLOT_LO, H_DATA_SLOT_HI, H_DATA_EPOCH, // the DataPosition (section 9)
     H_OPTION_BYTES = 40, // version 2: bytes of the option area (a multiple of 4)
     H_RANKS,             // version 2: the MPI ranks that wrote it (0: one process; section 10)
+    H_DATA_EPOCH_HI,     // version 2: the epoch's high 32 bits (H_DATA_EPOCH: its low ones)
     H_MLP_WIDTHS = 64,  // MAX_LAYERS slots
     H_CMS_WIDTHS = 128, // MAX_LAYERS slots
     H_SIZE = 256,
     MAX_OPTION_BYTES = 1 << 20
 };
 
-typedef struct { int shard; size_t pos; int epoch; } DataPosition;
+// Where the training order stands (section 9): epochs done, shards of this epoch's order done,
+// slots of that shard's order taken.
+typedef struct { int64_t epoch; int shard; size_t slot; } DataPosition;
 typedef struct Options Options; // section 11: the command line, whose table also writes the option area
 static size_t options_to_text(char *buf, size_t n, const Config *cfg);
-static void options_from_text(Options *saved, const char *text, const char *path);
+static void options_from_text(Options *saved, const char *text, const char *path, int *named);
 static void options_from_v1_header(Options *saved, const int32_t *h);
 static void options_default(Options *v);
 static size_t options_size(void);
@@ -2360,8 +2374,11 @@ static void checkpoint_header(int32_t *h, const Model *m, DataPosition pos, size
     h[H_NUM_PARAMS_LO] = (int32_t)(m->num_params & 0xffffffffu);
     h[H_NUM_PARAMS_HI] = (int32_t)(m->num_params >> 32);
     h[H_STEP] = m->step; h[H_HAS_OPTIMIZER] = m->adam_m != NULL;
-    h[H_DATA_SHARD] = pos.shard; h[H_DATA_EPOCH] = pos.epoch;
-    h[H_DATA_POS_LO] = (int32_t)(pos.pos & 0xffffffffu); h[H_DATA_POS_HI] = (int32_t)((uint64_t)pos.pos >> 32);
+    h[H_DATA_SHARD] = pos.shard;
+    h[H_DATA_SLOT_LO] = (int32_t)(pos.slot & 0xffffffffu);
+    h[H_DATA_SLOT_HI] = (int32_t)((uint64_t)pos.slot >> 32);
+    h[H_DATA_EPOCH] = (int32_t)((uint64_t)pos.epoch & 0xffffffffu);
+    h[H_DATA_EPOCH_HI] = (int32_t)((uint64_t)pos.epoch >> 32);
     h[H_OPTION_BYTES] = (int32_t)option_bytes;
     h[H_RANKS] = world.ranks > 1 ? world.ranks : 0;
     for (int l = 0; l < c->layers; l++) { h[H_MLP_WIDTHS + l] = c->mlp_widths[l]; h[H_CMS_WIDTHS + l] = c->cms_widths[l]; }
@@ -2463,9 +2480,10 @@ static int checkpoint_save(const Model *m, const char *path, DataPosition pos) {
 }
 
 // Reads a checkpoint's header and options (saved: defaults, overwritten by what the file
-// stores; a version-1 file stores the model options only); everything is checked before it is
-// trusted, a version-2 file's checksum first. Returns the version.
-static int checkpoint_read_options(const char *path, Options *saved, int32_t *h) {
+// stores; a version-1 file stores the model options only; named[k], if not NULL, set for each
+// option its option area names); everything is checked before it is trusted, a version-2
+// file's checksum first. Returns the version.
+static int checkpoint_read_options(const char *path, Options *saved, int32_t *h, int *named) {
     FILE *f = open_file(path, "rb");
     long size = file_size(f);
     if (size < (long)(H_SIZE * sizeof(int32_t))) die("%s: not a tlm checkpoint (file too short)", path);
@@ -2505,7 +2523,7 @@ static int checkpoint_read_options(const char *path, Options *saved, int32_t *h)
         fseek(f, H_SIZE * sizeof(int32_t), SEEK_SET);
         read_exact(text, 1, (size_t)bytes, f, path);
         fclose(f);
-        options_from_text(saved, text, path);
+        options_from_text(saved, text, path, named);
         free(text);
     }
     // the widths are derived again from the stored options and must agree with the stored ones
@@ -2522,7 +2540,7 @@ static int checkpoint_read_options(const char *path, Options *saved, int32_t *h)
 // Reads a checkpoint's header into a Config (its model options).
 static int checkpoint_read_config(const char *path, Config *c, int32_t *h) {
     Options *saved = xcalloc(1, options_size(), "checkpoint options");
-    int version = checkpoint_read_options(path, saved, h);
+    int version = checkpoint_read_options(path, saved, h, NULL);
     *c = *options_config(saved);
     free(saved);
     return version;
@@ -2574,10 +2592,11 @@ static void checkpoint_load(Model *m, const char *path, DataPosition *pos) {
     }
     fclose(f);
     m->step = h[H_STEP];
-    if (pos) {
+    if (pos) { // (checked against the data by dataloader_seek)
         pos->shard = h[H_DATA_SHARD];
-        pos->pos = (size_t)(uint32_t)h[H_DATA_POS_LO] | ((size_t)(uint32_t)h[H_DATA_POS_HI] << 32);
-        pos->epoch = h[H_DATA_EPOCH];
+        uint64_t slot_hi = (uint32_t)h[H_DATA_SLOT_HI], epoch_hi = (uint32_t)h[H_DATA_EPOCH_HI];
+        pos->slot = (size_t)((uint32_t)h[H_DATA_SLOT_LO] | slot_hi << 32);
+        pos->epoch = (int64_t)((uint32_t)h[H_DATA_EPOCH] | epoch_hi << 32);
     }
 }
 
@@ -2586,6 +2605,18 @@ static void checkpoint_load(Model *m, const char *path, DataPosition *pos) {
 //
 // A shard is llm.c's format: a header of 256 int32 (magic 20240520, version 1, token count,
 // and in slot 3 the vocabulary size, 0 if unknown), then the tokens as uint16.
+//
+// The training order (dataloader_next; data/README.md states it for other implementations).
+// A shard of n tokens holds S = (n - 1) / T sequence slots: slot s is tokens [s T, s T + T],
+// its first T the inputs and its last T the targets. Epoch e (0, 1, ...) visits the shards
+// (numbered in the glob's sorted order) in a permuted order, and in each shard its slots in a
+// permuted order; a batch is the next B slots of that order, never from two shards, so a
+// shard's last S mod B slots in its order are not read that epoch, and a shard with S < B is
+// not read at all. Each permutation is Fisher-Yates from the identity a = 0, 1, .., n-1:
+//     for i = n-1 down to 1:  j = rng_below(i + 1);  swap a[i], a[j]
+// on the stream rng_seeded(key_mix(key_mix(splitmix64(data_seed), e), part)) (section 1),
+// part 0 for the order of the shards, f + 1 for the slots of shard f. Validation data is not
+// shuffled: evaluate() reads its batches in place (val_batch).
 
 enum { SHARD_MAGIC = 20240520, SHARD_HEADER = 256 };
 
@@ -2595,8 +2626,16 @@ typedef struct {
     int count;
     int vocab;              // tokens must be below this (checked as each shard is read)
     uint16_t *tokens;       // the current shard
-    DataPosition at;
     int loaded;             // index of the shard in tokens, -1 none
+    // the training order
+    uint64_t seed;          // --data-seed
+    DataPosition at;        // where the next batch starts
+    uint32_t *shard_order;  // (count) the shards in epoch shard_epoch's order
+    int64_t shard_epoch;    //   (-1: none yet)
+    uint32_t *slot_order;   // (slots) the slots of shard slot_shard in epoch slot_epoch's order
+    int64_t slot_epoch;
+    int slot_shard;         //   (-1: none yet)
+    size_t slots;
 } DataLoader;
 
 // Checks one shard's header and size; returns its token count and header vocabulary.
@@ -2620,7 +2659,8 @@ static size_t shard_check(const char *path, int *vocab_in_header) {
 
 static void dataloader_open(DataLoader *d, const char *pattern, const char *flag) {
     memset(d, 0, sizeof(*d));
-    d->loaded = -1;
+    d->loaded = d->slot_shard = -1;
+    d->shard_epoch = -1;
     glob_t g;
     int r = glob(pattern, 0, NULL, &g);
     if (r != 0 || g.gl_pathc == 0) {
@@ -2651,7 +2691,7 @@ static int dataloader_vocab(const DataLoader *d) {
 
 static void dataloader_free(DataLoader *d) {
     for (int i = 0; i < d->count; i++) free(d->paths[i]);
-    free(d->paths); free(d->ntok); free(d->tokens);
+    free(d->paths); free(d->ntok); free(d->tokens); free(d->shard_order); free(d->slot_order);
     memset(d, 0, sizeof(*d));
 }
 
@@ -2669,25 +2709,103 @@ static void dataloader_load_shard(DataLoader *d, int i) {
     d->loaded = i;
 }
 
-// Next B sequences of T tokens and their next-token targets, read as one run of B*T+1
-// tokens from the current shard; moves to the next shard (and wraps) when it runs out.
-static void dataloader_next(DataLoader *d, int *tokens, int *targets, int B, int T) {
-    size_t need = (size_t)B * T + 1;
-    for (int tries = 0; d->at.pos + need > d->ntok[d->at.shard]; tries++) {
-        if (tries > d->count) die("%s: holds %zu tokens, a batch needs %zu (lower --batch or --seq-len)", d->paths[d->at.shard], d->ntok[d->at.shard], need);
-        d->at.pos = 0;
-        if (++d->at.shard == d->count) { d->at.shard = 0; d->at.epoch++; }
+// a = a permutation of 0..n-1 (n < 2^32): Fisher-Yates from the identity on the stream of
+// epoch e and `part` (the rule above)
+static void data_permutation(uint32_t *a, size_t n, uint64_t seed, int64_t e, uint64_t part) {
+    Rng r = rng_seeded(key_mix(key_mix(splitmix64(seed), (uint64_t)e), part));
+    for (size_t i = 0; i < n; i++) a[i] = (uint32_t)i;
+    for (size_t i = n; i-- > 1;) {
+        uint32_t j = rng_below(&r, i + 1), x = a[i];
+        a[i] = a[j];
+        a[j] = x;
     }
-    dataloader_load_shard(d, d->at.shard);
-    const uint16_t *src = d->tokens + d->at.pos;
-    for (size_t i = 0; i < need - 1; i++) { tokens[i] = src[i]; targets[i] = src[i + 1]; }
-    d->at.pos += need - 1;
+}
+static size_t shard_slots(const DataLoader *d, int f, int T) {
+    return (d->ntok[f] - 1) / (size_t)T;
 }
 
-static void dataloader_seek(DataLoader *d, DataPosition at) {
-    if (at.shard < 0 || at.shard >= d->count || at.pos > d->ntok[at.shard])
-        die("checkpoint's data position (shard %d, token %zu) is not in the training data given", at.shard, at.pos);
+// the shards' order for epoch at.epoch and, if `slots_too`, the slots' of the shard at.shard
+static void dataloader_order(DataLoader *d, int T, int slots_too) {
+    if (d->shard_epoch != d->at.epoch) {
+        if (!d->shard_order) d->shard_order = xcalloc(d->count, sizeof(uint32_t), "shard order");
+        data_permutation(d->shard_order, (size_t)d->count, d->seed, d->at.epoch, 0);
+        d->shard_epoch = d->at.epoch;
+    }
+    int f = (int)d->shard_order[d->at.shard];
+    if (!slots_too) return;
+    if (d->slot_epoch == d->at.epoch && d->slot_shard == f && d->slots == shard_slots(d, f, T))
+        return;
+    d->slots = shard_slots(d, f, T);
+    free(d->slot_order);
+    d->slot_order = xcalloc(d->slots, sizeof(uint32_t), "slot order");
+    data_permutation(d->slot_order, d->slots, d->seed, d->at.epoch, (uint64_t)f + 1);
+    d->slot_epoch = d->at.epoch;
+    d->slot_shard = f;
+}
+
+// The next B sequences of T tokens and their next-token targets, in the training order: the
+// next B slots of this shard's order, else of the next shard's in this epoch's order with B
+// slots or more, else the next epoch's first.
+static void dataloader_next(DataLoader *d, int *tokens, int *targets, int B, int T) {
+    int largest = 0;
+    for (int f = 1; f < d->count; f++) if (d->ntok[f] > d->ntok[largest]) largest = f;
+    if (shard_slots(d, largest, T) < (size_t)B)
+        die("%s: holds %zu tokens, a batch needs %zu (lower --batch or --seq-len)",
+            d->paths[largest], d->ntok[largest], (size_t)B * T + 1);
+    for (;;) {
+        if (d->at.shard == d->count) {
+            if (d->at.epoch == INT64_MAX) die("the training data's epoch counter is full");
+            d->at = (DataPosition){ d->at.epoch + 1, 0, 0 };
+        }
+        dataloader_order(d, T, 0);
+        if (d->at.slot + B <= shard_slots(d, (int)d->shard_order[d->at.shard], T)) break;
+        d->at.shard++;
+        d->at.slot = 0;
+    }
+    dataloader_order(d, T, 1);
+    dataloader_load_shard(d, d->slot_shard);
+    for (int b = 0; b < B; b++) {
+        const uint16_t *src = d->tokens + (size_t)d->slot_order[d->at.slot + b] * T;
+        for (int i = 0; i < T; i++) {
+            tokens[b * T + i] = src[i];
+            targets[b * T + i] = src[i + 1];
+        }
+    }
+    d->at.slot += B;
+}
+
+// Resumes the training order where a checkpoint left it, for sequences of T tokens.
+static void dataloader_seek(DataLoader *d, DataPosition at, int T) {
+    if (at.epoch < 0 || at.shard < 0 || at.shard >= d->count)
+        die("checkpoint's data position (epoch %lld, shard %d of the epoch's order, slot %zu) is "
+            "not in the training data given (%d shards)", (long long)at.epoch, at.shard, at.slot,
+            d->count);
     d->at = at;
+    dataloader_order(d, T, 0);
+    int f = (int)d->shard_order[at.shard];
+    if (at.slot > shard_slots(d, f, T))
+        die("checkpoint's data position (epoch %lld, slot %zu of %s) is past that shard's %zu "
+            "slots of %d tokens", (long long)at.epoch, at.slot, d->paths[f], shard_slots(d, f, T),
+            T);
+}
+
+// Batches of the validation split (not shuffled): its shards in the glob's order, each cut
+// from its start into whole batches of B x T + 1 tokens, batch b of a shard being tokens
+// [b B T, b B T + B T] (B sequences of T, each target the next token). val_batches: how many.
+static long val_batches(const DataLoader *val, int B, int T) {
+    long n = 0;
+    for (int i = 0; i < val->count; i++) n += (long)((val->ntok[i] - 1) / ((size_t)B * T));
+    return n;
+}
+static void val_batch(DataLoader *val, long k, int *tokens, int *targets, int B, int T) {
+    size_t per = (size_t)B * T;
+    int i = 0;
+    for (; i < val->count && k >= (long)((val->ntok[i] - 1) / per); i++)
+        k -= (long)((val->ntok[i] - 1) / per);
+    if (i == val->count) die("validation batch %ld is past the end of --val", k);
+    dataloader_load_shard(val, i);
+    const uint16_t *src = val->tokens + (size_t)k * per;
+    for (size_t j = 0; j < per; j++) { tokens[j] = src[j]; targets[j] = src[j + 1]; }
 }
 
 // --- tokenizer ---------------------------------------------------------------------------
@@ -3159,14 +3277,15 @@ static double train_step(Model *m, DataLoader *data, const AdamW *opt, float lr,
     return loss;
 }
 
-// mean loss over the first `batches` batches of the validation data
+// mean loss over the first `batches` batches of the validation data (val_batch)
 static double evaluate(Model *m, DataLoader *val, int batches, int B, int T) {
-    DataPosition start = { 0, 0, 0 };
-    val->at = start;
+    if (val_batches(val, B, T) < 1)
+        die("--val: no shard holds a batch of %d x %d tokens and its last target", B, T);
     double *loss = xcalloc(batches, sizeof(double), "validation"); // 0 where another rank's
     for (int i = 0; i < batches; i++) {
-        dataloader_next(val, m->tokens, m->targets, B, T);
-        if (i % world.ranks == world.rank) loss[i] = model_forward(m, m->tokens, m->targets, B, T);
+        if (i % world.ranks != world.rank) continue;
+        val_batch(val, i, m->tokens, m->targets, B, T);
+        loss[i] = model_forward(m, m->tokens, m->targets, B, T);
     }
     ranks_sum_doubles(loss, batches);
     double sum = 0;
@@ -3251,10 +3370,10 @@ static void analyze_layers(Model *m, DataLoader *val, int batches, int B, int T,
     const Config *c = &m->cfg;
     int L = c->layers, C = c->dim, N = B * T;
     memset(stats, 0, L * sizeof(LayerStats));
-    DataPosition start = { 0, 0, 0 };
-    val->at = start;
-    for (int i = 0; i < batches; i++) {
-        dataloader_next(val, m->tokens, m->targets, B, T);
+    long count = batches;
+    *base_loss = evaluate(m, val, batches, B, T); // (dies if --val holds no batch)
+    for (long i = 0; i < count; i++) {
+        val_batch(val, i, m->tokens, m->targets, B, T);
         model_forward(m, m->tokens, NULL, B, T);
         for (int l = 0; l < L; l++) {
             const LayerActs *la = &m->a.layer[l];
@@ -3272,15 +3391,15 @@ static void analyze_layers(Model *m, DataLoader *val, int batches, int B, int T,
                     align += (double)(la->out[k] - la->res1[k]) * la->res1[k];
                     oo += (double)la->out[k] * la->out[k];
                 }
-                stats[l].rel_mixer += sqrt(mix / (xx + 1e-30)) / ((double)N * batches);
-                stats[l].rel_mlp += sqrt(mlp / (res1 + 1e-30)) / ((double)N * batches);
-                stats[l].rel += sqrt(upd / (xx + 1e-30)) / ((double)N * batches);
-                stats[l].cos_sim += dot / sqrt(xx * oo + 1e-30) / ((double)N * batches);
-                stats[l].cos_mlp_residual += align / sqrt(mlp * res1 + 1e-30) / ((double)N * batches);
+                double per = (double)N * count; // positions of all batches
+                stats[l].rel_mixer += sqrt(mix / (xx + 1e-30)) / per;
+                stats[l].rel_mlp += sqrt(mlp / (res1 + 1e-30)) / per;
+                stats[l].rel += sqrt(upd / (xx + 1e-30)) / per;
+                stats[l].cos_sim += dot / sqrt(xx * oo + 1e-30) / per;
+                stats[l].cos_mlp_residual += align / sqrt(mlp * res1 + 1e-30) / per;
             }
         }
     }
-    *base_loss = evaluate(m, val, batches, B, T);
     int *skip = xcalloc(L, sizeof(int), "analysis");
     for (int l = 0; l < L; l++) {
         skip[l] = 1;
@@ -3309,7 +3428,8 @@ static void analyze_layers(Model *m, DataLoader *val, int batches, int B, int T,
 //            TRAIN: the run's settings, stored; with --load restored unless given (then overridden)
 //            RUN:   this invocation only (what to do, where to write), never stored
 //   offset   where the value lives in Options (model options: in its Config)
-//   def      the default, as it would be typed
+//   def      the default, as it would be typed; "--name": the value of option name (which the
+//            command line or a checkpoint may have set), taken by options_follow
 //   lo, hi   the range of a number (REAL: lo = FLT_MIN means positive)
 //   v1_slot  the header slot of a model option in a version-1 checkpoint (-1: none; REAL as
 //            float32 bits, LIST in `count` consecutive slots)
@@ -3322,7 +3442,7 @@ struct Options {
     int batch, grad_accum, steps, warmup, decay_steps, eval_every, eval_batches;
     int sample_every, sample_len, save_every, eval_only, analyze;
     double lr, weight_decay, grad_clip;
-    long seed;
+    long seed, data_seed;
     char prompt[TEXT_MAX];                              // --sample
     int sample, top_k, samples;
     double temperature;
@@ -3392,6 +3512,8 @@ static const Option options[] = {
     { "weight-decay", OPT_REAL, KIND_TRAIN, OFF(weight_decay), "0.1", 0, FLT_MAX, 0, -1, "AdamW decoupled weight decay (matrices only)" },
     { "grad-clip", OPT_REAL, KIND_TRAIN, OFF(grad_clip), "1", 0, FLT_MAX, 0, -1, "clip the global gradient norm to this (0: off)" },
     { "seed", OPT_LONG, KIND_TRAIN, OFF(seed), "1337", 0, 0, 0, -1, "random seed (initialisation and samples)" },
+    { "data-seed", OPT_LONG, KIND_TRAIN, OFF(data_seed), "--seed", 0, 0, 0, -1,
+      "seed of the training order (every epoch: the shards, and each one's sequences, permuted)" },
     { "eval-every", OPT_INT, KIND_TRAIN, OFF(eval_every), "100", 0, BIG, 0, -1, "validate every N steps (0: only first and last)" },
     { "eval-batches", OPT_INT, KIND_TRAIN, OFF(eval_batches), "8", 1, BIG, 0, -1, "validation batches per evaluation (at most what --val holds)" },
     { "sample-every", OPT_INT, KIND_TRAIN, OFF(sample_every), "200", 0, BIG, 0, -1, "print a text sample every N steps (0: never)" },
@@ -3550,12 +3672,34 @@ static const Option *option_named(const char *name) {
     return NULL;
 }
 
+// An option whose default names another ("--seed") takes that option's value, unless keep[k]
+// (keep NULL: every such option).
+static void options_follow(Options *v, const int *keep) {
+    char value[TEXT_MAX], why[256];
+    for (int k = 0; k < NUM_OPTIONS; k++) {
+        const Option *o = &options[k];
+        const Option *from = !strncmp(o->def, "--", 2) ? option_named(o->def + 2) : NULL;
+        if (!from || (keep && keep[k])) continue;
+        option_format(from, v, value, sizeof(value));
+        if (option_parse(o, v, value, why, sizeof(why)))
+            die("--%s: --%s's value '%s' %s", o->name, from->name, value, why);
+    }
+}
+
 static void options_default(Options *v) {
     memset(v, 0, sizeof(*v));
     char why[256];
-    for (int k = 0; k < NUM_OPTIONS; k++)
+    for (int k = 0; k < NUM_OPTIONS; k++) {
+        if (!strncmp(options[k].def, "--", 2)) { // (options_follow, below)
+            if (!option_named(options[k].def + 2))
+                die("option table: --%s's default %s is no option", options[k].name,
+                    options[k].def);
+            continue;
+        }
         if (option_parse(&options[k], v, options[k].def, why, sizeof(why)))
             die("option table: the default of --%s '%s' %s", options[k].name, options[k].def, why);
+    }
+    options_follow(v, NULL);
 }
 
 // The checkpoint's option area: `name=value` lines of every stored option, the model options
@@ -3579,7 +3723,8 @@ static size_t options_to_text(char *buf, size_t n, const Config *cfg) {
     return len;
 }
 
-static void options_from_text(Options *saved, const char *text, const char *path) {
+// named[k] (if not NULL) is set for every option the text names
+static void options_from_text(Options *saved, const char *text, const char *path, int *named) {
     char line[TEXT_MAX + 64], why[256];
     for (const char *p = text; *p; ) {
         const char *nl = strchr(p, '\n');
@@ -3594,6 +3739,7 @@ static void options_from_text(Options *saved, const char *text, const char *path
         const Option *o = option_named(line);
         if (!o || o->kind == KIND_RUN) die("%s: the checkpoint stores an unknown option '%.40s' (from a newer train_tlm?)", path, line);
         if (option_parse(o, saved, eq + 1, why, sizeof(why))) die("%s: the checkpoint's --%s '%.40s' %s", path, o->name, eq + 1, why);
+        if (named) named[o - options] = 1;
     }
 }
 
@@ -3625,7 +3771,7 @@ static void usage(FILE *out) {
                  "Trains a (tapered) language model; with no options a small cosine-tapered Transformer\n"
                  "on the Brown Corpus as bytes, data/brown_byte_*.bin (make data). With --load, the model\n"
                  "options must match the checkpoint and the training options not given are restored.\n"
-                 "Options (default in brackets):\n");
+                 "Options (default in brackets; a default that names an option is its value):\n");
     for (int i = 0; i < NUM_OPTIONS; i++) {
         const Option *o = &options[i];
         char name[40];
@@ -3684,6 +3830,7 @@ static int parse_args(int argc, char **argv) {
         if (option_parse(o, &opt, value, why, sizeof(why))) usage_error("--%s: '%s' %s", name, value, why);
         option_given[o - options] = 1;
     }
+    options_follow(&opt, option_given);
     Config *c = &opt.cfg;
     if (c->widths_given[0]) {
         if (option_given[option_named("taper") - options] && c->taper != TAPER_EXPLICIT)
@@ -3840,7 +3987,15 @@ static int only_shapes_samples(const Option *o) {
 static void apply_checkpoint_options(void) {
     Options *saved = xcalloc(1, sizeof(Options), "checkpoint options");
     int32_t h[H_SIZE];
-    int version = checkpoint_read_options(opt.load, saved, h);
+    int stored[NUM_OPTIONS] = { 0 }, keep[NUM_OPTIONS];
+    int version = checkpoint_read_options(opt.load, saved, h, stored);
+    // before the training order had its seed a data position was a token offset in the shards
+    // read in turn: such a file cannot go on in today's order
+    int training = !opt.eval_only && !opt.analyze && !opt.sample;
+    if (training && !stored[option_named("data-seed") - options])
+        die("%s: written before --data-seed (its options have none): its data position is in the "
+            "old order of the training data, so training cannot resume from it (--eval-only, "
+            "--analyze and --sample still read it)", opt.load);
     char mine[TEXT_MAX], theirs[TEXT_MAX], why[256];
     for (int k = 0; k < NUM_OPTIONS; k++) {
         const Option *o = &options[k];
@@ -3860,21 +4015,17 @@ static void apply_checkpoint_options(void) {
             printf("--%s %s overrides the checkpoint's %s\n", o->name, mine, theirs);
         }
     }
+    for (int k = 0; k < NUM_OPTIONS; k++) keep[k] = option_given[k] || stored[k];
+    options_follow(&opt, keep); // (an option the file lacks follows the one its default names)
     opt.cfg = saved->cfg;
     int accum_given = 0;
     for (int k = 0; k < NUM_OPTIONS; k++) if (!strcmp(options[k].name, "grad-accum")) accum_given = option_given[k];
-    if (version == 2 && !opt.eval_only && !opt.analyze && !opt.sample)
+    if (version == 2 && training)
         ranks_check_resume(opt.load, h[H_RANKS], saved->batch, saved->grad_accum, opt.batch, &opt.grad_accum, accum_given);
-    if (version < 2) fprintf(opt.sample ? stderr : stdout, "note: %s is a version-1 checkpoint: no checksum to verify, training options from the command line\n", opt.load);
+    if (version < 2)
+        fprintf(opt.sample ? stderr : stdout, "note: %s is a version-1 checkpoint: no checksum to "
+                "verify\n", opt.load);
     free(saved);
-}
-
-// batches of B x T the validation data holds before evaluate() would wrap around
-static long val_batches(const DataLoader *val, int B, int T) {
-    long n = 0;
-    size_t per = (size_t)B * T;
-    for (int i = 0; i < val->count; i++) if (val->ntok[i] > per) n += (long)((val->ntok[i] - 1) / per);
-    return n;
 }
 
 // The vocabulary: --vocab (or the checkpoint's), else the shards' headers, else 50257. The train
@@ -3912,6 +4063,7 @@ static Model *build_model(DataLoader *train, DataLoader *val, DataPosition *resu
         printf("--match-params: mean MLP width %d -> %d, for the parameters of a transformer of the same shape\n", before, cfg->mlp_width);
     }
     train->vocab = val->vocab = cfg->vocab;
+    train->seed = (uint64_t)opt.data_seed;
     long have = val_batches(val, opt.batch, cfg->seq_len);
     if (have > 0 && opt.eval_batches > have) {
         printf("note: --eval-batches %d is more than --val holds (%ld batches of %dx%d): using %ld\n",
@@ -4103,7 +4255,7 @@ static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition 
         tk.vocab = cfg->vocab;
         tk.eot = cfg->vocab == 256 ? '\n' : 0;
     }
-    if (opt.load[0]) dataloader_seek(train, resume_at);
+    if (opt.load[0]) dataloader_seek(train, resume_at, T);
 
     AdamW adam = { (float)opt.lr, 0.9f, 0.95f, 1e-8f, (float)opt.weight_decay, (float)opt.grad_clip };
     int decay_steps = opt.decay_steps ? opt.decay_steps : opt.steps;

@@ -32,7 +32,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         checkpoint_read_config(path, &cfg, h);
         int T = cfg.seq_len < 4 ? cfg.seq_len : 4;
         m = model_create(&cfg, 1, T);
-        DataPosition pos = { -1, 0, -1 };
+        DataPosition pos = { .epoch = -1, .shard = -1, .slot = 0 };
         checkpoint_load(m, path, &pos);
         FZ_ASSERT(m->step == h[H_STEP] && m->step >= 0, "step %d loaded from a header saying %d", m->step, h[H_STEP]);
         for (size_t i = 0; i < m->num_params; i++) FZ_ASSERT(isfinite(m->params[i]), "parameter %zu not finite after a load", i);

@@ -4,8 +4,8 @@
  * when the header says 0), then dataloader_seek and a few dataloader_next batches.
  * Slots 4..7 of the 256-int32 header are unused by the format; the harness reads its batch
  * shape and a seek position from them, so the fuzzer can vary those too:
- *   B = 1 + h[4] % 4,  T = 1 + h[5] % 16,  seek to shard h[6], token (uint32)h[7] if h[6] != 0
- *   or h[7] != 0 (a bad shard index must be refused by dataloader_seek).
+ *   B = 1 + h[4] % 4,  T = 1 + h[5] % 16,  seek to shard h[6], slot (uint32)h[7] if h[6] != 0
+ *   or h[7] != 0 (a bad shard index or slot must be refused by dataloader_seek).
  * Build and run: dev/fuzz/run_fuzz.sh SECONDS fuzz_shard
  */
 #define TLM_TESTING 1 // as -DTLM_TESTING: no main(), die() longjmps to *tlm_error_jump
@@ -30,18 +30,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         FZ_ASSERT(v >= 0 && v <= 65536, "header vocabulary %d accepted", v);
         d.vocab = v ? v : 50257;
         if (h[6] || h[7]) {
-            DataPosition at = { h[6], (size_t)(uint32_t)h[7], 0 };
-            dataloader_seek(&d, at);
+            DataPosition at = { .epoch = 0, .shard = h[6], .slot = (size_t)(uint32_t)h[7] };
+            dataloader_seek(&d, at, T);
         }
+        size_t slots = (d.ntok[0] - 1) / (size_t)T; // (one shard: every batch from it)
         for (int i = 0; i < 4; i++) {
-            size_t pos = d.at.pos;
+            DataPosition was = d.at;
             dataloader_next(&d, tok, tgt, B, T);
-            FZ_ASSERT(d.loaded == 0 && d.at.pos <= d.ntok[0], "position %zu within the shard of %zu tokens", d.at.pos, d.ntok[0]);
-            FZ_ASSERT(d.at.pos == (pos + (size_t)B * T + 1 > d.ntok[0] ? 0 : pos) + (size_t)B * T,
-                      "batch of %d x %d advanced %zu -> %zu", B, T, pos, d.at.pos);
+            int wrapped = was.slot + B > slots;
+            FZ_ASSERT(d.loaded == 0 && d.at.shard == 0 && d.at.slot <= slots,
+                      "slot %zu within the shard's %zu", d.at.slot, slots);
+            int advanced = d.at.slot == (wrapped ? 0 : was.slot) + B &&
+                           d.at.epoch == was.epoch + wrapped;
+            FZ_ASSERT(advanced, "batch of %d x %d advanced slot %zu -> %zu, epoch %lld -> %lld", B,
+                      T, was.slot, d.at.slot, (long long)was.epoch, (long long)d.at.epoch);
             for (int j = 0; j < B * T; j++) {
                 FZ_ASSERT(tok[j] >= 0 && tok[j] < d.vocab && tgt[j] >= 0 && tgt[j] < d.vocab, "token %d / target %d outside the vocabulary %d", tok[j], tgt[j], d.vocab);
-                FZ_ASSERT(j + 1 == B * T || tgt[j] == tok[j + 1], "targets are the tokens shifted by one");
+                FZ_ASSERT(j % T == T - 1 || tgt[j] == tok[j + 1], "targets: the next tokens");
             }
         }
         dataloader_free(&d);

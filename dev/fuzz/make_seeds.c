@@ -33,8 +33,8 @@ static void write_file(const char *path, const void *a, size_t na, const void *b
 }
 
 // --- shards: llm.c header of 256 int32, then uint16 tokens. Slots 4..7 steer fuzz_shard.
-static void shard(const char *name, int n, int vocab, int mod, int32_t batch, int32_t seq, int32_t seek_shard, int32_t seek_pos) {
-    int32_t h[SHARD_HEADER] = { SHARD_MAGIC, 1, n, vocab, batch, seq, seek_shard, seek_pos };
+static void shard(const char *name, int n, int vocab, int mod, int32_t batch, int32_t seq, int32_t seek_shard, int32_t seek_slot) {
+    int32_t h[SHARD_HEADER] = { SHARD_MAGIC, 1, n, vocab, batch, seq, seek_shard, seek_slot };
     uint16_t *t = xcalloc(n, sizeof(uint16_t), "seed");
     Rng rng = rng_seeded(3);
     for (int i = 0; i < n; i++) t[i] = (uint16_t)((i % 5 == 0 ? rng_u32(&rng) : (uint32_t)i * 7) % mod);
@@ -74,7 +74,7 @@ static void checkpoint(const char *name, Config c, int with_adam, int step) {
         m->adam_v = xcalloc(m->num_params, sizeof(float), "seed");
         for (size_t i = 0; i < m->num_params; i++) { m->adam_m[i] = 1e-3f * (float)(i % 7); m->adam_v[i] = 1e-6f * (float)(i % 5); }
     }
-    DataPosition pos = { 0, 17, 1 };
+    DataPosition pos = { .epoch = 1, .shard = 0, .slot = 17 };
     if (checkpoint_save(m, out("fuzz_checkpoint", name), pos) != 0) die("%s: cannot save", name);
     model_free(m);
     tlm_error_jump = NULL;
@@ -137,7 +137,7 @@ int main(int argc, char **argv) {
     shard("byte_300.bin", 300, 256, 256, 0, 0, 0, 0);
     shard("byte_batches.bin", 200, 256, 256, 3, 15, 0, 0);
     shard("vocab_unknown.bin", 64, 0, 50257, 1, 7, 0, 0);
-    shard("tiny_vocab_seek.bin", 40, 11, 11, 1, 5, 0, 30);
+    shard("tiny_vocab_seek.bin", 40, 11, 11, 1, 5, 0, 3); // B 2, T 6: slot 3 of 6
     shard("two_tokens.bin", 2, 11, 11, 0, 0, 0, 0);
     shard("max_vocab.bin", 32, 65536, 65536, 1, 3, 0, 0);
 
@@ -200,6 +200,7 @@ int main(int argc, char **argv) {
     cli("tapers", "--taper\nreverse\n--taper-start\n0.5\n--taper-end\n1.5\n--layers\n4\n--dim\n8\n--heads\n2\n--mlp-width\n16\n--taper-multiple\n4\n--seq-len\n4\n--batch\n1\n--vocab\n300\n--untied");
     cli("sigmoid_linear", "--taper=sigmoid\n--taper-start=2\n--taper-end=0.25\n--layers=5\n--dim=8\n--heads=1\n--mlp-width=64\n--taper-multiple=2\n--seq-len=2\n--batch=3");
     cli("schedule", "--steps\n100\n--warmup\n10\n--decay-steps\n50\n--lr\n1e-3\n--weight-decay\n0\n--grad-clip\n0.5\n--seed\n-7\n--grad-accum\n2\n--eval-every\n0\n--eval-batches\n3\n--sample-every\n0\n--sample-len\n9\n--layers\n1\n--dim\n8\n--seq-len\n8\n--batch\n1");
+    cli("data_seed", "--seed\n3\n--data-seed\n-9\n--layers\n1\n--dim\n8\n--seq-len\n8\n--batch\n1");
     cli("load_eval", "--load\nrun.ckpt\n--eval-only\n--train\ndata/x_*.bin\n--val\n/tmp/v.bin\n--log\nl.jsonl\n--tokenizer\nt.bin\n--save\ns.ckpt\n--save-every\n5\n--analyze\n--layers\n1\n--dim\n8\n--seq-len\n8\n--batch\n1");
     cli("groups", "--taper\ngroups:1.5,1,0.5\n--layers\n3\n--dim\n8\n--heads\n2\n--mlp-width\n16\n--taper-multiple\n4\n--seq-len\n4\n--batch\n1");
     cli("mlp_widths", "--mlp-widths\n24,16,8\n--layers\n3\n--dim\n8\n--heads\n2\n--mlp-width\n16\n--taper-multiple\n4\n--seq-len\n4\n--batch\n1");
