@@ -926,6 +926,60 @@ static void test_data_order(void) {
           "shards refused, the end of a shard accepted");
 }
 
+// val_batch reads batch k of the split: shard by shard, whole batches of B x T + 1 tokens from
+// each shard's start; evaluate() averages the batches floor(i M / N), i < N
+static void test_eval_batches(void) {
+    long picks[3];
+    for (int i = 0; i < 3; i++) picks[i] = eval_pick(i, 3, 10);
+    int identity = 1;
+    for (long i = 0; i < 10; i++) identity &= eval_pick(i, 10, 10) == i;
+    long N = 2147483647, M = 1L << 40;
+    typedef unsigned __int128 u128;
+    long want = (long)((u128)(N - 1) * (u128)M / (u128)N);
+    check(picks[0] == 0 && picks[1] == 3 && picks[2] == 6 && identity && eval_count(0, 10) == 10 &&
+          eval_count(3, 10) == 3 && eval_count(11, 10) == 10 && eval_pick(N - 1, N, M) == want,
+          "eval batches: M 10, N 3 picks 0, 3, 6; N = M all in order; N 0 or N > M: all M; "
+          "no overflow");
+    // a split of two shards, 41 and 29 tokens: at B 2, T 4 (8 tokens + 1) 5 and 3 batches
+    write_counting_shard(tmp_path("vsplit_0.bin"), 41, 0);
+    write_counting_shard(tmp_path("vsplit_1.bin"), 29, 4);
+    DataLoader val;
+    dataloader_open(&val, tmp_path("vsplit_*.bin"), "--val");
+    val.vocab = 11;
+    int B = 2, T = 4, tok[8], tgt[8], right = 1;
+    long M2 = val_batches(&val, B, T);
+    for (long k = 0; k < M2; k++) {
+        val_batch(&val, k, tok, tgt, B, T);
+        int start = k < 5 ? (int)k * 8 : 4 + (int)(k - 5) * 8;
+        for (int j = 0; j < 8; j++)
+            right &= tok[j] == (start + j) % 11 && tgt[j] == (start + j + 1) % 11;
+    }
+    check(M2 == 8 && right, "eval batches: the split's %ld batches, shard by shard, each from its "
+          "shard's start", M2);
+    Config c = tiny_config(ARCH_TRANSFORMER, TAPER_COSINE);
+    Model *m = model_create(&c, B, T);
+    init_params(m, 3);
+    double by_hand = 0;
+    const long three[3] = { 0, 2, 5 }; // floor(i 8 / 3)
+    for (int i = 0; i < 3; i++) {
+        val_batch(&val, three[i], m->tokens, m->targets, B, T);
+        by_hand += model_forward(m, m->tokens, m->targets, B, T);
+    }
+    by_hand /= 3;
+    long n3, n0, n8, n99;
+    double l3 = evaluate(m, &val, 3, B, T, &n3), l0 = evaluate(m, &val, 0, B, T, &n0);
+    double l8 = evaluate(m, &val, 8, B, T, &n8), l99 = evaluate(m, &val, 99, B, T, &n99);
+    val_batch(&val, 0, m->tokens, m->targets, B, T);
+    double first = model_forward(m, m->tokens, m->targets, B, T);
+    double l1 = evaluate(m, &val, 1, B, T, NULL);
+    check(l3 == by_hand && n3 == 3, "eval batches: N 3 of 8 averages batches 0, 2, 5 (%.9g, by "
+          "hand %.9g)", l3, by_hand);
+    check(l0 == l8 && l8 == l99 && n0 == 8 && n8 == 8 && n99 == 8 && l1 == first && l0 != l3,
+          "eval batches: N 0 (the whole split) = N M = N > M (%.9g); N 1 is the first batch", l0);
+    model_free(m);
+    dataloader_free(&val);
+}
+
 // --- checkpoints ------------------------------------------------------------------------------
 static int32_t float_bits(float f) { int32_t i; memcpy(&i, &f, 4); return i; }
 
@@ -2031,8 +2085,8 @@ static void drop_option_line(const char *from, const char *to, const char *name)
     free(b);
 }
 
-// --data-seed through the binary
-static void test_cli_data_seed(void) {
+// --data-seed, --eval-batches and --final-eval-batches through the binary
+static void test_cli_data_and_eval(void) {
     if (access(trainer(), X_OK) != 0) return; // (test_cli says so)
     char data[1024], args[4096], ck[512];
     write_shard(tmp_path("de_train.bin"), 3000, SHARD_MAGIC, 1, 3000, 11, 11, 0);
@@ -2041,8 +2095,10 @@ static void test_cli_data_seed(void) {
              "--mlp-width 32 --taper-multiple 8 --seq-len 8 --batch 2 --eval-batches 2 "
              "--sample-every 0", tmp_path("de_train.bin"), tmp_path("de_val.bin"));
     snprintf(ck, sizeof(ck), "%s", tmp_path("ds.ckpt"));
-    check(run_trainer("--help") == 0 && output_has("--data-seed X") && output_has("[--seed]"),
-          "data seed cli: -h gives --data-seed [--seed]");
+    check(run_trainer("--help") == 0 && output_has("--data-seed X") && output_has("[--seed]") &&
+          output_has("floor(i M / N)") && output_has("--final-eval-batches X") &&
+          output_has("[--eval-batches]"), "data seed cli: -h gives --data-seed [--seed], the rule "
+          "of --eval-batches, --final-eval-batches");
     // the data seed: --seed's value unless given, stored in the checkpoint, changing the order
     char log[4][512]; // (tmp_path's buffers are reused)
     for (int k = 0; k < 4; k++)
@@ -2097,6 +2153,30 @@ static void test_cli_data_seed(void) {
     snprintf(args, sizeof(args), "%s --load %s --steps 2", data, tmp_path("old_v1.ckpt"));
     check(run_trainer(args) == 1 && output_has("old_v1.ckpt: written before --data-seed"),
           "data seed cli: so is a version-1 checkpoint");
+    // evaluation: the val records say how many batches; the final one takes --final-eval-batches
+    char fe[512], ev[512], done[64];
+    snprintf(fe, sizeof(fe), "%s/fe.jsonl", tmpdir);
+    snprintf(ev, sizeof(ev), "%s/fe_eval.jsonl", tmpdir);
+    remove(fe);
+    remove(ev);
+    snprintf(args, sizeof(args), "%s --steps 2 --final-eval-batches 0 --log %s --save %s", data,
+             fe, tmp_path("fe.ckpt"));
+    check(run_trainer(args) == 0, "eval cli: a run with --final-eval-batches 0");
+    snprintf(args, sizeof(args), "%s --load %s --eval-only --eval-batches 0 --log %s", data,
+             tmp_path("fe.ckpt"), ev);
+    int rc_all = run_trainer(args);
+    snprintf(done, sizeof(done), "%s", jsonl_value(fe, "done", 0, "val_loss"));
+    // de_val.bin: 600 tokens, batches of 2 x 8 + 1: (600 - 1) / 16 = 37
+    check(!strcmp(jsonl_value(fe, "val", 0, "batches"), "2") &&
+          !strcmp(jsonl_value(fe, "val", 1, "batches"), "37") &&
+          !strcmp(jsonl_value(fe, "config", 0, "final_eval_batches"), "0"),
+          "eval cli: the val records carry their batches (2 in the run, 37 after its last step)");
+    check(rc_all == 0 && done[0] && !strcmp(done, jsonl_value(ev, "val", 0, "loss")) &&
+          !strcmp(jsonl_value(ev, "val", 0, "batches"), "37") && output_has("| 37 batches of 2x8"),
+          "eval cli: `done` reports the whole split's loss, as --eval-only --eval-batches 0 finds "
+          "it (%s)", done);
+    check(!strcmp(jsonl_value(log[0], "config", 0, "final_eval_batches"), "2"),
+          "eval cli: --final-eval-batches defaults to --eval-batches");
 }
 
 static void test_sample_cli(void) {
@@ -2482,6 +2562,7 @@ int main(void) {
     test_memory_chunk_approximation();
     test_shard_loader();
     test_data_order();
+    test_eval_batches();
     test_checkpoints();
     test_taper_extremes();
     test_memory_config_bounds();
@@ -2499,7 +2580,7 @@ int main(void) {
     test_sampling();
     test_alignment_probe();
     test_cli();
-    test_cli_data_seed();
+    test_cli_data_and_eval();
     test_sample_cli();
     test_cli_resume_and_guards();
     snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);

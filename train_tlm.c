@@ -2616,7 +2616,7 @@ static void checkpoint_load(Model *m, const char *path, DataPosition *pos) {
 //     for i = n-1 down to 1:  j = rng_below(i + 1);  swap a[i], a[j]
 // on the stream rng_seeded(key_mix(key_mix(splitmix64(data_seed), e), part)) (section 1),
 // part 0 for the order of the shards, f + 1 for the slots of shard f. Validation data is not
-// shuffled: evaluate() reads its batches in place (val_batch).
+// shuffled: evaluate() reads the batches it picks (val_batch).
 
 enum { SHARD_MAGIC = 20240520, SHARD_HEADER = 256 };
 
@@ -3277,21 +3277,31 @@ static double train_step(Model *m, DataLoader *data, const AdamW *opt, float lr,
     return loss;
 }
 
-// mean loss over the first `batches` batches of the validation data (val_batch)
-static double evaluate(Model *m, DataLoader *val, int batches, int B, int T) {
-    if (val_batches(val, B, T) < 1)
-        die("--val: no shard holds a batch of %d x %d tokens and its last target", B, T);
-    double *loss = xcalloc(batches, sizeof(double), "validation"); // 0 where another rank's
-    for (int i = 0; i < batches; i++) {
+// The batches an evaluation reads, spread evenly over the validation split: of its M batches
+// (val_batches), N = `batches` of them (N = 0, or N > M: all M), batch i of N being batch
+// floor(i M / N) of the split, i = 0..N-1 (M 10, N 3: batches 0, 3, 6).
+static long eval_count(int batches, long M) { return batches == 0 || batches > M ? M : batches; }
+static long eval_pick(long i, long N, long M) { // floor(i M / N) without overflow (i < N <= M)
+    return (long)((uint64_t)i * (uint64_t)(M / N) + (uint64_t)i * (uint64_t)(M % N) / (uint64_t)N);
+}
+
+// Mean loss over the batches eval_count and eval_pick choose from the validation data; *count
+// (if not NULL) gets how many.
+static double evaluate(Model *m, DataLoader *val, int batches, int B, int T, long *count) {
+    long M = val_batches(val, B, T), N = eval_count(batches, M);
+    if (M < 1) die("--val: no shard holds a batch of %d x %d tokens and its last target", B, T);
+    double *loss = xcalloc(N, sizeof(double), "validation"); // 0 where another rank's
+    for (long i = 0; i < N; i++) {
         if (i % world.ranks != world.rank) continue;
-        val_batch(val, i, m->tokens, m->targets, B, T);
+        val_batch(val, eval_pick(i, N, M), m->tokens, m->targets, B, T);
         loss[i] = model_forward(m, m->tokens, m->targets, B, T);
     }
-    ranks_sum_doubles(loss, batches);
+    ranks_sum_doubles(loss, N);
     double sum = 0;
-    for (int i = 0; i < batches; i++) sum += loss[i];
+    for (long i = 0; i < N; i++) sum += loss[i];
     free(loss);
-    return sum / batches;
+    if (count) *count = N;
+    return sum / N;
 }
 
 // --- sampling ------------------------------------------------------------------------------
@@ -3356,7 +3366,7 @@ static void sample_text(Model *m, const Tokenizer *tk, int len, uint64_t seed) {
     free(tokens);
 }
 
-// For each layer l, on validation batches: how much the layer changes the residual stream,
+// For each layer l, on the validation batches evaluate() picks: how the layer changes the stream,
 //   rel_update = |x_{l+1} - x_l| / |x_l|   (and split: mixer |res1 - x|/|x|, MLP |out - res1|/|res1|)
 //   cos_sim    = cos(x_l, x_{l+1})          averaged over positions
 //   cos_mlp_residual = cos(MLP_l output, res1), res1 the residual stream the MLP slot reads and
@@ -3370,10 +3380,10 @@ static void analyze_layers(Model *m, DataLoader *val, int batches, int B, int T,
     const Config *c = &m->cfg;
     int L = c->layers, C = c->dim, N = B * T;
     memset(stats, 0, L * sizeof(LayerStats));
-    long count = batches;
-    *base_loss = evaluate(m, val, batches, B, T); // (dies if --val holds no batch)
+    long M = val_batches(val, B, T), count = eval_count(batches, M);
+    *base_loss = evaluate(m, val, batches, B, T, NULL); // (dies if --val holds no batch)
     for (long i = 0; i < count; i++) {
-        val_batch(val, i, m->tokens, m->targets, B, T);
+        val_batch(val, eval_pick(i, count, M), m->tokens, m->targets, B, T);
         model_forward(m, m->tokens, NULL, B, T);
         for (int l = 0; l < L; l++) {
             const LayerActs *la = &m->a.layer[l];
@@ -3404,10 +3414,10 @@ static void analyze_layers(Model *m, DataLoader *val, int batches, int B, int T,
     for (int l = 0; l < L; l++) {
         skip[l] = 1;
         m->skip_mlp = skip;
-        stats[l].dloss_skip_mlp = evaluate(m, val, batches, B, T) - *base_loss;
+        stats[l].dloss_skip_mlp = evaluate(m, val, batches, B, T, NULL) - *base_loss;
         m->skip_mlp = NULL;
         m->skip_layer = skip;
-        stats[l].dloss_skip_layer = evaluate(m, val, batches, B, T) - *base_loss;
+        stats[l].dloss_skip_layer = evaluate(m, val, batches, B, T, NULL) - *base_loss;
         m->skip_layer = NULL;
         skip[l] = 0;
     }
@@ -3440,7 +3450,7 @@ struct Options {
     char train[TEXT_MAX], val[TEXT_MAX], tokenizer[TEXT_MAX];
     char save[TEXT_MAX], load[TEXT_MAX], log[TEXT_MAX];
     int batch, grad_accum, steps, warmup, decay_steps, eval_every, eval_batches;
-    int sample_every, sample_len, save_every, eval_only, analyze;
+    int final_eval_batches, sample_every, sample_len, save_every, eval_only, analyze;
     double lr, weight_decay, grad_clip;
     long seed, data_seed;
     char prompt[TEXT_MAX];                              // --sample
@@ -3515,7 +3525,12 @@ static const Option options[] = {
     { "data-seed", OPT_LONG, KIND_TRAIN, OFF(data_seed), "--seed", 0, 0, 0, -1,
       "seed of the training order (every epoch: the shards, and each one's sequences, permuted)" },
     { "eval-every", OPT_INT, KIND_TRAIN, OFF(eval_every), "100", 0, BIG, 0, -1, "validate every N steps (0: only first and last)" },
-    { "eval-batches", OPT_INT, KIND_TRAIN, OFF(eval_batches), "8", 1, BIG, 0, -1, "validation batches per evaluation (at most what --val holds)" },
+    { "eval-batches", OPT_INT, KIND_TRAIN, OFF(eval_batches), "8", 0, BIG, 0, -1,
+      "validation batches N per evaluation, spread over the M that --val holds: batch i of N "
+      "is batch floor(i M / N) of the split (0: all M)" },
+    { "final-eval-batches", OPT_INT, KIND_TRAIN, OFF(final_eval_batches), "--eval-batches", 0, BIG,
+      0, -1, "validation batches of the evaluation after the last step, which `done` reports "
+      "(0: all)" },
     { "sample-every", OPT_INT, KIND_TRAIN, OFF(sample_every), "200", 0, BIG, 0, -1, "print a text sample every N steps (0: never)" },
     { "sample-len", OPT_INT, KIND_TRAIN, OFF(sample_len), "200", 1, 1 << 20, 0, -1, "tokens per sample" },
     { "save-every", OPT_INT, KIND_TRAIN, OFF(save_every), "0", 0, BIG, 0, -1, "save every N steps (0: --eval-every) and at the end" },
@@ -4065,11 +4080,12 @@ static Model *build_model(DataLoader *train, DataLoader *val, DataPosition *resu
     train->vocab = val->vocab = cfg->vocab;
     train->seed = (uint64_t)opt.data_seed;
     long have = val_batches(val, opt.batch, cfg->seq_len);
-    if (have > 0 && opt.eval_batches > have) {
-        printf("note: --eval-batches %d is more than --val holds (%ld batches of %dx%d): using %ld\n",
-               opt.eval_batches, have, opt.batch, cfg->seq_len, have);
-        opt.eval_batches = (int)have;
-    }
+    const int *asked[2] = { &opt.eval_batches, &opt.final_eval_batches };
+    const char *flag[2] = { "--eval-batches", "--final-eval-batches" };
+    for (int k = 0; k < (training ? 2 : 1); k++)
+        if (have > 0 && *asked[k] > have)
+            printf("note: %s %d is more than --val holds (%ld batches of %dx%d): using %ld\n",
+                   flag[k], *asked[k], have, opt.batch, cfg->seq_len, have);
     if (training && opt.save[0]) check_save_path(opt.save, train, val);
     if (opt.log[0]) {
         refuse_input("--log", opt.log, train, val, NULL);
@@ -4133,9 +4149,11 @@ static void open_log(const Model *m) {
 // --eval-only: the validation loss
 static int run_evaluate(Model *m, DataLoader *val) {
     int B = opt.batch, T = m->cfg.seq_len;
-    double loss = evaluate(m, val, opt.eval_batches, B, T);
-    printf("val loss %.4f | perplexity %.2f | %d batches of %dx%d\n", loss, exp(loss), opt.eval_batches, B, T);
-    log_json("{\"event\":\"val\",\"step\":%d,\"loss\":%.6f,\"ppl\":%.4f}", m->step, loss, exp(loss));
+    long n;
+    double loss = evaluate(m, val, opt.eval_batches, B, T, &n);
+    printf("val loss %.4f | perplexity %.2f | %ld batches of %dx%d\n", loss, exp(loss), n, B, T);
+    log_json("{\"event\":\"val\",\"step\":%d,\"loss\":%.6f,\"ppl\":%.4f,\"batches\":%ld}", m->step,
+             loss, exp(loss), n);
     return 0;
 }
 
@@ -4145,7 +4163,8 @@ static int run_analyze(Model *m, DataLoader *val) {
     LayerStats stats[MAX_LAYERS];
     double base;
     analyze_layers(m, val, opt.eval_batches, opt.batch, cfg->seq_len, stats, &base);
-    printf("layer contribution analysis on %d val batches (val loss %.4f)\n", opt.eval_batches, base);
+    printf("layer contribution analysis on %ld val batches (val loss %.4f)\n",
+           eval_count(opt.eval_batches, val_batches(val, opt.batch, cfg->seq_len)), base);
     printf("  layer  mlp width  |dx|/|x| mixer  |dx|/|x| mlp  |dx|/|x|  cos(x, x')  cos(mlp, resid)  dloss skip mlp"
            "  dloss skip layer\n");
     for (int l = 0; l < cfg->layers; l++) {
@@ -4240,6 +4259,16 @@ static int run_sample(Model *m) {
     return 0;
 }
 
+// An evaluation during training (of `batches`, as evaluate() picks them), printed and logged
+static double validate(Model *m, DataLoader *val, int batches, size_t tokens_per_step) {
+    long n;
+    double loss = evaluate(m, val, batches, opt.batch, m->cfg.seq_len, &n);
+    printf("step %5d | val loss %.4f | perplexity %.2f\n", m->step, loss, exp(loss));
+    log_json("{\"event\":\"val\",\"step\":%d,\"loss\":%.6f,\"ppl\":%.4f,\"tokens\":%zu,"
+             "\"batches\":%ld}", m->step, loss, exp(loss), m->step * tokens_per_step, n);
+    return loss;
+}
+
 // Training: from step m->step to --steps, evaluating, sampling and saving along the way; Ctrl-C
 // or SIGTERM finishes the step, saves and stops. Returns the exit status.
 static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition resume_at) {
@@ -4266,9 +4295,10 @@ static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition 
     int steps_timed = 0, save_failed = 0, saved_at = -1;
     if (opt.load[0] && m->step >= opt.steps)
         printf("nothing left to train: %s is at step %d, --steps is %d (raise --steps to train further)\n", opt.load, m->step, opt.steps);
-    last_val = evaluate(m, val, opt.eval_batches, B, T); // the starting point (also of a finished run)
-    printf("step %5d | val loss %.4f | perplexity %.2f\n", m->step, last_val, exp(last_val));
-    log_json("{\"event\":\"val\",\"step\":%d,\"loss\":%.6f,\"ppl\":%.4f,\"tokens\":%zu}", m->step, last_val, exp(last_val), m->step * tokens_per_step);
+    // the starting point; of a finished run (also --steps 0) the evaluation after its last step
+    int finished = m->step >= opt.steps;
+    last_val = validate(m, val, finished ? opt.final_eval_batches : opt.eval_batches,
+                        tokens_per_step);
     while (m->step < opt.steps && !ranks_should_stop()) {
         int step = m->step; // steps taken so far; this is step + 1
         double t0 = wall_time();
@@ -4304,11 +4334,9 @@ static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition 
                  "\"tokens_per_s\":%.1f,\"tokens\":%zu}", m->step, loss, lr, norm, dt * 1000, tokens_per_step / dt,
                  m->step * tokens_per_step);
         int last = m->step == opt.steps;
-        if (last || (opt.eval_every && m->step % opt.eval_every == 0)) {
-            last_val = evaluate(m, val, opt.eval_batches, B, T);
-            printf("step %5d | val loss %.4f | perplexity %.2f\n", m->step, last_val, exp(last_val));
-            log_json("{\"event\":\"val\",\"step\":%d,\"loss\":%.6f,\"ppl\":%.4f,\"tokens\":%zu}", m->step, last_val, exp(last_val), m->step * tokens_per_step);
-        }
+        if (last || (opt.eval_every && m->step % opt.eval_every == 0))
+            last_val = validate(m, val, last ? opt.final_eval_batches : opt.eval_batches,
+                                tokens_per_step);
         if (opt.sample_every && world.rank == 0 && (m->step % opt.sample_every == 0 || last)) {
             printf("--- sample at step %d ---\n", m->step);
             sample_text(m, &tk, opt.sample_len < T ? opt.sample_len : T, (uint64_t)opt.seed + m->step);

@@ -200,7 +200,7 @@ int main(int argc, char **argv) {
     cli("tapers", "--taper\nreverse\n--taper-start\n0.5\n--taper-end\n1.5\n--layers\n4\n--dim\n8\n--heads\n2\n--mlp-width\n16\n--taper-multiple\n4\n--seq-len\n4\n--batch\n1\n--vocab\n300\n--untied");
     cli("sigmoid_linear", "--taper=sigmoid\n--taper-start=2\n--taper-end=0.25\n--layers=5\n--dim=8\n--heads=1\n--mlp-width=64\n--taper-multiple=2\n--seq-len=2\n--batch=3");
     cli("schedule", "--steps\n100\n--warmup\n10\n--decay-steps\n50\n--lr\n1e-3\n--weight-decay\n0\n--grad-clip\n0.5\n--seed\n-7\n--grad-accum\n2\n--eval-every\n0\n--eval-batches\n3\n--sample-every\n0\n--sample-len\n9\n--layers\n1\n--dim\n8\n--seq-len\n8\n--batch\n1");
-    cli("data_seed", "--seed\n3\n--data-seed\n-9\n--layers\n1\n--dim\n8\n--seq-len\n8\n--batch\n1");
+    cli("data_seed_eval", "--seed\n3\n--data-seed\n-9\n--eval-batches\n0\n--final-eval-batches\n5\n--layers\n1\n--dim\n8\n--seq-len\n8\n--batch\n1");
     cli("load_eval", "--load\nrun.ckpt\n--eval-only\n--train\ndata/x_*.bin\n--val\n/tmp/v.bin\n--log\nl.jsonl\n--tokenizer\nt.bin\n--save\ns.ckpt\n--save-every\n5\n--analyze\n--layers\n1\n--dim\n8\n--seq-len\n8\n--batch\n1");
     cli("groups", "--taper\ngroups:1.5,1,0.5\n--layers\n3\n--dim\n8\n--heads\n2\n--mlp-width\n16\n--taper-multiple\n4\n--seq-len\n4\n--batch\n1");
     cli("mlp_widths", "--mlp-widths\n24,16,8\n--layers\n3\n--dim\n8\n--heads\n2\n--mlp-width\n16\n--taper-multiple\n4\n--seq-len\n4\n--batch\n1");
