@@ -1,91 +1,45 @@
 #!/usr/bin/env python3
-"""Taper ablations for tlm.c: does moving MLP width across depth beat the uniform model
-at equal parameters, by more than the noise of the seeds?
-
-A Tapered Language Model keeps the total MLP parameter budget fixed (the widths sum to
-L*H) but moves hidden width across depth. Three grids, chosen with --grid; every cell is
-trained by `train_tlm` with several seeds at the same config and token budget and compared
-with the uniform model of the same seed:
-
-  taper   (default) uniform / cosine (1.5x H in the first layer -> 0.5x in the last) /
-          reverse (the cosine's widths, last layer first) [/ linear with --linear], for every
-          architecture: transformer, gated, titans, hope
-  groups  the three-group allocation: layers split into early / middle / late thirds with
-          width multiples 1,1,1 (uniform), 1.5,1,0.5 (wider early), 0.75,1.5,0.75 (wider
-          middle), 0.5,1,1.5 (wider late); the transformer unless --archs says otherwise
-  ratios  linear, sigmoid and cosine schedules at start/end multiples 1.25/0.75, 1.5/0.5,
-          1.75/0.25, plus uniform: is the loss U-shaped in the ratio? transformer by default
-
-Statistics, per architecture and schedule, over the seeds whose runs finished:
-  val loss   the final validation loss: mean ± sample std; ppl = exp(mean)
-  Δ          the paired difference to uniform (same architecture, same seed) over the n seeds
-             where both runs finished: mean d and the 95% confidence interval
-             d ± t(0.975, n-1) · sd(d) / sqrt(n)   (Student t)
-  same sign / pairs   how many of the n pairs have the sign of the mean, and n
-  verdict    "distinguishable from uniform" only where the interval excludes 0, else
-             "not distinguishable" (also for a single pair: no interval)
-A run that diverged (the trainer's NaN guard stopped it) or failed is named in the table
-and left out of the pairs.
-
-With --analyze (on unless --quick) `train_tlm --analyze` runs on the first seed's checkpoint
-of every schedule: how much each layer changes the residual stream, how much the val loss
-rises when a layer (or its MLP) is skipped, and, where the trainer logs it, the alignment
-probe cos(MLP output, residual stream it is added to) per layer, plotted per schedule.
-
-Usage (from the repository root, after `make`):
-    python3 dev/ablation.py --quick               # small taper grid, a few minutes on 2 cores
-    python3 dev/ablation.py                       # full taper grid, 5 seeds, + analysis
-    python3 dev/ablation.py --grid groups         # the three-group allocation (transformer)
-    python3 dev/ablation.py --grid ratios --archs transformer,titans
-    python3 dev/ablation.py --archs transformer,gated --seeds 3 --linear -j 2
-    python3 dev/ablation.py --train-args "--steps 300 --dim 96"   # override trainer flags
-    python3 dev/ablation.py --train-args=--untied # a single flag needs the '=' form
-    python3 dev/ablation.py --dry-run             # print the commands only
-    python3 dev/ablation.py --report-only --out dev/runs/ablation_groups   # report existing logs
-
-Outputs in --out (default dev/runs/ablation, dev/runs/ablation_groups, dev/runs/ablation_ratios; with
---quick the same with _quick appended):
-    {arch}_{schedule}_s{seed}.jsonl / .ckpt / .log  one run: JSONL log, checkpoint, output
-    {arch}_{schedule}_analysis.jsonl / .log         layer analysis of the first seed
-    results.md            the results table (also printed) and the analysis tables
-    effects.svg           Δ vs uniform with 95% intervals (ratios: the U-curve in the ratio)
-    loss_curves.svg       val loss vs training tokens
-    analysis.svg          per-layer contributions of the uniform model
-    alignment.svg         cos(MLP output, residual stream) per layer and schedule
-    ablation.json         the grid and trainer flags of this directory
-  every .svg also as .png when rsvg-convert or ImageMagick is installed.
-
-Re-running the same command resumes: finished runs (log ends with a `done` event) are
-skipped, an interrupted run continues from its checkpoint (`--load`), or restarts from
-scratch if it has none. Ctrl-C stops all children; run the same command again to go on.
-Every user error is one line on stderr and a non-zero exit. Python 3 standard library only.
-"""
-import argparse, json, math, os, shlex, shutil, signal, subprocess, sys, time
+"""DOCSTRING"""
+import argparse, csv, fcntl, glob, hashlib, json, math, os, shlex, shutil, signal, struct
+import subprocess, sys, tempfile, time
 from html import escape
 
 # ---------------------------------------------------------------------------------------
-# Constants to tune once the real trainer's speed is known. Measured on 2 cores with an
-# early train_tlm: 6 layers, dim 128, seq 128, batch 8 costs ~0.23 s/step (transformer,
-# gated), ~0.5 s/step (titans), ~0.57 s/step (hope). The quick model (4 layers, dim 64,
-# seq 64) runs 100 steps in 2.5 s (transformer) to 8.6 s (hope).
+# Sizes. Measured on the 2-core AMD EPYC (Zen 5), 2 threads, quiet machine, train_tlm at
+# main e1e5031 (dev/ablation.py's docstring has the per-point costs of the depth and tokens
+# grids): 6 layers, dim 128, seq 128, batch 8 costs ~0.07 s/step (transformer); the whole
+# val split (584 batches of 8 x 128) ~15 s.
 # ---------------------------------------------------------------------------------------
 ARCHS = ["transformer", "gated", "titans", "hope"]
 BASELINE = "uniform"                             # every Δ is relative to this schedule
 
-# Full run: 500 steps x 8 x 128 tokens of Brown bytes (0.5M tokens) per run.
+# Full run: 500 steps x 8 x 128 tokens of Brown bytes (0.5M tokens) per run; periodic
+# evaluations on 8 batches spread over the val split, the final one on all of it.
 DEFAULT_ARGS = ("--layers 6 --dim 128 --heads 4 --mlp-width 384 --seq-len 128 --batch 8 "
-                "--steps 500 --eval-every 50 --eval-batches 8 --sample-every 0")
+                "--steps 500 --eval-every 50 --eval-batches 8 --final-eval-batches 0 "
+                "--sample-every 0")
 DEFAULT_SEEDS = 5
-# --quick: tiny runs of 100k tokens each (widths 288/256/128/96 for the cosine taper).
-# Noisy: the reverse taper's seeds differed by up to 0.4.
+# --quick: tiny runs of 100k tokens each (widths 288/256/128/96 for the cosine taper); the
+# final evaluation on 64 batches (the whole split would take longer than the training).
 QUICK_ARGS = ("--layers 4 --dim 64 --heads 4 --mlp-width 192 --seq-len 64 --batch 8 "
-              "--steps 200 --eval-every 25 --eval-batches 4 --sample-every 0")
+              "--steps 200 --eval-every 25 --eval-batches 4 --final-eval-batches 64 "
+              "--sample-every 0")
 QUICK_SEEDS = 3                                  # the fewest that give an interval of some use
 
-# Flags the grids set; --train-args may not contain them (--taper-start/--taper-end only
-# in the ratios grid, which sets them; elsewhere they shape the taper grid's cosine).
+# The depth and tokens grids: small models (the points set --layers/--dim/--mlp-width, or
+# --steps/--eval-every); widths rounded to multiples of 8 so that dims down to 40 taper.
+SMALL_ARGS = ("--heads 4 --seq-len 128 --batch 8 --steps 500 --eval-every 50 --eval-batches 4 "
+              "--final-eval-batches 0 --sample-every 0 --taper-multiple 8")
+SMALL_QUICK_ARGS = ("--heads 4 --seq-len 64 --batch 8 --steps 100 --eval-every 25 "
+                    "--eval-batches 4 --final-eval-batches 64 --sample-every 0 --taper-multiple 8")
+TOKENS_SHAPE, TOKENS_QUICK_SHAPE = (8, 48), (4, 32)      # the tokens grid's (layers, dim)
+SMALL_SEEDS = 6
+
+# Flags the grids set; --train-args may not contain them (nor the flags a grid's points
+# set: Grid.sets). --taper-start/--taper-end shape the taper grid's cosine.
 RESERVED = {"--arch", "--taper", "--mlp-widths", "--seed", "--log", "--save", "--load",
             "--analyze", "--eval-only"}
+PROBE_STEPS = 3                                  # steps of the numerics fingerprint's run
 FONT = "font-family='DejaVu Sans, Helvetica, Arial, sans-serif'"
 
 
@@ -97,6 +51,14 @@ class Variant:
     def __init__(self, name, label, flags, color, family=None, x=None, detail=""):
         self.name, self.label, self.flags, self.color = name, label, flags, color
         self.family, self.x, self.detail = family or name, x, detail   # detail: 2nd tick line
+
+
+class Point:
+    """One size of a grid. name: in file names ('' for the grids of one size); label: in
+    tables; flags: trainer flags over the grid's; x: its place on the plot's x axis (layers,
+    tokens); series: the plot's lines it is on."""
+    def __init__(self, name, label, flags, x=None, series=()):
+        self.name, self.label, self.flags, self.x, self.series = name, label, flags, x, series
 
 
 def taper_grid(linear):
@@ -132,10 +94,73 @@ def ratios_grid(linear):
     return out
 
 
-# name -> (variants(linear), default architectures, one line for -h)
-GRIDS = {"taper": (taper_grid, ARCHS, "uniform / cosine / reverse (/ linear) x architectures"),
-         "groups": (groups_grid, ["transformer"], "three-group allocations (early/middle/late)"),
-         "ratios": (ratios_grid, ["transformer"], "linear/sigmoid/cosine x 3 start/end ratios")}
+def scaling_grid(linear):
+    """The depth and tokens grids' schedules: the taper grid's three and the wider-early groups."""
+    return taper_grid(False) + [Variant("groups", "groups 1.5,1,0.5", ["--taper", "groups:1.5,1,0.5"],
+                                        "#9467bd")]
+
+
+def one_point(quick):
+    return [Point("", "", [])]
+
+
+def shape_point(L, C, series):
+    return Point(f"L{L}_d{C}", f"L {L}, dim {C}",
+                 ["--layers", str(L), "--dim", str(C), "--mlp-width", str(3 * C)], L, series)
+
+
+def depth_points(quick):
+    """Two series: a fixed width at 4..24 layers, and a fixed parameter count (~0.5M; the
+    width shrinks as the depth grows, MLP width 3 x dim). L 16 at dim 48 is on both."""
+    if quick:
+        width, depths, shapes = 32, [3, 6, 12], [(3, 64), (6, 48), (12, 32)]
+    else:
+        width, depths, shapes = 48, [4, 8, 16, 24], [(4, 96), (12, 56), (16, 48), (24, 40)]
+    series = {(L, width): ["width"] for L in depths}
+    for shape in shapes:
+        series.setdefault(shape, []).append("params")
+    return [shape_point(L, C, s) for (L, C), s in sorted(series.items())]
+
+
+def tokens_points(quick):
+    """One shape at 0.5M, 2M and 8M tokens (quick: 25k to 100k)."""
+    (L, C), seq = (TOKENS_QUICK_SHAPE, 64) if quick else (TOKENS_SHAPE, 128)
+    shape = ["--layers", str(L), "--dim", str(C), "--mlp-width", str(3 * C)]
+    out = []
+    for steps in ([50, 100, 200] if quick else [500, 2000, 8000]):
+        tokens = steps * 8 * seq
+        out.append(Point(f"s{steps}", f"{tokens / 1e6:.2g}M tokens",
+                         shape + ["--steps", str(steps), "--eval-every", str(max(1, steps // 10))],
+                         tokens, ["tokens"]))
+    return out
+
+
+class Grid:
+    """An experiment: its schedules (variants(linear)), default architectures, sizes
+    (points(quick)), trainer flags and seeds (full, quick); sets: the flags its points set;
+    series: {name: legend} of the lines against x (the depth and tokens grids)."""
+    def __init__(self, name, what, variants, archs, points=one_point, args=(DEFAULT_ARGS, QUICK_ARGS),
+                 seeds=(DEFAULT_SEEDS, QUICK_SEEDS), sets=(), xlabel=None, series=None):
+        self.name, self.what, self.variants, self.archs, self.points = name, what, variants, archs, points
+        self.args, self.seeds, self.sets, self.xlabel, self.series = args, seeds, set(sets), xlabel, series
+
+    @property
+    def scaling(self):                           # an x axis: the depth and tokens grids
+        return self.series is not None
+
+
+GRIDS = {g.name: g for g in [
+    Grid("taper", "uniform / cosine / reverse (/ linear) x architectures", taper_grid, ARCHS),
+    Grid("groups", "three-group allocations (early/middle/late)", groups_grid, ["transformer"]),
+    Grid("ratios", "linear/sigmoid/cosine x 3 start/end ratios", ratios_grid, ["transformer"],
+         sets={"--taper-start", "--taper-end"}),
+    Grid("depth", "uniform/cosine/reverse/groups at 4-24 layers, fixed width and fixed params",
+         scaling_grid, ["transformer"], depth_points, (SMALL_ARGS, SMALL_QUICK_ARGS),
+         (SMALL_SEEDS, QUICK_SEEDS), {"--layers", "--dim", "--mlp-width"}, "layers",
+         {"width": "fixed width", "params": "fixed parameter count"}),
+    Grid("tokens", "uniform/cosine/reverse/groups at 0.5M, 2M, 8M tokens", scaling_grid,
+         ["transformer"], tokens_points, (SMALL_ARGS, SMALL_QUICK_ARGS), (SMALL_SEEDS, QUICK_SEEDS),
+         {"--steps", "--eval-every"}, "training tokens", {"tokens": "one shape"})]}
 
 
 def default_out(grid, quick):
@@ -161,9 +186,9 @@ def parse_flags(text):
 
 
 def merge_flags(base, extra):
-    """Flags of `extra` override those of `base` with the same name; returns a token list."""
-    merged = {f: v for f, v in base}
-    for f, v in extra:
+    """Flags of the token list `extra` override those of `base` with the same name."""
+    merged = {f: v for f, v in parse_flags(shlex.join(base))}
+    for f, v in parse_flags(shlex.join(extra)):
         merged.pop(f, None)
         merged[f] = v
     return [x for f, v in merged.items() for x in ([f] if v is None else [f, v])]
@@ -173,9 +198,9 @@ def flag_value(tokens, name):
     return next((tokens[i + 1] for i in range(len(tokens) - 1) if tokens[i] == name), None)
 
 
-def same_flags(x, y):
-    norm = lambda toks: sorted(map(tuple, parse_flags(shlex.join(toks))))
-    return norm(x) == norm(y)
+def flag_key(tokens):
+    """The flags as a sorted tuple: equal for the same flags in any order."""
+    return tuple(sorted(map(tuple, parse_flags(shlex.join(tokens)))))
 
 
 # ------------------------------------ log parsing --------------------------------------
@@ -184,6 +209,7 @@ class RunLog:
     def __init__(self, path):
         self.path, self.status, self.error = path, "missing", ""
         self.config, self.vals, self.done, self.analysis, self.stopped = {}, {}, None, [], None
+        self.train, self.batches, self.resumed = {}, {}, False
         if not os.path.exists(path):
             return
         with open(path, "rb") as f:
@@ -216,15 +242,20 @@ class RunLog:
             self.status = "ok"
 
     def _add(self, rec):
-        ev = rec.get("event")
+        ev, step = rec.get("event"), rec.get("step", 0)
         if ev == "config":
             self.config = rec
             resumed = rec.get("resumed_step") or 0
+            self.resumed = self.resumed or resumed > 0
             # a resumed run repeats the steps after its checkpoint: forget the old ones
             self.vals = {s: v for s, v in self.vals.items() if s <= resumed}
+            self.train = {s: v for s, v in self.train.items() if s <= resumed}
             self.done = None
         elif ev == "val" and is_number(rec.get("loss")):
-            self.vals[rec.get("step", 0)] = (rec.get("tokens", 0), rec["loss"])
+            self.vals[step] = (rec.get("tokens", 0), rec["loss"])
+            self.batches[step] = batch_count(rec)
+        elif ev == "train" and is_number(rec.get("loss")):
+            self.train[step] = (rec["loss"], rec.get("grad_norm"), rec.get("tokens"))
         elif ev == "analysis":
             self.analysis.append(rec)
         elif ev == "done":
@@ -239,27 +270,339 @@ class RunLog:
     def curve(self):
         return [self.vals[s] for s in sorted(self.vals)]
 
+    def tokens(self):
+        """Training tokens at the last record: the last val event's or train event's count."""
+        counts = [t for t, _ in self.curve()] + [t for _, _, t in self.train.values()]
+        counts = [t for t in counts if is_number(t)]
+        return int(max(counts)) if counts else None
+
+    def val_batches(self):
+        """The batches the final evaluation averaged: logged with it if the trainer does,
+        else the configured count ('all' for 0, the whole split)."""
+        logged = batch_count(self.done or {})
+        if logged is None and self.vals:
+            logged = self.batches.get(max(self.vals))
+        if logged is not None:
+            return str(logged)
+        n = self.config.get("final_eval_batches", self.config.get("eval_batches"))
+        return "all" if n == 0 else "" if n is None else str(n)
+
+
+def batch_count(rec):
+    """A record's count of evaluation batches, whatever its key ('batches', 'val_batches', ..)."""
+    return next((v for k, v in rec.items() if "batches" in k and isinstance(v, int)
+                 and not isinstance(v, bool)), None)
+
 
 def is_number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def widths_of(config):
+    """(MLP widths, Hope's fast-level widths or ''), as the data file writes them: '576/544/..'."""
+    join = lambda ws: "/".join(map(str, ws)) if isinstance(ws, list) and any(ws) else ""
+    return join(config.get("mlp_widths")), join(config.get("cms_widths"))
+
+
+_SHARDS = {}
+
+
+def shard_tokens(pattern):
+    """Tokens in the training shard(s) `pattern` (a file or a glob): the sum of their
+    headers' counts (data/README.md); None if they cannot be read."""
+    if pattern not in _SHARDS:
+        total, files = 0, sorted(glob.glob(pattern)) or [pattern]
+        try:
+            for path in files:
+                with open(path, "rb") as f:
+                    magic, _, ntok = struct.unpack("<3i", f.read(12))
+                if magic != 20240520 or ntok <= 0:
+                    raise ValueError
+                total += ntok
+        except (OSError, ValueError, struct.error):
+            total = None
+        _SHARDS[pattern] = total
+    return _SHARDS[pattern]
+
+
+# ------------------------------------ the data file ------------------------------------
+# One row per finished run (and per schedule run once because its widths equal another's).
+COLUMNS = ["grid", "point", "arch", "schedule", "schedule_flags", "seed", "data_seed", "status",
+           "same_as", "val_loss", "val_batches", "tokens", "epochs", "steps", "params",
+           "mlp_widths", "cms_widths", "seconds", "resumed", "fingerprint", "code", "machine",
+           "date", "grid_flags", "trainer_flags"]
+STATUSES = ("ok", "diverged", "alias")
+
+
+class DataFile:
+    """The runs' rows (dicts of COLUMNS' strings), read once; add() appends one row and
+    flushes it to disk at once (a run's row is never lost to a later crash)."""
+    def __init__(self, path):
+        self.path, self.rows, self.header, self.repaired = path, [], list(COLUMNS), False
+        self.by_cell, self.partial = {}, 0
+        if os.path.isdir(path):
+            raise UserError(f"--data {path}: is a directory (give the file, e.g. {path}/runs.csv)")
+        if not os.path.exists(path):
+            return
+        with open(path, "rb") as f:
+            raw = f.read()
+        self.partial = len(raw) - (raw.rfind(b"\n") + 1)      # an unterminated last line
+        text = raw[:len(raw) - self.partial].decode("utf-8", "replace")
+        reader = csv.DictReader(text.splitlines())
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise UserError(f"--data {path}: not an ablation data file (no column"
+                            f"{'s' * (len(missing) > 1)} {', '.join(missing)})")
+        self.header = reader.fieldnames
+        for i, row in enumerate(reader, start=2):
+            why = bad_row(row)
+            if why:
+                raise UserError(f"--data {path}: line {i}: {why}")
+            self._index(row)
+
+    def add(self, row):
+        row = {c: str(row.get(c, "")) for c in COLUMNS}
+        if self.path is None:                    # rows in memory only (--report-only of logs)
+            self._index(row)
+            return
+        new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
+        with open(self.path, "a" if new else "r+", newline="") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)            # two invocations append whole rows
+            if not new:
+                f.seek(0, os.SEEK_END)
+                if self.partial and not self.repaired:   # a killed writer's half row
+                    f.truncate(f.tell() - self.partial)
+                    f.seek(0, os.SEEK_END)
+                self.repaired = True
+            w = csv.DictWriter(f, fieldnames=self.header, lineterminator="\n", restval="")
+            if new:
+                w.writeheader()
+            w.writerow({c: row.get(c, "") for c in self.header})
+            f.flush()
+            os.fsync(f.fileno())
+        self._index(row)
+
+    def _index(self, row):
+        self.rows.append(row)
+        self.by_cell.setdefault(tuple(row[c] for c in ("grid", "point", "arch", "schedule")),
+                                []).append(row)
+
+    def of(self, grid, point, arch, schedule):
+        """The rows of one grid, point, architecture and schedule, in file order."""
+        return self.by_cell.get((grid, point, arch, schedule), [])
+
+
+def bad_row(row):
+    """Why a data row cannot be used, or None."""
+    if row.get("status") not in STATUSES:
+        return f"status {row.get('status')!r} is not one of {', '.join(STATUSES)}"
+    if row["status"] != "alias" and not row["seed"].isdigit():
+        return f"seed {row['seed']!r} is not a number"
+    if row["status"] == "ok":
+        try:
+            if not math.isfinite(float(row["val_loss"])):
+                raise ValueError
+        except ValueError:
+            return f"val_loss {row['val_loss']!r} is not a finite number"
+    return None
+
+
+def row_key(row, column):
+    """flag_key of a row's flags column, computed once per row."""
+    cache = row.setdefault("_keys", {})
+    if column not in cache:
+        try:
+            cache[column] = flag_key(shlex.split(row[column]))
+        except ValueError:
+            cache[column] = None
+    return cache[column]
+
+
+# ------------------------------------ the experiment -----------------------------------
+class Experiment:
+    """A grid as this invocation runs (or reports) it: its points, architectures, schedules
+    and trainer flags; what the trainer says of them (numerics fingerprint per point and
+    architecture, widths per schedule, schedules whose widths equal an earlier one's); the
+    data file, and the rows of it that belong to this grid."""
+    def __init__(self, args, grid, points, archs, variants, targs):
+        self.args, self.grid, self.points, self.archs, self.variants = args, grid, points, archs, variants
+        self.targs, self.out = targs, args.out
+        self.fingerprint, self.widths, self.aliases = {}, {}, {}
+        self.setups = {}          # (point, arch) -> (grid flags key, fingerprint) of its rows
+        self.errors = {}          # (point, arch, schedule, seed) -> why it failed this session
+        self.durations = {}       # (point, arch) -> [seconds of a finished run]
+        self.data = None
+
+    def point_args(self, point):
+        return merge_flags(self.targs, point.flags)
+
+    def run(self, point, arch, variant, seed):
+        return Run(self, point, arch, variant, seed)
+
+    def alias(self, point, arch, variant):
+        return self.aliases.get((point.name, arch, variant.name))
+
+    def variant(self, name):
+        return next((v for v in self.variants if v.name == name), None)
+
+    def cells(self):
+        """(point, arch): the grid's cells in order."""
+        return [(p, a) for p in self.points for a in self.archs]
+
+    def set_probed(self, fingerprint, widths):
+        """The trainer's answers (probe()): the rows that count are those of this code."""
+        self.fingerprint, self.widths = fingerprint, widths
+        gkey = flag_key(self.targs)
+        for p, a in self.cells():
+            self.setups[(p.name, a)] = (gkey, fingerprint[(p.name, a)])
+            seen = {}
+            for v in self.variants:
+                w = widths[(p.name, a, v.name)][:2]
+                if w in seen:
+                    self.aliases[(p.name, a, v.name)] = seen[w]
+                else:
+                    seen[w] = v.name
+
+    def set_from_rows(self):
+        """--report-only: every cell reports the code and flags of its latest row."""
+        for row in self.data.rows:
+            if row["grid"] == self.grid.name:
+                self.setups[(row["point"], row["arch"])] = (row_key(row, "grid_flags"),
+                                                            row["fingerprint"])
+        for p, a in self.cells():
+            for v in self.variants:
+                twins = [r["same_as"] for r in self.data.of(self.grid.name, p.name, a, v.name)
+                         if r["status"] == "alias" and self.matches(r, p, a, v)]
+                if twins:
+                    self.aliases[(p.name, a, v.name)] = twins[-1]
+
+    def matches(self, row, point, arch, variant):
+        """Whether a row of this cell and schedule (DataFile.of) was made with this code
+        (fingerprint, widths) and these flags."""
+        if (row_key(row, "grid_flags"), row["fingerprint"]) != self.setups.get((point.name, arch)):
+            return False
+        w = self.widths.get((point.name, arch, variant.name))
+        if w and (row["mlp_widths"], row["cms_widths"]) != w[:2]:
+            return False
+        if w and row["status"] != "alias":        # the same command but for the files
+            return row_key(row, "trainer_flags") == \
+                flag_key(self.run(point, arch, variant, int(row["seed"])).flags)
+        return True
+
+    def rows_of(self, point, arch, variant):
+        """{seed: the latest matching row} of one cell and schedule."""
+        return {int(r["seed"]): r for r in self.data.of(self.grid.name, point.name, arch, variant.name)
+                if r["status"] != "alias" and self.matches(r, point, arch, variant)}
+
+    def find_row(self, run):
+        return self.rows_of(run.point, run.arch, run.variant).get(run.seed)
+
+    def unused_rows(self):
+        """Rows of this grid's cells that were made with other code or flags."""
+        return sum(1 for p, a in self.cells() for v in self.variants
+                   for r in self.data.of(self.grid.name, p.name, a, v.name)
+                   if not self.matches(r, p, a, v))
+
+    def base_row(self, point, arch, variant, status):
+        w = self.widths[(point.name, arch, variant.name)]
+        return {"grid": self.grid.name, "point": point.name, "arch": arch, "schedule": variant.name,
+                "schedule_flags": shlex.join(variant.flags), "status": status,
+                "mlp_widths": w[0], "cms_widths": w[1], "params": w[2],
+                "fingerprint": self.fingerprint[(point.name, arch)],
+                "code": git_commit(self.args.trainer), "machine": machine(),
+                "date": time.strftime("%Y-%m-%d %H:%M"), "grid_flags": shlex.join(self.targs)}
+
+    def add_run_row(self, run, log):
+        """The row of a finished (or diverged) run, from its log."""
+        cfg, done = log.config, log.done or {}
+        ok = log.status == "ok"
+        row = self.base_row(run.point, run.arch, run.variant, "ok" if ok else "diverged")
+        tokens, shard = log.tokens(), shard_tokens(cfg.get("train", ""))
+        mlp, cms = widths_of(cfg)
+        steps = done.get("step", max(log.train, default=""))
+        row.update(seed=run.seed, data_seed=cfg.get("data_seed", ""),
+                   val_loss=repr(float(done["val_loss"])) if ok else "",
+                   val_batches=log.val_batches() if ok else "", tokens=tokens or "",
+                   epochs=f"{tokens / shard:.3f}" if tokens and shard else "", steps=steps,
+                   params=cfg.get("params", row["params"]), mlp_widths=mlp, cms_widths=cms,
+                   seconds=done.get("seconds", ""), resumed=int(log.resumed),
+                   trainer_flags=shlex.join(run.flags))
+        self.data.add(row)
+
+    def add_alias_rows(self):
+        """One row per schedule run once because its widths equal an earlier schedule's."""
+        for p, a in self.cells():
+            for v in self.variants:
+                twin = self.alias(p, a, v)
+                have = any(r["status"] == "alias" and r["same_as"] == twin and self.matches(r, p, a, v)
+                           for r in self.data.of(self.grid.name, p.name, a, v.name))
+                if twin and not have:
+                    self.data.add(dict(self.base_row(p, a, v, "alias"), same_as=twin))
+
+
+# ------------------------------------ asking the trainer -------------------------------
+def probe(exp, env):
+    """Short trainer runs with the grid's own flags, before anything is run: for every point
+    and architecture the uniform model for PROBE_STEPS steps, whose logged losses hash to the
+    numerics fingerprint; every other schedule for 0 steps, for its widths. Evaluations on one
+    batch, no checkpoint. A refusal of the trainer is the grid's error, said once."""
+    args, fingerprint, widths = exp.args, {}, {}
+    tmp = tempfile.mkdtemp(prefix="ablation_probe_")
+    try:
+        for p, a in exp.cells():
+            pargs = exp.point_args(p)
+            for v in exp.variants:
+                steps = PROBE_STEPS if v.name == BASELINE else 0
+                over = ["--steps", str(steps), "--eval-every", "0", "--eval-batches", "1"]
+                if flag_value(pargs, "--final-eval-batches") is not None:
+                    over += ["--final-eval-batches", "1"]
+                log = os.path.join(tmp, f"{len(widths)}.jsonl")
+                cmd = [args.trainer, "--arch", a, *v.flags, "--seed", str(args.first_seed),
+                       *merge_flags(pargs, over), "--log", log]
+                r = subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=env)
+                lg = RunLog(log)
+                what = f"{a} {v.label}" + (f" at {p.label}" if p.label else "")
+                if r.returncode != 0 or lg.status != "ok" or "mlp_widths" not in lg.config:
+                    lines = [l.strip() for l in (r.stdout + r.stderr).splitlines() if l.strip()]
+                    why = lines[-1] if lines else f"exit {r.returncode}, {lg.status} log"
+                    raise UserError(f"the trainer refused the {exp.grid.name} grid's run {what}: "
+                                    f"{why} (tried: {shlex.join(cmd[:-2])})")
+                widths[(p.name, a, v.name)] = widths_of(lg.config) + (lg.config.get("params", ""),)
+                if v.name == BASELINE:
+                    if not lg.train:
+                        raise UserError(f"the trainer logged no train records for {what} "
+                                        f"(tried: {shlex.join(cmd[:-2])})")
+                    nums = [[s, *lg.train[s][:2]] for s in sorted(lg.train)] + \
+                           [[s, lg.vals[s][1]] for s in sorted(lg.vals)]
+                    fingerprint[(p.name, a)] = hashlib.sha256(json.dumps(nums).encode()).hexdigest()[:16]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return fingerprint, widths
+
+
 # ------------------------------------ running the grid ---------------------------------
 class Run:
-    def __init__(self, out, arch, variant, seed):
-        self.arch, self.variant, self.seed = arch, variant, seed
-        self.name = f"{arch}_{variant.name}_s{seed}"
-        base = os.path.join(out, self.name)
+    """One training run: (point, arch, schedule, seed). flags: its trainer flags but for the
+    files; its files in --out are [point_]arch_schedule_sSEED.jsonl / .ckpt / .log, the .log
+    opening with the command and the numerics fingerprint it was started with."""
+    def __init__(self, exp, point, arch, variant, seed):
+        self.exp, self.point, self.arch, self.variant, self.seed = exp, point, arch, variant, seed
+        self.name = (f"{point.name}_" if point.name else "") + f"{arch}_{variant.name}_s{seed}"
+        self.flags = ["--arch", arch, *variant.flags, "--seed", str(seed), *exp.point_args(point)]
+        base = os.path.join(exp.out, self.name)
         self.jsonl, self.ckpt, self.logfile = base + ".jsonl", base + ".ckpt", base + ".log"
         self.proc = self.start = None
         self.resume = False
-        self.retry = False     # --retry-diverged
         self.keep = False      # keep the checkpoint (first seed: --analyze reads it)
         self.error = ""        # why this run failed in this session
 
-    def command(self, trainer, targs):
-        cmd = [trainer, "--arch", self.arch, *self.variant.flags, "--seed", str(self.seed),
-               *targs, "--log", self.jsonl, "--save", self.ckpt]
+    @property
+    def label(self):
+        return (f"{self.point.label} " if self.point.label else "") + \
+            f"{self.arch} {self.variant.label} s{self.seed}"
+
+    def command(self, trainer):
+        cmd = [trainer, *self.flags, "--log", self.jsonl, "--save", self.ckpt]
         return cmd + (["--load", self.ckpt] if self.resume else [])
 
     def remove_files(self):
@@ -267,23 +610,80 @@ class Run:
             if os.path.exists(p):
                 os.remove(p)
 
-    def prepare(self):
-        """Decide how to (re)start: returns 'skip', 'resume' or 'fresh' and cleans up."""
+    def log_origin(self):
+        """'mine' if the files in --out are this run's (same command, same numerics
+        fingerprint, same widths), 'stale' if they are its command under other numerics,
+        'other' if another command's, None if there are none."""
+        if not os.path.exists(self.logfile):
+            return "other" if os.path.exists(self.jsonl) or os.path.exists(self.ckpt) else None
+        cmd = fp = None
+        with open(self.logfile, errors="replace") as f:
+            for line in f:
+                if line.startswith("$ ") and cmd is None:
+                    try:
+                        cmd = flag_key(without_files(shlex.split(line[2:])[1:]))
+                    except ValueError:
+                        return "other"
+                elif line.startswith("# numerics fingerprint: ") and fp is None:
+                    fp = line.split(":", 1)[1].strip()
+        if cmd != flag_key(self.flags):
+            return "other"
+        if fp != self.exp.fingerprint[(self.point.name, self.arch)]:
+            return "stale"
+        cfg = RunLog(self.jsonl).config
+        w = self.exp.widths[(self.point.name, self.arch, self.variant.name)]
+        return "mine" if not cfg or widths_of(cfg) == w[:2] else "stale"
+
+    def plan(self):
+        """What to do: 'have' (the data file holds it), 'done' / 'diverged' (its log in --out
+        is finished: its row is added), 'resume' (from its checkpoint), 'stale' (its files
+        are another build's), or 'fresh'."""
+        retry = self.exp.args.retry_diverged
+        row = self.exp.find_row(self)
+        if row and (row["status"] == "ok" or not retry):
+            return "have"
+        origin = self.log_origin()
+        if origin == "stale":
+            return "stale"
+        if origin != "mine":
+            return "fresh"
         log = RunLog(self.jsonl)
         if log.status == "ok":
-            return "skip"
-        if log.status == "diverged" and not self.retry:   # deterministic: it would diverge again
-            self.error = run_problem(log)
-            return "skip"
+            return "done"
+        if log.status == "diverged":
+            return "fresh" if retry else "diverged"
         if log.status == "incomplete" and log.config and os.path.exists(self.ckpt):
+            return "resume"
+        return "fresh"
+
+    def prepare(self, what):
+        """Acts on plan(): adds the row of a finished log, readies a resume, or cleans up."""
+        if what in ("done", "diverged"):
+            log = RunLog(self.jsonl)
+            self.exp.add_run_row(self, log)
+            if what == "diverged":
+                self.error = run_problem(log)
+        elif what == "resume":
             with open(self.jsonl, "rb+") as f:   # drop a half-written last line
                 data = f.read()
                 f.truncate(data.rfind(b"\n") + 1)
             self.resume = True
-            return "resume"
-        self.remove_files()
-        self.resume = False
-        return "fresh"
+        elif what in ("fresh", "stale"):
+            self.remove_files()
+            self.resume = False
+
+
+def without_files(tokens):
+    """A command's flags without --log, --save, --load and their values."""
+    out, skip = [], False
+    for t in tokens:
+        if skip:
+            skip = False
+        elif t in ("--log", "--save", "--load"):
+            skip = True
+        else:
+            out.append(t)
+    return out
 
 
 def fmt_time(s):
@@ -293,36 +693,42 @@ def fmt_time(s):
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def run_grid(runs, args, targs, env_threads):
-    """Runs the grid with args.jobs workers; returns True if it was not interrupted."""
+def run_cost(run):
+    """A rough relative cost (layers x dim^2 x steps, by architecture) to start long runs first."""
+    num = lambda f, d: int(flag_value(run.flags, f) or d)
+    return (ARCHS.index(run.arch) + 1) * num("--layers", 6) * num("--dim", 128) ** 2 * num("--steps", 500)
+
+
+def run_grid(exp, runs, env_threads):
+    """Runs what the data file and --out do not hold yet, with -j workers; every finished run
+    becomes a row. Returns True if it was not interrupted."""
+    args = exp.args
     todo, total, t0 = [], len(runs), time.time()
-    durations = {}                                # arch -> [seconds] (for the ETA)
     for r in runs:
-        what = r.prepare()
-        if what == "skip":
-            d = (RunLog(r.jsonl).done or {}).get("seconds")
-            if isinstance(d, (int, float)):
-                durations.setdefault(r.arch, []).append(d)
-        else:
+        what = r.plan()
+        r.prepare(what)
+        if what == "have" and exp.find_row(r)["status"] == "diverged":
+            r.error = "diverged (its row in the data file)"
+        if r.error:
+            exp.errors[(r.point.name, r.arch, r.variant.name, r.seed)] = r.error
+        if what not in ("have", "done", "diverged"):
             todo.append(r)
     ndone = total - len(todo)
     if args.jobs > 1:                             # longest first, so no slow run is left for last
-        todo.sort(key=lambda r: -ARCHS.index(r.arch))
+        todo.sort(key=lambda r: -run_cost(r))
     print(f"{total} runs, {ndone} already finished, {len(todo)} to run with -j {args.jobs}"
           + (f" (OMP_NUM_THREADS={env_threads} each)" if env_threads else "")
-          + f"; logs in {args.out}/")
-    env = dict(os.environ)
-    if env_threads:
-        env["OMP_NUM_THREADS"] = str(env_threads)
+          + f"; logs in {args.out}/, rows in {exp.data.path}")
+    env = run_env(env_threads)
 
-    def estimate(arch):
-        alld = [d for ds in durations.values() for d in ds]
-        ds = durations.get(arch) or alld
+    def estimate(r):
+        ds = exp.durations.get((r.point.name, r.arch)) or \
+            [d for (p, _), ds in exp.durations.items() if p == r.point.name for d in ds]
         return sum(ds) / len(ds) if ds else None
 
     def eta(running):
-        rest = [estimate(r.arch) for r in todo] + \
-               [max(0.0, (estimate(r.arch) or 0) - (time.time() - r.start)) for r in running]
+        rest = [estimate(r) for r in todo] + \
+               [max(0.0, (estimate(r) or 0) - (time.time() - r.start)) for r in running]
         return None if any(x is None for x in rest) else sum(rest) / args.jobs
 
     running = []
@@ -332,25 +738,28 @@ def run_grid(runs, args, targs, env_threads):
                 r = todo.pop(0)
                 if r.resume:
                     print(f"  resuming {r.name} from its checkpoint")
-                cmd = r.command(args.trainer, targs)
+                cmd = r.command(args.trainer)
                 with open(r.logfile, "a") as lf:
-                    lf.write(f"$ {shlex.join(cmd)}\n")
+                    lf.write(f"$ {shlex.join(cmd)}\n# numerics fingerprint: "
+                             f"{exp.fingerprint[(r.point.name, r.arch)]}\n")
                     lf.flush()
                     r.proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env,
                                               start_new_session=True)
                 r.start = time.time()
                 running.append(r)
-            time.sleep(0.1)
+            time.sleep(0.02)
             for r in [r for r in running if r.proc.poll() is not None]:
                 running.remove(r)
                 rc, dt, log = r.proc.returncode, time.time() - r.start, RunLog(r.jsonl)
                 if rc == 0 and log.status == "ok":
+                    exp.add_run_row(r, log)
+                    if not r.resume:              # a resumed run's time says little
+                        exp.durations.setdefault((r.point.name, r.arch), []).append(dt)
                     if not args.keep_checkpoints and not r.keep and os.path.exists(r.ckpt):
                         os.remove(r.ckpt)         # ~16 MB each at the default size; the log stays
-                    if not r.resume:              # a resumed run's time says little
-                        durations.setdefault(r.arch, []).append(dt)
                     msg = f"val_loss {log.final_loss:.4f} ({fmt_time(dt)})"
                 elif log.status == "diverged":
+                    exp.add_run_row(r, log)
                     r.error = run_problem(log)
                     msg = f"DIVERGED, {log.error}"
                 elif r.resume:                    # a failed resume: try once from scratch
@@ -364,8 +773,10 @@ def run_grid(runs, args, targs, env_threads):
                     r.error = (f"failed (exit {rc}{': ' + why if why else ''})" if rc != 0
                                else f"failed (bad log: {log.error})")
                     msg = f"{r.error.upper()}, see {r.logfile}"
+                if r.error:
+                    exp.errors[(r.point.name, r.arch, r.variant.name, r.seed)] = r.error
                 ndone += 1
-                print(f"[{ndone}/{total}] {r.arch} {r.variant.label} s{r.seed}: {msg} | "
+                print(f"[{ndone}/{total}] {r.label}: {msg} | "
                       f"elapsed {fmt_time(time.time() - t0)}, ETA {fmt_time(eta(running))}",
                       flush=True)
     except BaseException as e:                   # Ctrl-C, kill, or an error here (disk full)
@@ -391,6 +802,13 @@ def run_grid(runs, args, targs, env_threads):
     return True
 
 
+def run_env(threads):
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
 def last_line(path, width=120):
     """The last line a run printed (its error message, usually), shortened to width."""
     try:
@@ -399,7 +817,7 @@ def last_line(path, width=120):
             lines = [l.strip() for l in f.read().decode("utf-8", "replace").splitlines()]
     except OSError:
         return ""
-    lines = [l for l in lines if l and not l.startswith("$ ") and not l.startswith("(run ")]
+    lines = [l for l in lines if l and not l.startswith(("$ ", "# ", "(run "))]
     last = lines[-1] if lines else ""
     return last[:width - 3] + "..." if len(last) > width else last
 
@@ -408,26 +826,29 @@ def analysis_path(out, arch, variant):
     return os.path.join(out, f"{arch}_{variant.name}_analysis.jsonl")
 
 
-def analysis_command(args, targs, arch, variant, seed):
+def analysis_command(exp, arch, variant, seed):
     extra = []
     for f in ("--val", "--eval-batches"):
-        v = flag_value(targs, f)
+        v = flag_value(exp.targs, f)
         if v is not None:
             extra += [f, v]
-    ckpt = os.path.join(args.out, f"{arch}_{variant.name}_s{seed}.ckpt")
-    return ckpt, [args.trainer, "--load", ckpt, "--analyze", "--log",
-                  analysis_path(args.out, arch, variant), *extra]
+    ckpt = os.path.join(exp.out, f"{arch}_{variant.name}_s{seed}.ckpt")
+    return ckpt, [exp.args.trainer, "--load", ckpt, "--analyze", "--log",
+                  analysis_path(exp.out, arch, variant), *extra]
 
 
-def run_analysis(archs, variants, seed, args, targs):
+def run_analysis(exp, seed):
     """train_tlm --load <first-seed checkpoint> --analyze, once per architecture and schedule."""
-    for arch in archs:
-        for v in variants:
-            ckpt, cmd = analysis_command(args, targs, arch, v, seed)
-            out = analysis_path(args.out, arch, v)
+    point = exp.points[0]
+    for arch in exp.archs:
+        for v in exp.variants:
+            if exp.alias(point, arch, v):
+                continue                          # not run: the same model as its twin
+            ckpt, cmd = analysis_command(exp, arch, v, seed)
+            out = analysis_path(exp.out, arch, v)
             src = RunLog(ckpt[:-5] + ".jsonl")
             if src.status != "ok" or not os.path.exists(ckpt):
-                print(f"analysis {arch} {v.label}: skipped (s{seed} did not finish, or its "
+                print(f"analysis {arch} {v.label}: skipped (s{seed} did not finish here, or its "
                       f"checkpoint is gone)")
                 continue
             if RunLog(out).status == "ok" and os.path.getmtime(out) >= os.path.getmtime(ckpt):
@@ -443,20 +864,106 @@ def run_analysis(archs, variants, seed, args, targs):
 
 
 # ------------------------------------ statistics ---------------------------------------
-# t(0.975, df): the two-sided 95% quantile of Student's t, tabulated for df = 1..30; beyond,
-# the Cornish-Fisher expansion in 1/df around the normal quantile z (error < 1e-4 at df 31).
-T975 = [12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
-        2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
-        2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423]
-Z975 = 1.959963984540054
+# Student's t and the power of the paired t test, in the standard library: the t
+# distribution's tail through the regularized incomplete beta function, the power through
+# the noncentral t distribution, integrated over the chi distribution of the sample sd.
+ALPHA, POWER = 0.05, 0.8
 
 
-def t975(df):
-    if df <= len(T975):
-        return T975[df - 1]
-    z = Z975
-    return (z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
-            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3))
+def betainc(a, b, x):
+    """The regularized incomplete beta function I_x(a, b): its continued fraction (modified
+    Lentz), on the side of the mean where it converges fast."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - betainc(b, a, 1.0 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                     + a * math.log(x) + b * math.log1p(-x))
+    tiny, f, c, d = 1e-300, 1.0, 1.0, 0.0
+    for i in range(1000):                     # terms: 1, d_1, d_2, ... of 1/(1+ d_1/(1+ d_2/...))
+        m = i // 2
+        if i == 0:
+            num = 1.0
+        elif i % 2:
+            num = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
+        else:
+            num = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        d = 1.0 + num * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + num / c
+        c = c if abs(c) > tiny else tiny
+        f *= c * d
+        if abs(1.0 - c * d) < 1e-15:
+            break
+    return front * (f - 1.0) / a
+
+
+def t_pvalue(t, df):
+    """Two-sided p-value of Student's t with df degrees of freedom: P(|T| >= |t|)."""
+    return betainc(df / 2, 0.5, df / (df + t * t))
+
+
+def t_critical(df, alpha=ALPHA):
+    """The t with two-sided p-value alpha (alpha 0.05: t(0.975, df)), by bisection."""
+    lo, hi = 0.0, 2.0
+    while t_pvalue(hi, df) > alpha:
+        lo, hi = hi, hi * 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_pvalue(mid, df) > alpha else (lo, mid)
+    return (lo + hi) / 2
+
+
+def normal_cdf(x):
+    return 0.5 * math.erfc(-x / math.sqrt(2))
+
+
+def paired_power(dz, n, alpha=ALPHA, steps=400):
+    """Power of the two-sided paired t test with n pairs for an effect of dz = mean / sd of the
+    differences: P(|T'| > t_crit), T' = (Z + dz sqrt(n)) / S noncentral t with df = n - 1,
+    S = sqrt(V / df), V ~ chi^2(df): the integral over S of P(|Z + delta| > t_crit S)
+    (Simpson's rule over +-12 sd of S)."""
+    df, delta = n - 1, dz * math.sqrt(n)
+    c = t_critical(df, alpha)
+    half = 12 / math.sqrt(2 * df)
+    a, b = max(0.0, 1 - half), 1 + half
+    lnk = math.log(2) + df / 2 * math.log(df / 2) - math.lgamma(df / 2)   # density of S
+
+    def f(s):
+        dens = math.exp(lnk + (df - 1) * math.log(s) - df * s * s / 2) if s > 0 else \
+            (math.exp(lnk) if df == 1 else 0.0)
+        return dens * (normal_cdf(delta - c * s) + normal_cdf(-delta - c * s))
+    h = (b - a) / steps
+    return h / 3 * sum((1 if i in (0, steps) else 4 if i % 2 else 2) * f(a + i * h)
+                       for i in range(steps + 1))
+
+
+def seeds_needed(dz, power=POWER, alpha=ALPHA, cap=10000):
+    """The fewest pairs (n >= 2) whose paired t test has `power` for an effect dz; None for
+    dz 0 or beyond cap. Starts at the normal approximation, then steps to the exact n."""
+    if not dz > 0:
+        return None
+    z = 1.959963984540054 + 0.8416212335729143 if (power, alpha) == (0.8, 0.05) else None
+    n = max(2, min(cap, int(((z or 2.8) / dz) ** 2)))
+    while n > 2 and paired_power(dz, n - 1, alpha) >= power:
+        n -= 1
+    while paired_power(dz, n, alpha) < power:
+        n += 1
+        if n > cap:
+            return None
+    return n
+
+
+def holm(pvalues):
+    """Holm's step-down adjustment: the i-th smallest of m p-values times (m - i + 1), made
+    monotone and capped at 1; returned in the input's order."""
+    m, out, run = len(pvalues), [None] * len(pvalues), 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda i: pvalues[i])):
+        run = max(run, min(1.0, (m - rank) * pvalues[i]))
+        out[i] = run
+    return out
 
 
 def mean_std(xs):
@@ -466,27 +973,67 @@ def mean_std(xs):
     return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None)
 
 
+def pearson(xs, ys):
+    """The correlation of two equally long lists; None where either has no spread."""
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else None
+
+
+def halfwidth_seeds(sd, target, cap=10000):
+    """The fewest pairs whose 95% interval t(0.975, n-1) sd / sqrt(n) is at most target (it
+    shrinks as n grows: bisection); None beyond cap."""
+    fits = lambda n: t_critical(n - 1) * sd / math.sqrt(n) <= target
+    if not fits(cap):
+        return None
+    lo, hi = 1, cap                               # fits(hi), not fits(lo) (n = 1: no interval)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return hi
+
+
 class Paired:
-    """The paired differences d_s = loss(schedule, seed s) - loss(uniform, seed s) over the
-    seeds where both runs finished; mean, 95% interval mean ± t(0.975, n-1) sd / sqrt(n)."""
-    def __init__(self, diffs):
-        self.diffs, self.n = diffs, len(diffs)
-        self.mean, self.sd = mean_std(diffs.values()) if diffs else (None, None)
-        self.lo = self.hi = None
+    """A schedule against uniform over the seeds where both finished: the differences
+    d_s = loss(schedule, s) - loss(uniform, s), their mean with the 95% t interval
+    mean ± t(0.975, n-1) sd / sqrt(n), the within-pair correlation r of the two arms' losses,
+    the paired t test's p (two-sided), the Holm-adjusted p (set by build_cells), and the
+    seeds that 80% power at alpha 0.05 would need for the observed effect mean / sd."""
+    def __init__(self, base, ok):
+        seeds = sorted(set(base) & set(ok))
+        self.diffs = {s: ok[s] - base[s] for s in seeds}
+        self.n = len(seeds)
+        self.mean, self.sd = mean_std(self.diffs.values()) if seeds else (None, None)
+        self.lo = self.hi = self.half = self.p = self.p_holm = self.r = self.needed = None
         if self.n >= 2:
-            half = t975(self.n - 1) * self.sd / math.sqrt(self.n)
-            self.lo, self.hi = self.mean - half, self.mean + half
-        self.same_sign = sum(1 for d in diffs.values() if d != 0 and (d > 0) == (self.mean > 0))
+            self.half = t_critical(self.n - 1) * self.sd / math.sqrt(self.n)
+            self.lo, self.hi = self.mean - self.half, self.mean + self.half
+            if self.sd > 0:
+                self.p = t_pvalue(self.mean / (self.sd / math.sqrt(self.n)), self.n - 1)
+                self.needed = seeds_needed(abs(self.mean) / self.sd)
+            else:                                 # every pair differs by the same amount
+                self.p, self.needed = (1.0, None) if self.mean == 0 else (0.0, 2)
+        if self.n >= 3:
+            self.r = pearson([base[s] for s in seeds], [ok[s] for s in seeds])
+        self.same_sign = sum(1 for d in self.diffs.values()
+                             if d != 0 and (d > 0) == ((self.mean or 0) > 0))
 
     @property
-    def distinguishable(self):
+    def distinguishable(self):                   # by the Holm-adjusted p-value
+        return self.p_holm is not None and self.p_holm < ALPHA
+
+    @property
+    def excludes_zero(self):                     # the unadjusted interval
         return self.lo is not None and (self.lo > 0 or self.hi < 0)
 
     def verdict(self):
         if self.n == 0:
             return "—"
         if self.distinguishable:
-            return f"distinguishable from uniform ({'worse' if self.mean > 0 else 'better'})"
+            return f"distinguishable from {BASELINE} ({'worse' if self.mean > 0 else 'better'})"
+        if self.excludes_zero:
+            return "not distinguishable after Holm (the interval alone excludes 0)"
         return "not distinguishable" + (" (1 pair, no interval)" if self.n == 1 else "")
 
     def interval(self):
@@ -497,46 +1044,74 @@ class Paired:
         return f"{self.mean:+.4f} [{self.lo:+.4f}, {self.hi:+.4f}]"
 
 
+def fmt_p(p):
+    return "—" if p is None else f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
 def run_problem(log):
     return log.status + (f" ({log.error})" if log.error and log.status != "missing" else "")
 
 
 class Cell:
-    """One architecture x schedule: its runs' logs, the finished seeds' final val losses,
-    and (for every schedule but uniform) the comparison with uniform."""
-    def __init__(self, out, arch, variant, seeds, errors):
-        self.arch, self.variant = arch, variant
-        self.logs = {s: RunLog(os.path.join(out, f"{arch}_{variant.name}_s{s}.jsonl"))
-                     for s in seeds}
-        self.ok = {s: lg.final_loss for s, lg in self.logs.items() if lg.status == "ok"}
-        self.failed = {s: errors.get((arch, variant.name, s)) or run_problem(lg)
-                       for s, lg in self.logs.items() if lg.status != "ok"}
+    """One point x architecture x schedule: its rows (one per seed), the finished seeds'
+    final val losses, and (for every schedule but uniform) the comparison with uniform.
+    alias: the schedule whose widths it shares (it was not run)."""
+    def __init__(self, exp, point, arch, variant):
+        self.exp, self.point, self.arch, self.variant = exp, point, arch, variant
+        self.alias = exp.alias(point, arch, variant)
+        self.rows = exp.rows_of(point, arch, variant)
+        self.ok = {s: float(r["val_loss"]) for s, r in self.rows.items() if r["status"] == "ok"}
+        self.failed = {s: "diverged" for s, r in self.rows.items() if r["status"] == "diverged"}
+        for (p, a, v, s), why in exp.errors.items():
+            if (p, a, v) == (point.name, arch, variant.name) and s not in self.ok:
+                self.failed.setdefault(s, why)
         self.mean, self.std = mean_std(self.ok.values()) if self.ok else (None, None)
-        self.params = {self.logs[s].config.get("params") for s in self.ok} - {None}
+        col = lambda c, f: {f(r[c]) for s, r in self.rows.items() if s in self.ok and r[c]}
+        self.params, self.tokens, self.epochs = col("params", int), col("tokens", int), col("epochs", float)
+        self.batches = col("val_batches", str)
         self.paired = None
+        self._logs = None
 
-    def compare(self, base):
-        self.paired = Paired({s: self.ok[s] - base.ok[s] for s in sorted(self.ok) if s in base.ok})
+    @property
+    def logs(self):
+        """{seed: RunLog} of the runs whose log in --out is the row's run (the same final loss):
+        the loss curves."""
+        if self._logs is None:
+            self._logs = {}
+            for s, loss in self.ok.items():
+                lg = RunLog(self.exp.run(self.point, self.arch, self.variant, s).jsonl)
+                if lg.status == "ok" and lg.final_loss == loss:
+                    self._logs[s] = lg
+        return self._logs
 
 
-def build_cells(archs, variants, seeds, out, errors):
-    """Returns ({(arch, schedule name): Cell}, warnings)."""
-    cells, warns = {}, []
-    for a in archs:
-        row = [Cell(out, a, v, seeds, errors) for v in variants]
-        base = next((c for c in row if c.variant.name == BASELINE), None)
+def build_cells(exp):
+    """Returns ({(point, arch, schedule name): Cell}, warnings). Every comparison with a
+    p-value is one of the Holm family: all the grid's points, architectures and schedules."""
+    cells, warns, family = {}, [], []
+    for p, a in exp.cells():
+        row = [Cell(exp, p, a, v) for v in exp.variants]
+        base = next(c for c in row if c.variant.name == BASELINE)
         for c in row:
-            cells[(a, c.variant.name)] = c
-            if base is not None and c is not base:
-                c.compare(base)
-        allp = set().union(*(c.params for c in row))
+            cells[(p.name, a, c.variant.name)] = c
+            if c is not base and not c.alias:
+                c.paired = Paired(base.ok, c.ok)
+                if c.paired.p is not None:
+                    family.append(c.paired)
+        where = f"{a}" + (f" at {p.label}" if p.label else "")
+        run = [c for c in row if not c.alias]
+        allp = set().union(*(c.params for c in run))
         if len(allp) > 1:
-            warns.append(f"!!! PARAMETER MISMATCH in {a}: " + ", ".join(
-                f"{c.variant.name}={'/'.join(map(str, sorted(c.params)))}" for c in row))
-        toks = {lg.curve()[-1][0] for c in row for s, lg in c.logs.items() if s in c.ok and lg.vals}
+            warns.append(f"!!! PARAMETER MISMATCH in {where}: " + ", ".join(
+                f"{c.variant.name}={'/'.join(map(str, sorted(c.params)))}" for c in run))
+        toks = set().union(*(c.tokens for c in run))
         if len(toks) > 1:
-            warns.append(f"!!! TOKEN BUDGET MISMATCH in {a}: final val records at "
-                         f"{sorted(toks)} tokens")
+            warns.append(f"!!! TOKEN BUDGET MISMATCH in {where}: runs of {sorted(toks)} tokens")
+    for pr, adj in zip(family, holm([pr.p for pr in family])):
+        pr.p_holm = adj
+    for c in cells.values():                      # a twin's numbers, for the plots
+        if c.alias and c.alias != BASELINE:
+            c.paired = cells[(c.point.name, c.arch, c.alias)].paired
     return cells, warns
 
 
@@ -547,39 +1122,65 @@ def md_table(head, rows):
     return [line(head), rule] + [line(r) for r in rows]
 
 
-def results_table(cells, archs, variants, seeds):
-    head = ["arch", "schedule", "params", "val loss (mean ± std)", "ppl",
-            f"Δ vs {BASELINE} [95% CI]", "same sign / pairs", "verdict", "seeds"]
+def results_table(exp, cells):
+    multi = len(exp.points) > 1
+    head = (["point"] if multi else []) + [
+        "arch", "schedule", "params", "val loss (mean ± sd)", f"Δ vs {BASELINE} [95% CI]", "r",
+        "p", "p Holm", "seeds for 80% power", "same sign / pairs", "verdict", "seeds"]
     rows = []
-    for a in archs:
-        mismatch = len(set().union(*(cells[(a, v.name)].params for v in variants))) > 1
-        for v in variants:
-            c = cells[(a, v.name)]
-            pstr = "/".join(f"{p:,}" for p in sorted(c.params)) or "—"
-            seedcol = f"{len(c.ok)}/{len(seeds)}" + (
-                " (" + ", ".join(f"s{s} {why.split(' ')[0]}" for s, why in c.failed.items()) + ")"
-                if c.failed else "")
-            if not c.ok:
-                rows.append([a, v.label, pstr] + ["—"] * 4 + ["no finished runs", seedcol])
+    for p, a in exp.cells():
+        for v in exp.variants:
+            c = cells[(p.name, a, v.name)]
+            pre = ([p.label] if multi else []) + [a, v.label]
+            if c.alias:
+                twin = exp.variant(c.alias)
+                rows.append(pre + ["—"] * 8 + [f"the same widths as {twin.label if twin else c.alias}: "
+                                               f"not run, the same model", "—"])
                 continue
-            p = c.paired
-            if v.name == BASELINE:
-                delta, sign, verdict = "—", "—", "baseline"
-            elif p is None:
-                delta, sign, verdict = "—", "—", f"no {BASELINE} runs"
-            else:
-                delta, sign = p.interval(), (f"{p.same_sign}/{p.n}" if p.n else "—")
-                verdict = p.verdict() if p.n else f"no pairs with {BASELINE}"
+            pstr = "/".join(f"{n:,}" for n in sorted(c.params)) or "—"
+            seedcol = f"{len(c.ok)}" + (" (" + ", ".join(f"s{s} {why.split(' ')[0]}" for s, why
+                                                           in sorted(c.failed.items())) + ")"
+                                        if c.failed else "")
+            if not c.ok:
+                rows.append(pre + [pstr] + ["—"] * 7 + ["no finished runs", seedcol])
+                continue
+            pr = c.paired
             loss = f"{c.mean:.4f}" + ("" if c.std is None else f" ± {c.std:.4f}")
-            rows.append([a, v.label, pstr + (" ⚠" if mismatch else ""), loss,
-                         f"{math.exp(c.mean):.3f}", delta, sign, verdict, seedcol])
+            if v.name == BASELINE:
+                stats, verdict = ["—"] * 6, "baseline"
+            elif not pr.n:
+                stats, verdict = ["—"] * 6, f"no pairs with {BASELINE}"
+            else:
+                n80 = "—" if pr.p is None or pr.mean == 0 else \
+                    str(pr.needed) if pr.needed else ">10000"
+                stats = [pr.interval(), "—" if pr.r is None else f"{pr.r:+.2f}", fmt_p(pr.p),
+                         fmt_p(pr.p_holm), n80, f"{pr.same_sign}/{pr.n}"]
+                verdict = pr.verdict()
+            rows.append(pre + [pstr, loss] + stats + [verdict, seedcol])
     return md_table(head, rows)
 
 
-def failures(cells):
-    return [f"{c.arch} {c.variant.label} s{s}: {why}" for c in cells.values()
-            for s, why in c.failed.items() if not why.startswith("missing")]
+def points_table(exp, cells):
+    """The depth and tokens grids' sizes: flags, parameters, tokens and the epochs they are
+    of the training shard, the val batches of the final evaluation."""
+    rows = []
+    for p in exp.points:
+        cs = [cells[(p.name, a, v.name)] for a in exp.archs for v in exp.variants]
+        num = lambda key: sorted(set().union(*(getattr(c, key) for c in cs)))
+        base = [cells[(p.name, a, BASELINE)] for a in exp.archs]
+        params = sorted(set().union(*(c.params for c in base)))
+        rows.append([p.label, shlex.join(p.flags), "/".join(f"{n:,}" for n in params) or "—",
+                     "/".join(f"{t:,}" for t in num("tokens")) or "—",
+                     "/".join(f"{e:.2f}" for e in num("epochs")) or "?",
+                     "/".join(num("batches")) or "—",
+                     ", ".join(exp.grid.series[s] for s in p.series)])
+    return md_table(["point", "flags", f"params ({BASELINE})", "tokens", "epochs", "val batches",
+                     "series"], rows)
 
+
+def failures(cells):
+    return [f"{c.point.label + ' ' if c.point.label else ''}{c.arch} {c.variant.label} s{s}: {why}"
+            for c in cells.values() for s, why in sorted(c.failed.items())]
 
 ANALYSIS_COLS = [("layer", "layer", "{}"), ("mlp width", "mlp_width", "{}"),   # title, key, format
                  ("rel upd mixer", "rel_update_mixer", "{:.4f}"),
@@ -655,8 +1256,8 @@ def fmt_tokens(v, step):
 
 class Panel:
     """A plot area at (x, y, w, h) in SVG pixels with data limits; appends to svg list."""
-    def __init__(self, svg, x, y, w, h, xlim, ylim, ylog=False):
-        self.svg, self.x, self.y, self.w, self.h, self.ylog = svg, x, y, w, h, ylog
+    def __init__(self, svg, x, y, w, h, xlim, ylim, ylog=False, xlog=False):
+        self.svg, self.x, self.y, self.w, self.h, self.ylog, self.xlog = svg, x, y, w, h, ylog, xlog
         self.xlim, self.ylim = xlim, ylim
         self.clip = f"c{len(svg)}"
         box = el("rect", x=x, y=y, width=w, height=h)
@@ -664,7 +1265,10 @@ class Panel:
         self.clipped = f"url(#{self.clip})"
 
     def px(self, v):
-        return self.x + (v - self.xlim[0]) / ((self.xlim[1] - self.xlim[0]) or 1) * self.w
+        lo, hi = self.xlim
+        if self.xlog:
+            v, lo, hi = math.log10(max(v, 1e-12)), math.log10(lo), math.log10(hi)
+        return self.x + (v - lo) / ((hi - lo) or 1) * self.w
 
     def py(self, v):
         lo, hi = self.ylim
@@ -711,9 +1315,10 @@ class Panel:
     def points(self, pts):
         return " ".join(f"{self.px(x):.1f},{self.py(y):.1f}" for x, y in pts)
 
-    def line(self, pts, color, width=2, marker=False):
+    def line(self, pts, color, width=2, marker=False, dash=None):
+        extra = {"stroke_dasharray": dash} if dash else {}
         self.svg.append(el("polyline", points=self.points(pts), fill="none", stroke=color,
-                           stroke_width=width, clip_path=self.clipped))
+                           stroke_width=width, clip_path=self.clipped, **extra))
         if marker:
             for x, y in pts:
                 self.dot(x, y, color, 3)
@@ -747,15 +1352,16 @@ class Panel:
 
 
 def legend(svg, x, y, items, maxw):
-    """items: (label, color, kind), kind 'line' | 'band' | 'bar' | 'ci' | 'dot' | 'hollow';
+    """items: (label, color, kind), kind 'line' | 'dash' | 'band' | 'bar' | 'ci' | 'dot' | 'hollow';
     wraps to a new row past maxw pixels. Returns the y of the last row."""
     x0 = x
     for label, color, kind in items:
         w = 40 + 6.5 * len(label)
         if x > x0 and x + w - x0 > maxw:
             x, y = x0, y + 20
-        if kind == "line":
-            svg.append(el("line", x1=x, x2=x + 24, y1=y, y2=y, stroke=color, stroke_width=2.5))
+        if kind in ("line", "dash"):
+            svg.append(el("line", x1=x, x2=x + 24, y1=y, y2=y, stroke=color, stroke_width=2.5,
+                          **({"stroke_dasharray": DASH} if kind == "dash" else {})))
         elif kind == "ci":
             d = f"M{x + 12},{y - 8}V{y + 8}M{x + 7},{y - 8}h10M{x + 7},{y + 8}h10"
             svg.append(el("path", d=d, stroke=color, stroke_width=1.6, fill="none"))
@@ -805,22 +1411,24 @@ def seed_stats(logs):
             [min(p[1] for p in r) for r in rows], [max(p[1] for p in r) for r in rows], len(curves))
 
 
-def plot_curves(cells, archs, variants, path, title):
+def plot_curves(exp, cells, path, title):
     """Val loss vs tokens: row 1 the whole run, row 2 the last 40% of tokens (where the
-    schedules separate). One column per architecture."""
-    PW, PH, GAP = (300 if len(archs) > 2 else 420), 215, 75
-    svg, W, ML = figure(title, len(archs), PW, GAP)
+    schedules separate). One column per point and architecture."""
+    cols, variants = exp.cells(), [v for v in exp.variants]
+    PW, PH, GAP = (420 if len(cols) <= 2 else 300 if len(cols) <= 4 else 230), 215, 75
+    svg, W, ML = figure(title, len(cols), PW, GAP)
     banded = variants if len(variants) <= 4 else [v for v in variants if v.name == BASELINE]
     band = "min–max over seeds" + ("" if banded == variants else f" ({BASELINE})")
     items = [(v.label, v.color, "line") for v in variants] + [(band, "#777", "band")]
     MT = legend(svg, ML, 56, items, W - ML - 20) + 36
     H = MT + 2 * PH + GAP + 10 + 50
-    for col, a in enumerate(archs):
-        stats = {v: seed_stats(cells[(a, v.name)].logs) for v in variants}
+    for col, (pt, a) in enumerate(cols):
+        stats = {v: seed_stats(cells[(pt.name, a, v.name)].logs) for v in variants}
         stats = {v: s for v, s in stats.items() if s}
-        x0 = ML + col * (PW + GAP)
+        x0, name = ML + col * (PW + GAP), (f"{pt.label}" if len(exp.archs) == 1 and pt.label
+                                           else f"{a}, {pt.label}" if pt.label else a)
         if not stats:
-            no_data(svg, x0 + PW / 2, MT + PH / 2, f"{a}: no finished runs")
+            no_data(svg, x0 + PW / 2, MT + PH / 2, f"{name}: no logs")
             continue
         tmax = max(s[0][-1] for s in stats.values()) or 1
         for row, frac in enumerate((0.0, 0.6)):
@@ -837,7 +1445,7 @@ def plot_curves(cells, archs, variants, path, title):
             p = Panel(svg, x0, MT + row * (PH + GAP + 10), PW, PH, (xlo, tmax),
                       (lo - pad, hi + pad))
             n = max(s[4] for s in stats.values())
-            p.frame(f"{a}" if row == 0 else f"{a}: last 40% of tokens", "training tokens",
+            p.frame(name if row == 0 else f"{name}: last 40%", "training tokens",
                     "val loss" + (f" (mean of {n} seeds)" if n > 1 else ""), xfmt=fmt_tokens)
             for v, s in stats.items():
                 xs = [s[0][i] for i in sel[v]]
@@ -857,27 +1465,30 @@ def delta_limits(paired):
 
 
 def ci_marker(p, x, pr, color):
-    """A comparison's mean with its 95% interval; the dot filled where the interval excludes 0."""
+    """A comparison's mean with its 95% interval; the dot filled where it is distinguishable
+    (the Holm-adjusted p below 0.05)."""
     if pr.lo is not None:
         p.errbar(x, pr.lo, pr.hi, color)
     p.dot(x, pr.mean, color, 5, hollow=not pr.distinguishable)
 
 
-CI_LEGEND = [("mean, 95% CI: distinguishable from uniform", "#333", "ci"),
+CI_LEGEND = [("mean, 95% CI: distinguishable from uniform (Holm)", "#333", "ci"),
              ("not distinguishable", "#333", "hollow")]
+DASH = "6,4"
 
 
-def plot_effects(cells, archs, variants, path, title):
+def plot_effects(exp, cells, path, title):
     """Per architecture: each schedule's paired Δ vs uniform, every seed's difference (grey
-    dots) and the mean with its 95% interval (filled where the interval excludes 0)."""
-    comps = [v for v in variants if v.name != BASELINE]
+    dots) and the mean with its 95% interval (filled where distinguishable)."""
+    archs, pt = exp.archs, exp.points[0]
+    comps = [v for v in exp.variants if v.name != BASELINE]
     PW, PH, GAP = max(240, 105 * len(comps)), 260, 85
     svg, W, ML = figure(title, len(archs), PW, GAP)
     MT = legend(svg, ML, 56, CI_LEGEND + [("one seed's Δ", "#999", "dot")], W - ML - 20) + 40
     H = MT + PH + 70
     for col, a in enumerate(archs):
         x0 = ML + col * (PW + GAP)
-        got = [(i, v, cells[(a, v.name)].paired) for i, v in enumerate(comps)]
+        got = [(i, v, cells[(pt.name, a, v.name)].paired) for i, v in enumerate(comps)]
         got = [(i, v, pr) for i, v, pr in got if pr is not None and pr.n]
         if not got:
             no_data(svg, x0 + PW / 2, MT + PH / 2, f"{a}: no pairs with {BASELINE}")
@@ -899,9 +1510,10 @@ def plot_effects(cells, archs, variants, path, title):
     return write_svg(path, W, H, svg)
 
 
-def plot_ucurve(cells, archs, variants, path, title):
+def plot_ucurve(exp, cells, path, title):
     """The ratios grid: Δ vs uniform against the start/end multiples, one line per schedule
     family with 95% intervals, through uniform (1/1, Δ = 0)."""
+    archs, variants, pt = exp.archs, exp.variants, exp.points[0]
     fams = [f for f in FAMILIES if any(v.family == f for v in variants)]
     ratio = {s: e for s, e in RATIOS if any(v.x == s for v in variants)}   # start -> end
     PW, PH, GAP = 440, 300, 85
@@ -913,7 +1525,8 @@ def plot_ucurve(cells, archs, variants, path, title):
     xt = [(1.0, "1/1\nuniform")] + [(s, f"{s:g}/{e:g}") for s, e in sorted(ratio.items())]
     for col, a in enumerate(archs):
         x0 = ML + col * (PW + GAP)
-        got = {f: [(v, cells[(a, v.name)].paired) for v in variants if v.family == f] for f in fams}
+        got = {f: [(v, cells[(pt.name, a, v.name)].paired) for v in variants if v.family == f]
+               for f in fams}
         got = {f: [(v, pr) for v, pr in vs if pr is not None and pr.n] for f, vs in got.items()}
         allp = [pr for vs in got.values() for _, pr in vs]
         if not allp:
@@ -931,6 +1544,63 @@ def plot_ucurve(cells, archs, variants, path, title):
                 ci_marker(p, v.x + off, pr, FAMILIES[f][1])
         p.dot(1.0, 0.0, "#444444", 5)
     return write_svg(path, W, H, svg)
+
+
+def plot_series(exp, cells, path, title):
+    """The depth and tokens grids: Δ vs uniform with its 95% interval against the points' x
+    (layers; tokens on a log axis), one panel per schedule (cosine, then the others beside
+    it) and architecture, one line per series (solid, dashed)."""
+    comps = [v for v in exp.variants if v.name != BASELINE]
+    series, xlog = list(exp.grid.series), exp.grid.name == "tokens"
+    PW, PH, GAP = 330, 260, 85
+    svg, W, ML = figure(title, len(comps), PW, GAP)
+    labels = series_labels(exp, cells)
+    items = [(labels[s], "#333", "dash" if i else "line") for i, s in enumerate(series)] + CI_LEGEND
+    MT = legend(svg, ML, 56, items, W - ML - 20) + 40
+    H = MT + len(exp.archs) * (PH + GAP) - GAP + 60
+    xs = sorted({p.x for p in exp.points})
+    xlim = (xs[0] / 1.4, xs[-1] * 1.4) if xlog else (xs[0] - 2, xs[-1] + 2)
+    xt = [(x, fmt_tokens(x, x) if xlog else str(x)) for x in xs]
+    for row, a in enumerate(exp.archs):
+        y0 = MT + row * (PH + GAP)
+        for col, v in enumerate(comps):
+            x0 = ML + col * (PW + GAP)
+            got = [(p, s, cells[(p.name, a, v.name)].paired) for s in series for p in exp.points
+                   if s in p.series]
+            got = [(p, s, pr) for p, s, pr in got if pr is not None and pr.n]
+            if not got:
+                no_data(svg, x0 + PW / 2, y0 + PH / 2, f"{a} {v.label}: no pairs")
+                continue
+            p = Panel(svg, x0, y0, PW, PH, xlim, delta_limits([pr for _, _, pr in got]), xlog=xlog)
+            p.frame(f"{v.label}" + (f" ({a})" if len(exp.archs) > 1 else ""), exp.grid.xlabel,
+                    f"Δ val loss vs {BASELINE} (nats)", xticks=xt)
+            p.zero()
+            for k, s in enumerate(series):        # side by side, so the bars stay apart
+                off = (k - (len(series) - 1) / 2) * 0.3
+                at = lambda pt: pt.x * 10 ** (off * 0.1) if xlog else pt.x + off
+                pts = [(pt, pr) for pt, s2, pr in got if s2 == s]
+                p.line([(at(pt), pr.mean) for pt, pr in pts], v.color, dash=DASH if k else None)
+                for pt, pr in pts:
+                    ci_marker(p, at(pt), pr, v.color)
+    return write_svg(path, W, H, svg)
+
+
+def series_labels(exp, cells):
+    """The legend of a series: its name and what it holds fixed (the width, the parameter
+    count or the shape) as measured."""
+    out = {}
+    for s, words in exp.grid.series.items():
+        pts = [p for p in exp.points if s in p.series]
+        dims = sorted({flag_value(exp.point_args(p), "--dim") for p in pts} - {None})
+        params = [n for p in pts for a in exp.archs for n in cells[(p.name, a, BASELINE)].params]
+        if s == "width" and len(dims) == 1:
+            out[s] = f"{words} (dim {dims[0]})"
+        elif s == "params" and params:
+            out[s] = f"{words} ({min(params) / 1e6:.2f}M-{max(params) / 1e6:.2f}M)"
+        else:
+            L = sorted({flag_value(exp.point_args(p), "--layers") for p in pts} - {None})
+            out[s] = f"{words}" + (f" (L {L[0]}, dim {dims[0]})" if len(L) == 1 and dims else "")
+    return out
 
 
 def plot_analysis(alogs, path):
@@ -1012,8 +1682,21 @@ def plot_alignment(alogs, path):
     return write_svg(path, W, H, svg)
 
 
+_ONCE = {}
+
+
+def once(f):
+    """f's value, computed once per argument (machine(), git_commit())."""
+    def g(*a):
+        if (f, a) not in _ONCE:
+            _ONCE[(f, a)] = f(*a)
+        return _ONCE[(f, a)]
+    return g
+
+
+@once
 def machine():
-    """'Intel(R) Xeon(R) Processor (family 6 model 207), 2 cores': where the table was made."""
+    """'AMD EPYC (family 26 model 2), 2 cores': where the runs were made."""
     name, fam, model = "unknown CPU", "?", "?"
     try:
         for line in open("/proc/cpuinfo"):
@@ -1028,25 +1711,21 @@ def machine():
     return f"{name} (family {fam} model {model}), {os.cpu_count()} cores"
 
 
-def code_version(trainer):
-    """The git commit of the trainer's checkout ('+ changes' when train_tlm.c differs from it)."""
+@once
+def git_commit(trainer):
+    """The git commit of the trainer's checkout, '+changes' when train_tlm.c differs from it;
+    'unknown' outside a checkout. For people: the data file's rows match by fingerprint."""
     where = os.path.dirname(os.path.abspath(trainer))
     try:
         run = lambda *a: subprocess.run(["git", "-C", where, *a], capture_output=True, text=True,
                                         timeout=10)
         head = run("rev-parse", "--short", "HEAD")
         if head.returncode:
-            return "code version unknown"
+            return "unknown"
         dirty = run("diff", "--quiet", "HEAD", "--", "train_tlm.c").returncode
-        return f"code at commit {head.stdout.strip()}" + (" + changes" if dirty else "")
+        return head.stdout.strip() + ("+changes" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "code version unknown"
-
-
-def run_minutes(cells):
-    """The finished runs' training time (their `done` events' seconds) summed, in minutes."""
-    secs = [(lg.done or {}).get("seconds") for c in cells.values() for lg in c.logs.values()]
-    return sum(d for d in secs if isinstance(d, (int, float))) / 60
+        return "unknown"
 
 
 def svg_to_png(svg):
@@ -1070,13 +1749,18 @@ def svg_to_png(svg):
 
 # ------------------------------------ the report ---------------------------------------
 STATS_NOTE = (
-    "val loss: the final validation loss (`done` event), mean ± sample std over the finished "
-    "seeds; ppl = exp(mean). Δ: the mean of the per-seed differences to {b} (same architecture "
-    "and seed; negative = lower loss than {b}) and its 95% confidence interval, "
-    "mean ± t(0.975, n−1)·sd/√n (Student t) over the n seed pairs where both runs finished. "
-    "same sign / pairs: how many of the n pairs have the sign of the mean. verdict: "
-    "\"distinguishable from {b}\" only where the interval excludes 0. Diverged or failed runs "
-    "are left out of the pairs.").format(b=BASELINE)
+    "val loss: the final validation loss (`done` event), mean ± sample sd over the finished "
+    "seeds. Δ: the mean of the per-seed differences to {b} (same point, architecture and seed, "
+    "hence the same data order; negative = lower loss than {b}) and its 95% confidence interval "
+    "mean ± t(0.975, n−1)·sd/√n over the n seed pairs where both runs finished. r: the "
+    "correlation of the two arms' losses over the seeds (n ≥ 3): the nearer 1, the more the "
+    "pairing removes of the seeds' noise. p: the paired t test's two-sided p-value; p Holm: "
+    "adjusted by Holm's step-down method over all {m} comparisons of this table. seeds for 80% "
+    "power: how many pairs a paired t test (two-sided, alpha 0.05, noncentral t) needs to find "
+    "the observed effect mean/sd 80% of the time (the observed effect is itself uncertain). "
+    "verdict: \"distinguishable from {b}\" where the Holm-adjusted p is below 0.05; an interval "
+    "that excludes 0 without it is said so. A schedule whose widths round to another's is the "
+    "same model: run once, reported once. Diverged or failed runs are left out of the pairs.")
 
 
 def load_analyses(out, archs, variants):
@@ -1090,12 +1774,16 @@ def load_analyses(out, archs, variants):
     return got
 
 
-def report(grid, archs, variants, seeds, args, targs, errors):
-    """Prints the results table; writes results.md and the figures (SVG, PNG if possible)."""
-    out, made = args.out, []
-    where = read_manifest(os.path.join(out, "ablation.json")) or {}   # machine, code version
-    cells, warns = build_cells(archs, variants, seeds, out, errors)
-    table, fails = results_table(cells, archs, variants, seeds), failures(cells)
+def used_rows(exp, cells):
+    return [r for c in cells.values() for r in c.rows.values()]
+
+
+def report(exp):
+    """Prints the results table; writes results.md and the figures (SVG, PNG if possible),
+    all from the data file's rows (the loss curves and layer analysis from the logs in --out)."""
+    out, made, grid = exp.out, [], exp.grid.name
+    cells, warns = build_cells(exp)
+    table, fails = results_table(exp, cells), failures(cells)
     print("\n" + "\n".join(table))
     if fails:
         print("left out of the pairs:\n  " + "\n  ".join(fails))
@@ -1107,29 +1795,63 @@ def report(grid, archs, variants, seeds, args, targs, errors):
         made.extend([svg] + ([png] if png else []))
         return f"![{what}]({os.path.basename(png or svg)})"
 
+    rows = used_rows(exp, cells)
+    seeds = sorted({int(r["seed"]) for r in rows})
+    col = lambda c: ", ".join(sorted({r[c] for r in rows if r[c]})) or "not recorded"
+    secs = sum(float(r["seconds"]) for r in rows if r["seconds"]) / 60
+    family = sum(1 for c in cells.values() if c.paired and c.paired.p is not None and not c.alias)
     doc = [f"# Taper ablation: `--grid {grid}`", "",
-           f"{time.strftime('%Y-%m-%d %H:%M')}, trainer `{args.trainer}` "
-           f"({where.get('code') or 'code version not recorded'}), "
-           f"{where.get('machine') or 'machine not recorded'}; the runs took {run_minutes(cells):.0f} min summed; "
-           f"seeds {seeds[0]}..{seeds[-1]}, trainer flags:", "", "    " + shlex.join(targs), ""]
-    doc += table + ["", STATS_NOTE, ""]
+           f"{time.strftime('%Y-%m-%d %H:%M')}, from the {len(rows)} rows of `{exp.data.path}` "
+           f"for this grid: code {col('code')} (numerics fingerprint{'s' * (len(set(r['fingerprint'] for r in rows)) > 1)} "
+           f"{col('fingerprint')}), {col('machine')}; the runs took {secs:.0f} min summed; "
+           f"seeds {fmt_seeds(seeds)}; data seeds {col('data_seed') if any(r['data_seed'] for r in rows) else 'not recorded (a trainer without --data-seed: one data order for every seed)'}; "
+           f"trainer flags:", "", "    " + shlex.join(exp.targs), ""]
+    if len(exp.points) > 1:
+        doc += points_table(exp, cells) + [""]
+    else:
+        c = [cells[(exp.points[0].name, a, BASELINE)] for a in exp.archs]
+        num = lambda key, f: "/".join(f(x) for x in sorted(set().union(*(getattr(x, key) for x in c)))) or "?"
+        doc += [f"Every run: {num('tokens', lambda t: f'{t:,}')} training tokens "
+                f"({num('epochs', lambda e: f'{e:.2f}')} epochs of the training shard); the final "
+                f"evaluation averaged {num('batches', str)} val batches.", ""]
+    doc += table + ["", STATS_NOTE.format(b=BASELINE, m=family), ""]
     if fails:
         doc += ["Left out of the pairs:", ""] + [f"- {f}" for f in fails] + [""]
     doc += [f"**{w}**\n" for w in warns]
-    nseeds = f"{len(seeds)} seed{'s' * (len(seeds) > 1)}"
+    unused = exp.unused_rows()
+    if unused:
+        note = (f"{unused} row(s) of these cells in the data file are of other code or flags "
+                f"and were not used.")
+        print(note)
+        doc += [note, ""]
+    if getattr(exp, "target_note", None):
+        doc += [exp.target_note, ""]
+    nseeds = f"{len(seeds)} seed{'s' * (len(seeds) != 1)}"
     effects = os.path.join(out, "effects.svg")
-    if grid == "ratios":
-        plot_ucurve(cells, archs, variants, effects,
+    if exp.grid.scaling:
+        plot_series(exp, cells, effects, f"{grid} grid: Δ val loss vs {BASELINE} with 95% CI "
+                                         f"against {exp.grid.xlabel}")
+    elif grid == "ratios":
+        plot_ucurve(exp, cells, effects,
                     f"Schedule x ratio: Δ val loss vs {BASELINE} with 95% CI ({nseeds})")
     else:
-        plot_effects(cells, archs, variants, effects,
+        plot_effects(exp, cells, effects,
                      f"{grid} grid: Δ val loss vs {BASELINE} with 95% CI ({nseeds})")
-    curves = plot_curves(cells, archs, variants, os.path.join(out, "loss_curves.svg"),
-                         f"Validation loss vs training tokens ({nseeds})")
-    doc += [image(effects, f"Δ vs {BASELINE} with 95% CI"), "",
-            image(curves, "val loss vs training tokens"), ""]
+    doc += [image(effects, f"Δ vs {BASELINE} with 95% CI"), ""]
+    nlogs = sum(len(c.logs) for c in cells.values())
+    nruns = sum(len(c.ok) for c in cells.values() if not c.alias)
+    if nlogs:
+        curves = plot_curves(exp, cells, os.path.join(out, "loss_curves.svg"),
+                             f"Validation loss vs training tokens ({nseeds})")
+        doc += [image(curves, "val loss vs training tokens"), ""]
+    if nlogs < nruns:
+        note = (f"Loss curves: {nruns - nlogs} of the {nruns} runs have no log in {out}/ "
+                f"(the data file holds final losses only): " +
+                ("their curves are left out." if nlogs else "no loss-curve plot."))
+        print(note)
+        doc += [note, ""]
 
-    alogs = load_analyses(out, archs, variants)
+    alogs = load_analyses(out, exp.archs, exp.variants) if not exp.grid.scaling else {}
     base = {a: lg for a, lgs in alogs.items() for v, lg in lgs.items() if v.name == BASELINE}
     if base:
         text = [line for a, lg in base.items() for line in analysis_table(a, BASELINE, lg) + [""]]
@@ -1139,8 +1861,8 @@ def report(grid, archs, variants, seeds, args, targs, errors):
         svg = plot_analysis(base, os.path.join(out, "analysis.svg"))
         doc += ["## Layer contributions", "", "```"] + text + ["```", ""]
         doc += [image(svg, "layer contributions"), ""]
-    probe = lambda lg: any(is_number(r.get("cos_mlp_residual")) for r in lg.analysis)
-    aligned = {a: {v: lg for v, lg in lgs.items() if probe(lg)} for a, lgs in alogs.items()}
+    probe_ok = lambda lg: any(is_number(r.get("cos_mlp_residual")) for r in lg.analysis)
+    aligned = {a: {v: lg for v, lg in lgs.items() if probe_ok(lg)} for a, lgs in alogs.items()}
     aligned = {a: lgs for a, lgs in aligned.items() if lgs}
     if aligned:
         md = [line for a, lgs in aligned.items() for line in alignment_table(a, lgs) + [""]]
@@ -1158,6 +1880,88 @@ def report(grid, archs, variants, seeds, args, targs, errors):
     print("\nwrote " + ", ".join([results] + made) + nopng)
 
 
+def fmt_seeds(seeds):
+    """[1, 2, 3, 5] -> '1..3, 5'."""
+    out, i = [], 0
+    while i < len(seeds):
+        j = i
+        while j + 1 < len(seeds) and seeds[j + 1] == seeds[j] + 1:
+            j += 1
+        out.append(f"{seeds[i]}..{seeds[j]}" if j > i + 1 else
+                   ", ".join(map(str, seeds[i:j + 1])))
+        i = j + 1
+    return ", ".join(out) or "none"
+
+
+# ------------------------------------ seeds on demand ----------------------------------
+def add_seeds(exp, plan, t0):
+    """--target-halfwidth: after a round, the seeds the next one adds to every cell (point x
+    architecture) with a comparison whose 95% interval is wider than the target: as many as
+    the interval's sd says would reach it, at most as many as the cell has (the sd of a few
+    seeds is itself uncertain), within --max-seeds and what --max-hours leaves. Returns
+    whether seeds were added; exp.target_note says why not."""
+    args, X = exp.args, exp.args.target_halfwidth
+    cells, _ = build_cells(exp)
+    want, wide = {}, []
+    for p, a in exp.cells():
+        have, need = len(plan[(p.name, a)]), 0
+        for v in exp.variants:
+            pr = cells[(p.name, a, v.name)].paired
+            if v.name == BASELINE or exp.alias(p, a, v):
+                continue
+            if pr is None or pr.half is None:     # no interval yet: one more seed
+                need = max(need, have + 1)
+            elif pr.half > X:
+                need = max(need, halfwidth_seeds(pr.sd, X) or 10 ** 9)
+            if pr is None or pr.half is None or pr.half > X:
+                where = f"{a}{' ' + p.label if p.label else ''} {v.label}"
+                wide.append(f"{where} (±{pr.half:.4f})" if pr and pr.half is not None
+                            else f"{where} (no interval)")
+        if need > have:
+            want[(p.name, a)] = min(need - have, have, args.max_seeds - have)
+    if not wide:
+        exp.target_note = f"Every comparison's 95% interval is within ±{X:g} (--target-halfwidth)."
+        return False
+    want = {k: n for k, n in want.items() if n > 0}
+    if not want:
+        exp.target_note = (f"--target-halfwidth {X:g} not reached: --max-seeds {args.max_seeds} "
+                           f"spent; wider: " + ", ".join(wide) + ".")
+        return False
+    if args.max_hours:
+        left = args.max_hours * 3600 - (time.time() - t0)
+        nrun = lambda k: sum(1 for v in exp.variants if not exp.aliases.get((k[0], k[1], v.name)))
+        alld = [d for ds in exp.durations.values() for d in ds] or [0.0]
+        per = {k: sum(exp.durations.get(k) or alld) / len(exp.durations.get(k) or alld) * nrun(k)
+               for k in want}
+        cost = lambda: sum(n * per[k] for k, n in want.items()) / args.jobs
+        while want and cost() > left:             # trim the dearest cell's round first
+            k = max(want, key=lambda k: per[k])
+            want[k] -= 1
+            want = {k: n for k, n in want.items() if n > 0}
+        if not want:
+            exp.target_note = (f"--target-halfwidth {X:g} not reached: --max-hours "
+                               f"{args.max_hours:g} spent; wider: " + ", ".join(wide) + ".")
+            return False
+    for k, n in want.items():
+        top = max(plan[k])
+        plan[k] += list(range(top + 1, top + 1 + n))
+    print("\nnext round (--target-halfwidth %g): " % X + ", ".join(
+        f"{a}{' ' + next(p.label for p in exp.points if p.name == pn) if pn else ''} +{n} "
+        f"seed{'s' * (n > 1)}" for (pn, a), n in want.items()))
+    return True
+
+
+def make_runs(exp, plan):
+    """The runs of the plan ({(point, arch): seeds}), seed-major; not the schedules whose
+    widths equal an earlier one's."""
+    runs = [exp.run(p, a, v, s) for p, a in exp.cells() for s in plan[(p.name, a)]
+            for v in exp.variants if not exp.alias(p, a, v)]
+    runs.sort(key=lambda r: (r.seed, exp.points.index(r.point), exp.archs.index(r.arch)))
+    for r in runs:
+        r.keep = r.seed == exp.args.first_seed and not exp.grid.scaling
+    return runs
+
+
 # ------------------------------------ command line -------------------------------------
 class Parser(argparse.ArgumentParser):
     def error(self, message):                     # one line, no usage block
@@ -1167,32 +1971,49 @@ class Parser(argparse.ArgumentParser):
 def make_parser(cores):
     ap = Parser(description="Taper ablation grids for tlm.c (see the module docstring).")
     add = ap.add_argument
-    grids = "; ".join(f"{g}: {what} [{'all archs' if a == ARCHS else ','.join(a)}]"
-                      for g, (_, a, what) in GRIDS.items())
+    grids = "; ".join(f"{g.name}: {g.what} [{'all archs' if g.archs == ARCHS else ','.join(g.archs)}]"
+                      for g in GRIDS.values())
     add("--grid", default=None, help=f"the experiment: {grids} [taper, or the grid in --out]")
     add("--archs", default=None,
         help=f"comma-separated architectures from {','.join(ARCHS)}, or all [the grid's]")
     add("--seeds", type=int, default=None,
-        help=f"seeds 1..N [{DEFAULT_SEEDS}; --quick {QUICK_SEEDS}]")
+        help=f"seeds 1..N [{DEFAULT_SEEDS}, depth and tokens {SMALL_SEEDS}; --quick {QUICK_SEEDS}]")
+    add("--target-halfwidth", type=float, default=None, metavar="X",
+        help="after the seeds, add seeds in rounds until every comparison's 95%% interval is "
+             "within ±X nats (or --max-seeds, --max-hours is spent)")
+    add("--max-seeds", type=int, default=None, metavar="N",
+        help="--target-halfwidth: at most N seeds per cell [20]")
+    add("--max-hours", type=float, default=None, metavar="H",
+        help="--target-halfwidth: start no round its estimate says ends later than H hours "
+             "after the start [no limit]")
     add("--linear", action="store_true", help="taper grid: add the linear taper")
     add("--train-args", default="",
-        help="extra trainer flags, e.g. '--steps 300 --dim 96'; override DEFAULT_ARGS/QUICK_ARGS")
+        help="extra trainer flags, e.g. '--steps 300 --dim 96'; override the grid's flags")
     add("--out", default=None,
-        help="output dir [dev/runs/ablation, dev/runs/ablation_GRID for the others; + _quick with --quick]")
+        help="output dir [dev/runs/ablation, dev/runs/ablation_GRID for the others; + _quick "
+             "with --quick; --report-only --data F: F's directory]")
+    add("--data", default=None, metavar="FILE",
+        help="the runs' data file (CSV) to go on from and append to; its runs of the same "
+             "code and flags are not run again [OUT/runs.csv]")
     add("--trainer", default="./train_tlm", help="trainer binary [./train_tlm]")
     add("-j", "--jobs", type=int, default=None,
         help=f"parallel runs [--quick: one per core ({cores} here), each on one thread; else "
              f"{1 if cores < 4 else cores // 2} here: 1 below 4 cores, else cores/2]")
-    add("--quick", action="store_true", help="small runs (QUICK_ARGS, QUICK_SEEDS)")
+    add("--quick", action="store_true", help="small runs (the grid's quick flags and seeds)")
     add("--analyze", action=argparse.BooleanOptionalAction, default=None,
-        help="layer analysis of every schedule's first-seed checkpoint [on; off with --quick]")
+        help="layer analysis of every schedule's first-seed checkpoint [on for taper, groups, "
+             "ratios; off with --quick]")
     add("--keep-checkpoints", action="store_true",
         help="keep every finished run's checkpoint [only the first seed's, for --analyze]")
     add("--retry-diverged", action="store_true",
         help="run again the runs the trainer stopped on a non-finite loss [they are skipped]")
-    add("--dry-run", action="store_true", help="print the commands, run nothing")
-    add("--report-only", action="store_true", help="table + plots from the logs in --out")
-    add("--force", action="store_true", help="reuse an --out made with other trainer flags")
+    add("--dry-run", action="store_true",
+        help="check everything a run would (the trainer's short probe runs included), print "
+             "the commands, run nothing")
+    add("--report-only", action="store_true", help="table + plots from the data file")
+    add("--force", action="store_true",
+        help="run in an --out made with other trainer flags or another build's numerics: its "
+             "runs are made again (the data file keeps every row)")
     return ap
 
 
@@ -1241,33 +2062,103 @@ def read_manifest(path):
     return m
 
 
-def write_manifest(path, old, grid, targs, archs, variants, seeds, trainer):
+def write_manifest(path, old, exp, seeds):
     """The grid of this directory: the union with the runs made here before; the machine and
-    the code version of this invocation (the report names them)."""
+    the code version of this invocation."""
     def union(key, new, order):
         have = set(new) | set((old or {}).get(key, []))
         return [x for x in order if x in have]
-    all_names = [v.name for v in GRIDS[grid][0](True)]
+    all_names = [v.name for v in exp.grid.variants(True)]
     with open(path, "w") as f:
-        json.dump({"grid": grid, "trainer_args": targs, "archs": union("archs", archs, ARCHS),
-                   "variants": union("variants", [v.name for v in variants], all_names),
+        json.dump({"grid": exp.grid.name, "trainer_args": exp.targs,
+                   "archs": union("archs", exp.archs, ARCHS),
+                   "variants": union("variants", [v.name for v in exp.variants], all_names),
                    "seeds": sorted(set(seeds) | set((old or {}).get("seeds", []))),
-                   "machine": machine(), "code": code_version(trainer)}, f, indent=1)
+                   "data": exp.data.path, "machine": machine(),
+                   "code": git_commit(exp.args.trainer)}, f, indent=1)
 
 
-def dry_run(runs, archs, variants, seeds, args, targs, threads, analyze):
+def writable_dir(path, what):
+    """The directory `path` exists or can be made: its nearest existing ancestor is a
+    writable directory (else the one-line error a run would stop with, before anything runs)."""
+    up = os.path.abspath(path)
+    while not os.path.exists(up):
+        up = os.path.dirname(up)
+    if not os.path.isdir(up) or not os.access(up, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path}: cannot be made ({up} is not a writable directory)")
+
+
+def dry_run(exp, runs, threads, analyze):
     pre = f"OMP_NUM_THREADS={threads} " if threads else ""
+    tags = {"have": "# in the data file, skip: ", "done": "# done here, its row goes to the data "
+            "file: ", "diverged": "# diverged, skip: ", "resume": "# resume: ",
+            "stale": "# another build's files, run again: ", "fresh": ""}
+    for (pn, a, vn), twin in exp.aliases.items():
+        print(f"# {a}{' ' + pn if pn else ''} {vn}: the same widths as {twin}, not run")
     for r in runs:
-        state = RunLog(r.jsonl).status
-        r.resume = state == "incomplete" and os.path.exists(r.ckpt)
-        skip_diverged = state == "diverged" and not args.retry_diverged
-        tag = ("# done, skip: " if state == "ok" else "# diverged, skip: " if skip_diverged
-               else "# resume: " if r.resume else "")
-        print(tag + pre + shlex.join(r.command(args.trainer, targs)))
+        what = r.plan()
+        r.resume = what == "resume"
+        print(tags[what] + pre + shlex.join(r.command(exp.args.trainer)))
     if analyze:
-        for a in archs:
-            for v in variants:
-                print(shlex.join(analysis_command(args, targs, a, v, seeds[0])[1]))
+        for a in exp.archs:
+            for v in exp.variants:
+                if not exp.alias(exp.points[0], a, v):
+                    print(shlex.join(analysis_command(exp, a, v, exp.args.first_seed)[1]))
+    if exp.args.target_halfwidth:
+        print(f"# then rounds of added seeds until every 95% interval is within "
+              f"±{exp.args.target_halfwidth:g} (--max-seeds {exp.args.max_seeds}"
+              + (f", --max-hours {exp.args.max_hours:g}" if exp.args.max_hours else "")
+              + "): how many depends on the runs")
+
+
+def legacy_rows(exp, seeds):
+    """An --out of an older ablation.py (logs, no data file): rows in memory from its logs."""
+    for p, a in exp.cells():
+        exp.fingerprint[(p.name, a)] = ""
+        exp.setups[(p.name, a)] = (flag_key(exp.targs), "")
+    for p, a in exp.cells():
+        for v in exp.variants:
+            for s in seeds:
+                run = exp.run(p, a, v, s)
+                log = RunLog(run.jsonl)
+                if log.status in ("ok", "diverged"):
+                    exp.add_run_row(run, log)
+
+
+def report_only(exp, args, old, have_logs):
+    """--report-only: the grid's cells from the data file (or, for an --out of an older
+    ablation.py, from its logs): archs, schedules, points and seeds as the rows have them."""
+    g = exp.grid
+    writable_dir(exp.out, "--out")
+    os.makedirs(exp.out, exist_ok=True)
+    if not any(r["grid"] == g.name for r in exp.data.rows):
+        if os.path.exists(exp.data.path) or not have_logs:
+            raise UserError(f"--data {exp.data.path}: no rows of the {g.name} grid to report")
+        exp.data.path = None                       # in memory only
+        exp.targs = old["trainer_args"] if old else exp.targs
+        if old and not args.archs:
+            exp.archs = [a for a in ARCHS if a in old["archs"]] or exp.archs
+        if old:
+            exp.variants = [v for v in g.variants(True) if v.name in old["variants"]] or exp.variants
+        legacy_rows(exp, sorted(old["seeds"]) if old and not args.seeds else
+                    list(range(1, (args.seeds or g.seeds[args.quick]) + 1)))
+        exp.data.path = os.path.join(exp.out, "*.jsonl (no data file: rows from the logs)")
+        report(exp)
+        return
+    rows = [r for r in exp.data.rows if r["grid"] == g.name]
+    if not args.archs:
+        exp.archs = [a for a in ARCHS if any(r["arch"] == a for r in rows)]
+    names = {r["schedule"] for r in rows} | {v.name for v in exp.variants}
+    exp.variants = [v for v in g.variants(True) if v.name in names]
+    defined = {p.name: p for p in g.points(True) + g.points(False)}
+    points = [defined[n] for n in dict.fromkeys(r["point"] for r in rows) if n in defined]
+    if not points:
+        raise UserError(f"--data {exp.data.path}: its {g.name} rows are of points this "
+                        f"version does not define ({', '.join(sorted({r['point'] for r in rows}))})")
+    exp.points = sorted(points, key=lambda p: (p.x or 0, p.name))
+    exp.targs = shlex.split(rows[-1]["grid_flags"])
+    exp.set_from_rows()
+    report(exp)
 
 
 def main():
@@ -1283,93 +2174,148 @@ def main():
         raise UserError("--seeds must be >= 1")
     if args.dry_run and args.report_only:
         raise UserError("--dry-run and --report-only exclude each other")
+    X = args.target_halfwidth
+    if X is not None and not (math.isfinite(X) and X > 0):
+        raise UserError(f"--target-halfwidth must be a positive number of nats (got {X:g})")
+    for flag, v in (("--max-seeds", args.max_seeds), ("--max-hours", args.max_hours)):
+        if v is not None and X is None:
+            raise UserError(f"{flag}: only with --target-halfwidth (the budget of its rounds)")
+    if args.max_hours is not None and not (math.isfinite(args.max_hours) and args.max_hours > 0):
+        raise UserError(f"--max-hours must be a positive number (got {args.max_hours:g})")
+    if X is not None and args.report_only:
+        raise UserError("--target-halfwidth runs seeds: not with --report-only")
 
-    # the output directory and the grid it holds
+    # the output directory, the data file and the grid they hold
+    if args.out is None and args.report_only and args.data:
+        args.out = os.path.dirname(args.data) or "."
     args.out = args.out or default_out(args.grid or "taper", args.quick)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out}: exists and is not a directory")
-    if args.report_only and not os.path.isdir(args.out):
+    if args.report_only and not os.path.isdir(args.out) and not args.data:
         raise UserError(f"--out {args.out}: no such directory, nothing to report "
                         f"(run the grid first)")
+    data = DataFile(args.data or os.path.join(args.out, "runs.csv"))
+    if args.report_only and args.data and not os.path.exists(args.data):
+        raise UserError(f"--data {args.data}: no such file, nothing to report")
     manifest = os.path.join(args.out, "ablation.json")
     old = read_manifest(manifest)
-    grid = args.grid or (old["grid"] if old else "taper")
+    in_data = list(dict.fromkeys(r["grid"] for r in data.rows))
+    if args.grid is None and not old and args.report_only and len(in_data) > 1:
+        raise UserError(f"--data {data.path} holds rows of the grids {', '.join(in_data)}: "
+                        f"choose one with --grid")
+    grid = args.grid or (old["grid"] if old else in_data[0] if args.report_only and in_data
+                         else "taper")
     have_logs = os.path.isdir(args.out) and any(f.endswith(".jsonl") for f in os.listdir(args.out))
     if old and old["grid"] != grid and have_logs:
         raise UserError(f"--out {args.out} holds the {old['grid']} grid, not {grid}: use another "
                         f"--out (--grid {grid} defaults to {default_out(grid, args.quick)})")
     if args.linear and grid != "taper":
         raise UserError("--linear: only for --grid taper (the ratios grid has linear schedules)")
-    make_variants, grid_archs, _ = GRIDS[grid]
-    variants, archs = make_variants(args.linear), archs or list(grid_archs)
+    g = GRIDS[grid]
+    if args.analyze and g.scaling:
+        raise UserError(f"--analyze: only for the taper, groups and ratios grids (the {grid} "
+                        f"grid has too many sizes to analyze)")
 
     # the trainer's flags
     try:
         extra = parse_flags(args.train_args)
     except ValueError as e:
         raise UserError(f"--train-args: {e}")
-    reserved = RESERVED | ({"--taper-start", "--taper-end"} if grid == "ratios" else set())
-    bad = sorted({f for f, _ in extra} & reserved)
+    bad = sorted({f for f, _ in extra} & (RESERVED | g.sets))
     if bad:
         raise UserError(f"--train-args may not set {', '.join(bad)} (the {grid} grid sets "
                         f"{'it' if len(bad) == 1 else 'them'})")
-    targs = merge_flags(parse_flags(QUICK_ARGS if args.quick else DEFAULT_ARGS), extra)
-    seeds = list(range(1, (args.seeds or (QUICK_SEEDS if args.quick else DEFAULT_SEEDS)) + 1))
-
-    if args.report_only:                          # the grid of the last run unless given
-        if not have_logs:
-            raise UserError(f"--out {args.out}: no run logs (*.jsonl) to report")
-        if old:
-            targs = old["trainer_args"]
-            archs = archs if args.archs else old["archs"] or archs
-            names = set(old["variants"]) | ({"linear"} if args.linear else set())
-            variants = [v for v in make_variants(True) if v.name in names] or variants
-            seeds = seeds if args.seeds else sorted(old["seeds"]) or seeds
-        report(grid, archs, variants, seeds, args, targs, {})
+    targs = merge_flags(shlex.split(g.args[args.quick]), shlex.split(args.train_args))
+    nseeds = args.seeds or g.seeds[args.quick]
+    if X is not None:
+        args.max_seeds = 20 if args.max_seeds is None else args.max_seeds
+        if args.max_seeds < nseeds:
+            raise UserError(f"--max-seeds {args.max_seeds} is below the {nseeds} seeds a round "
+                            f"starts with (--seeds)")
+    args.first_seed = 1
+    exp = Experiment(args, g, g.points(args.quick), archs or list(g.archs), g.variants(args.linear),
+                     targs)
+    exp.data = data
+    if args.report_only:
+        report_only(exp, args, old, have_logs)
         return
 
     if args.jobs is None:                         # tiny quick models run best one per core
         args.jobs = cores if args.quick else (1 if cores < 4 else cores // 2)
-    analyze = args.analyze if args.analyze is not None else not args.quick
+    analyze = args.analyze if args.analyze is not None else not (args.quick or g.scaling)
     threads = max(1, cores // args.jobs) if args.jobs > 1 else None
-    runs = [Run(args.out, a, v, s) for s in seeds for a in archs for v in variants]   # seed-major
-    for r in runs:
-        r.retry, r.keep = args.retry_diverged, r.seed == seeds[0]
-    if args.dry_run:
-        dry_run(runs, archs, variants, seeds, args, targs, threads, analyze)
-        return
     if not (os.path.isfile(args.trainer) and os.access(args.trainer, os.X_OK)):
         raise UserError(f"trainer {args.trainer!r} not found or not executable "
                         f"(run `make` in the repo root)")
-    os.makedirs(args.out, exist_ok=True)
+    writable_dir(args.out, "--out")
+    if args.data and not os.path.exists(args.data):
+        writable_dir(os.path.dirname(os.path.abspath(args.data)), "--data's directory")
     if old and not same_flags(old["trainer_args"], targs) and have_logs and not args.force:
         raise UserError(f"{args.out} holds runs made with other trainer flags (old: "
                         f"{shlex.join(old['trainer_args'])}; new: {shlex.join(targs)}): "
                         f"use another --out, delete the directory, or pass --force")
-    write_manifest(manifest, old, grid, targs, archs, variants, seeds, args.trainer)
+    nprobe = len(exp.cells()) * len(exp.variants)
+    print(f"asking the trainer: {nprobe} short run{'s' * (nprobe > 1)} (numerics fingerprint, "
+          f"widths) ...", flush=True)
+    exp.set_probed(*probe(exp, run_env(threads)))
+    plan = {(p.name, a): list(range(1, nseeds + 1)) for p, a in exp.cells()}
+    if X is not None:                             # the rounds count the seeds the data holds
+        for p, a in exp.cells():
+            plan[(p.name, a)] = sorted(set(plan[(p.name, a)]) |
+                                       set(exp.rows_of(p, a, exp.variant(BASELINE))))
+    runs = make_runs(exp, plan)
+    stale = [r for r in runs if r.plan() == "stale"]
+    if stale and not args.force:
+        raise UserError(f"--out {args.out} holds runs of a trainer whose numerics differ from this "
+                        f"one's (first: {stale[0].name}; another build, machine or code): use "
+                        f"another --out, or --force to run them again there (rows in the data "
+                        f"file are kept)")
+    if args.dry_run:
+        dry_run(exp, runs, threads, analyze)
+        return
+    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(exp.data.path)), exist_ok=True)
+    write_manifest(manifest, old, exp, plan[next(iter(plan))])
+    for p, a in exp.cells():                      # the ETA and --max-hours: from the rows
+        for v in exp.variants:
+            for r in exp.rows_of(p, a, v).values():
+                if r["seconds"] and r["resumed"] != "1":
+                    exp.durations.setdefault((p.name, a), []).append(float(r["seconds"]))
+    exp.add_alias_rows()
 
     def on_sigterm(signum, frame):                # `kill PID` stops as cleanly as Ctrl-C
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, on_sigterm)
-    if not run_grid(runs, args, targs, threads):
-        again = shlex.join(["python3"] + sys.argv)
-        print(f"stopped. Finished runs are kept; interrupted ones resume from their checkpoint.\n"
-              f"  resume:          {again}\n  partial report:  {again} --report-only")
-        sys.exit(130)
+    t0 = time.time()
+    while True:
+        if not run_grid(exp, runs, threads):
+            again = shlex.join(["python3"] + sys.argv)
+            print(f"stopped. Finished runs are kept (rows in {exp.data.path}); interrupted ones "
+                  f"resume from their checkpoint.\n  resume:          {again}\n"
+                  f"  partial report:  {again} --report-only")
+            sys.exit(130)
+        if X is None or not add_seeds(exp, plan, t0):
+            break
+        runs = make_runs(exp, plan)
+    if getattr(exp, "target_note", None):
+        print(exp.target_note)
     if analyze:
         try:
-            run_analysis(archs, variants, seeds[0], args, targs)
+            run_analysis(exp, args.first_seed)
         except KeyboardInterrupt:
             print("\ninterrupted during the analysis; run the same command again to finish it.")
             sys.exit(130)
-    errors = {(r.arch, r.variant.name, r.seed): r.error for r in runs if r.error}
-    report(grid, archs, variants, seeds, args, targs, errors)
-    if errors:
-        print(f"{len(errors)} run(s) failed or diverged and are left out of the pairs; the same "
-              f"command runs the failed ones again" +
+    report(exp)
+    if exp.errors:
+        print(f"{len(exp.errors)} run(s) failed or diverged and are left out of the pairs; the "
+              f"same command runs the failed ones again" +
               ("" if args.retry_diverged else ", with --retry-diverged the diverged ones too"),
               file=sys.stderr)
         sys.exit(1)
+
+
+def same_flags(x, y):
+    return flag_key(x) == flag_key(y)
 
 
 def cli():
