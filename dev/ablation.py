@@ -1,6 +1,143 @@
 #!/usr/bin/env python3
-"""DOCSTRING"""
-import argparse, csv, fcntl, glob, hashlib, json, math, os, shlex, shutil, signal, struct
+"""Taper ablations for tlm.c: does moving MLP width across depth beat the uniform model
+at equal parameters, by more than the noise of the seeds?
+
+A Tapered Language Model keeps the total MLP parameter budget fixed (the widths sum to
+L*H) but moves hidden width across depth. Five grids, chosen with --grid; every cell is
+trained by `train_tlm` with several seeds at the same config and token budget and compared
+with the uniform model of the same seed (hence the same data order: --data-seed defaults
+to --seed; a pair's two models share every weight their widths share):
+
+  taper   (default) uniform / cosine (1.5x H in the first layer -> 0.5x in the last) /
+          reverse (the cosine's widths, last layer first) [/ linear with --linear], for every
+          architecture: transformer, gated, titans, hope
+  groups  the three-group allocation: layers split into early / middle / late thirds with
+          width multiples 1,1,1 (uniform), 1.5,1,0.5 (wider early), 0.75,1.5,0.75 (wider
+          middle), 0.5,1,1.5 (wider late); the transformer unless --archs says otherwise
+  ratios  linear, sigmoid and cosine schedules at start/end multiples 1.25/0.75, 1.5/0.5,
+          1.75/0.25, plus uniform: is the loss U-shaped in the ratio? transformer by default
+  depth   where the taper starts to pay, in depth: uniform / cosine / reverse /
+          groups:1.5,1,0.5 at L 4, 8, 16, 24 with a fixed width (dim 48), and at L 4, 12,
+          16, 24 with a fixed parameter count (~0.5M: dims 96, 56, 48, 40; MLP width 3 x dim,
+          widths rounded to multiples of 8); 0.5M tokens per run, 6 seeds
+  tokens  ... and in training length: the same four schedules at L 8, dim 48 for 0.5M, 2M
+          and 8M tokens (500, 2000, 8000 steps; 8M tokens is 1.5 epochs of the Brown bytes'
+          5.36M training tokens: the report gives every point's epochs), 6 seeds
+Every run's final evaluation covers the whole val split (--final-eval-batches 0; --quick:
+64 batches); the periodic ones take a few batches spread over it.
+
+Statistics, per comparison (a schedule against uniform at one point and architecture), over
+the seeds where both runs finished:
+  Δ          mean d of the paired differences d_s = loss(schedule, s) - loss(uniform, s)
+             and its 95% interval d ± t(0.975, n-1) · sd(d) / sqrt(n)   (Student t)
+  r          the correlation of the two arms' losses over the seeds: how much the pairing
+             buys (sd(d)^2 = sd1^2 + sd2^2 - 2 r sd1 sd2)
+  p, p Holm  the paired t test's two-sided p-value, and that p adjusted by Holm's step-down
+             method over every comparison of the grid (all points, architectures, schedules)
+  seeds for 80% power   the pairs a paired t test (two-sided, alpha 0.05; the noncentral t,
+             not a normal approximation) needs to find the observed effect d/sd(d) 80% of
+             the time; the observed effect is itself uncertain, so read it as a rough guide
+  verdict    "distinguishable from uniform" where the Holm-adjusted p is below 0.05; an
+             unadjusted interval that excludes 0 without it is said so
+The t distribution (the regularized incomplete beta function) and the power are computed
+here, in the standard library. A run that diverged (the trainer's NaN guard stopped it) or
+failed is named in the table and left out of the pairs.
+
+Seeds: --seeds N runs seeds 1..N. --target-halfwidth X adds seeds after them, in rounds:
+each round gives every cell (point x architecture) with an interval wider than ±X as many
+new seeds (all its schedules together, so they pair) as its sd says would reach X, at most
+as many as it has; until every interval is within ±X or the budget is spent: --max-seeds N
+per cell [20], --max-hours H (no round starts that its estimate, from the runs' times so
+far, says would end after H hours from the start; a round can overrun by the estimate's
+error).
+
+Schedules whose widths round to the same allocation (ask the trainer: every schedule is
+probed before anything runs, see below) are one model: the later one is not run and is
+reported as the same as the earlier (e.g. linear and cosine 1.25/0.75 at L 6, multiple 32).
+
+The data file. Every finished (or diverged) run is one row of --data [OUT/runs.csv], a CSV
+with the columns grid, point, arch, schedule, schedule_flags, seed, data_seed, status (ok,
+diverged, or alias: a schedule run once, same_as the schedule it equals), val_loss,
+val_batches (the final evaluation's batches: the trainer's count, or 'all'), tokens,
+epochs (tokens / the training shards' tokens), steps, params, mlp_widths, cms_widths
+(Hope's fast levels), seconds, resumed, fingerprint, code (the git commit, for people),
+machine, date, grid_flags and trainer_flags (the run's command but for its files). Rows
+are only appended, each flushed at once. The table and the effects plot are computed from
+the data file alone: `--report-only --data FILE` recomputes them anywhere (the loss curves
+need the runs' logs in --out and are left out, said so, where they are missing). A run the
+data file already holds for the same code and flags is not run again, so a grid too long
+for one sitting goes on later from a committed file:
+    python3 dev/ablation.py --grid depth --data dev/results/grid_depth/runs.csv
+"The same code" is the numerics fingerprint: before anything runs, ablation.py trains the
+uniform model of every point and architecture for 3 steps with the grid's own flags (one
+evaluation batch, no checkpoint) and hashes its logged losses (train at %.9g, val) and
+gradient norms; every other schedule runs 0 steps for its widths. A row counts if its
+fingerprint, widths and flags are this invocation's. A commit that leaves the arithmetic
+alone (results, docs, new options with old defaults) keeps the fingerprint; a trainer whose
+numbers differ in any bit (a changed kernel, another machine's float rounding) does not,
+and its runs are made again (their rows stay in the file). --report-only reports, per
+point and architecture, the fingerprint and flags of the file's latest row.
+
+With --analyze (taper, groups and ratios grids; on unless --quick) `train_tlm --analyze`
+runs on the first seed's checkpoint of every schedule: how much each layer changes the
+residual stream, how much the val loss rises when a layer (or its MLP) is skipped, and,
+where the trainer logs it, the alignment probe cos(MLP output, residual stream it is added
+to) per layer, plotted per schedule.
+
+What the depth and tokens grids cost (measured on the 2-core AMD EPYC, 2 threads, -j 1,
+train_tlm at e1e5031; the machine is shared, so read them as upper bounds): per seed of a
+point, its four schedules' training (500 steps), final whole-split evaluations and periodic
+ones:
+  depth   L 4/8/16/24 at dim 48: 41 s, 76 s, 154 s, 222 s;  L 4 dim 96: 83 s, L 12 dim 56:
+          129 s, L 24 dim 40: 206 s (L 16 dim 48 is on both series); 15 min per seed, 6
+          seeds 91 min. Larger: L 32 at dim 48 ~300 s per seed; L 24 at dim 128 ~750 s.
+  tokens  0.5M 76 s, 2M 234 s, 8M 863 s: 20 min per seed, 6 seeds 117 min. 32M tokens
+          (6 epochs) would take ~56 min per seed, 5.6 hours for 6 seeds.
+The 6 seeds assume a paired sd of at most 0.015 nats (the classroom grid's sd of the
+cosine - uniform difference before the pairing shared weights and data order; real
+pairing should only shrink it): for an effect of 1% of these models' ~2.2 loss, 0.022,
+that is d/sd >= 1.47, which 6 pairs find with 80% power at alpha 0.05 (before Holm over
+the grid's 21 or 9 comparisons), and a 95% half-width of at most 0.016. If the measured
+sd is larger, the table's seeds-for-80%-power says how many; --target-halfwidth 0.02
+--max-hours 3 adds them within three hours.
+
+Usage (from the repository root, after `make`):
+    python3 dev/ablation.py --quick               # small taper grid, a few minutes on 2 cores
+    python3 dev/ablation.py                       # full taper grid, 5 seeds, + analysis
+    python3 dev/ablation.py --grid groups         # the three-group allocation (transformer)
+    python3 dev/ablation.py --grid ratios --archs transformer,titans
+    python3 dev/ablation.py --grid depth          # make ablation GRID=depth
+    python3 dev/ablation.py --grid tokens --target-halfwidth 0.02 --max-hours 3
+    python3 dev/ablation.py --archs transformer,gated --seeds 3 --linear -j 2
+    python3 dev/ablation.py --train-args "--steps 300 --dim 96"   # override trainer flags
+    python3 dev/ablation.py --train-args=--untied # a single flag needs the '=' form
+    python3 dev/ablation.py --dry-run             # check all, print the commands only
+    python3 dev/ablation.py --report-only --out dev/runs/ablation_groups   # report again
+    python3 dev/ablation.py --report-only --data dev/results/grid_depth/runs.csv
+
+Outputs in --out (default dev/runs/ablation, dev/runs/ablation_GRID for the others; with
+--quick the same with _quick appended):
+    runs.csv              the data file (unless --data names another)
+    [point_]{arch}_{schedule}_s{seed}.jsonl / .ckpt / .log   one run: JSONL log, checkpoint,
+                          output (opening with its command and numerics fingerprint)
+    {arch}_{schedule}_analysis.jsonl / .log         layer analysis of the first seed
+    results.md            the results table (also printed) and the analysis tables
+    effects.svg           Δ vs uniform with 95% intervals (ratios: the U-curve in the ratio;
+                          depth, tokens: against layers or tokens, one line per series)
+    loss_curves.svg       val loss vs training tokens
+    analysis.svg          per-layer contributions of the uniform model
+    alignment.svg         cos(MLP output, residual stream) per layer and schedule
+    ablation.json         the grid and trainer flags of this directory
+  every .svg also as .png when rsvg-convert or ImageMagick is installed.
+
+Re-running the same command resumes: runs the data file holds are skipped, a finished log
+of this code becomes its row, an interrupted run continues from its checkpoint (`--load`),
+or restarts from scratch if it has none. Ctrl-C stops all children; run the same command
+again to go on. --dry-run checks everything the run would (it runs the trainer's probes,
+writes nothing) and refuses where the run would. Every user error is one line on stderr
+and a non-zero exit. Python 3 standard library only.
+"""
+import argparse, csv, fcntl, glob, hashlib, io, json, math, os, shlex, shutil, signal, struct
 import subprocess, sys, tempfile, time
 from html import escape
 
@@ -96,8 +233,8 @@ def ratios_grid(linear):
 
 def scaling_grid(linear):
     """The depth and tokens grids' schedules: the taper grid's three and the wider-early groups."""
-    return taper_grid(False) + [Variant("groups", "groups 1.5,1,0.5", ["--taper", "groups:1.5,1,0.5"],
-                                        "#9467bd")]
+    groups = Variant("groups", "groups 1.5,1,0.5", ["--taper", "groups:1.5,1,0.5"], "#9467bd")
+    return taper_grid(False) + [groups]
 
 
 def one_point(quick):
@@ -123,26 +260,31 @@ def depth_points(quick):
 
 
 def tokens_points(quick):
-    """One shape at 0.5M, 2M and 8M tokens (quick: 25k to 100k)."""
-    (L, C), seq = (TOKENS_QUICK_SHAPE, 64) if quick else (TOKENS_SHAPE, 128)
+    """One shape at 0.5M, 2M and 8M tokens (quick: 25k to 100k); Experiment labels them by
+    the tokens their flags give."""
+    L, C = TOKENS_QUICK_SHAPE if quick else TOKENS_SHAPE
     shape = ["--layers", str(L), "--dim", str(C), "--mlp-width", str(3 * C)]
-    out = []
-    for steps in ([50, 100, 200] if quick else [500, 2000, 8000]):
-        tokens = steps * 8 * seq
-        out.append(Point(f"s{steps}", f"{tokens / 1e6:.2g}M tokens",
-                         shape + ["--steps", str(steps), "--eval-every", str(max(1, steps // 10))],
-                         tokens, ["tokens"]))
-    return out
+    return [Point(f"s{steps}", f"{steps} steps",
+                  shape + ["--steps", str(steps), "--eval-every", str(max(1, steps // 10))],
+                  steps, ["tokens"]) for steps in ([50, 100, 200] if quick else [500, 2000, 8000])]
+
+
+def tokens_of(flags):
+    """Training tokens of a run: steps x batch x sequence length x gradient accumulation."""
+    num = lambda f, d: int(flag_value(flags, f) or d)
+    return num("--steps", 600) * num("--batch", 8) * num("--seq-len", 256) * num("--grad-accum", 1)
 
 
 class Grid:
     """An experiment: its schedules (variants(linear)), default architectures, sizes
     (points(quick)), trainer flags and seeds (full, quick); sets: the flags its points set;
     series: {name: legend} of the lines against x (the depth and tokens grids)."""
-    def __init__(self, name, what, variants, archs, points=one_point, args=(DEFAULT_ARGS, QUICK_ARGS),
-                 seeds=(DEFAULT_SEEDS, QUICK_SEEDS), sets=(), xlabel=None, series=None):
-        self.name, self.what, self.variants, self.archs, self.points = name, what, variants, archs, points
-        self.args, self.seeds, self.sets, self.xlabel, self.series = args, seeds, set(sets), xlabel, series
+    def __init__(self, name, what, variants, archs, points=one_point,
+                 args=(DEFAULT_ARGS, QUICK_ARGS), seeds=(DEFAULT_SEEDS, QUICK_SEEDS), sets=(),
+                 xlabel=None, series=None):
+        self.name, self.what, self.variants, self.archs = name, what, variants, archs
+        self.points, self.args, self.seeds, self.sets = points, args, seeds, set(sets)
+        self.xlabel, self.series = xlabel, series
 
     @property
     def scaling(self):                           # an x axis: the depth and tokens grids
@@ -164,7 +306,7 @@ GRIDS = {g.name: g for g in [
 
 
 def default_out(grid, quick):
-    return "dev/runs/ablation" + ("" if grid == "taper" else f"_{grid}") + ("_quick" if quick else "")
+    return "dev/runs/ablation" + ("" if grid == "taper" else f"_{grid}") + "_quick" * quick
 
 
 class UserError(Exception):
@@ -338,16 +480,16 @@ class DataFile:
     """The runs' rows (dicts of COLUMNS' strings), read once; add() appends one row and
     flushes it to disk at once (a run's row is never lost to a later crash)."""
     def __init__(self, path):
-        self.path, self.rows, self.header, self.repaired = path, [], list(COLUMNS), False
-        self.by_cell, self.partial = {}, 0
+        self.path, self.rows, self.header, self.by_cell = path, [], list(COLUMNS), {}
         if os.path.isdir(path):
             raise UserError(f"--data {path}: is a directory (give the file, e.g. {path}/runs.csv)")
         if not os.path.exists(path):
             return
         with open(path, "rb") as f:
             raw = f.read()
-        self.partial = len(raw) - (raw.rfind(b"\n") + 1)      # an unterminated last line
-        text = raw[:len(raw) - self.partial].decode("utf-8", "replace")
+        if b"\n" not in raw:                      # empty, or a killed writer's half header
+            return
+        text = raw[:raw.rfind(b"\n") + 1].decode("utf-8", "replace")   # not a half row
         reader = csv.DictReader(text.splitlines())
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
@@ -362,24 +504,23 @@ class DataFile:
 
     def add(self, row):
         row = {c: str(row.get(c, "")) for c in COLUMNS}
-        if self.path is None:                    # rows in memory only (--report-only of logs)
-            self._index(row)
-            return
-        new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
-        with open(self.path, "a" if new else "r+", newline="") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)            # two invocations append whole rows
-            if not new:
-                f.seek(0, os.SEEK_END)
-                if self.partial and not self.repaired:   # a killed writer's half row
-                    f.truncate(f.tell() - self.partial)
-                    f.seek(0, os.SEEK_END)
-                self.repaired = True
-            w = csv.DictWriter(f, fieldnames=self.header, lineterminator="\n", restval="")
-            if new:
-                w.writeheader()
+        if self.path is not None:                 # None: rows in memory only (old --out dirs)
+            text = io.StringIO()
+            w = csv.DictWriter(text, fieldnames=self.header, lineterminator="\n", restval="")
             w.writerow({c: row.get(c, "") for c in self.header})
-            f.flush()
-            os.fsync(f.fileno())
+            with open(self.path, "a+b") as f:     # every write goes to the end
+                fcntl.flock(f, fcntl.LOCK_EX)     # two invocations append whole rows
+                end = f.seek(0, os.SEEK_END)
+                f.seek(max(0, end - 65536))
+                tail = f.read()
+                if not tail.endswith(b"\n"):     # a killed writer's half row: cut it off
+                    end -= len(tail) - tail.rfind(b"\n") - 1
+                    f.truncate(end)
+                if end == 0:
+                    f.write((",".join(self.header) + "\n").encode())
+                f.write(text.getvalue().encode())
+                f.flush()
+                os.fsync(f.fileno())
         self._index(row)
 
     def _index(self, row):
@@ -425,13 +566,17 @@ class Experiment:
     architecture, widths per schedule, schedules whose widths equal an earlier one's); the
     data file, and the rows of it that belong to this grid."""
     def __init__(self, args, grid, points, archs, variants, targs):
-        self.args, self.grid, self.points, self.archs, self.variants = args, grid, points, archs, variants
-        self.targs, self.out = targs, args.out
+        self.args, self.grid, self.points, self.archs = args, grid, points, archs
+        self.variants, self.targs, self.out = variants, targs, args.out
         self.fingerprint, self.widths, self.aliases = {}, {}, {}
         self.setups = {}          # (point, arch) -> (grid flags key, fingerprint) of its rows
         self.errors = {}          # (point, arch, schedule, seed) -> why it failed this session
         self.durations = {}       # (point, arch) -> [seconds of a finished run]
         self.data = None
+        if grid.name == "tokens":                 # x and label: the tokens, not the steps
+            for p in points:
+                p.x = tokens_of(self.point_args(p))
+                p.label = f"{p.x / 1e6:.2g}M tokens"
 
     def point_args(self, point):
         return merge_flags(self.targs, point.flags)
@@ -491,7 +636,8 @@ class Experiment:
 
     def rows_of(self, point, arch, variant):
         """{seed: the latest matching row} of one cell and schedule."""
-        return {int(r["seed"]): r for r in self.data.of(self.grid.name, point.name, arch, variant.name)
+        rows = self.data.of(self.grid.name, point.name, arch, variant.name)
+        return {int(r["seed"]): r for r in rows
                 if r["status"] != "alias" and self.matches(r, point, arch, variant)}
 
     def find_row(self, run):
@@ -534,7 +680,8 @@ class Experiment:
         for p, a in self.cells():
             for v in self.variants:
                 twin = self.alias(p, a, v)
-                have = any(r["status"] == "alias" and r["same_as"] == twin and self.matches(r, p, a, v)
+                have = any(r["status"] == "alias" and r["same_as"] == twin
+                           and self.matches(r, p, a, v)
                            for r in self.data.of(self.grid.name, p.name, a, v.name))
                 if twin and not have:
                     self.data.add(dict(self.base_row(p, a, v, "alias"), same_as=twin))
@@ -574,7 +721,8 @@ def probe(exp, env):
                                         f"(tried: {shlex.join(cmd[:-2])})")
                     nums = [[s, *lg.train[s][:2]] for s in sorted(lg.train)] + \
                            [[s, lg.vals[s][1]] for s in sorted(lg.vals)]
-                    fingerprint[(p.name, a)] = hashlib.sha256(json.dumps(nums).encode()).hexdigest()[:16]
+                    digest = hashlib.sha256(json.dumps(nums).encode()).hexdigest()
+                    fingerprint[(p.name, a)] = digest[:16]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return fingerprint, widths
@@ -696,7 +844,8 @@ def fmt_time(s):
 def run_cost(run):
     """A rough relative cost (layers x dim^2 x steps, by architecture) to start long runs first."""
     num = lambda f, d: int(flag_value(run.flags, f) or d)
-    return (ARCHS.index(run.arch) + 1) * num("--layers", 6) * num("--dim", 128) ** 2 * num("--steps", 500)
+    return ((ARCHS.index(run.arch) + 1) * num("--layers", 6) * num("--dim", 128) ** 2
+            * num("--steps", 500))
 
 
 def run_grid(exp, runs, env_threads):
@@ -1067,7 +1216,8 @@ class Cell:
                 self.failed.setdefault(s, why)
         self.mean, self.std = mean_std(self.ok.values()) if self.ok else (None, None)
         col = lambda c, f: {f(r[c]) for s, r in self.rows.items() if s in self.ok and r[c]}
-        self.params, self.tokens, self.epochs = col("params", int), col("tokens", int), col("epochs", float)
+        self.params, self.tokens = col("params", int), col("tokens", int)
+        self.epochs = col("epochs", float)
         self.batches = col("val_batches", str)
         self.paired = None
         self._logs = None
@@ -1134,8 +1284,9 @@ def results_table(exp, cells):
             pre = ([p.label] if multi else []) + [a, v.label]
             if c.alias:
                 twin = exp.variant(c.alias)
-                rows.append(pre + ["—"] * 8 + [f"the same widths as {twin.label if twin else c.alias}: "
-                                               f"not run, the same model", "—"])
+                same = twin.label if twin else c.alias
+                rows.append(pre + ["—"] * 8 + [f"the same widths as {same}: not run, the same "
+                                               f"model", "—"])
                 continue
             pstr = "/".join(f"{n:,}" for n in sorted(c.params)) or "—"
             seedcol = f"{len(c.ok)}" + (" (" + ", ".join(f"s{s} {why.split(' ')[0]}" for s, why
@@ -1800,17 +1951,21 @@ def report(exp):
     col = lambda c: ", ".join(sorted({r[c] for r in rows if r[c]})) or "not recorded"
     secs = sum(float(r["seconds"]) for r in rows if r["seconds"]) / 60
     family = sum(1 for c in cells.values() if c.paired and c.paired.p is not None and not c.alias)
+    nfp = len({r["fingerprint"] for r in rows})
+    dseeds = (col("data_seed") if any(r["data_seed"] for r in rows) else
+              "not recorded (a trainer without --data-seed: one data order for every seed)")
     doc = [f"# Taper ablation: `--grid {grid}`", "",
            f"{time.strftime('%Y-%m-%d %H:%M')}, from the {len(rows)} rows of `{exp.data.path}` "
-           f"for this grid: code {col('code')} (numerics fingerprint{'s' * (len(set(r['fingerprint'] for r in rows)) > 1)} "
+           f"for this grid: code {col('code')} (numerics fingerprint{'s' * (nfp > 1)} "
            f"{col('fingerprint')}), {col('machine')}; the runs took {secs:.0f} min summed; "
-           f"seeds {fmt_seeds(seeds)}; data seeds {col('data_seed') if any(r['data_seed'] for r in rows) else 'not recorded (a trainer without --data-seed: one data order for every seed)'}; "
-           f"trainer flags:", "", "    " + shlex.join(exp.targs), ""]
+           f"seeds {fmt_seeds(seeds)}; data seeds {dseeds}; trainer flags:", "",
+           "    " + shlex.join(exp.targs), ""]
     if len(exp.points) > 1:
         doc += points_table(exp, cells) + [""]
     else:
         c = [cells[(exp.points[0].name, a, BASELINE)] for a in exp.archs]
-        num = lambda key, f: "/".join(f(x) for x in sorted(set().union(*(getattr(x, key) for x in c)))) or "?"
+        num = lambda key, f: "/".join(map(f, sorted(set().union(*(getattr(x, key) for x in c))))) \
+            or "?"
         doc += [f"Every run: {num('tokens', lambda t: f'{t:,}')} training tokens "
                 f"({num('epochs', lambda e: f'{e:.2f}')} epochs of the training shard); the final "
                 f"evaluation averaged {num('batches', str)} val batches.", ""]
@@ -1971,7 +2126,8 @@ class Parser(argparse.ArgumentParser):
 def make_parser(cores):
     ap = Parser(description="Taper ablation grids for tlm.c (see the module docstring).")
     add = ap.add_argument
-    grids = "; ".join(f"{g.name}: {g.what} [{'all archs' if g.archs == ARCHS else ','.join(g.archs)}]"
+    grids = "; ".join(f"{g.name}: {g.what} "
+                      f"[{'all archs' if g.archs == ARCHS else ','.join(g.archs)}]"
                       for g in GRIDS.values())
     add("--grid", default=None, help=f"the experiment: {grids} [taper, or the grid in --out]")
     add("--archs", default=None,
@@ -2139,7 +2295,8 @@ def report_only(exp, args, old, have_logs):
         if old and not args.archs:
             exp.archs = [a for a in ARCHS if a in old["archs"]] or exp.archs
         if old:
-            exp.variants = [v for v in g.variants(True) if v.name in old["variants"]] or exp.variants
+            exp.variants = [v for v in g.variants(True) if v.name in old["variants"]] \
+                or exp.variants
         legacy_rows(exp, sorted(old["seeds"]) if old and not args.seeds else
                     list(range(1, (args.seeds or g.seeds[args.quick]) + 1)))
         exp.data.path = os.path.join(exp.out, "*.jsonl (no data file: rows from the logs)")
@@ -2153,8 +2310,9 @@ def report_only(exp, args, old, have_logs):
     defined = {p.name: p for p in g.points(True) + g.points(False)}
     points = [defined[n] for n in dict.fromkeys(r["point"] for r in rows) if n in defined]
     if not points:
+        names = ", ".join(sorted({r["point"] for r in rows}))
         raise UserError(f"--data {exp.data.path}: its {g.name} rows are of points this "
-                        f"version does not define ({', '.join(sorted({r['point'] for r in rows}))})")
+                        f"version does not define ({names})")
     exp.points = sorted(points, key=lambda p: (p.x or 0, p.name))
     exp.targs = shlex.split(rows[-1]["grid_flags"])
     exp.set_from_rows()

@@ -29,7 +29,8 @@ L, H, C = int(get("--layers", 6)), int(get("--mlp-width", 384)), int(get("--dim"
 arch, taper = get("--arch", "transformer"), get("--taper", "cosine")
 start, end = float(get("--taper-start", 1.5)), float(get("--taper-end", 0.5))
 multiple = int(get("--taper-multiple", 32))
-seed, steps, every = int(get("--seed", 1337)), int(get("--steps", 600)), int(get("--eval-every", 100))
+seed, steps = int(get("--seed", 1337)), int(get("--steps", 600))
+every = int(get("--eval-every", 100))
 every = every or max(steps, 1)                   # 0: only the first and the last evaluation
 data_seed = int(get("--data-seed", seed))
 batches, final_batches = int(get("--eval-batches", 8)), get("--final-eval-batches")
@@ -49,8 +50,9 @@ def widths():
         g = [1.0] * L
     else:
         x = [l / max(1, L - 1) for l in range(L)]
-        shape = {"linear": lambda t: t, "sigmoid": lambda t: 1 / (1 + math.exp(-10 * (t - 0.5))),
-                 "cosine": lambda t: (1 - math.cos(math.pi * t)) / 2}.get(taper, lambda t: (1 - math.cos(math.pi * t)) / 2)
+        cosine = lambda t: (1 - math.cos(math.pi * t)) / 2           # reverse: mirrored below
+        shape = {"linear": lambda t: t, "sigmoid": lambda t: 1 / (1 + math.exp(-10 * (t - 0.5)))
+                 }.get(taper, cosine)
         g = [start + (end - start) * shape(t) for t in x]
         if taper == "reverse":
             g = g[::-1]
@@ -110,7 +112,8 @@ diverge = f"{arch}:{taper}:{seed}" in os.environ.get("FAKE_DIVERGE", "").split("
 curve = lambda s: final + (5.5 - final) * math.exp(-6 * s / max(steps, 1))
 for s in range(0, steps + 1):
     if s and (s <= 5 or s % every == 0):
-        emit({"event": "train", "step": s, "loss": round(curve(s) + numerics + rng("train", arch, tuple(ws), seed, s).gauss(0, 0.01), 8),
+        noise = rng("train", arch, tuple(ws), seed, s).gauss(0, 0.01)
+        emit({"event": "train", "step": s, "loss": round(curve(s) + numerics + noise, 8),
               "grad_norm": 1.5, "tokens": s * tok})
     if s % every and s != steps:
         continue

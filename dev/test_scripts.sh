@@ -71,7 +71,7 @@ check ablation.py --out "$S/g_taper" --trainer "$F" --train-args '--steps 100'
 
 # dev/ablation.py, new flags: each error one line, non-zero (dry runs refuse where runs would)
 printf 'grid,seed\n1,2\n' >"$S/badheader.csv"
-head -1 "$S/g_taper/runs.csv" >"$S/badrow.csv"; echo 'taper,,transformer,uniform,,1,1,bogus' >>"$S/badrow.csv"
+{ head -1 "$S/g_taper/runs.csv"; echo 'taper,,transformer,uniform,,1,1,bogus'; } >"$S/badrow.csv"
 check ablation.py --target-halfwidth 0 --dry-run
 check ablation.py --target-halfwidth -0.01 --dry-run
 check ablation.py --target-halfwidth nan --dry-run
@@ -92,13 +92,20 @@ check ablation.py --grid depth --analyze --dry-run
 check ablation.py --grid depth --train-args '--layers 3' --dry-run
 check ablation.py --grid tokens --train-args '--steps 10' --dry-run
 check ablation.py --out "$S/g_taper" --trainer "$F" --train-args '--steps 100' --dry-run
-FAKE_REFUSE=--final-eval-batches check ablation.py --quick --out "$S/e_refuse" --trainer "$F"
-FAKE_REFUSE=--final-eval-batches check ablation.py --quick --out "$S/e_refuse" --trainer "$F" --dry-run
-FAKE_NUMERICS=1 check ablation.py --quick --archs transformer --seeds 1 --out "$S/g_taper" --trainer "$F"
-FAKE_NUMERICS=1 check ablation.py --quick --archs transformer --seeds 1 --out "$S/g_taper" --trainer "$F" --dry-run
+for dry in "" --dry-run; do           # the trainer refuses a flag; a build of other numerics
+    FAKE_REFUSE=--final-eval-batches check ablation.py --quick --out "$S/e_refuse" \
+        --trainer "$F" $dry
+    FAKE_NUMERICS=1 check ablation.py --quick --archs transformer --seeds 1 --out "$S/g_taper" \
+        --trainer "$F" $dry
+done
+
+# result RC WHAT: a test's outcome (0: passed)
+result() {
+    if [ "$1" -eq 0 ]; then passed=$((passed + 1)); else echo "FAIL: $2"; failed=$((failed + 1)); fi
+}
 
 # dev/ablation.py's statistics against known values (Student t, Holm by hand, power tables)
-if $PY - <<'PYEOF' 2>&1; then passed=$((passed + 1)); else echo "FAIL: ablation.py's statistics"; failed=$((failed + 1)); fi
+$PY - <<'PYEOF' 2>&1
 import math, sys
 sys.path.insert(0, "dev")
 import ablation as A
@@ -121,18 +128,20 @@ for t, df in [(2.0, 10), (3.0, 20), (1.5, 2), (4.0, 3), (0.7, 30)]:
     near(f"p(t {t}, df {df}) vs the integrated density", A.t_pvalue(t, df), simpson_p(t, df), 1e-9)
 for df, t in [(1, 12.7062), (2, 4.3027), (4, 2.7764), (10, 2.2281), (30, 2.0423), (1000, 1.9623)]:
     near(f"t(0.975, {df})", A.t_critical(df), t, 1e-4)
-for dz, n in [(0.5, 34), (0.8, 15), (1.0, 10), (0.3, 90)]:   # paired t, power 0.8, alpha 0.05 (G*Power)
+for dz, n in [(0.5, 34), (0.8, 15), (1.0, 10), (0.3, 90)]:   # paired t, power .8, alpha .05
     if A.seeds_needed(dz) != n:
         bad.append(f"seeds_needed({dz}) = {A.seeds_needed(dz)}, want {n}")
 near("power(d_z 1, n 10)", A.paired_power(1.0, 10), 0.8031, 1e-3)
 near("power(d_z 0, n 8) = alpha", A.paired_power(0.0, 8), 0.05, 1e-6)
-if A.holm([0.01, 0.04, 0.03, 0.005]) != [0.03, 0.06, 0.06, 0.02]:   # 4x.005 3x.01 2x.03 max(.06,.04)
+# by hand: .005 x 4 = .02, .01 x 3 = .03, .03 x 2 = .06, .04 x 1 = .04 -> max(.06, .04)
+if A.holm([0.01, 0.04, 0.03, 0.005]) != [0.03, 0.06, 0.06, 0.02]:
     bad.append(f"holm: {A.holm([0.01, 0.04, 0.03, 0.005])}")
 if [round(p, 12) for p in A.holm([0.5, 0.02])] != [0.5, 0.04]:
     bad.append(f"holm 2: {A.holm([0.5, 0.02])}")
 pr = A.Paired({1: 2.0, 2: 2.1, 3: 1.9, 4: 2.05}, {1: 1.99, 2: 2.08, 3: 1.885, 4: 2.04})
+d = [-.01, -.02, -.015, -.01]
 near("paired mean", pr.mean, -0.01375, 1e-12)
-near("paired sd", pr.sd, math.sqrt(sum((d + 0.01375) ** 2 for d in (-.01, -.02, -.015, -.01)) / 3), 1e-12)
+near("paired sd", pr.sd, math.sqrt(sum((x + 0.01375) ** 2 for x in d) / 3), 1e-12)
 near("paired half-width", pr.half, 3.1824 * pr.sd / 2, 1e-4)
 near("paired p", pr.p, A.t_pvalue(pr.mean / (pr.sd / 2), 3), 1e-15)
 if not (pr.r > 0.99 and pr.needed == A.seeds_needed(abs(pr.mean) / pr.sd)):
@@ -140,17 +149,18 @@ if not (pr.r > 0.99 and pr.needed == A.seeds_needed(abs(pr.mean) / pr.sd)):
 print("\n".join(bad))
 sys.exit(1 if bad else 0)
 PYEOF
+result $? "ablation.py's statistics"
 
 # a known effect is found, a null one is not; the table's p and Holm p follow from runs.csv
 export FAKE_SLEEP=0
 FAKE_EFFECTS=cosine=0,reverse=0.02 $PY dev/ablation.py --quick --archs transformer,gated --seeds 5 \
     --out "$S/g_eff" --trainer "$F" >/dev/null 2>&1
-if grep -q '^| transformer | reverse .*| distinguishable from uniform (worse) ' "$S/g_eff/results.md" &&
-   grep -q '^| gated  *| reverse .*| distinguishable from uniform (worse) ' "$S/g_eff/results.md" &&
-   grep -q '^| transformer | cosine .*| not distinguishable  *|' "$S/g_eff/results.md" &&
-   grep -q '^| gated  *| cosine .*| not distinguishable  *|' "$S/g_eff/results.md"; then passed=$((passed + 1))
-else echo "FAIL: the known effect (reverse +0.02) and the null one (cosine 0) as they are"; failed=$((failed + 1)); fi
-if $PY - "$S/g_eff" <<'PYEOF' 2>&1; then passed=$((passed + 1)); else echo "FAIL: results.md's p and p Holm are not those of runs.csv"; failed=$((failed + 1)); fi
+row() { grep -q "^| $1  *| $2 .*| $3 " "$S/g_eff/results.md"; }
+row transformer reverse 'distinguishable from uniform (worse)' &&
+    row gated reverse 'distinguishable from uniform (worse)' &&
+    row transformer cosine 'not distinguishable  *|' && row gated cosine 'not distinguishable  *|'
+result $? "the known effect (reverse +0.02) found, the null one (cosine 0) not"
+$PY - "$S/g_eff" <<'PYEOF' 2>&1
 import csv, math, sys
 sys.path.insert(0, "dev")
 import ablation as A
@@ -167,56 +177,59 @@ adj, run = {}, 0
 for i, k in enumerate(order):
     run = max(run, min(1, (4 - i) * ps[k]))
     adj[k] = run
-table = [l.split("|") for l in open(sys.argv[1] + "/results.md") if l.startswith("| ") and "p Holm" not in l]
+table = [l.split("|") for l in open(sys.argv[1] + "/results.md")
+         if l.startswith("| ") and "p Holm" not in l]
 cols = {(c[1].strip(), c[2].strip()): (c[7].strip(), c[8].strip()) for c in table if len(c) > 9}
 bad = [k for k in ps if cols.get(k) != (A.fmt_p(ps[k]), A.fmt_p(adj[k]))]
-print("\n".join(f"{k}: table {cols.get(k)}, by hand {A.fmt_p(ps[k])}, {A.fmt_p(adj[k])}" for k in bad))
+for k in bad:
+    print(f"{k}: table {cols.get(k)}, by hand {A.fmt_p(ps[k])}, {A.fmt_p(adj[k])}")
 sys.exit(1 if bad else 0)
 PYEOF
+result $? "results.md's p and p Holm are those of runs.csv"
 
 # the data file: the same command runs nothing; another --out going on from the data file
 # runs only what it lacks; other numerics run everything again; the report from the file alone
 abl() { $PY dev/ablation.py --quick --archs transformer --trainer "$F" "$@" 2>&1; }
 nrows() { $PY -c 'import csv,sys; print(sum(1 for _ in csv.DictReader(open(sys.argv[1]))))' "$1"; }
+todo() { grep -c "^$1 runs, $2 already finished, $3 to run"; }
 abl --seeds 2 --out "$S/d1" >/dev/null
 printf 'taper,,transformer,uni' >>"$S/d1/runs.csv"                 # a killed writer's half row
 n1=$(nrows "$S/d1/runs.csv")
-again=$(abl --seeds 2 --out "$S/d1" | grep -c '6 runs, 6 already finished, 0 to run')
-more=$(abl --seeds 3 --out "$S/d2" --data "$S/d1/runs.csv" | grep -c '9 runs, 6 already finished, 3 to run')
+again=$(abl --seeds 2 --out "$S/d1" | todo 6 6 0)
+more=$(abl --seeds 3 --out "$S/d2" --data "$S/d1/runs.csv" | todo 9 6 3)
 n2=$(nrows "$S/d1/runs.csv")
-other=$(FAKE_NUMERICS=1 abl --seeds 3 --out "$S/d3" --data "$S/d1/runs.csv" | grep -c '9 runs, 0 already finished, 9 to run')
+other=$(FAKE_NUMERICS=1 abl --seeds 3 --out "$S/d3" --data "$S/d1/runs.csv" | todo 9 0 9)
 n3=$(nrows "$S/d1/runs.csv")
-if [ "$again $more $other $n1 $n2 $n3" = "1 1 1 7 9 18" ] && [ "$(tail -c 1 "$S/d1/runs.csv" | od -An -c | tr -d ' ')" = '\n' ]; then
-    passed=$((passed + 1))
-else echo "FAIL: data file reuse (again $again, more $more, other $other, rows $n1 $n2 $n3)"; failed=$((failed + 1)); fi
+[ "$again $more $other $n1 $n2 $n3" = "1 1 1 7 9 18" ] && [ "$(tail -c 1 "$S/d1/runs.csv")" = "" ]
+result $? "data file reuse (again $again, more $more, other $other, rows $n1 $n2 $n3)"
 $PY dev/ablation.py --report-only --data "$S/d1/runs.csv" --out "$S/d4" >"$S/r4" 2>&1
-if grep -q 'no log in' "$S/r4" && [ "$(grep '^| transformer' "$S/d4/results.md")" = "$(grep '^| transformer' "$S/d3/results.md")" ] &&
-   [ "$(grep -c '^| transformer .* | 3 *|$' "$S/d4/results.md")" = 3 ]; then passed=$((passed + 1))
-else echo "FAIL: --report-only from the data file alone"; failed=$((failed + 1)); fi
+table() { grep '^| transformer' "$1/results.md"; }
+grep -q 'no log in' "$S/r4" && [ "$(table "$S/d4")" = "$(table "$S/d3")" ] &&
+    [ "$(grep -c '^| transformer .* | 3 *|$' "$S/d4/results.md")" = 3 ]
+result $? "--report-only from the data file alone"
 
 # schedules of identical widths run once; seeds on demand until the target or the budget
 abl --grid ratios --seeds 2 --train-args '--layers 6 --mlp-width 384' --out "$S/d5" >/dev/null
-if grep -q 'cosine 1.25/0.75 .*the same widths as linear 1.25/0.75' "$S/d5/results.md" &&
-   [ ! -e "$S/d5/transformer_cosine-1.25-0.75_s1.jsonl" ] && grep -q ',alias,linear-1.25-0.75,' "$S/d5/runs.csv"; then
-    passed=$((passed + 1))
-else echo "FAIL: linear and cosine 1.25/0.75 at L 6 (the same widths) run once"; failed=$((failed + 1)); fi
+grep -q 'cosine 1.25/0.75 .*the same widths as linear 1.25/0.75' "$S/d5/results.md" &&
+    [ ! -e "$S/d5/transformer_cosine-1.25-0.75_s1.jsonl" ] &&
+    grep -q ',alias,linear-1.25-0.75,' "$S/d5/runs.csv"
+result $? "linear and cosine 1.25/0.75 at L 6 (the same widths) run once"
 t1=$(abl --seeds 2 --target-halfwidth 0.006 --out "$S/d6")
 t2=$(abl --seeds 2 --target-halfwidth 0.0001 --max-seeds 5 --out "$S/d6")
 t3=$(FAKE_SLEEP=0.3 abl --seeds 2 --target-halfwidth 0.0001 --max-hours 0.0003 --out "$S/d7")
-if echo "$t1" | grep -q 'within ±0.006' && echo "$t1" | grep -q '18 runs, 12 already finished, 6 to run' &&
-   echo "$t2" | grep -q 'max-seeds 5 spent' && [ "$(nrows "$S/d6/runs.csv")" = 18 ] &&
-   echo "$t3" | grep -q 'max-hours 0.0003 spent' && [ "$(nrows "$S/d7/runs.csv")" = 6 ]; then passed=$((passed + 1))
-else echo "FAIL: --target-halfwidth rounds, --max-seeds, --max-hours"; failed=$((failed + 1)); fi
+echo "$t1" | grep -q 'within ±0.006' && [ "$(echo "$t1" | todo 18 12 6)" = 1 ] &&
+    echo "$t2" | grep -q 'max-seeds 5 spent' && [ "$(nrows "$S/d6/runs.csv")" = 18 ] &&
+    echo "$t3" | grep -q 'max-hours 0.0003 spent' && [ "$(nrows "$S/d7/runs.csv")" = 6 ]
+result $? "--target-halfwidth rounds, --max-seeds, --max-hours"
 
 # the depth and tokens grids: their sizes, the epochs each saw, one figure each
 abl --grid depth --seeds 1 --out "$S/d8" >/dev/null
 abl --grid tokens --seeds 1 --out "$S/d9" >/dev/null
-if grep -q '^| L 12, dim 32 .*| fixed width, fixed parameter count |' "$S/d8/results.md" &&
-   grep -q '^| point .*| epochs |' "$S/d9/results.md" &&
-   [ "$(grep -c '^| 0.1M tokens  *| transformer' "$S/d9/results.md")" = 4 ] &&
-   grep -q 'training tokens' "$S/d9/effects.svg" && grep -q '>layers<' "$S/d8/effects.svg"; then
-    passed=$((passed + 1))
-else echo "FAIL: the depth and tokens grids' reports"; failed=$((failed + 1)); fi
+grep -q '^| L 12, dim 32 .*| fixed width, fixed parameter count |' "$S/d8/results.md" &&
+    grep -q '^| point .*| epochs |' "$S/d9/results.md" &&
+    [ "$(grep -c '^| 0.1M tokens  *| transformer' "$S/d9/results.md")" = 4 ] &&
+    grep -q 'training tokens' "$S/d9/effects.svg" && grep -q '>layers<' "$S/d8/effects.svg"
+result $? "the depth and tokens grids' reports"
 unset FAKE_SLEEP
 
 # dev/prepare_data.py
