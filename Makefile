@@ -30,7 +30,9 @@ help:
 	@echo '  test-mutants    break the backward pass line by line: the tests must catch every one'
 	@echo '  fuzz            libFuzzer targets for the loaders and the command line (FUZZ_SECONDS each)'
 	@echo '  data            the Brown Corpus as byte tokens and as GPT-2 tokens, in data/'
-	@echo '  ablation        the classroom experiment (GRID=taper|groups|ratios, default taper)'
+	@echo '  ablation        the classroom experiment (GRID=taper|groups|ratios|depth|tokens, default'
+	@echo '                  taper; depth, tokens: the taper against depth and training length, ~2 h'
+	@echo '                  each on 2 cores); every run a row of runs.csv in its output directory'
 	@echo '  ablation-quick  the same, tiny and quick (results in $(RUNS)/)'
 	@echo '  bench           training steps and matmuls at the benchmark shapes (BENCH_THREADS)'
 	@echo '  dev/bench_tlm   build the benchmark only'
@@ -85,7 +87,8 @@ run: train_tlm data/brown_byte_train.bin
 	@echo 'sample it:   ./train_tlm --load $(RUNS)/default.ckpt --sample --prompt "The "'
 
 # the classroom experiment: uniform vs cosine vs reverse taper for every architecture
-# (dev/ablation.py -h); GRID = taper | groups | ratios; ABLATION_ARGS e.g. "-j 4 --seeds 3".
+# (dev/ablation.py -h); GRID = taper | groups | ratios | depth | tokens; ABLATION_ARGS e.g.
+# "-j 4 --seeds 3" or "--data dev/results/grid_depth/runs.csv" (go on from committed rows).
 # Its runs go to $(RUNS)/ablation[_GRID][_quick] (an --out in ABLATION_ARGS wins).
 GRID ?= taper
 ablation: train_tlm data/brown_byte_train.bin
