@@ -2077,11 +2077,13 @@ def add_seeds(exp, plan, t0):
     if not wide:
         exp.target_note = f"Every comparison's 95% interval is within ±{X:g} (--target-halfwidth)."
         return False
+    def spent(budget):
+        exp.target_note = (f"--target-halfwidth {X:g} not reached: {budget} spent; wider: "
+                           + ", ".join(wide) + ".")
+        return False
     want = {k: n for k, n in want.items() if n > 0}
     if not want:
-        exp.target_note = (f"--target-halfwidth {X:g} not reached: --max-seeds {args.max_seeds} "
-                           f"spent; wider: " + ", ".join(wide) + ".")
-        return False
+        return spent(f"--max-seeds {args.max_seeds}")
     if args.max_hours:
         left = args.max_hours * 3600 - (time.time() - t0)
         nrun = lambda k: sum(1 for v in exp.variants if not exp.aliases.get((k[0], k[1], v.name)))
@@ -2094,9 +2096,7 @@ def add_seeds(exp, plan, t0):
             want[k] -= 1
             want = {k: n for k, n in want.items() if n > 0}
         if not want:
-            exp.target_note = (f"--target-halfwidth {X:g} not reached: --max-hours "
-                               f"{args.max_hours:g} spent; wider: " + ", ".join(wide) + ".")
-            return False
+            return spent(f"--max-hours {args.max_hours:g}")
     for k, n in want.items():
         top = max(plan[k])
         plan[k] += list(range(top + 1, top + 1 + n))

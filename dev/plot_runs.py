@@ -145,23 +145,9 @@ def smooth(points, window):
 
 
 # ------------------------------------ SVG ----------------------------------------------
-# round axis ticks: the ablation report's (dev/ablation.py, beside this file; importing it runs nothing)
-from ablation import nice_ticks  # noqa: E402
-
-
-def fmt_num(v, step):
-    """v with just enough decimals to tell ticks `step` apart."""
-    nd = next(d for d in range(7) if abs(step * 10 ** d - round(step * 10 ** d)) < 1e-6 or d == 6)
-    return f"{v:.{nd}f}"
-
-
-def fmt_tokens(v, step):
-    if v == 0:
-        return "0"
-    for div, suf in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if max(abs(v), step) >= div:
-            return fmt_num(v / div, step / div) + suf
-    return fmt_num(v, step)
+# round axis ticks and their labels: the ablation report's (dev/ablation.py, beside this file;
+# importing it runs nothing)
+from ablation import fmt_num, fmt_tokens, nice_ticks  # noqa: E402
 
 
 def tint(color, amount):
