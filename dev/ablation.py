@@ -688,12 +688,14 @@ class Experiment:
 
 
 # ------------------------------------ asking the trainer -------------------------------
-def probe(exp, env):
+def probe(exp):
     """Short trainer runs with the grid's own flags, before anything is run: for every point
     and architecture the uniform model for PROBE_STEPS steps, whose logged losses hash to the
     numerics fingerprint; every other schedule for 0 steps, for its widths. Evaluations on one
-    batch, no checkpoint. A refusal of the trainer is the grid's error, said once."""
-    args, fingerprint, widths = exp.args, {}, {}
+    batch, no checkpoint, one thread (the trainer's numbers are bit-identical for any thread
+    count; one thread is not slowed by a busy machine's other processes). A refusal of the
+    trainer is the grid's error, said once."""
+    args, fingerprint, widths, env = exp.args, {}, {}, run_env(1)
     tmp = tempfile.mkdtemp(prefix="ablation_probe_")
     try:
         for p, a in exp.cells():
@@ -2415,7 +2417,7 @@ def main():
     nprobe = len(exp.cells()) * len(exp.variants)
     print(f"asking the trainer: {nprobe} short run{'s' * (nprobe > 1)} (numerics fingerprint, "
           f"widths) ...", flush=True)
-    exp.set_probed(*probe(exp, run_env(threads)))
+    exp.set_probed(*probe(exp))
     plan = {(p.name, a): list(range(1, nseeds + 1)) for p, a in exp.cells()}
     if X is not None:                             # the rounds count the seeds the data holds
         for p, a in exp.cells():
