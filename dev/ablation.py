@@ -572,7 +572,7 @@ class Experiment:
         self.setups = {}          # (point, arch) -> (grid flags key, fingerprint) of its rows
         self.errors = {}          # (point, arch, schedule, seed) -> why it failed this session
         self.durations = {}       # (point, arch) -> [seconds of a finished run]
-        self.data = None
+        self.data = self.made_by = None   # made_by: (code, machine) of an old --out's logs
         if grid.name == "tokens":                 # x and label: the tokens, not the steps
             for p in points:
                 p.x = tokens_of(self.point_args(p))
@@ -650,12 +650,13 @@ class Experiment:
                    if not self.matches(r, p, a, v))
 
     def base_row(self, point, arch, variant, status):
-        w = self.widths[(point.name, arch, variant.name)]
+        w = self.widths.get((point.name, arch, variant.name), ("", "", ""))   # old --out: none
         return {"grid": self.grid.name, "point": point.name, "arch": arch, "schedule": variant.name,
                 "schedule_flags": shlex.join(variant.flags), "status": status,
                 "mlp_widths": w[0], "cms_widths": w[1], "params": w[2],
-                "fingerprint": self.fingerprint[(point.name, arch)],
-                "code": git_commit(self.args.trainer), "machine": machine(),
+                "fingerprint": self.fingerprint.get((point.name, arch), ""),
+                "code": self.made_by[0] if self.made_by else git_commit(self.args.trainer),
+                "machine": self.made_by[1] if self.made_by else machine(),
                 "date": time.strftime("%Y-%m-%d %H:%M"), "grid_flags": shlex.join(self.targs)}
 
     def add_run_row(self, run, log):
@@ -2269,8 +2270,10 @@ def dry_run(exp, runs, threads, analyze):
               + "): how many depends on the runs")
 
 
-def legacy_rows(exp, seeds):
+def legacy_rows(exp, seeds, old):
     """An --out of an older ablation.py (logs, no data file): rows in memory from its logs."""
+    code = (old or {}).get("code", "not recorded").replace("code at commit ", "")
+    exp.made_by = (code.replace("code version unknown", "unknown"), (old or {}).get("machine", ""))
     for p, a in exp.cells():
         exp.fingerprint[(p.name, a)] = ""
         exp.setups[(p.name, a)] = (flag_key(exp.targs), "")
@@ -2300,7 +2303,7 @@ def report_only(exp, args, old, have_logs):
             exp.variants = [v for v in g.variants(True) if v.name in old["variants"]] \
                 or exp.variants
         legacy_rows(exp, sorted(old["seeds"]) if old and not args.seeds else
-                    list(range(1, (args.seeds or g.seeds[args.quick]) + 1)))
+                    list(range(1, (args.seeds or g.seeds[args.quick]) + 1)), old)
         exp.data.path = os.path.join(exp.out, "*.jsonl (no data file: rows from the logs)")
         report(exp)
         return

@@ -207,6 +207,10 @@ table() { grep '^| transformer' "$1/results.md"; }
 grep -q 'no log in' "$S/r4" && [ "$(table "$S/d4")" = "$(table "$S/d3")" ] &&
     [ "$(grep -c '^| transformer .* | 3 *|$' "$S/d4/results.md")" = 3 ]
 result $? "--report-only from the data file alone"
+cp -r "$S/d1" "$S/d1old" && rm "$S/d1old/runs.csv"            # an --out of an older ablation.py
+$PY dev/ablation.py --report-only --out "$S/d1old" >/dev/null 2>&1 &&
+    [ "$(grep -c '^| transformer .* | 2 *|$' "$S/d1old/results.md")" = 3 ]
+result $? "--report-only of an --out without a data file (its logs)"
 
 # schedules of identical widths run once; seeds on demand until the target or the budget
 abl --grid ratios --seeds 2 --train-args '--layers 6 --mlp-width 384' --out "$S/d5" >/dev/null
