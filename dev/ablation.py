@@ -573,7 +573,11 @@ class Experiment:
         self.errors = {}          # (point, arch, schedule, seed) -> why it failed this session
         self.durations = {}       # (point, arch) -> [seconds of a finished run]
         self.data = self.made_by = None   # made_by: (code, machine) of an old --out's logs
-        if grid.name == "tokens":                 # x and label: the tokens, not the steps
+        self.set_points(points)
+
+    def set_points(self, points):
+        self.points = points
+        if self.grid.name == "tokens":            # x and label: the tokens, not the steps
             for p in points:
                 p.x = tokens_of(self.point_args(p))
                 p.label = f"{p.x / 1e6:.2g}M tokens"
@@ -2318,8 +2322,8 @@ def report_only(exp, args, old, have_logs):
         names = ", ".join(sorted({r["point"] for r in rows}))
         raise UserError(f"--data {exp.data.path}: its {g.name} rows are of points this "
                         f"version does not define ({names})")
-    exp.points = sorted(points, key=lambda p: (p.x or 0, p.name))
     exp.targs = shlex.split(rows[-1]["grid_flags"])
+    exp.set_points(sorted(points, key=lambda p: (p.x or 0, p.name)))
     exp.set_from_rows()
     report(exp)
 

@@ -229,9 +229,11 @@ result $? "--target-halfwidth rounds, --max-seeds, --max-hours"
 # the depth and tokens grids: their sizes, the epochs each saw, one figure each
 abl --grid depth --seeds 1 --out "$S/d8" >/dev/null
 abl --grid tokens --seeds 1 --out "$S/d9" >/dev/null
+$PY dev/ablation.py --report-only --data "$S/d9/runs.csv" --out "$S/d10" >/dev/null 2>&1
 grep -q '^| L 12, dim 32 .*| fixed width, fixed parameter count |' "$S/d8/results.md" &&
     grep -q '^| point .*| epochs |' "$S/d9/results.md" &&
     [ "$(grep -c '^| 0.1M tokens  *| transformer' "$S/d9/results.md")" = 4 ] &&
+    [ "$(grep '^| 0.1M tokens' "$S/d9/results.md")" = "$(grep '^| 0.1M tokens' "$S/d10/results.md")" ] &&
     grep -q 'training tokens' "$S/d9/effects.svg" && grep -q '>layers<' "$S/d8/effects.svg"
 result $? "the depth and tokens grids' reports"
 unset FAKE_SLEEP
