@@ -85,7 +85,8 @@ where the trainer logs it, the alignment probe cos(MLP output, residual stream i
 to) per layer, plotted per schedule.
 
 What the depth and tokens grids cost (measured on the 2-core AMD EPYC, 2 threads, -j 1,
-train_tlm at e1e5031; the machine is shared, so read them as upper bounds): per seed of a
+train_tlm at e1e5031, while the shared machine was lightly loaded, load average below 2;
+with other jobs on its two cores, two-thread runs were 2 to 7 times slower): per seed of a
 point, its four schedules' training (500 steps), final whole-split evaluations and periodic
 ones:
   depth   L 4/8/16/24 at dim 48: 41 s, 76 s, 154 s, 222 s;  L 4 dim 96: 83 s, L 12 dim 56:
@@ -93,12 +94,13 @@ ones:
           seeds 91 min. Larger: L 32 at dim 48 ~300 s per seed; L 24 at dim 128 ~750 s.
   tokens  0.5M 76 s, 2M 234 s, 8M 863 s: 20 min per seed, 6 seeds 117 min. 32M tokens
           (6 epochs) would take ~56 min per seed, 5.6 hours for 6 seeds.
-The 6 seeds assume a paired sd of at most 0.015 nats (the classroom grid's sd of the
-cosine - uniform difference before the pairing shared weights and data order; real
-pairing should only shrink it): for an effect of 1% of these models' ~2.2 loss, 0.022,
-that is d/sd >= 1.47, which 6 pairs find with 80% power at alpha 0.05 (before Holm over
-the grid's 21 or 9 comparisons), and a 95% half-width of at most 0.016. If the measured
-sd is larger, the table's seeds-for-80%-power says how many; --target-halfwidth 0.02
+The 6 seeds assume a paired sd of at most 0.015 nats (the classroom grid's pooled sd of the
+schedule - uniform differences at 0.5M tokens, measured before the pairing shared weights
+and data order; real pairing should shrink it, but the small L 4 dim 96 model had 0.03):
+an effect of 1% of these models' val loss (2.07-2.28 at 0.5M tokens), about 0.021, is then
+resolved, the 95% half-width at most 0.016; it is found with 78% power at alpha 0.05 (7
+seeds for 80%; before Holm over the grid's 21 or 9 comparisons). If the measured sd is
+larger, the table's seeds-for-80%-power says how many; --target-halfwidth 0.02
 --max-hours 3 adds them within three hours.
 
 Usage (from the repository root, after `make`):
