@@ -43,13 +43,14 @@ The t distribution (the regularized incomplete beta function) and the power are 
 here, in the standard library. A run that diverged (the trainer's NaN guard stopped it) or
 failed is named in the table and left out of the pairs.
 
-Seeds: --seeds N runs seeds 1..N. --target-halfwidth X adds seeds after them, in rounds:
-each round gives every cell (point x architecture) with an interval wider than ±X as many
-new seeds (all its schedules together, so they pair) as its sd says would reach X, at most
-as many as it has; until every interval is within ±X or the budget is spent: --max-seeds N
-per cell [20], --max-hours H (no round starts that its estimate, from the runs' times so
-far, says would end after H hours from the start; a round can overrun by the estimate's
-error).
+Seeds: --seeds N runs seeds 1..N; the report takes every seed the data file holds for this
+code and these flags (more, if an earlier session ran more). --target-halfwidth X adds
+seeds after them in rounds: each round gives every cell (point x architecture) with an
+interval wider than ±X as many new seeds (all its schedules together, so they pair) as its
+sd says would reach X, at most as many as it has; until every interval is within ±X or the
+budget is spent: --max-seeds N per cell [20], --max-hours H (no round starts that its
+estimate, from the runs' times so far, says would end after H hours from the start; a
+round can overrun by the estimate's error).
 
 Schedules whose widths round to the same allocation (ask the trainer: every schedule is
 probed before anything runs, see below) are one model: the later one is not run and is

@@ -213,17 +213,17 @@ $PY dev/ablation.py --report-only --out "$S/d1old" >/dev/null 2>&1 &&
 result $? "--report-only of an --out without a data file (its logs)"
 
 # schedules of identical widths run once; seeds on demand until the target or the budget
-abl --grid ratios --seeds 2 --train-args '--layers 6 --mlp-width 384' --out "$S/d5" >/dev/null
+abl --grid ratios --seeds 1 --train-args '--layers 6 --mlp-width 384' --out "$S/d5" >/dev/null
 grep -q 'cosine 1.25/0.75 .*the same widths as linear 1.25/0.75' "$S/d5/results.md" &&
     [ ! -e "$S/d5/transformer_cosine-1.25-0.75_s1.jsonl" ] &&
     grep -q ',alias,linear-1.25-0.75,' "$S/d5/runs.csv"
 result $? "linear and cosine 1.25/0.75 at L 6 (the same widths) run once"
 t1=$(abl --seeds 2 --target-halfwidth 0.006 --out "$S/d6")
 t2=$(abl --seeds 2 --target-halfwidth 0.0001 --max-seeds 5 --out "$S/d6")
-t3=$(FAKE_SLEEP=0.3 abl --seeds 2 --target-halfwidth 0.0001 --max-hours 0.0003 --out "$S/d7")
+t3=$(FAKE_SLEEP=0.15 abl --seeds 2 --target-halfwidth 0.0001 --max-hours 0.00015 --out "$S/d7")
 echo "$t1" | grep -q 'within ±0.006' && [ "$(echo "$t1" | todo 18 12 6)" = 1 ] &&
     echo "$t2" | grep -q 'max-seeds 5 spent' && [ "$(nrows "$S/d6/runs.csv")" = 18 ] &&
-    echo "$t3" | grep -q 'max-hours 0.0003 spent' && [ "$(nrows "$S/d7/runs.csv")" = 6 ]
+    echo "$t3" | grep -q 'max-hours 0.00015 spent' && [ "$(nrows "$S/d7/runs.csv")" = 6 ]
 result $? "--target-halfwidth rounds, --max-seeds, --max-hours"
 
 # the depth and tokens grids: their sizes, the epochs each saw, one figure each
