@@ -180,6 +180,7 @@ SMALL_SEEDS = 6
 RESERVED = {"--arch", "--taper", "--mlp-widths", "--seed", "--log", "--save", "--load",
             "--analyze", "--eval-only"}
 PROBE_STEPS = 3                                  # steps of the numerics fingerprint's run
+TARGET_FLAGS = ("--target-halfwidth", "--max-seeds", "--max-hours")   # (not with --report-only)
 FONT = "font-family='DejaVu Sans, Helvetica, Arial, sans-serif'"
 
 
@@ -576,6 +577,7 @@ class Experiment:
         self.errors = {}          # (point, arch, schedule, seed) -> why it failed this session
         self.durations = {}       # (point, arch) -> [seconds of a finished run]
         self.data = self.made_by = None   # made_by: (code, machine) of an old --out's logs
+        self.target_note = None           # --target-halfwidth: reached, or why not
         self.set_points(points)
 
     def set_points(self, points):
@@ -1989,7 +1991,7 @@ def report(exp):
                 f"and were not used.")
         print(note)
         doc += [note, ""]
-    if getattr(exp, "target_note", None):
+    if exp.target_note:
         doc += [exp.target_note, ""]
     nseeds = f"{len(seeds)} seed{'s' * (len(seeds) != 1)}"
     effects = os.path.join(out, "effects.svg")
@@ -2331,13 +2333,11 @@ def report_only(exp, args, old, have_logs):
     report(exp)
 
 
-def main():
-    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-             else os.cpu_count() or 1)
-    args = make_parser(cores).parse_args()
+def check_args(args):
+    """The command line's errors that need nothing but the command line."""
     if args.grid is not None and args.grid not in GRIDS:
         raise UserError(f"--grid: unknown grid {args.grid!r} (known: {', '.join(GRIDS)})")
-    archs = parse_archs(args.archs)
+    parse_archs(args.archs)
     if args.jobs is not None and args.jobs < 1:
         raise UserError("-j must be >= 1")
     if args.seeds is not None and args.seeds < 1:
@@ -2355,7 +2355,11 @@ def main():
     if X is not None and args.report_only:
         raise UserError("--target-halfwidth runs seeds: not with --report-only")
 
-    # the output directory, the data file and the grid they hold
+
+def open_experiment(args):
+    """The output directory, the data file and the grid they hold, the trainer's flags:
+    returns (Experiment, the --out's manifest or None, whether --out holds logs, seeds)."""
+    X = args.target_halfwidth
     if args.out is None and args.report_only and args.data:
         args.out = os.path.dirname(args.data) or "."
     args.out = args.out or default_out(args.grid or "taper", args.quick)
@@ -2403,13 +2407,17 @@ def main():
             raise UserError(f"--max-seeds {args.max_seeds} is below the {nseeds} seeds a round "
                             f"starts with (--seeds)")
     args.first_seed = 1
-    exp = Experiment(args, g, g.points(args.quick), archs or list(g.archs), g.variants(args.linear),
-                     targs)
+    exp = Experiment(args, g, g.points(args.quick), parse_archs(args.archs) or list(g.archs),
+                     g.variants(args.linear), targs)
     exp.data = data
-    if args.report_only:
-        report_only(exp, args, old, have_logs)
-        return
+    return exp, old, have_logs, nseeds
 
+
+def run_experiment(exp, old, have_logs, nseeds, cores):
+    """Checks what a run needs (the trainer, --out, the probes); then the dry run, or the
+    rounds of runs, the analysis and the report."""
+    args, g, targs, X = exp.args, exp.grid, exp.targs, exp.args.target_halfwidth
+    manifest = os.path.join(args.out, "ablation.json")
     if args.jobs is None:                         # tiny quick models run best one per core
         args.jobs = cores if args.quick else (1 if cores < 4 else cores // 2)
     analyze = args.analyze if args.analyze is not None else not (args.quick or g.scaling)
@@ -2459,15 +2467,17 @@ def main():
     t0 = time.time()
     while True:
         if not run_grid(exp, runs, threads):
-            again = shlex.join(["python3"] + sys.argv)
+            again = ["python3"] + sys.argv
+            partial = [a for i, a in enumerate(again) if not a.startswith(TARGET_FLAGS) and not
+                       (i and again[i - 1] in TARGET_FLAGS)] + ["--report-only"]
             print(f"stopped. Finished runs are kept (rows in {exp.data.path}); interrupted ones "
-                  f"resume from their checkpoint.\n  resume:          {again}\n"
-                  f"  partial report:  {again} --report-only")
+                  f"resume from their checkpoint.\n  resume:          {shlex.join(again)}\n"
+                  f"  partial report:  {shlex.join(partial)}")
             sys.exit(130)
         if X is None or not add_seeds(exp, plan, t0):
             break
         runs = make_runs(exp, plan)
-    if getattr(exp, "target_note", None):
+    if exp.target_note:
         print(exp.target_note)
     if analyze:
         try:
@@ -2482,6 +2492,18 @@ def main():
               ("" if args.retry_diverged else ", with --retry-diverged the diverged ones too"),
               file=sys.stderr)
         sys.exit(1)
+
+
+def main():
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    args = make_parser(cores).parse_args()
+    check_args(args)
+    exp, old, have_logs, nseeds = open_experiment(args)
+    if args.report_only:
+        report_only(exp, args, old, have_logs)
+    else:
+        run_experiment(exp, old, have_logs, nseeds, cores)
 
 
 def same_flags(x, y):
