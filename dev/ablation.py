@@ -723,7 +723,8 @@ def probe(exp):
                 what = f"{a} {v.label}" + (f" at {p.label}" if p.label else "")
                 if r.returncode != 0 or lg.status != "ok" or "mlp_widths" not in lg.config:
                     lines = [l.strip() for l in (r.stdout + r.stderr).splitlines() if l.strip()]
-                    why = lines[-1] if lines else f"exit {r.returncode}, {lg.status} log"
+                    said = [l for l in lines if "error" in l.lower()] or lines   # not its hint
+                    why = said[-1] if said else f"exit {r.returncode}, {lg.status} log"
                     raise UserError(f"the trainer refused the {exp.grid.name} grid's run {what}: "
                                     f"{why} (tried: {shlex.join(cmd[:-2])})")
                 widths[(p.name, a, v.name)] = widths_of(lg.config) + (lg.config.get("params", ""),)
