@@ -85,24 +85,27 @@ residual stream, how much the val loss rises when a layer (or its MLP) is skippe
 where the trainer logs it, the alignment probe cos(MLP output, residual stream it is added
 to) per layer, plotted per schedule.
 
-What the depth and tokens grids cost (measured on the 2-core AMD EPYC, 2 threads, -j 1,
-train_tlm at e1e5031, while the shared machine was lightly loaded, load average below 2;
-with other jobs on its two cores, two-thread runs were 2 to 7 times slower): per seed of a
-point, its four schedules' training (500 steps), final whole-split evaluations and periodic
-ones:
-  depth   L 4/8/16/24 at dim 48: 41 s, 76 s, 154 s, 222 s;  L 4 dim 96: 83 s, L 12 dim 56:
-          129 s, L 24 dim 40: 206 s (L 16 dim 48 is on both series); 15 min per seed, 6
-          seeds 91 min. Larger: L 32 at dim 48 ~300 s per seed; L 24 at dim 128 ~750 s.
-  tokens  0.5M 76 s, 2M 234 s, 8M 863 s: 20 min per seed, 6 seeds 117 min. 32M tokens
-          (6 epochs) would take ~56 min per seed, 5.6 hours for 6 seeds.
-The 6 seeds assume a paired sd of at most 0.015 nats (the classroom grid's pooled sd of the
-schedule - uniform differences at 0.5M tokens, measured before the pairing shared weights
-and data order; real pairing should shrink it, but the small L 4 dim 96 model had 0.03):
-an effect of 1% of these models' val loss (2.07-2.28 at 0.5M tokens), about 0.021, is then
-resolved, the 95% half-width at most 0.016; it is found with 78% power at alpha 0.05 (7
-seeds for 80%; before Holm over the grid's 21 or 9 comparisons). If the measured sd is
-larger, the table's seeds-for-80%-power says how many; --target-halfwidth 0.02
---max-hours 3 adds them within three hours.
+What the depth and tokens grids cost, per seed of a point (its four schedules: 500 steps of
+training, the final whole-split evaluation, the periodic ones, the checkpoints), on the
+2-core AMD EPYC at -j 1, 2 threads, from one full run per point with the trainer of
+--data-seed and --final-eval-batches, at light load (load average up to 2, the run
+included; with other jobs on the two cores, two-thread runs took 2 to 7 times longer, so
+read these as the quiet machine's):
+  depth   L 4/8/16/24 at dim 48: 45 s, 80 s, 193 s, 284 s;  L 4 dim 96: 96 s, L 12 dim 56:
+          140 s, L 24 dim 40: ~256 s (from its step time); L 16 dim 48 is on both series:
+          18 min per seed, 6 seeds 1.8 hours. Larger: L 32 at dim 48 ~380 s per seed,
+          L 24 at dim 128 ~800 s.
+  tokens  0.5M 80 s, 2M ~250 s, 8M ~920 s (the last two from the step time): 21 min per
+          seed, 6 seeds 2.1 hours. 32M tokens (6 epochs) would take ~60 min per seed, 6
+          hours for 6 seeds.
+The 6 seeds assume a paired sd of about 0.015 nats: measured at L 8 dim 48 with 5 seeds,
+cosine - uniform 0.017, reverse - uniform 0.013 (r 0.86, 0.88); the classroom grid's
+pooled 0.015 before the pairing shared weights and data order. An effect of 1% of these
+models' val loss (1.95-2.15 at 0.5M tokens), about 0.02, is then resolved, the 95%
+half-width about 0.016; it is found with about 73% power at alpha 0.05 (7 seeds for 80%;
+before Holm over the grid's 21 or 9 comparisons). Where the sd is larger, the table's
+seeds-for-80%-power says how many; --target-halfwidth 0.02 --max-hours 3 adds them
+within three hours.
 
 Usage (from the repository root, after `make`):
     python3 dev/ablation.py --quick               # small taper grid, a few minutes on 2 cores
