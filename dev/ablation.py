@@ -173,7 +173,7 @@ QUICK_SEEDS = 3                                  # the fewest that give an inter
 # --steps/--eval-every); widths rounded to multiples of 8 so that dims down to 40 taper.
 SMALL_ARGS = ("--heads 4 --seq-len 128 --batch 8 --steps 500 --eval-every 50 --eval-batches 4 "
               "--final-eval-batches 0 --sample-every 0 --taper-multiple 8")
-SMALL_QUICK_ARGS = ("--heads 4 --seq-len 64 --batch 8 --steps 100 --eval-every 25 "
+SMALL_QUICK_ARGS = ("--heads 4 --seq-len 64 --batch 8 --steps 200 --eval-every 25 "
                     "--eval-batches 4 --final-eval-batches 64 --sample-every 0 --taper-multiple 8")
 TOKENS_SHAPE, TOKENS_QUICK_SHAPE = (8, 48), (4, 32)      # the tokens grid's (layers, dim)
 SMALL_SEEDS = 6
@@ -267,13 +267,13 @@ def depth_points(quick):
 
 
 def tokens_points(quick):
-    """One shape at 0.5M, 2M and 8M tokens (quick: 25k to 100k); Experiment labels them by
+    """One shape at 0.5M, 2M and 8M tokens (quick: 51k to 205k); Experiment labels them by
     the tokens their flags give."""
     L, C = TOKENS_QUICK_SHAPE if quick else TOKENS_SHAPE
     shape = ["--layers", str(L), "--dim", str(C), "--mlp-width", str(3 * C)]
     return [Point(f"s{steps}", f"{steps} steps",
                   shape + ["--steps", str(steps), "--eval-every", str(max(1, steps // 10))],
-                  steps, ["tokens"]) for steps in ([50, 100, 200] if quick else [500, 2000, 8000])]
+                  steps, ["tokens"]) for steps in ([100, 200, 400] if quick else [500, 2000, 8000])]
 
 
 def tokens_of(flags):
