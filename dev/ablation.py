@@ -71,13 +71,15 @@ for one sitting goes on later from a committed file:
     python3 dev/ablation.py --grid depth --data dev/results/grid_depth/runs.csv
 "The same code" is the numerics fingerprint: before anything runs, ablation.py trains the
 uniform model of every point and architecture for 3 steps with the grid's own flags (one
-evaluation batch, no checkpoint) and hashes its logged losses (train at %.9g, val) and
-gradient norms; every other schedule runs 0 steps for its widths. A row counts if its
-fingerprint, widths and flags are this invocation's. A commit that leaves the arithmetic
-alone (results, docs, new options with old defaults) keeps the fingerprint; a trainer whose
-numbers differ in any bit (a changed kernel, another machine's float rounding) does not,
-and its runs are made again (their rows stay in the file). --report-only reports, per
-point and architecture, the fingerprint and flags of the file's latest row.
+evaluation batch, one thread) and hashes its logged losses and gradient norms with the
+bytes of its checkpoint's weights and AdamW moments (not the checkpoint's option text);
+every other schedule runs 0 steps for its widths. A row counts if its fingerprint, widths
+and flags are this invocation's. A commit that leaves the arithmetic alone (results, docs,
+new options with old defaults) keeps the fingerprint, and so does the thread count; a
+trainer whose numbers differ in any bit (a changed kernel, another compiler's or machine's
+float rounding: -O2 against -O3 -march=native differs in most weights after one step)
+does not, and its runs are made again (the other rows stay in the file). --report-only
+reports, per point and architecture, the fingerprint and flags of the file's latest row.
 
 With --analyze (taper, groups and ratios grids; on unless --quick) `train_tlm --analyze`
 runs on the first seed's checkpoint of every schedule: how much each layer changes the
@@ -703,11 +705,11 @@ class Experiment:
 # ------------------------------------ asking the trainer -------------------------------
 def probe(exp):
     """Short trainer runs with the grid's own flags, before anything is run: for every point
-    and architecture the uniform model for PROBE_STEPS steps, whose logged losses hash to the
-    numerics fingerprint; every other schedule for 0 steps, for its widths. Evaluations on one
-    batch, no checkpoint, one thread (the trainer's numbers are bit-identical for any thread
-    count; one thread is not slowed by a busy machine's other processes). A refusal of the
-    trainer is the grid's error, said once."""
+    and architecture the uniform model for PROBE_STEPS steps, whose numbers hash to the
+    numerics fingerprint (fingerprint()); every other schedule for 0 steps, for its widths.
+    Evaluations on one batch, one thread (the trainer's numbers are bit-identical for any
+    thread count; one thread is not slowed by a busy machine's other processes). A refusal
+    of the trainer is the grid's error, said once."""
     args, fingerprint, widths, env = exp.args, {}, {}, run_env(1)
     tmp = tempfile.mkdtemp(prefix="ablation_probe_")
     try:
@@ -719,8 +721,10 @@ def probe(exp):
                 if flag_value(pargs, "--final-eval-batches") is not None:
                     over += ["--final-eval-batches", "1"]
                 log = os.path.join(tmp, f"{len(widths)}.jsonl")
+                ckpt = log[:-6] + ".ckpt"
                 cmd = [args.trainer, "--arch", a, *v.flags, "--seed", str(args.first_seed),
-                       *merge_flags(pargs, over), "--log", log]
+                       *merge_flags(pargs, over), "--log", log] + \
+                    (["--save", ckpt] if v.name == BASELINE else [])
                 r = subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=env)
                 lg = RunLog(log)
                 what = f"{a} {v.label}" + (f" at {p.label}" if p.label else "")
@@ -729,19 +733,37 @@ def probe(exp):
                     said = [l for l in lines if "error" in l.lower()] or lines   # not its hint
                     why = said[-1] if said else f"exit {r.returncode}, {lg.status} log"
                     raise UserError(f"the trainer refused the {exp.grid.name} grid's run {what}: "
-                                    f"{why} (tried: {shlex.join(cmd[:-2])})")
+                                    f"{why} (tried: {shlex.join(without_files(cmd))})")
                 widths[(p.name, a, v.name)] = widths_of(lg.config) + (lg.config.get("params", ""),)
                 if v.name == BASELINE:
                     if not lg.train:
                         raise UserError(f"the trainer logged no train records for {what} "
-                                        f"(tried: {shlex.join(cmd[:-2])})")
-                    nums = [[s, *lg.train[s][:2]] for s in sorted(lg.train)] + \
-                           [[s, lg.vals[s][1]] for s in sorted(lg.vals)]
-                    digest = hashlib.sha256(json.dumps(nums).encode()).hexdigest()
-                    fingerprint[(p.name, a)] = digest[:16]
+                                        f"(tried: {shlex.join(without_files(cmd))})")
+                    fingerprint[(p.name, a)] = numerics_fingerprint(lg, ckpt)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return fingerprint, widths
+
+
+def numerics_fingerprint(log, ckpt):
+    """16 hex digits of the SHA-256 of a probe run's numbers: its logged train losses (%.9g),
+    gradient norms and val losses, and the bytes of its checkpoint's parameters and AdamW
+    moments (data/README.md: after the 1 KB header and the option area, before the CRC). The
+    weights are what make it sensitive: builds whose logged losses agreed for 14 steps
+    (-O2 against -O3 -march=native) differed in most weights after one step, and in the
+    final val loss. The option text is left out, so new options with old defaults keep it."""
+    nums = [[s, *log.train[s][:2]] for s in sorted(log.train)] + \
+           [[s, log.vals[s][1]] for s in sorted(log.vals)]
+    h = hashlib.sha256(json.dumps(nums).encode())
+    try:
+        with open(ckpt, "rb") as f:
+            raw = f.read()
+        head = struct.unpack("<256i", raw[:1024])
+        if head[0] == 20260623 and head[1] == 2 and 1024 + head[40] <= len(raw) - 4:
+            h.update(raw[1024 + head[40]:-4])
+    except (OSError, struct.error):
+        pass                                      # no checkpoint of this format: the log's
+    return h.hexdigest()[:16]
 
 
 # ------------------------------------ running the grid ---------------------------------

@@ -105,7 +105,7 @@ result() {
 }
 
 # dev/ablation.py's statistics against known values (Student t, Holm by hand, power tables)
-$PY - <<'PYEOF' 2>&1
+S=$S $PY - <<'PYEOF' 2>&1
 import math, sys
 sys.path.insert(0, "dev")
 import ablation as A
@@ -146,10 +146,26 @@ near("paired half-width", pr.half, 3.1824 * pr.sd / 2, 1e-4)
 near("paired p", pr.p, A.t_pvalue(pr.mean / (pr.sd / 2), 3), 1e-15)
 if not (pr.r > 0.99 and pr.needed == A.seeds_needed(abs(pr.mean) / pr.sd)):
     bad.append(f"paired r {pr.r}, seeds needed {pr.needed}")
+# the numerics fingerprint: a checkpoint's weights count, its option text does not
+import os, struct, tempfile
+class Log:
+    train, vals = {1: (5.5, 1.0, 64)}, {0: (0, 5.6)}
+def ckpt(options, weights):
+    head = [0] * 256
+    head[0], head[1], head[40] = 20260623, 2, len(options)
+    path = tempfile.mktemp(dir=os.environ["S"])
+    with open(path, "wb") as f:
+        f.write(struct.pack("<256i", *head) + options + struct.pack("<3f", *weights) + b"CRC!")
+    return A.numerics_fingerprint(Log, path)
+base = ckpt(b"lr=0.003\n\0\0", [1.0, 2.0, 3.0])
+if ckpt(b"lr=0.003\nnew=1\n", [1.0, 2.0, 3.0]) != base:
+    bad.append("fingerprint: an option line changed it")
+if ckpt(b"lr=0.003\n\0\0", [1.0, 2.0, 3.0000002]) == base:
+    bad.append("fingerprint: a weight's last bit did not change it")
 print("\n".join(bad))
 sys.exit(1 if bad else 0)
 PYEOF
-result $? "ablation.py's statistics"
+result $? "ablation.py's statistics and numerics fingerprint"
 
 # a known effect is found, a null one is not; the table's p and Holm p follow from runs.csv
 export FAKE_SLEEP=0
