@@ -1132,7 +1132,30 @@ def main():
     print(f"done in {time.time() - t_start:.1f} s")
 
 
+class QuietOnClosedPipe:
+    """stdout that goes quiet when its reader has gone (`prepare_data.py ... | head`): the
+    shards are the point of the run, its messages are not, so the run goes on to the end."""
+    def __init__(self, stream):
+        self.stream, self.closed_pipe = stream, False
+
+    def write(self, text):
+        if not self.closed_pipe:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                self.closed_pipe = True
+        return len(text)
+
+    def flush(self):
+        if not self.closed_pipe:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self.closed_pipe = True
+
+
 if __name__ == "__main__":
+    sys.stdout = QuietOnClosedPipe(sys.stdout)
     try:
         main()
     except KeyboardInterrupt:

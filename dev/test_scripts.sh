@@ -281,6 +281,12 @@ sizes=$(stat -c %s "$S"/sh/big9_byte_train_0*.bin 2>/dev/null | sort -un | tr '\
 set -- $sizes
 if [ $# -ge 1 ] && [ $# -le 2 ] && [ $(( ${2:-$1} - $1 )) -le 2 ]; then passed=$((passed + 1))
 else echo "FAIL: --shard-tokens 65536 shard sizes are not near-equal: $sizes"; failed=$((failed + 1)); fi
+# a closed stdout (`... | head -1`) quiets the messages and the run still writes its shards
+rm -rf "$S/pipe"
+pipe_err=$( { $PY dev/prepare_data.py --corpus "$S/big.txt" --tokenizer byte --out "$S/pipe" \
+    | head -1 >/dev/null; } 2>&1; echo "rc ${PIPESTATUS[0]}")
+if [ -s "$S/pipe/big_byte_val.bin" ] && [ "$pipe_err" = "rc 0" ]; then passed=$((passed + 1))
+else echo "FAIL: prepare_data.py | head: $pipe_err; wrote: $(ls "$S/pipe" 2>&1)"; failed=$((failed + 1)); fi
 # a set is replaced whole or not at all: train shards of 130 KB fit under a 200 KB file-size
 # limit, the 400 KB val shard does not; the earlier set must be left exactly as it was
 $PY dev/prepare_data.py --corpus "$S/big9.txt" --tokenizer byte --out "$S/set" --val-frac 0.5 >/dev/null
