@@ -3,10 +3,11 @@
 at equal parameters, by more than the noise of the seeds?
 
 A Tapered Language Model keeps the total MLP parameter budget fixed (the widths sum to
-L*H) but moves hidden width across depth. Five grids, chosen with --grid; every cell is
+L*H) but moves hidden width across depth. Six grids, chosen with --grid; every cell is
 trained by `train_tlm` with several seeds at the same config and token budget and compared
 with the uniform model of the same seed (hence the same data order: --data-seed defaults
-to --seed; a pair's two models share every weight their widths share):
+to --seed; a pair's two models share every weight their widths share), or, in the memory
+grid, with its own baseline arm of the same seed:
 
   taper   (default) uniform / cosine (1.5x H in the first layer -> 0.5x in the last) /
           reverse (the cosine's widths, last layer first) [/ linear with --linear], for every
@@ -23,6 +24,14 @@ to --seed; a pair's two models share every weight their widths share):
   tokens  ... and in training length: the same four schedules at L 8, dim 48 for 0.5M, 2M
           and 8M tokens (500, 2000, 8000 steps; 8M tokens is 1.5 epochs of the Brown bytes'
           5.36M training tokens: the report gives every point's epochs), 6 seeds
+  memory  the memories' own controls at the classroom grid's size, every arm cosine-tapered:
+          Titans with --persist 4 and --persist 16 persistent tokens against --persist 0;
+          Titans' test-time learning off (--persist 4 --mem-lr 0: the memory reads its learned
+          W_0 for every token) against --persist 4; Hope's fast levels' learning off
+          (--mem-lr 0) against Hope's default; 6 seeds. Arms differ in parameters (persistent
+          tokens are parameters): the table gives each arm's, and the equal-parameter check
+          of the taper grids does not apply. (Needs a trainer with --persist and --mem-lr 0;
+          an older one is refused by the probe, in one line.)
 Every run's final evaluation covers the whole val split (--final-eval-batches 0; --quick:
 64 batches); the periodic ones take a few batches spread over it.
 
@@ -73,7 +82,8 @@ for one sitting goes on later from a committed file:
 uniform model of every point and architecture for 3 steps with the grid's own flags (one
 evaluation batch, one thread) and hashes its logged losses and gradient norms with the
 bytes of its checkpoint's weights and AdamW moments (not the checkpoint's option text);
-every other schedule runs 0 steps for its widths. A row counts if its fingerprint, widths
+every other schedule runs 0 steps for its widths (an arm of other model flags, the memory
+grid's, trains 3 steps too, and the fingerprint hashes every probe's). A row counts if its fingerprint, widths
 and flags are this invocation's. A commit that leaves the arithmetic alone (results, docs,
 new options with old defaults) keeps the fingerprint, and so does the thread count; a
 trainer whose numbers differ in any bit (a changed kernel, another compiler's or machine's
@@ -81,7 +91,7 @@ float rounding: -O2 against -O3 -march=native differs in most weights after one 
 does not, and its runs are made again (the other rows stay in the file). --report-only
 reports, per point and architecture, the fingerprint and flags of the file's latest row.
 
-With --analyze (taper, groups and ratios grids; on unless --quick) `train_tlm --analyze`
+With --analyze (taper, groups and ratios grids: on unless --quick; memory: off unless asked) `train_tlm --analyze`
 runs on the first seed's checkpoint of every schedule: how much each layer changes the
 residual stream, how much the val loss rises when a layer (or its MLP) is skipped, and,
 where the trainer logs it, the alignment probe cos(MLP output, residual stream it is added
@@ -184,6 +194,7 @@ SMALL_SEEDS = 6
 # set: Grid.sets). --taper-start/--taper-end shape the taper grid's cosine.
 RESERVED = {"--arch", "--taper", "--mlp-widths", "--seed", "--log", "--save", "--load",
             "--analyze", "--eval-only"}
+TAPER_FLAGS = ("--taper", "--taper-start", "--taper-end")   # an arm's schedule, not its model
 PROBE_STEPS = 3                                  # steps of the numerics fingerprint's run
 TARGET_FLAGS = ("--target-halfwidth", "--max-seeds", "--max-hours")   # (not with --report-only)
 FONT = "font-family='DejaVu Sans, Helvetica, Arial, sans-serif'"
@@ -191,12 +202,17 @@ FONT = "font-family='DejaVu Sans, Helvetica, Arial, sans-serif'"
 
 # ------------------------------------ the grids ----------------------------------------
 class Variant:
-    """One schedule of a grid. name: in file names; label: in tables and legends;
-    flags: what it adds to the trainer's command line; family, x: the ratios grid's
-    schedule and start multiple (one line of the U-curve per family)."""
-    def __init__(self, name, label, flags, color, family=None, x=None, detail=""):
+    """One arm of a grid (a schedule, or a memory setting). name: in file names; label: in
+    tables and legends; flags: what it adds to the trainer's command line; base: the name of
+    the arm it is compared with (None: it is a baseline), short: its name in "Δ vs ..."; archs:
+    the architectures it is run for (None: every one the grid runs); family, x: the ratios
+    grid's schedule and start multiple (one line of the U-curve per family)."""
+    def __init__(self, name, label, flags, color, family=None, x=None, detail="",
+                 base=BASELINE, short=None, archs=None):
         self.name, self.label, self.flags, self.color = name, label, flags, color
         self.family, self.x, self.detail = family or name, x, detail   # detail: 2nd tick line
+        self.base, self.short = (None if name == base else base), short or name
+        self.archs = archs
 
 
 class Point:
@@ -246,6 +262,27 @@ def scaling_grid(linear):
     return taper_grid(False) + [groups]
 
 
+def memory_grid(linear):
+    """The memories' own controls, every arm at the taper's default (cosine 1.5 -> 0.5), each
+    compared within its architecture: Titans' persistent tokens (4, titans-pytorch's count,
+    and 16, a quarter of the 64-token window) against none; Titans' test-time learning off
+    (--mem-lr 0: the memory reads its learned W_0 for every token) against persist 4; Hope's
+    fast levels' learning off against Hope's default."""
+    cos, titans, hope = ["--taper", "cosine"], ("titans",), ("hope",)
+    persist = lambda n: cos + ["--persist", str(n)]
+    return [Variant("persist0", "persist 0", persist(0), "#444444", base=None, short="persist 0",
+                    archs=titans),
+            Variant("persist4", "persist 4", persist(4), "#1f6fd1", base="persist0",
+                    short="persist 4", archs=titans),
+            Variant("persist16", "persist 16", persist(16), "#2ca02c", base="persist0",
+                    archs=titans),
+            Variant("memlr0", "persist 4, mem-lr 0", persist(4) + ["--mem-lr", "0"], "#d62728",
+                    base="persist4", archs=titans),
+            Variant("default", "default", cos, "#444444", base=None, archs=hope),
+            Variant("memlr0", "mem-lr 0", cos + ["--mem-lr", "0"], "#d62728", base="default",
+                    archs=hope)]
+
+
 def one_point(quick):
     return [Point("", "", [])]
 
@@ -285,15 +322,18 @@ def tokens_of(flags):
 
 
 class Grid:
-    """An experiment: its schedules (variants(linear)), default architectures, sizes
-    (points(quick)), trainer flags and seeds (full, quick); sets: the flags its points set;
-    series: {name: legend} of the lines against x (the depth and tokens grids)."""
+    """An experiment: its arms (variants(linear)), default architectures, sizes
+    (points(quick)), trainer flags and seeds (full, quick); sets: the flags its points and
+    arms set; series: {name: legend} of the lines against x (the depth and tokens grids);
+    equal_params: whether an arm and its baseline must have the same parameter count;
+    analyze: whether --analyze is on by default (not with --quick)."""
     def __init__(self, name, what, variants, archs, points=one_point,
                  args=(DEFAULT_ARGS, QUICK_ARGS), seeds=(DEFAULT_SEEDS, QUICK_SEEDS), sets=(),
-                 xlabel=None, series=None):
+                 xlabel=None, series=None, equal_params=True, analyze=True):
         self.name, self.what, self.variants, self.archs = name, what, variants, archs
         self.points, self.args, self.seeds, self.sets = points, args, seeds, set(sets)
-        self.xlabel, self.series = xlabel, series
+        self.xlabel, self.series, self.equal_params = xlabel, series, equal_params
+        self.analyze = analyze and not self.scaling
 
     @property
     def scaling(self):                           # an x axis: the depth and tokens grids
@@ -311,7 +351,11 @@ GRIDS = {g.name: g for g in [
          {"width": "fixed width", "params": "fixed parameter count"}),
     Grid("tokens", "uniform/cosine/reverse/groups at 0.5M, 2M, 8M tokens", scaling_grid,
          ["transformer"], tokens_points, (SMALL_ARGS, SMALL_QUICK_ARGS), (SMALL_SEEDS, QUICK_SEEDS),
-         {"--steps", "--eval-every"}, "training tokens", {"tokens": "one shape"})]}
+         {"--steps", "--eval-every"}, "training tokens", {"tokens": "one shape"}),
+    Grid("memory", "Titans' persistent tokens and test-time learning, Hope's (--mem-lr 0)",
+         memory_grid, ["titans", "hope"], seeds=(SMALL_SEEDS, QUICK_SEEDS),
+         sets={"--persist", "--mem-lr"}, equal_params=False,
+         analyze=False)]}
 
 
 def default_out(grid, quick):
@@ -347,6 +391,13 @@ def merge_flags(base, extra):
 
 def flag_value(tokens, name):
     return next((tokens[i + 1] for i in range(len(tokens) - 1) if tokens[i] == name), None)
+
+
+def model_flags(variant):
+    """An arm's flags but for the taper's: arms with the same widths and model_flags are one
+    model (the taper grids' arms have none; the memory grid's differ in --persist, --mem-lr)."""
+    return tuple(sorted((f, v) for f, v in parse_flags(shlex.join(variant.flags))
+                        if f not in TAPER_FLAGS))
 
 
 def flag_key(tokens):
@@ -570,10 +621,11 @@ def row_key(row, column):
 
 # ------------------------------------ the experiment -----------------------------------
 class Experiment:
-    """A grid as this invocation runs (or reports) it: its points, architectures, schedules
-    and trainer flags; what the trainer says of them (numerics fingerprint per point and
-    architecture, widths per schedule, schedules whose widths equal an earlier one's); the
-    data file, and the rows of it that belong to this grid."""
+    """A grid as this invocation runs (or reports) it: its points, architectures, arms and
+    trainer flags; what the trainer says of them (numerics fingerprint per point and
+    architecture, widths per arm, arms that are an earlier arm's model: the same widths and
+    the same flags but for the taper's); the data file, and the rows of it that belong to
+    this grid."""
     def __init__(self, args, grid, points, archs, variants, targs):
         self.args, self.grid, self.points, self.archs = args, grid, points, archs
         self.variants, self.targs, self.out = variants, targs, args.out
@@ -583,6 +635,7 @@ class Experiment:
         self.durations = {}       # (point, arch) -> [seconds of a finished run]
         self.data = self.made_by = None   # made_by: (code, machine) of an old --out's logs
         self.target_note = None           # --target-halfwidth: reached, or why not
+        self.analyze = False              # --analyze: keep the first seed's checkpoints
         self.set_points(points)
 
     def set_points(self, points):
@@ -601,12 +654,35 @@ class Experiment:
     def alias(self, point, arch, variant):
         return self.aliases.get((point.name, arch, variant.name))
 
-    def variant(self, name):
-        return next((v for v in self.variants if v.name == name), None)
+    def variants_of(self, arch):
+        """The arms run for an architecture, in the grid's order."""
+        return [v for v in self.variants if v.archs is None or arch in v.archs]
+
+    def variant(self, name, arch):
+        return next((v for v in self.variants_of(arch) if v.name == name), None)
+
+    def reference(self, arch):
+        """The arm whose probe run every fingerprint starts from: the architecture's first
+        baseline (uniform, in the taper grids)."""
+        return next(v for v in self.variants_of(arch) if v.base is None)
+
+    def bases(self):
+        """The short names of the arms the grid's comparisons are against ('uniform')."""
+        return list(dict.fromkeys(self.variant(v.base, a).short for a in self.archs
+                                  for v in self.variants_of(a) if v.base))
+
+    def base_words(self):
+        """'uniform', or 'baseline' where the comparisons are against several arms."""
+        bases = self.bases()
+        return bases[0] if len(bases) == 1 else "baseline"
 
     def cells(self):
         """(point, arch): the grid's cells in order."""
         return [(p, a) for p in self.points for a in self.archs]
+
+    def arms(self):
+        """(point, arch, variant): every arm of every cell, in order."""
+        return [(p, a, v) for p, a in self.cells() for v in self.variants_of(a)]
 
     def set_probed(self, fingerprint, widths):
         """The trainer's answers (probe()): the rows that count are those of this code."""
@@ -615,8 +691,8 @@ class Experiment:
         for p, a in self.cells():
             self.setups[(p.name, a)] = (gkey, fingerprint[(p.name, a)])
             seen = {}
-            for v in self.variants:
-                w = widths[(p.name, a, v.name)][:2]
+            for v in self.variants_of(a):
+                w = widths[(p.name, a, v.name)][:2], model_flags(v)
                 if w in seen:
                     self.aliases[(p.name, a, v.name)] = seen[w]
                 else:
@@ -628,12 +704,11 @@ class Experiment:
             if row["grid"] == self.grid.name:
                 self.setups[(row["point"], row["arch"])] = (row_key(row, "grid_flags"),
                                                             row["fingerprint"])
-        for p, a in self.cells():
-            for v in self.variants:
-                twins = [r["same_as"] for r in self.data.of(self.grid.name, p.name, a, v.name)
-                         if r["status"] == "alias" and self.matches(r, p, a, v)]
-                if twins:
-                    self.aliases[(p.name, a, v.name)] = twins[-1]
+        for p, a, v in self.arms():
+            twins = [r["same_as"] for r in self.data.of(self.grid.name, p.name, a, v.name)
+                     if r["status"] == "alias" and self.matches(r, p, a, v)]
+            if twins:
+                self.aliases[(p.name, a, v.name)] = twins[-1]
 
     def matches(self, row, point, arch, variant):
         """Whether a row of this cell and schedule (DataFile.of) was made with this code
@@ -659,7 +734,7 @@ class Experiment:
 
     def unused_rows(self):
         """Rows of this grid's cells that were made with other code or flags."""
-        return sum(1 for p, a in self.cells() for v in self.variants
+        return sum(1 for p, a, v in self.arms()
                    for r in self.data.of(self.grid.name, p.name, a, v.name)
                    if not self.matches(r, p, a, v))
 
@@ -692,39 +767,41 @@ class Experiment:
 
     def add_alias_rows(self):
         """One row per schedule run once because its widths equal an earlier schedule's."""
-        for p, a in self.cells():
-            for v in self.variants:
-                twin = self.alias(p, a, v)
-                have = any(r["status"] == "alias" and r["same_as"] == twin
-                           and self.matches(r, p, a, v)
-                           for r in self.data.of(self.grid.name, p.name, a, v.name))
-                if twin and not have:
-                    self.data.add(dict(self.base_row(p, a, v, "alias"), same_as=twin))
+        for p, a, v in self.arms():
+            twin = self.alias(p, a, v)
+            have = any(r["status"] == "alias" and r["same_as"] == twin and self.matches(r, p, a, v)
+                       for r in self.data.of(self.grid.name, p.name, a, v.name))
+            if twin and not have:
+                self.data.add(dict(self.base_row(p, a, v, "alias"), same_as=twin))
 
 
 # ------------------------------------ asking the trainer -------------------------------
 def probe(exp):
     """Short trainer runs with the grid's own flags, before anything is run: for every point
-    and architecture the uniform model for PROBE_STEPS steps, whose numbers hash to the
-    numerics fingerprint (fingerprint()); every other schedule for 0 steps, for its widths.
-    Evaluations on one batch, one thread (the trainer's numbers are bit-identical for any
-    thread count; one thread is not slowed by a busy machine's other processes). A refusal
-    of the trainer is the grid's error, said once."""
+    and architecture the reference arm (uniform) for PROBE_STEPS steps, whose numbers hash to
+    the numerics fingerprint (numerics_fingerprint()); every other schedule for 0 steps, for
+    its widths. An arm whose flags differ from the reference's in more than the taper (the
+    memory grid's --persist, --mem-lr 0) is another computation: it is trained PROBE_STEPS
+    steps too, and the fingerprint hashes all of their numbers. Evaluations on one batch,
+    one thread (the trainer's numbers are bit-identical for any thread count; one thread is
+    not slowed by a busy machine's other processes). A refusal of the trainer is the grid's
+    error, said once."""
     args, fingerprint, widths, env = exp.args, {}, {}, run_env(1)
     tmp = tempfile.mkdtemp(prefix="ablation_probe_")
     try:
         for p, a in exp.cells():
-            pargs = exp.point_args(p)
-            for v in exp.variants:
-                steps = PROBE_STEPS if v.name == BASELINE else 0
-                over = ["--steps", str(steps), "--eval-every", "0", "--eval-batches", "1"]
+            pargs, ref, prints = exp.point_args(p), exp.reference(a), []
+            for v in exp.variants_of(a):
+                trained = v is ref or model_flags(v) != model_flags(ref)
+                over = ["--steps", str(PROBE_STEPS if trained else 0), "--eval-every", "0",
+                        "--eval-batches", "1"]
                 if flag_value(pargs, "--final-eval-batches") is not None:
                     over += ["--final-eval-batches", "1"]
                 log = os.path.join(tmp, f"{len(widths)}.jsonl")
                 ckpt = log[:-6] + ".ckpt"
                 cmd = [args.trainer, "--arch", a, *v.flags, "--seed", str(args.first_seed),
                        *merge_flags(pargs, over), "--log", log] + \
-                    (["--save", ckpt] if v.name == BASELINE else [])
+                    (["--save", ckpt] if trained else [])
                 r = subprocess.run(cmd, capture_output=True, text=True, errors="replace", env=env)
                 lg = RunLog(log)
                 what = f"{a} {v.label}" + (f" at {p.label}" if p.label else "")
@@ -735,11 +812,13 @@ def probe(exp):
                     raise UserError(f"the trainer refused the {exp.grid.name} grid's run {what}: "
                                     f"{why} (tried: {shlex.join(without_files(cmd))})")
                 widths[(p.name, a, v.name)] = widths_of(lg.config) + (lg.config.get("params", ""),)
-                if v.name == BASELINE:
+                if trained:
                     if not lg.train:
                         raise UserError(f"the trainer logged no train records for {what} "
                                         f"(tried: {shlex.join(without_files(cmd))})")
-                    fingerprint[(p.name, a)] = numerics_fingerprint(lg, ckpt)
+                    prints.append(numerics_fingerprint(lg, ckpt))
+            fingerprint[(p.name, a)] = prints[0] if len(prints) == 1 else \
+                hashlib.sha256(" ".join(prints).encode()).hexdigest()[:16]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return fingerprint, widths
@@ -1028,7 +1107,7 @@ def run_analysis(exp, seed):
     """train_tlm --load <first-seed checkpoint> --analyze, once per architecture and schedule."""
     point = exp.points[0]
     for arch in exp.archs:
-        for v in exp.variants:
+        for v in exp.variants_of(arch):
             if exp.alias(point, arch, v):
                 continue                          # not run: the same model as its twin
             ckpt, cmd = analysis_command(exp, arch, v, seed)
@@ -1182,13 +1261,13 @@ def halfwidth_seeds(sd, target, cap=10000):
 
 
 class Paired:
-    """A schedule against uniform over the seeds where both finished: the differences
-    d_s = loss(schedule, s) - loss(uniform, s), their mean with the 95% t interval
-    mean ± t(0.975, n-1) sd / sqrt(n), the within-pair correlation r of the two arms' losses,
-    the paired t test's p (two-sided), the Holm-adjusted p (set by build_cells), and the
-    seeds that 80% power at alpha 0.05 would need for the observed effect mean / sd."""
-    def __init__(self, base, ok):
-        seeds = sorted(set(base) & set(ok))
+    """An arm against its baseline (a schedule against uniform) over the seeds where both
+    finished: the differences d_s = loss(arm, s) - loss(baseline, s), their mean with the 95%
+    t interval mean ± t(0.975, n-1) sd / sqrt(n), the within-pair correlation r of the two
+    arms' losses, the paired t test's p (two-sided), the Holm-adjusted p (set by build_cells),
+    and the seeds that 80% power at alpha 0.05 would need for the observed effect mean / sd."""
+    def __init__(self, base, ok, against=BASELINE):
+        seeds, self.against = sorted(set(base) & set(ok)), against   # against: its short name
         self.diffs = {s: ok[s] - base[s] for s in seeds}
         self.n = len(seeds)
         self.mean, self.sd = mean_std(self.diffs.values()) if seeds else (None, None)
@@ -1218,7 +1297,7 @@ class Paired:
         if self.n == 0:
             return "—"
         if self.distinguishable:
-            return f"distinguishable from {BASELINE} ({'worse' if self.mean > 0 else 'better'})"
+            return f"distinguishable from {self.against} ({'worse' if self.mean > 0 else 'better'})"
         if self.excludes_zero:
             return "not distinguishable after Holm (the interval alone excludes 0)"
         return "not distinguishable" + (" (1 pair, no interval)" if self.n == 1 else "")
@@ -1274,22 +1353,29 @@ class Cell:
 
 
 def build_cells(exp):
-    """Returns ({(point, arch, schedule name): Cell}, warnings). Every comparison with a
-    p-value is one of the Holm family: all the grid's points, architectures and schedules."""
+    """Returns ({(point, arch, arm name): Cell}, warnings). Every arm with a baseline is paired
+    with it (its twin's numbers, if it is an earlier arm's model; none if it is its
+    baseline's); every comparison with a p-value is one of the Holm family: all the grid's
+    points, architectures and arms."""
     cells, warns, family = {}, [], []
     for p, a in exp.cells():
-        row = [Cell(exp, p, a, v) for v in exp.variants]
-        base = next(c for c in row if c.variant.name == BASELINE)
-        for c in row:
-            cells[(p.name, a, c.variant.name)] = c
-            if c is not base and not c.alias:
-                c.paired = Paired(base.ok, c.ok)
+        row = {v.name: Cell(exp, p, a, v) for v in exp.variants_of(a)}
+        cells.update({(p.name, a, n): c for n, c in row.items()})
+        model = lambda c: row[c.alias] if c.alias else c        # the cell that was run
+        for c in row.values():
+            v = c.variant
+            if v.base and not c.alias:
+                c.paired = Paired(model(row[v.base]).ok, c.ok, exp.variant(v.base, a).short)
                 if c.paired.p is not None:
                     family.append(c.paired)
+        for c in row.values():                    # a twin's numbers, for the plots
+            if c.alias and c.variant.base and c.alias != c.variant.base and \
+                    row[c.alias].variant.base == c.variant.base:
+                c.paired = row[c.alias].paired
         where = f"{a}" + (f" at {p.label}" if p.label else "")
-        run = [c for c in row if not c.alias]
-        allp = set().union(*(c.params for c in run))
-        if len(allp) > 1:
+        run = [c for c in row.values() if not c.alias]
+        pairs = [(c, model(row[c.variant.base])) for c in run if c.variant.base]
+        if exp.grid.equal_params and any(len(c.params | b.params) > 1 for c, b in pairs):
             warns.append(f"!!! PARAMETER MISMATCH in {where}: " + ", ".join(
                 f"{c.variant.name}={'/'.join(map(str, sorted(c.params)))}" for c in run))
         toks = set().union(*(c.tokens for c in run))
@@ -1297,9 +1383,6 @@ def build_cells(exp):
             warns.append(f"!!! TOKEN BUDGET MISMATCH in {where}: runs of {sorted(toks)} tokens")
     for pr, adj in zip(family, holm([pr.p for pr in family])):
         pr.p_holm = adj
-    for c in cells.values():                      # a twin's numbers, for the plots
-        if c.alias and c.alias != BASELINE:
-            c.paired = cells[(c.point.name, c.arch, c.alias)].paired
     return cells, warns
 
 
@@ -1311,41 +1394,44 @@ def md_table(head, rows):
 
 
 def results_table(exp, cells):
-    multi = len(exp.points) > 1
-    head = (["point"] if multi else []) + [
-        "arch", "schedule", "params", "val loss (mean ± sd)", f"Δ vs {BASELINE} [95% CI]", "r",
-        "p", "p Holm", "seeds for 80% power", "same sign / pairs", "verdict", "seeds"]
+    """One row per arm; a column 'vs' naming each arm's baseline where the grid has several."""
+    multi, bases = len(exp.points) > 1, exp.bases()
+    head = (["point"] if multi else []) + ["arch", "schedule" if len(bases) == 1 else "arm"] + \
+        ["vs"] * (len(bases) > 1) + [
+        "params", "val loss (mean ± sd)", f"Δ vs {bases[0]} [95% CI]" if len(bases) == 1 else
+        "Δ [95% CI]", "r", "p", "p Holm", "seeds for 80% power", "same sign / pairs", "verdict",
+        "seeds"]
     rows = []
-    for p, a in exp.cells():
-        for v in exp.variants:
-            c = cells[(p.name, a, v.name)]
-            pre = ([p.label] if multi else []) + [a, v.label]
-            if c.alias:
-                twin = exp.variant(c.alias)
-                same = twin.label if twin else c.alias
-                rows.append(pre + ["—"] * 8 + [f"the same widths as {same}: not run, the same "
-                                               f"model", "—"])
-                continue
-            pstr = "/".join(f"{n:,}" for n in sorted(c.params)) or "—"
-            seedcol = f"{len(c.ok)}" + (" (" + ", ".join(f"s{s} {why.split(' ')[0]}" for s, why
-                                                           in sorted(c.failed.items())) + ")"
-                                        if c.failed else "")
-            if not c.ok:
-                rows.append(pre + [pstr] + ["—"] * 7 + ["no finished runs", seedcol])
-                continue
-            pr = c.paired
-            loss = f"{c.mean:.4f}" + ("" if c.std is None else f" ± {c.std:.4f}")
-            if v.name == BASELINE:
-                stats, verdict = ["—"] * 6, "baseline"
-            elif not pr.n:
-                stats, verdict = ["—"] * 6, f"no pairs with {BASELINE}"
-            else:
-                n80 = "—" if pr.p is None or pr.mean == 0 else \
-                    str(pr.needed) if pr.needed else ">10000"
-                stats = [pr.interval(), "—" if pr.r is None else f"{pr.r:+.2f}", fmt_p(pr.p),
-                         fmt_p(pr.p_holm), n80, f"{pr.same_sign}/{pr.n}"]
-                verdict = pr.verdict()
-            rows.append(pre + [pstr, loss] + stats + [verdict, seedcol])
+    for p, a, v in exp.arms():
+        c = cells[(p.name, a, v.name)]
+        base = exp.variant(v.base, a).short if v.base else "—"
+        pre = ([p.label] if multi else []) + [a, v.label] + [base] * (len(bases) > 1)
+        if c.alias:
+            twin = exp.variant(c.alias, a)
+            same = twin.label if twin else c.alias
+            rows.append(pre + ["—"] * 8 + [f"the same widths as {same}: not run, the same "
+                                           f"model", "—"])
+            continue
+        pstr = "/".join(f"{n:,}" for n in sorted(c.params)) or "—"
+        seedcol = f"{len(c.ok)}" + (" (" + ", ".join(f"s{s} {why.split(' ')[0]}" for s, why
+                                                       in sorted(c.failed.items())) + ")"
+                                    if c.failed else "")
+        if not c.ok:
+            rows.append(pre + [pstr] + ["—"] * 7 + ["no finished runs", seedcol])
+            continue
+        pr = c.paired
+        loss = f"{c.mean:.4f}" + ("" if c.std is None else f" ± {c.std:.4f}")
+        if not v.base:
+            stats, verdict = ["—"] * 6, "baseline"
+        elif not pr.n:
+            stats, verdict = ["—"] * 6, f"no pairs with {base}"
+        else:
+            n80 = "—" if pr.p is None or pr.mean == 0 else \
+                str(pr.needed) if pr.needed else ">10000"
+            stats = [pr.interval(), "—" if pr.r is None else f"{pr.r:+.2f}", fmt_p(pr.p),
+                     fmt_p(pr.p_holm), n80, f"{pr.same_sign}/{pr.n}"]
+            verdict = pr.verdict()
+        rows.append(pre + [pstr, loss] + stats + [verdict, seedcol])
     return md_table(head, rows)
 
 
@@ -1354,16 +1440,16 @@ def points_table(exp, cells):
     of the training shard, the val batches of the final evaluation."""
     rows = []
     for p in exp.points:
-        cs = [cells[(p.name, a, v.name)] for a in exp.archs for v in exp.variants]
+        cs = [cells[(p.name, a, v.name)] for a in exp.archs for v in exp.variants_of(a)]
         num = lambda key: sorted(set().union(*(getattr(c, key) for c in cs)))
-        base = [cells[(p.name, a, BASELINE)] for a in exp.archs]
+        base = [cells[(p.name, a, exp.reference(a).name)] for a in exp.archs]
         params = sorted(set().union(*(c.params for c in base)))
         rows.append([p.label, shlex.join(p.flags), "/".join(f"{n:,}" for n in params) or "—",
                      "/".join(f"{t:,}" for t in num("tokens")) or "—",
                      "/".join(f"{e:.2f}" for e in num("epochs")) or "?",
                      "/".join(num("batches")) or "—",
                      ", ".join(exp.grid.series[s] for s in p.series)])
-    return md_table(["point", "flags", f"params ({BASELINE})", "tokens", "epochs", "val batches",
+    return md_table(["point", "flags", f"params ({exp.base_words()})", "tokens", "epochs", "val batches",
                      "series"], rows)
 
 
@@ -1603,16 +1689,17 @@ def seed_stats(logs):
 def plot_curves(exp, cells, path, title):
     """Val loss vs tokens: row 1 the whole run, row 2 the last 40% of tokens (where the
     schedules separate). One column per point and architecture."""
-    cols, variants = exp.cells(), [v for v in exp.variants]
+    cols = exp.cells()
+    variants = list(dict.fromkeys(v for _, a in cols for v in exp.variants_of(a)))
     PW, PH, GAP = (420 if len(cols) <= 2 else 300 if len(cols) <= 4 else 230), 215, 75
     svg, W, ML = figure(title, len(cols), PW, GAP)
-    banded = variants if len(variants) <= 4 else [v for v in variants if v.name == BASELINE]
-    band = "min–max over seeds" + ("" if banded == variants else f" ({BASELINE})")
+    banded = variants if len(variants) <= 4 else [v for v in variants if not v.base]
+    band = "min–max over seeds" + ("" if banded == variants else f" ({exp.base_words()})")
     items = [(v.label, v.color, "line") for v in variants] + [(band, "#777", "band")]
     MT = legend(svg, ML, 56, items, W - ML - 20) + 36
     H = MT + 2 * PH + GAP + 10 + 50
     for col, (pt, a) in enumerate(cols):
-        stats = {v: seed_stats(cells[(pt.name, a, v.name)].logs) for v in variants}
+        stats = {v: seed_stats(cells[(pt.name, a, v.name)].logs) for v in exp.variants_of(a)}
         stats = {v: s for v, s in stats.items() if s}
         x0, name = ML + col * (PW + GAP), (f"{pt.label}" if len(exp.archs) == 1 and pt.label
                                            else f"{a}, {pt.label}" if pt.label else a)
@@ -1667,28 +1754,31 @@ DASH = "6,4"
 
 
 def plot_effects(exp, cells, path, title):
-    """Per architecture: each schedule's paired Δ vs uniform, every seed's difference (grey
-    dots) and the mean with its 95% interval (filled where distinguishable)."""
-    archs, pt = exp.archs, exp.points[0]
-    comps = [v for v in exp.variants if v.name != BASELINE]
-    PW, PH, GAP = max(240, 105 * len(comps)), 260, 85
+    """Per architecture: each arm's paired Δ vs its baseline (uniform), every seed's difference
+    (grey dots) and the mean with its 95% interval (filled where distinguishable); where the
+    grid has several baselines (the memory grid), each tick names its arm's."""
+    archs, pt, several = exp.archs, exp.points[0], len(exp.bases()) > 1
+    arms = {a: [v for v in exp.variants_of(a) if v.base] for a in archs}
+    PW, PH, GAP = max(240, 105 * max(map(len, arms.values()), default=1)), 260, 85
     svg, W, ML = figure(title, len(archs), PW, GAP)
     MT = legend(svg, ML, 56, CI_LEGEND + [("one seed's Δ", "#999", "dot")], W - ML - 20) + 40
     H = MT + PH + 70
     for col, a in enumerate(archs):
-        x0 = ML + col * (PW + GAP)
+        x0, comps = ML + col * (PW + GAP), arms[a]
         got = [(i, v, cells[(pt.name, a, v.name)].paired) for i, v in enumerate(comps)]
         got = [(i, v, pr) for i, v, pr in got if pr is not None and pr.n]
         if not got:
-            no_data(svg, x0 + PW / 2, MT + PH / 2, f"{a}: no pairs with {BASELINE}")
+            no_data(svg, x0 + PW / 2, MT + PH / 2, f"{a}: no pairs with {exp.base_words()}")
             continue
         ylim = delta_limits([pr for _, _, pr in got])
         p = Panel(svg, x0, MT, PW, PH, (-0.5, len(comps) - 0.5), ylim)
         npairs = {v.name: pr.n for _, v, pr in got}
         xt = [(i, (v.label.replace(v.detail, "").strip() or v.label) + "\n" +
-               (f"{v.detail} · " if v.detail else "") + f"n={npairs.get(v.name, 0)}")
-              for i, v in enumerate(comps)]
-        p.frame(a, "schedule (n = seed pairs)", f"Δ val loss vs {BASELINE} (nats)", xticks=xt)
+               (f"{v.detail} · " if v.detail else "") +
+               (f"vs {exp.variant(v.base, a).short} · " if several else "") +
+               f"n={npairs.get(v.name, 0)}") for i, v in enumerate(comps)]
+        p.frame(a, ("arm" if several else "schedule") + " (n = seed pairs)",
+                f"Δ val loss vs {exp.base_words()} (nats)", xticks=xt)
         p.zero()
         for i, v, pr in got:
             ds = list(pr.diffs.values())
@@ -1739,7 +1829,7 @@ def plot_series(exp, cells, path, title):
     """The depth and tokens grids: Δ vs uniform with its 95% interval against the points' x
     (layers; tokens on a log axis), one panel per schedule (cosine, then the others beside
     it) and architecture, one line per series (solid, dashed)."""
-    comps = [v for v in exp.variants if v.name != BASELINE]
+    comps = [v for v in exp.variants if v.base]
     series, xlog = list(exp.grid.series), exp.grid.name == "tokens"
     PW, PH, GAP = 330, 260, 85
     svg, W, ML = figure(title, len(comps), PW, GAP)
@@ -1781,7 +1871,7 @@ def series_labels(exp, cells):
     for s, words in exp.grid.series.items():
         pts = [p for p in exp.points if s in p.series]
         dims = sorted({flag_value(exp.point_args(p), "--dim") for p in pts} - {None})
-        params = [n for p in pts for a in exp.archs for n in cells[(p.name, a, BASELINE)].params]
+        params = [n for p in pts for a in exp.archs for n in cells[(p.name, a, exp.reference(a).name)].params]
         if s == "width" and len(dims) == 1:
             out[s] = f"{words} (dim {dims[0]})"
         elif s == "params" and params:
@@ -1792,12 +1882,12 @@ def series_labels(exp, cells):
     return out
 
 
-def plot_analysis(alogs, path):
-    """Per architecture (uniform model): Δ val loss when skipping a layer's MLP / the whole
+def plot_analysis(alogs, path, base=BASELINE):
+    """Per architecture (the baseline model: uniform): Δ val loss when skipping a layer's MLP / the whole
     layer (bars), and the relative update |dx|/|x| of mixer, MLP and layer (lines)."""
     archs = list(alogs)
     PW, PH, GAP = 300, 215, 80
-    svg, W, ML = figure(f"Layer contributions ({BASELINE} model, first seed)", len(archs), PW, GAP)
+    svg, W, ML = figure(f"Layer contributions ({base} model, first seed)", len(archs), PW, GAP)
     bars = [("skip MLP", "dloss_skip_mlp", "#1f6fd1"),
             ("skip whole layer", "dloss_skip_layer", "#ff7f0e")]
     lines = [("rel. update mixer", "rel_update_mixer", "#2ca02c"),
@@ -1952,11 +2042,11 @@ STATS_NOTE = (
     "same model: run once, reported once. Diverged or failed runs are left out of the pairs.")
 
 
-def load_analyses(out, archs, variants):
-    """{arch: {variant: RunLog}} of the finished analysis logs."""
+def load_analyses(out, exp):
+    """{arch: {arm: RunLog}} of the finished analysis logs."""
     got = {}
-    for a in archs:
-        logs = {v: RunLog(analysis_path(out, a, v)) for v in variants}
+    for a in exp.archs:
+        logs = {v: RunLog(analysis_path(out, a, v)) for v in exp.variants_of(a)}
         logs = {v: lg for v, lg in logs.items() if lg.status == "ok" and lg.analysis}
         if logs:
             got[a] = logs
@@ -2001,13 +2091,15 @@ def report(exp):
     if len(exp.points) > 1:
         doc += points_table(exp, cells) + [""]
     else:
-        c = [cells[(exp.points[0].name, a, BASELINE)] for a in exp.archs]
+        c = [cells[(exp.points[0].name, a, v.name)] for a in exp.archs
+             for v in exp.variants_of(a) if not v.base]
         num = lambda key, f: "/".join(map(f, sorted(set().union(*(getattr(x, key) for x in c))))) \
             or "?"
         doc += [f"Every run: {num('tokens', lambda t: f'{t:,}')} training tokens "
                 f"({num('epochs', lambda e: f'{e:.2f}')} epochs of the training shard); the final "
                 f"evaluation averaged {num('batches', str)} val batches.", ""]
-    doc += table + ["", STATS_NOTE.format(b=BASELINE, m=family), ""]
+    b = exp.base_words() if len(exp.bases()) == 1 else "the arm's baseline (column vs)"
+    doc += table + ["", STATS_NOTE.format(b=b, m=family), ""]
     if fails:
         doc += ["Left out of the pairs:", ""] + [f"- {f}" for f in fails] + [""]
     doc += [f"**{w}**\n" for w in warns]
@@ -2029,8 +2121,8 @@ def report(exp):
                     f"Schedule x ratio: Δ val loss vs {BASELINE} with 95% CI ({nseeds})")
     else:
         plot_effects(exp, cells, effects,
-                     f"{grid} grid: Δ val loss vs {BASELINE} with 95% CI ({nseeds})")
-    doc += [image(effects, f"Δ vs {BASELINE} with 95% CI"), ""]
+                     f"{grid} grid: Δ val loss vs {exp.base_words()} with 95% CI ({nseeds})")
+    doc += [image(effects, f"Δ vs {exp.base_words()} with 95% CI"), ""]
     nlogs = sum(len(c.logs) for c in cells.values())
     nruns = sum(len(c.ok) for c in cells.values() if not c.alias)
     if nlogs:
@@ -2044,14 +2136,17 @@ def report(exp):
         print(note)
         doc += [note, ""]
 
-    alogs = load_analyses(out, exp.archs, exp.variants) if not exp.grid.scaling else {}
-    base = {a: lg for a, lgs in alogs.items() for v, lg in lgs.items() if v.name == BASELINE}
+    alogs = load_analyses(out, exp) if not exp.grid.scaling else {}
+    base = {a: (v, lg) for a, lgs in alogs.items() for v, lg in lgs.items()
+            if v is exp.reference(a)}
     if base:
-        text = [line for a, lg in base.items() for line in analysis_table(a, BASELINE, lg) + [""]]
+        text = [line for a, (v, lg) in base.items() for line in analysis_table(a, v.label, lg)
+                + [""]]
         print("\nLayer contributions (|Δx|/|x| per sublayer, cos(x, x'), Δ val loss when "
               "skipped):")
         print("\n".join(text))
-        svg = plot_analysis(base, os.path.join(out, "analysis.svg"))
+        svg = plot_analysis({a: lg for a, (v, lg) in base.items()},
+                            os.path.join(out, "analysis.svg"), exp.base_words())
         doc += ["## Layer contributions", "", "```"] + text + ["```", ""]
         doc += [image(svg, "layer contributions"), ""]
     probe_ok = lambda lg: any(is_number(r.get("cos_mlp_residual")) for r in lg.analysis)
@@ -2098,9 +2193,9 @@ def add_seeds(exp, plan, t0):
     want, wide = {}, []
     for p, a in exp.cells():
         have, need = len(plan[(p.name, a)]), 0
-        for v in exp.variants:
+        for v in exp.variants_of(a):
             pr = cells[(p.name, a, v.name)].paired
-            if v.name == BASELINE or exp.alias(p, a, v):
+            if not v.base or exp.alias(p, a, v):
                 continue
             if pr is None or pr.half is None:     # no interval yet: one more seed
                 need = max(need, have + 1)
@@ -2124,7 +2219,8 @@ def add_seeds(exp, plan, t0):
         return spent(f"--max-seeds {args.max_seeds}")
     if args.max_hours:
         left = args.max_hours * 3600 - (time.time() - t0)
-        nrun = lambda k: sum(1 for v in exp.variants if not exp.aliases.get((k[0], k[1], v.name)))
+        nrun = lambda k: sum(1 for v in exp.variants_of(k[1])
+                             if not exp.aliases.get((k[0], k[1], v.name)))
         alld = [d for ds in exp.durations.values() for d in ds] or [0.0]
         per = {k: sum(exp.durations.get(k) or alld) / len(exp.durations.get(k) or alld) * nrun(k)
                for k in want}
@@ -2148,10 +2244,10 @@ def make_runs(exp, plan):
     """The runs of the plan ({(point, arch): seeds}), seed-major; not the schedules whose
     widths equal an earlier one's."""
     runs = [exp.run(p, a, v, s) for p, a in exp.cells() for s in plan[(p.name, a)]
-            for v in exp.variants if not exp.alias(p, a, v)]
+            for v in exp.variants_of(a) if not exp.alias(p, a, v)]
     runs.sort(key=lambda r: (r.seed, exp.points.index(r.point), exp.archs.index(r.arch)))
     for r in runs:
-        r.keep = r.seed == exp.args.first_seed and not exp.grid.scaling
+        r.keep = r.seed == exp.args.first_seed and (exp.analyze or exp.grid.analyze)
     return runs
 
 
@@ -2171,7 +2267,8 @@ def make_parser(cores):
     add("--archs", default=None,
         help=f"comma-separated architectures from {','.join(ARCHS)}, or all [the grid's]")
     add("--seeds", type=int, default=None,
-        help=f"seeds 1..N [{DEFAULT_SEEDS}, depth and tokens {SMALL_SEEDS}; --quick {QUICK_SEEDS}]")
+        help=f"seeds 1..N [{DEFAULT_SEEDS}, depth, tokens and memory {SMALL_SEEDS}; --quick "
+             f"{QUICK_SEEDS}]")
     add("--target-halfwidth", type=float, default=None, metavar="X",
         help="after the seeds, add seeds in rounds until every comparison's 95%% interval is "
              "within ±X nats (or --max-seeds, --max-hours is spent)")
@@ -2262,7 +2359,7 @@ def write_manifest(path, old, exp, seeds):
     def union(key, new, order):
         have = set(new) | set((old or {}).get(key, []))
         return [x for x in order if x in have]
-    all_names = [v.name for v in exp.grid.variants(True)]
+    all_names = list(dict.fromkeys(v.name for v in exp.grid.variants(True)))
     with open(path, "w") as f:
         json.dump({"grid": exp.grid.name, "trainer_args": exp.targs,
                    "archs": union("archs", exp.archs, ARCHS),
@@ -2295,7 +2392,7 @@ def dry_run(exp, runs, threads, analyze):
         print(tags[what] + pre + shlex.join(r.command(exp.args.trainer)))
     if analyze:
         for a in exp.archs:
-            for v in exp.variants:
+            for v in exp.variants_of(a):
                 if not exp.alias(exp.points[0], a, v):
                     print(shlex.join(analysis_command(exp, a, v, exp.args.first_seed)[1]))
     if exp.args.target_halfwidth:
@@ -2313,7 +2410,7 @@ def legacy_rows(exp, seeds, old):
         exp.fingerprint[(p.name, a)] = ""
         exp.setups[(p.name, a)] = (flag_key(exp.targs), "")
     for p, a in exp.cells():
-        for v in exp.variants:
+        for v in exp.variants_of(a):
             for s in seeds:
                 run = exp.run(p, a, v, s)
                 log = RunLog(run.jsonl)
@@ -2446,7 +2543,8 @@ def run_experiment(exp, old, have_logs, nseeds, cores):
     manifest = os.path.join(args.out, "ablation.json")
     if args.jobs is None:                         # tiny quick models run best one per core
         args.jobs = cores if args.quick else (1 if cores < 4 else cores // 2)
-    analyze = args.analyze if args.analyze is not None else not (args.quick or g.scaling)
+    analyze = args.analyze if args.analyze is not None else g.analyze and not args.quick
+    exp.analyze = analyze
     threads = max(1, cores // args.jobs) if args.jobs > 1 else None
     if not (os.path.isfile(args.trainer) and os.access(args.trainer, os.X_OK)):
         raise UserError(f"trainer {args.trainer!r} not found or not executable "
@@ -2458,7 +2556,7 @@ def run_experiment(exp, old, have_logs, nseeds, cores):
         raise UserError(f"{args.out} holds runs made with other trainer flags (old: "
                         f"{shlex.join(old['trainer_args'])}; new: {shlex.join(targs)}): "
                         f"use another --out, delete the directory, or pass --force")
-    nprobe = len(exp.cells()) * len(exp.variants)
+    nprobe = len(exp.arms())
     print(f"asking the trainer: {nprobe} short run{'s' * (nprobe > 1)} (numerics fingerprint, "
           f"widths) ...", flush=True)
     exp.set_probed(*probe(exp))
@@ -2466,7 +2564,7 @@ def run_experiment(exp, old, have_logs, nseeds, cores):
     if X is not None:                             # the rounds count the seeds the data holds
         for p, a in exp.cells():
             plan[(p.name, a)] = sorted(set(plan[(p.name, a)]) |
-                                       set(exp.rows_of(p, a, exp.variant(BASELINE))))
+                                       set(exp.rows_of(p, a, exp.reference(a))))
     runs = make_runs(exp, plan)
     stale = [r for r in runs if r.plan() == "stale"]
     if stale and not args.force:
@@ -2481,7 +2579,7 @@ def run_experiment(exp, old, have_logs, nseeds, cores):
     os.makedirs(os.path.dirname(os.path.abspath(exp.data.path)), exist_ok=True)
     write_manifest(manifest, old, exp, plan[next(iter(plan))])
     for p, a in exp.cells():                      # the ETA and --max-hours: from the rows
-        for v in exp.variants:
+        for v in exp.variants_of(a):
             for r in exp.rows_of(p, a, v).values():
                 if r["seconds"] and r["resumed"] != "1":
                     exp.durations.setdefault((p.name, a), []).append(float(r["seconds"]))

@@ -3,13 +3,16 @@
 plausible JSONL logs with seeded noise, fast. Final loss (nats): 2 + a shared per-seed offset
 N(0, 0.02) (so pairing matters) + per-run noise N(0, 0.004) + an effect per schedule.
 Its flags as train_tlm's: --arch --layers --dim --mlp-width --taper --taper-start --taper-end
---taper-multiple (widths rounded to multiples, summing to L*H) --seed --data-seed --steps (0: no
-training) --eval-every --eval-batches --final-eval-batches (0: the 584 batches of the split;
-logged in the val events as "batches") --batch --seq-len --train --log --save --load --analyze.
-Environment: FAKE_EFFECTS="cosine=0,reverse=0.04" sets schedules' effects; FAKE_NUMERICS=x
-shifts every loss by 1e-7 x (another build's rounding); FAKE_DIVERGE="arch:taper:seed;..."
-makes those runs stop with the trainer's error event (exit 1); FAKE_REFUSE=--flag refuses that
-flag as an unknown option; FAKE_SLEEP seconds before the last record [0.05]."""
+--taper-multiple (widths rounded to multiples, summing to L*H) --persist N (N x dim x layers
+more parameters) --mem-lr X --seed --data-seed --steps (0: no training) --eval-every
+--eval-batches --final-eval-batches (0: the 584 batches of the split; logged in the val events
+as "batches") --batch --seq-len --train --val --log --save --load --analyze.
+Environment: FAKE_EFFECTS="cosine=0,reverse=0.04,persist4=-0.01,memlr0=0.03" sets the
+schedules' effects and the memory flags' (--persist N: persistN, -0.01 for N > 0; --mem-lr 0:
+memlr0, 0.03); FAKE_NUMERICS=x shifts every loss by 1e-7 x (another build's rounding);
+FAKE_DIVERGE="arch:taper:seed;..." makes those runs stop with the trainer's error event (exit
+1); FAKE_REFUSE=--flag refuses that flag as an unknown option; FAKE_SLEEP seconds before the
+last record [0.05]."""
 import json, math, os, random, sys, time, hashlib
 t0 = time.time()
 
@@ -30,6 +33,7 @@ arch, taper = get("--arch", "transformer"), get("--taper", "cosine")
 start, end = float(get("--taper-start", 1.5)), float(get("--taper-end", 0.5))
 multiple = int(get("--taper-multiple", 32))
 seed, steps = int(get("--seed", 1337)), int(get("--steps", 600))
+persist, mem_lr = int(get("--persist", 0)), float(get("--mem-lr", 0.00625))
 every = int(get("--eval-every", 100))
 every = every or max(steps, 1)                   # 0: only the first and the last evaluation
 data_seed = int(get("--data-seed", seed))
@@ -67,6 +71,11 @@ def widths():
 
 def effect():
     given = dict(kv.split("=") for kv in os.environ.get("FAKE_EFFECTS", "").split(",") if kv)
+    return taper_effect(given) + float(given.get(f"persist{persist}", -0.01 if persist else 0)) \
+        + (float(given.get("memlr0", 0.03)) if mem_lr == 0 else 0)
+
+
+def taper_effect(given):
     if taper in given: return float(given[taper])
     if taper == "uniform": return 0.0
     if taper == "cosine": return -0.012 + 0.03 * (start - 1.5) ** 2 * 8
@@ -97,14 +106,15 @@ if get("--analyze"):
     sys.exit(0)
 
 ws = widths()
+memory = () if (persist, mem_lr) == (0, 0.00625) else (persist, mem_lr)   # another run's noise
 shape = (L, C, H, steps)
 final = 2.0 + {"transformer": 0, "gated": 0.01, "titans": -0.01, "hope": 0.005}[arch] + numerics \
         + rng("seed", seed, data_seed, shape).gauss(0, 0.02) + effect() \
-        + rng("run", arch, tuple(ws), seed, data_seed, shape).gauss(0, 0.004)
-params = 1_000_000 + 3 * C * sum(ws)
+        + rng("run", arch, tuple(ws), *memory, seed, data_seed, shape).gauss(0, 0.004)
+params = 1_000_000 + 3 * C * sum(ws) + persist * C * L
 cfg = {"arch": arch, "layers": L, "dim": C, "mlp_width": H, "taper": taper, "taper_start": start,
        "taper_end": end, "taper_multiple": multiple, "mlp_widths": ws, "cms_widths": [0] * L,
-       "params": params, "steps": steps, "seed": seed, "data_seed": data_seed,
+       "params": params, "persist": persist, "mem_lr": mem_lr, "steps": steps, "seed": seed, "data_seed": data_seed,
        "eval_batches": batches, "final_eval_batches": final_batches,
        "train": get("--train", "data/brown_byte_train.bin")}
 emit({"event": "config", **cfg, "resumed_step": 0})
