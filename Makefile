@@ -13,8 +13,8 @@ PYTHON ?= python3
 BUILD = dev/build
 RUNS = dev/runs
 
-.PHONY: all help test data run portable clean bench compare-llmc test-mutants test-asan fuzz \
-        ablation ablation-quick FORCE
+.PHONY: all help test data data-mix run portable clean bench compare-llmc test-mutants test-asan \
+        fuzz ablation ablation-quick FORCE
 
 all: train_tlm test_tlm
 
@@ -30,9 +30,11 @@ help:
 	@echo '  test-mutants    break the backward pass line by line: the tests must catch every one'
 	@echo '  fuzz            libFuzzer targets for the loaders and the command line (FUZZ_SECONDS each)'
 	@echo '  data            the Brown Corpus as byte tokens and as GPT-2 tokens, in data/'
-	@echo '  ablation        the classroom experiment (GRID=taper|groups|ratios|depth|tokens, default'
-	@echo '                  taper; depth, tokens: the taper against depth and training length, ~2 h'
-	@echo '                  each on 2 cores); every run a row of runs.csv in its output directory'
+	@echo '  data-mix        five corpora as byte tokens (24M, for GRID=tokens), in data/'
+	@echo '  ablation        the classroom experiment (GRID=taper|groups|ratios|depth|tokens|memory,'
+	@echo '                  default taper; depth, tokens: the taper against depth and training'
+	@echo '                  length, ~2 h each on 2 cores; memory: the memories'"'"' own controls);'
+	@echo '                  every run a row of runs.csv in its output directory'
 	@echo '  ablation-quick  the same, tiny and quick (results in $(RUNS)/)'
 	@echo '  bench           training steps and matmuls at the benchmark shapes (BENCH_THREADS)'
 	@echo '  dev/bench_tlm   build the benchmark only'
@@ -74,6 +76,13 @@ data/brown_byte_train.bin:
 data/brown_gpt2_train.bin:
 	$(PYTHON) dev/prepare_data.py --corpus brown --tokenizer gpt2
 
+# five corpora as bytes, 24.3M training tokens: the ablation's tokens grid trains on them
+MIX = brown+sotu+austen+mobydick+web
+data-mix: data/$(MIX)_byte_train.bin
+
+data/$(MIX)_byte_train.bin:
+	$(PYTHON) dev/prepare_data.py --corpus $(MIX) --tokenizer byte
+
 # the GPT-2 prompt encoder for --sample (a data/ made before it existed lacks it)
 data/gpt2_encoder.bin:
 	$(PYTHON) dev/prepare_data.py --tokenizer-only
@@ -87,14 +96,16 @@ run: train_tlm data/brown_byte_train.bin
 	@echo 'sample it:   ./train_tlm --load $(RUNS)/default.ckpt --sample --prompt "The "'
 
 # the classroom experiment: uniform vs cosine vs reverse taper for every architecture
-# (dev/ablation.py -h); GRID = taper | groups | ratios | depth | tokens; ABLATION_ARGS e.g.
+# (dev/ablation.py -h); GRID = taper | groups | ratios | depth | tokens | memory (the tokens
+# grid trains on the five-corpus mix, the others on Brown); ABLATION_ARGS e.g.
 # "-j 4 --seeds 3" or "--data dev/results/grid_depth/runs.csv" (go on from committed rows).
 # Its runs go to $(RUNS)/ablation[_GRID][_quick] (an --out in ABLATION_ARGS wins).
 GRID ?= taper
-ablation: train_tlm data/brown_byte_train.bin
+ABLATION_DATA = $(if $(filter tokens,$(GRID)),data/$(MIX)_byte_train.bin,data/brown_byte_train.bin)
+ablation: train_tlm $(ABLATION_DATA)
 	$(PYTHON) dev/ablation.py --grid $(GRID) $(ABLATION_ARGS)
 
-ablation-quick: train_tlm data/brown_byte_train.bin
+ablation-quick: train_tlm $(ABLATION_DATA)
 	$(PYTHON) dev/ablation.py --grid $(GRID) --quick $(ABLATION_ARGS)
 
 clean:

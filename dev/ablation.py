@@ -22,8 +22,13 @@ grid, with its own baseline arm of the same seed:
           16, 24 with a fixed parameter count (~0.5M: dims 96, 56, 48, 40; MLP width 3 x dim,
           widths rounded to multiples of 8); 0.5M tokens per run, 6 seeds
   tokens  ... and in training length: the same four schedules at L 8, dim 48 for 0.5M, 2M
-          and 8M tokens (500, 2000, 8000 steps; 8M tokens is 1.5 epochs of the Brown bytes'
-          5.36M training tokens: the report gives every point's epochs), 6 seeds
+          and 8M tokens (500, 2000, 8000 steps), 6 seeds, on more text than Brown: the five
+          corpora of `make data-mix` (brown+sotu+austen+mobydick+web as bytes, 24.3M training
+          tokens), so that 8M tokens is 0.33 epochs (Brown's 5.36M would be 1.5: every text
+          seen again); the report gives every point's epochs. Its final evaluation takes 584
+          batches spread over the mix's 2.59M val tokens (Brown's whole split is 584). The
+          Brown-only grid is one flag away: --train-args "--train data/brown_byte_train.bin
+          --val data/brown_byte_val.bin" (its rows are another grid's flags: not mixed up).
   memory  the memories' own controls at the classroom grid's size, every arm cosine-tapered:
           Titans with --persist 4 and --persist 16 persistent tokens against --persist 0;
           Titans' test-time learning off (--persist 4 --mem-lr 0: the memory reads its learned
@@ -80,22 +85,23 @@ for one sitting goes on later from a committed file:
     python3 dev/ablation.py --grid depth --data dev/results/grid_depth/runs.csv
 "The same code" is the numerics fingerprint: before anything runs, ablation.py trains the
 uniform model of every point and architecture for 3 steps with the grid's own flags (one
-evaluation batch, one thread) and hashes its logged losses and gradient norms with the
-bytes of its checkpoint's weights and AdamW moments (not the checkpoint's option text);
-every other schedule runs 0 steps for its widths (an arm of other model flags, the memory
-grid's, trains 3 steps too, and the fingerprint hashes every probe's). A row counts if its fingerprint, widths
-and flags are this invocation's. A commit that leaves the arithmetic alone (results, docs,
-new options with old defaults) keeps the fingerprint, and so does the thread count; a
-trainer whose numbers differ in any bit (a changed kernel, another compiler's or machine's
-float rounding: -O2 against -O3 -march=native differs in most weights after one step)
-does not, and its runs are made again (the other rows stay in the file). --report-only
-reports, per point and architecture, the fingerprint and flags of the file's latest row.
+evaluation batch, one thread) and hashes its logged losses and gradient norms with the bytes
+of its checkpoint's weights and AdamW moments (not the checkpoint's option text); every
+other schedule runs 0 steps for its widths (an arm of other model flags, the memory grid's,
+trains 3 steps too, and the fingerprint hashes every probe's). A row counts if its
+fingerprint, widths and flags are this invocation's. A commit that leaves the arithmetic
+alone (results, docs, new options with old defaults) keeps the fingerprint, and so does the
+thread count; a trainer whose numbers differ in any bit (a changed kernel, another
+compiler's or machine's float rounding: -O2 against -O3 -march=native differs in most
+weights after one step) does not, and its runs are made again (the other rows stay in the
+file). --report-only reports, per point and architecture, the fingerprint and flags of the
+file's latest row.
 
-With --analyze (taper, groups and ratios grids: on unless --quick; memory: off unless asked) `train_tlm --analyze`
-runs on the first seed's checkpoint of every schedule: how much each layer changes the
-residual stream, how much the val loss rises when a layer (or its MLP) is skipped, and,
-where the trainer logs it, the alignment probe cos(MLP output, residual stream it is added
-to) per layer, plotted per schedule.
+With --analyze (taper, groups and ratios grids: on unless --quick; memory: off unless asked)
+`train_tlm --analyze` runs on the first seed's checkpoint of every schedule: how much each
+layer changes the residual stream, how much the val loss rises when a layer (or its MLP) is
+skipped, and, where the trainer logs it, the alignment probe cos(MLP output, residual stream
+it is added to) per layer, plotted per schedule.
 
 What the depth and tokens grids cost, per seed of a point (its four schedules: 500 steps of
 training, the final whole-split evaluation, the periodic ones, the checkpoints), on the
@@ -107,9 +113,11 @@ read these as the quiet machine's):
           140 s, L 24 dim 40: ~256 s (from its step time); L 16 dim 48 is on both series:
           18 min per seed, 6 seeds 1.8 hours. Larger: L 32 at dim 48 ~380 s per seed,
           L 24 at dim 128 ~800 s.
-  tokens  0.5M 80 s, 2M ~250 s, 8M ~920 s (the last two from the step time): 21 min per
-          seed, 6 seeds 2.1 hours. 32M tokens (6 epochs) would take ~60 min per seed, 6
-          hours for 6 seeds.
+  tokens  0.5M 80 s, 2M ~250 s, 8M ~920 s (the last two from the step time; measured on
+          Brown: a step costs the same on the mix, and the final evaluation reads as many
+          batches): 21 min per seed, 6 seeds 2.1 hours. A 16M point (16000 steps, 0.66 epochs
+          of the mix) would add ~1800 s per seed, 3 hours for its 6 seeds, 5.1 hours for
+          the grid: past the ~3 hours the grid is sized for, so it is not in the default.
 The 6 seeds assume a paired sd of about 0.015 nats: measured at L 8 dim 48 with 5 seeds,
 cosine - uniform 0.017, reverse - uniform 0.013 (r 0.86, 0.88); the classroom grid's
 pooled 0.015 before the pairing shared weights and data order. An effect of 1% of these
@@ -189,6 +197,17 @@ SMALL_QUICK_ARGS = ("--heads 4 --seq-len 64 --batch 8 --steps 200 --eval-every 2
                     "--eval-batches 4 --final-eval-batches 64 --sample-every 0 --taper-multiple 8")
 TOKENS_SHAPE, TOKENS_QUICK_SHAPE = (8, 48), (4, 32)      # the tokens grid's (layers, dim)
 SMALL_SEEDS = 6
+# The tokens grid trains on more text than Brown: five corpora as bytes, 24.3M training tokens
+# (dev/results/data.md), so its 8M-token point is a third of an epoch. The final evaluation
+# takes 584 batches spread over their 2.59M val tokens: as many as Brown's whole split holds
+# (the whole mix split would add ~4x the evaluation time to every run).
+MIX = "brown+sotu+austen+mobydick+web"
+MIX_FILES = {"--train": f"data/{MIX}_byte_train.bin", "--val": f"data/{MIX}_byte_val.bin"}
+MIX_COMMAND = f"`make data-mix` (python3 dev/prepare_data.py --corpus {MIX} --tokenizer byte)"
+MIX_ARGS = " ".join(f"{f} {p}" for f, p in MIX_FILES.items())
+TOKENS_ARGS = " ".join([SMALL_ARGS.replace("--final-eval-batches 0", "--final-eval-batches 584"),
+                        MIX_ARGS])
+TOKENS_QUICK_ARGS = SMALL_QUICK_ARGS + " " + MIX_ARGS
 
 # Flags the grids set; --train-args may not contain them (nor the flags a grid's points
 # set: Grid.sets). --taper-start/--taper-end shape the taper grid's cosine.
@@ -350,7 +369,7 @@ GRIDS = {g.name: g for g in [
          (SMALL_SEEDS, QUICK_SEEDS), {"--layers", "--dim", "--mlp-width"}, "layers",
          {"width": "fixed width", "params": "fixed parameter count"}),
     Grid("tokens", "uniform/cosine/reverse/groups at 0.5M, 2M, 8M tokens", scaling_grid,
-         ["transformer"], tokens_points, (SMALL_ARGS, SMALL_QUICK_ARGS), (SMALL_SEEDS, QUICK_SEEDS),
+         ["transformer"], tokens_points, (TOKENS_ARGS, TOKENS_QUICK_ARGS), (SMALL_SEEDS, QUICK_SEEDS),
          {"--steps", "--eval-every"}, "training tokens", {"tokens": "one shape"}),
     Grid("memory", "Titans' persistent tokens and test-time learning, Hope's (--mem-lr 0)",
          memory_grid, ["titans", "hope"], seeds=(SMALL_SEEDS, QUICK_SEEDS),
@@ -1449,8 +1468,8 @@ def points_table(exp, cells):
                      "/".join(f"{e:.2f}" for e in num("epochs")) or "?",
                      "/".join(num("batches")) or "—",
                      ", ".join(exp.grid.series[s] for s in p.series)])
-    return md_table(["point", "flags", f"params ({exp.base_words()})", "tokens", "epochs", "val batches",
-                     "series"], rows)
+    return md_table(["point", "flags", f"params ({exp.base_words()})", "tokens", "epochs",
+                     "val batches", "series"], rows)
 
 
 def failures(cells):
@@ -1871,7 +1890,8 @@ def series_labels(exp, cells):
     for s, words in exp.grid.series.items():
         pts = [p for p in exp.points if s in p.series]
         dims = sorted({flag_value(exp.point_args(p), "--dim") for p in pts} - {None})
-        params = [n for p in pts for a in exp.archs for n in cells[(p.name, a, exp.reference(a).name)].params]
+        params = [n for p in pts for a in exp.archs
+                  for n in cells[(p.name, a, exp.reference(a).name)].params]
         if s == "width" and len(dims) == 1:
             out[s] = f"{words} (dim {dims[0]})"
         elif s == "params" and params:
@@ -1883,8 +1903,8 @@ def series_labels(exp, cells):
 
 
 def plot_analysis(alogs, path, base=BASELINE):
-    """Per architecture (the baseline model: uniform): Δ val loss when skipping a layer's MLP / the whole
-    layer (bars), and the relative update |dx|/|x| of mixer, MLP and layer (lines)."""
+    """Per architecture (the baseline model: uniform): Δ val loss when skipping a layer's MLP /
+    the whole layer (bars), and the relative update |dx|/|x| of mixer, MLP and layer (lines)."""
     archs = list(alogs)
     PW, PH, GAP = 300, 215, 80
     svg, W, ML = figure(f"Layer contributions ({base} model, first seed)", len(archs), PW, GAP)
@@ -2379,6 +2399,17 @@ def writable_dir(path, what):
         raise UserError(f"{what} {path}: cannot be made ({up} is not a writable directory)")
 
 
+def check_data(exp):
+    """The shards the grid's flags name (--train, --val) exist: else one line saying which, and
+    for the tokens grid's five-corpus mix the command that makes it."""
+    for flag in ("--train", "--val"):
+        path = flag_value(exp.targs, flag)
+        if path and not glob.glob(path):
+            how = (f": the {exp.grid.name} grid trains on the five-corpus mix; make it with "
+                   f"{MIX_COMMAND}" if path == MIX_FILES[flag] else "")
+            raise UserError(f"{flag} {path}: no such file{how}")
+
+
 def dry_run(exp, runs, threads, analyze):
     pre = f"OMP_NUM_THREADS={threads} " if threads else ""
     tags = {"have": "# in the data file, skip: ", "done": "# done here, its row goes to the data "
@@ -2556,6 +2587,7 @@ def run_experiment(exp, old, have_logs, nseeds, cores):
         raise UserError(f"{args.out} holds runs made with other trainer flags (old: "
                         f"{shlex.join(old['trainer_args'])}; new: {shlex.join(targs)}): "
                         f"use another --out, delete the directory, or pass --force")
+    check_data(exp)
     nprobe = len(exp.arms())
     print(f"asking the trainer: {nprobe} short run{'s' * (nprobe > 1)} (numerics fingerprint, "
           f"widths) ...", flush=True)

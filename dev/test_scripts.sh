@@ -242,16 +242,32 @@ echo "$t1" | grep -q 'within ±0.006' && [ "$(echo "$t1" | todo 18 12 6)" = 1 ] 
     echo "$t3" | grep -q 'max-hours 0.00015 spent' && [ "$(nrows "$S/d7/runs.csv")" = 6 ]
 result $? "--target-halfwidth rounds, --max-seeds, --max-hours"
 
-# the depth and tokens grids: their sizes, the epochs each saw, one figure each
+# the depth and tokens grids: their sizes, the epochs each saw, one figure each; the tokens grid
+# on shards of the mix's names (here look-alikes of 204,800 tokens: its points 0.25, 0.5, 1 epoch)
+shard() { $PY -c 'import struct,sys; open(sys.argv[1], "wb").write(struct.pack("<256i", 20240520, 1, 204800, *[0] * 253))' "$1"; }
+shard "$S/mix_train.bin" && shard "$S/mix_val.bin"
+mixargs="--train $S/mix_train.bin --val $S/mix_val.bin"
 abl --grid depth --seeds 1 --out "$S/d8" >/dev/null
-abl --grid tokens --seeds 1 --out "$S/d9" >/dev/null
+abl --grid tokens --seeds 1 --out "$S/d9" --train-args "$mixargs" >/dev/null
 $PY dev/ablation.py --report-only --data "$S/d9/runs.csv" --out "$S/d10" >/dev/null 2>&1
 grep -q '^| L 12, dim 32 .*| fixed width, fixed parameter count |' "$S/d8/results.md" &&
     grep -q '^| point .*| epochs |' "$S/d9/results.md" &&
+    grep -q '^| 0.2M tokens .*| 204,800 *| 1.00 *|' "$S/d9/results.md" &&
     [ "$(grep -c '^| 0.1M tokens  *| transformer' "$S/d9/results.md")" = 4 ] &&
     [ "$(grep '^| 0.1M tokens' "$S/d9/results.md")" = "$(grep '^| 0.1M tokens' "$S/d10/results.md")" ] &&
     grep -q 'training tokens' "$S/d9/effects.svg" && grep -q '>layers<' "$S/d8/effects.svg"
 result $? "the depth and tokens grids' reports"
+# the tokens grid's flags name the mix's files; missing, the one command that makes them
+grep -q "^tokens,.*--train data/brown+sotu+austen+mobydick+web_byte_train.bin --val data/brown+sotu+austen+mobydick+web_byte_val.bin" \
+    <($PY - <<<'import sys; sys.path.insert(0, "dev"); import ablation as A; print("tokens," + A.GRIDS["tokens"].args[0])')
+result $? "the tokens grid trains on the five-corpus mix"
+root=$PWD
+(cd "$S/emptydir" && $PY "$root/dev/ablation.py" --grid tokens --quick --trainer "$root/$F" \
+    --out "$S/e_tok" --dry-run) >/dev/null 2>"$S/err"
+[ $? -ne 0 ] && [ "$(wc -l <"$S/err")" = 1 ] &&
+    grep -q 'no such file.*prepare_data.py --corpus brown+sotu+austen+mobydick+web --tokenizer byte' "$S/err"
+result $? "the tokens grid without the mix's shards names the command that makes them"
+check ablation.py --grid tokens --quick --trainer "$F" --train-args "--train $S/nonexistent.bin" --dry-run
 
 # the memory grid: every arm against its own baseline within its architecture (Titans' mem-lr 0
 # against persist 4, not persist 0), paired by seed and data seed; its arms' params differ
