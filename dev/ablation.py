@@ -140,6 +140,9 @@ Usage (from the repository root, after `make`):
     python3 dev/ablation.py --dry-run             # check all, print the commands only
     python3 dev/ablation.py --report-only --out dev/runs/ablation_groups   # report again
     python3 dev/ablation.py --report-only --data dev/results/grid_depth/runs.csv
+    python3 dev/ablation.py --grid memory         # Titans' persist / mem-lr 0, Hope's mem-lr 0
+    python3 dev/ablation.py --figure dev/results/taper_study.svg \
+        dev/results/grid_depth/runs.csv dev/results/grid_tokens/runs.csv   # the study figure
 
 Outputs in --out (default dev/runs/ablation, dev/runs/ablation_GRID for the others; with
 --quick the same with _quick appended):
@@ -155,6 +158,10 @@ Outputs in --out (default dev/runs/ablation, dev/runs/ablation_GRID for the othe
     alignment.svg         cos(MLP output, residual stream) per layer and schedule
     ablation.json         the grid and trainer flags of this directory
   every .svg also as .png when rsvg-convert or ImageMagick is installed.
+--figure OUT.svg DATA.csv... draws the study figure from the depth and tokens grids' rows of
+the data files (nothing runs): Δ vs uniform with its 95% interval against depth (both series)
+and against training tokens, one row of panels per grid, cosine, reverse and groups beside
+each other.
 
 Re-running the same command resumes: runs the data file holds are skipped, a finished log
 of this code becomes its row, an interrupted run continues from its checkpoint (`--load`),
@@ -369,7 +376,8 @@ GRIDS = {g.name: g for g in [
          (SMALL_SEEDS, QUICK_SEEDS), {"--layers", "--dim", "--mlp-width"}, "layers",
          {"width": "fixed width", "params": "fixed parameter count"}),
     Grid("tokens", "uniform/cosine/reverse/groups at 0.5M, 2M, 8M tokens", scaling_grid,
-         ["transformer"], tokens_points, (TOKENS_ARGS, TOKENS_QUICK_ARGS), (SMALL_SEEDS, QUICK_SEEDS),
+         ["transformer"], tokens_points, (TOKENS_ARGS, TOKENS_QUICK_ARGS),
+         (SMALL_SEEDS, QUICK_SEEDS),
          {"--steps", "--eval-every"}, "training tokens", {"tokens": "one shape"}),
     Grid("memory", "Titans' persistent tokens and test-time learning, Hope's (--mem-lr 0)",
          memory_grid, ["titans", "hope"], seeds=(SMALL_SEEDS, QUICK_SEEDS),
@@ -1849,37 +1857,71 @@ def plot_series(exp, cells, path, title):
     (layers; tokens on a log axis), one panel per schedule (cosine, then the others beside
     it) and architecture, one line per series (solid, dashed)."""
     comps = [v for v in exp.variants if v.base]
-    series, xlog = list(exp.grid.series), exp.grid.name == "tokens"
     PW, PH, GAP = 330, 260, 85
     svg, W, ML = figure(title, len(comps), PW, GAP)
     labels = series_labels(exp, cells)
-    items = [(labels[s], "#333", "dash" if i else "line") for i, s in enumerate(series)] + CI_LEGEND
+    items = [(labels[s], "#333", "dash" if i else "line")
+             for i, s in enumerate(exp.grid.series)] + CI_LEGEND
     MT = legend(svg, ML, 56, items, W - ML - 20) + 40
     H = MT + len(exp.archs) * (PH + GAP) - GAP + 60
+    for row, a in enumerate(exp.archs):
+        for col, v in enumerate(comps):
+            series_panel(svg, exp, cells, a, v, ML + col * (PW + GAP), MT + row * (PH + GAP),
+                         PW, PH, f"{v.label}" + (f" ({a})" if len(exp.archs) > 1 else ""))
+    return write_svg(path, W, H, svg)
+
+
+def series_panel(svg, exp, cells, arch, v, x0, y0, PW, PH, title):
+    """One panel of plot_series: an arm's Δ vs uniform with its 95% interval at every point of
+    every series of the grid (solid, then dashed; side by side, so the bars stay apart)."""
+    series, xlog = list(exp.grid.series), exp.grid.name == "tokens"
     xs = sorted({p.x for p in exp.points})
     xlim = (xs[0] / 1.4, xs[-1] * 1.4) if xlog else (xs[0] - 2, xs[-1] + 2)
     xt = [(x, fmt_tokens(x, x) if xlog else str(x)) for x in xs]
-    for row, a in enumerate(exp.archs):
-        y0 = MT + row * (PH + GAP)
-        for col, v in enumerate(comps):
-            x0 = ML + col * (PW + GAP)
-            got = [(p, s, cells[(p.name, a, v.name)].paired) for s in series for p in exp.points
-                   if s in p.series]
-            got = [(p, s, pr) for p, s, pr in got if pr is not None and pr.n]
-            if not got:
-                no_data(svg, x0 + PW / 2, y0 + PH / 2, f"{a} {v.label}: no pairs")
+    got = [(p, s, cells[(p.name, arch, v.name)].paired) for s in series for p in exp.points
+           if s in p.series]
+    got = [(p, s, pr) for p, s, pr in got if pr is not None and pr.n]
+    if not got:
+        no_data(svg, x0 + PW / 2, y0 + PH / 2, f"{arch} {v.label}: no pairs")
+        return
+    p = Panel(svg, x0, y0, PW, PH, xlim, delta_limits([pr for _, _, pr in got]), xlog=xlog)
+    p.frame(title, exp.grid.xlabel, f"Δ val loss vs {BASELINE} (nats)", xticks=xt)
+    p.zero()
+    for k, s in enumerate(series):
+        off = (k - (len(series) - 1) / 2) * 0.3
+        at = lambda pt: pt.x * 10 ** (off * 0.1) if xlog else pt.x + off
+        pts = [(pt, pr) for pt, s2, pr in got if s2 == s]
+        p.line([(at(pt), pr.mean) for pt, pr in pts], v.color, dash=DASH if k else None)
+        for pt, pr in pts:
+            ci_marker(p, at(pt), pr, v.color)
+
+
+def plot_study(exps, path):
+    """The study figure: for every grid of exps ([(Experiment, cells)]: depth, tokens) and
+    architecture a row of panels, one per schedule (cosine, reverse and groups beside it):
+    Δ vs uniform with its 95% interval against depth (both series) or training tokens."""
+    comps = list(dict.fromkeys(v.name for exp, _ in exps for v in exp.variants if v.base))
+    arm = lambda exp, n: next((v for v in exp.variants if v.name == n), None)
+    rows = [(exp, cells, a) for exp, cells in exps for a in exp.archs]
+    PW, PH, GAP = 330, 260, 85
+    svg, W, ML = figure("Where the taper pays: Δ val loss vs uniform with 95% CI, against "
+                        "depth and training tokens", len(comps), PW, GAP)
+    items = []
+    for exp, cells in exps:
+        labels = series_labels(exp, cells)
+        items += [(f"{exp.grid.name}: {labels[s]}", "#333", "dash" if i else "line")
+                  for i, s in enumerate(exp.grid.series)]
+    MT = legend(svg, ML, 56, items + CI_LEGEND, W - ML - 20) + 40
+    H = MT + len(rows) * (PH + GAP) - GAP + 60
+    for row, (exp, cells, a) in enumerate(rows):
+        for col, name in enumerate(comps):
+            v, x0, y0 = arm(exp, name), ML + col * (PW + GAP), MT + row * (PH + GAP)
+            if v is None:
+                no_data(svg, x0 + PW / 2, y0 + PH / 2, f"{exp.grid.name}: no {name}")
                 continue
-            p = Panel(svg, x0, y0, PW, PH, xlim, delta_limits([pr for _, _, pr in got]), xlog=xlog)
-            p.frame(f"{v.label}" + (f" ({a})" if len(exp.archs) > 1 else ""), exp.grid.xlabel,
-                    f"Δ val loss vs {BASELINE} (nats)", xticks=xt)
-            p.zero()
-            for k, s in enumerate(series):        # side by side, so the bars stay apart
-                off = (k - (len(series) - 1) / 2) * 0.3
-                at = lambda pt: pt.x * 10 ** (off * 0.1) if xlog else pt.x + off
-                pts = [(pt, pr) for pt, s2, pr in got if s2 == s]
-                p.line([(at(pt), pr.mean) for pt, pr in pts], v.color, dash=DASH if k else None)
-                for pt, pr in pts:
-                    ci_marker(p, at(pt), pr, v.color)
+            many = len({a for e, _ in exps for a in e.archs}) > 1
+            series_panel(svg, exp, cells, a, v, x0, y0, PW, PH,
+                         f"{v.label}, by {exp.grid.name}" + (f" ({a})" if many else ""))
     return write_svg(path, W, H, svg)
 
 
@@ -2322,6 +2364,11 @@ def make_parser(cores):
         help="check everything a run would (the trainer's short probe runs included), print "
              "the commands, run nothing")
     add("--report-only", action="store_true", help="table + plots from the data file")
+    add("--figure", nargs="+", default=None, metavar="FILE",
+        help="--figure OUT.svg DATA.csv [DATA.csv ...]: the study figure, Δ vs uniform with "
+             "95%% CI against depth (both series) and training tokens, cosine, reverse and "
+             "groups beside each other, from the depth and tokens grids' rows of the data "
+             "files; nothing runs")
     add("--force", action="store_true",
         help="run in an --out made with other trainer flags or another build's numerics: its "
              "runs are made again (the data file keeps every row)")
@@ -2470,8 +2517,15 @@ def report_only(exp, args, old, have_logs):
         exp.data.path = os.path.join(exp.out, "*.jsonl (no data file: rows from the logs)")
         report(exp)
         return
-    rows = [r for r in exp.data.rows if r["grid"] == g.name]
-    if not args.archs:
+    from_rows(exp)
+    report(exp)
+
+
+def from_rows(exp):
+    """The grid as the data file's rows of it have it: archs (unless --archs), arms, points,
+    the latest row's trainer flags, every cell's code and flags."""
+    g, rows = exp.grid, [r for r in exp.data.rows if r["grid"] == exp.grid.name]
+    if not exp.args.archs:
         exp.archs = [a for a in ARCHS if any(r["arch"] == a for r in rows)]
     names = {r["schedule"] for r in rows} | {v.name for v in exp.variants}
     exp.variants = [v for v in g.variants(True) if v.name in names]
@@ -2484,7 +2538,39 @@ def report_only(exp, args, old, have_logs):
     exp.targs = shlex.split(rows[-1]["grid_flags"])
     exp.set_points(sorted(points, key=lambda p: (p.x or 0, p.name)))
     exp.set_from_rows()
-    report(exp)
+
+
+def study_figure(args):
+    """--figure SVG DATA...: the study figure (plot_study) from the depth and tokens grids' rows
+    of the data files, as --report-only would read them; the SVG, and a PNG if it can."""
+    path, files = args.figure[0], args.figure[1:]
+    if not path.endswith(".svg") or not files:
+        raise UserError(f"--figure: give the SVG to write, then the data files (got "
+                        f"{shlex.join(args.figure)})")
+    for f in files:
+        if not os.path.isfile(f):
+            raise UserError(f"--figure: {f}: no such file")
+    data = DataFile(files[0])
+    for f in files[1:]:
+        for row in DataFile(f).rows:
+            data._index(row)                      # in memory: nothing is written to them
+    writable_dir(os.path.dirname(path) or ".", "--figure's directory")
+    args.out, args.first_seed = os.path.dirname(path) or ".", 1
+    exps = []
+    for name in ("depth", "tokens"):
+        g = GRIDS[name]
+        if any(r["grid"] == name for r in data.rows):
+            exp = Experiment(args, g, g.points(False), list(g.archs), g.variants(False),
+                             shlex.split(g.args[0]))
+            exp.data = data
+            from_rows(exp)
+            exps.append((exp, build_cells(exp)[0]))
+    if not exps:
+        raise UserError(f"--figure: no rows of the depth or tokens grid in {', '.join(files)}")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    plot_study(exps, path)
+    png = svg_to_png(path)
+    print(f"wrote {path}" + (f", {png}" if png else ""))
 
 
 def check_args(args):
@@ -2498,6 +2584,12 @@ def check_args(args):
         raise UserError("--seeds must be >= 1")
     if args.dry_run and args.report_only:
         raise UserError("--dry-run and --report-only exclude each other")
+    if args.figure is not None:
+        given = [f for f, on in (("--dry-run", args.dry_run), ("--report-only", args.report_only),
+                                 ("--grid", args.grid), ("--data", args.data),
+                                 ("--target-halfwidth", args.target_halfwidth)) if on]
+        if given:
+            raise UserError(f"--figure: not with {given[0]} (it reads the data files it names)")
     X = args.target_halfwidth
     if X is not None and not (math.isfinite(X) and X > 0):
         raise UserError(f"--target-halfwidth must be a positive number of nats (got {X:g})")
@@ -2655,6 +2747,9 @@ def main():
              else os.cpu_count() or 1)
     args = make_parser(cores).parse_args()
     check_args(args)
+    if args.figure is not None:
+        study_figure(args)
+        return
     exp, old, have_logs, nseeds = open_experiment(args)
     if args.report_only:
         report_only(exp, args, old, have_logs)

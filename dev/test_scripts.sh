@@ -247,8 +247,8 @@ result $? "--target-halfwidth rounds, --max-seeds, --max-hours"
 shard() { $PY -c 'import struct,sys; open(sys.argv[1], "wb").write(struct.pack("<256i", 20240520, 1, 204800, *[0] * 253))' "$1"; }
 shard "$S/mix_train.bin" && shard "$S/mix_val.bin"
 mixargs="--train $S/mix_train.bin --val $S/mix_val.bin"
-abl --grid depth --seeds 1 --out "$S/d8" >/dev/null
-abl --grid tokens --seeds 1 --out "$S/d9" --train-args "$mixargs" >/dev/null
+abl --grid depth --seeds 2 --out "$S/d8" >/dev/null
+abl --grid tokens --seeds 2 --out "$S/d9" --train-args "$mixargs" >/dev/null
 $PY dev/ablation.py --report-only --data "$S/d9/runs.csv" --out "$S/d10" >/dev/null 2>&1
 grep -q '^| L 12, dim 32 .*| fixed width, fixed parameter count |' "$S/d8/results.md" &&
     grep -q '^| point .*| epochs |' "$S/d9/results.md" &&
@@ -257,6 +257,24 @@ grep -q '^| L 12, dim 32 .*| fixed width, fixed parameter count |' "$S/d8/result
     [ "$(grep '^| 0.1M tokens' "$S/d9/results.md")" = "$(grep '^| 0.1M tokens' "$S/d10/results.md")" ] &&
     grep -q 'training tokens' "$S/d9/effects.svg" && grep -q '>layers<' "$S/d8/effects.svg"
 result $? "the depth and tokens grids' reports"
+# the study figure from both grids' data files: a row of panels per grid, cosine, reverse and
+# groups beside each other, an interval per point and series (depth: 2 series x 3 points; tokens:
+# 3 points; and one in the legend); from the depth grid's file alone, its row only
+titles() { grep -o "<text [^>]*>[^<]*, by [a-z]*</text>" "$1" | sed 's/<[^>]*>//g' | tr '\n' '|'; }
+bars() { grep -c "<path d='M" "$1"; }
+$PY dev/ablation.py --figure "$S/fig/study.svg" "$S/d8/runs.csv" "$S/d9/runs.csv" >/dev/null 2>&1
+$PY dev/ablation.py --figure "$S/fig/depth.svg" "$S/d8/runs.csv" >/dev/null 2>&1
+[ "$(titles "$S/fig/study.svg")" = "cosine, by depth|reverse, by depth|groups 1.5,1,0.5, by depth|cosine, by tokens|reverse, by tokens|groups 1.5,1,0.5, by tokens|" ] &&
+    [ "$(bars "$S/fig/study.svg")" = 28 ] && [ "$(bars "$S/fig/depth.svg")" = 19 ] &&
+    grep -q "stroke-dasharray='$(A=1 $PY -c 'import sys; sys.path.insert(0, "dev"); import ablation; print(ablation.DASH)')'" "$S/fig/depth.svg" &&
+    [ "$(titles "$S/fig/depth.svg")" = "cosine, by depth|reverse, by depth|groups 1.5,1,0.5, by depth|" ]
+result $? "--figure: the study figure from the depth and tokens grids' data files"
+check ablation.py --figure "$S/fig/x.png" "$S/d8/runs.csv"
+check ablation.py --figure "$S/fig/x.svg"
+check ablation.py --figure "$S/fig/x.svg" "$S/nonexistent.csv"
+check ablation.py --figure "$S/fig/x.svg" "$S/g_taper/runs.csv"
+check ablation.py --figure "$S/fig/x.svg" "$S/d8/runs.csv" --grid depth
+check ablation.py --figure "$S/afile/x.svg" "$S/d8/runs.csv"
 # the tokens grid's flags name the mix's files; missing, the one command that makes them
 grep -q "^tokens,.*--train data/brown+sotu+austen+mobydick+web_byte_train.bin --val data/brown+sotu+austen+mobydick+web_byte_val.bin" \
     <($PY - <<<'import sys; sys.path.insert(0, "dev"); import ablation as A; print("tokens," + A.GRIDS["tokens"].args[0])')
