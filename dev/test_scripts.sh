@@ -244,7 +244,8 @@ result $? "--target-halfwidth rounds, --max-seeds, --max-hours"
 
 # the depth and tokens grids: their sizes, the epochs each saw, one figure each; the tokens grid
 # on shards of the mix's names (here look-alikes of 204,800 tokens: its points 0.25, 0.5, 1 epoch)
-shard() { $PY -c 'import struct,sys; open(sys.argv[1], "wb").write(struct.pack("<256i", 20240520, 1, 204800, *[0] * 253))' "$1"; }
+shard() { $PY -c 'import struct, sys
+open(sys.argv[1], "wb").write(struct.pack("<256i", 20240520, 1, 204800, *[0] * 253))' "$1"; }
 shard "$S/mix_train.bin" && shard "$S/mix_val.bin"
 mixargs="--train $S/mix_train.bin --val $S/mix_val.bin"
 abl --grid depth --seeds 2 --out "$S/d8" >/dev/null
@@ -264,10 +265,11 @@ titles() { grep -o "<text [^>]*>[^<]*, by [a-z]*</text>" "$1" | sed 's/<[^>]*>//
 bars() { grep -c "<path d='M" "$1"; }
 $PY dev/ablation.py --figure "$S/fig/study.svg" "$S/d8/runs.csv" "$S/d9/runs.csv" >/dev/null 2>&1
 $PY dev/ablation.py --figure "$S/fig/depth.svg" "$S/d8/runs.csv" >/dev/null 2>&1
-[ "$(titles "$S/fig/study.svg")" = "cosine, by depth|reverse, by depth|groups 1.5,1,0.5, by depth|cosine, by tokens|reverse, by tokens|groups 1.5,1,0.5, by tokens|" ] &&
+by() { echo "cosine, by $1|reverse, by $1|groups 1.5,1,0.5, by $1|"; }
+[ "$(titles "$S/fig/study.svg")" = "$(by depth)$(by tokens)" ] &&
     [ "$(bars "$S/fig/study.svg")" = 28 ] && [ "$(bars "$S/fig/depth.svg")" = 19 ] &&
-    grep -q "stroke-dasharray='$(A=1 $PY -c 'import sys; sys.path.insert(0, "dev"); import ablation; print(ablation.DASH)')'" "$S/fig/depth.svg" &&
-    [ "$(titles "$S/fig/depth.svg")" = "cosine, by depth|reverse, by depth|groups 1.5,1,0.5, by depth|" ]
+    grep -q "<polyline .*stroke-dasharray='6,4'" "$S/fig/depth.svg" &&
+    [ "$(titles "$S/fig/depth.svg")" = "$(by depth)" ]
 result $? "--figure: the study figure from the depth and tokens grids' data files"
 check ablation.py --figure "$S/fig/x.png" "$S/d8/runs.csv"
 check ablation.py --figure "$S/fig/x.svg"
@@ -275,17 +277,19 @@ check ablation.py --figure "$S/fig/x.svg" "$S/nonexistent.csv"
 check ablation.py --figure "$S/fig/x.svg" "$S/g_taper/runs.csv"
 check ablation.py --figure "$S/fig/x.svg" "$S/d8/runs.csv" --grid depth
 check ablation.py --figure "$S/afile/x.svg" "$S/d8/runs.csv"
+mix5=brown+sotu+austen+mobydick+web
 # the tokens grid's flags name the mix's files; missing, the one command that makes them
-grep -q "^tokens,.*--train data/brown+sotu+austen+mobydick+web_byte_train.bin --val data/brown+sotu+austen+mobydick+web_byte_val.bin" \
-    <($PY - <<<'import sys; sys.path.insert(0, "dev"); import ablation as A; print("tokens," + A.GRIDS["tokens"].args[0])')
+mixdata="--train data/${mix5}_byte_train.bin --val data/${mix5}_byte_val.bin"
+$PY -c 'import sys; sys.path.insert(0, "dev"); import ablation as A
+sys.exit(0 if all(sys.argv[1] in x for x in A.GRIDS["tokens"].args) else 1)' "$mixdata"
 result $? "the tokens grid trains on the five-corpus mix"
 root=$PWD
 (cd "$S/emptydir" && $PY "$root/dev/ablation.py" --grid tokens --quick --trainer "$root/$F" \
     --out "$S/e_tok" --dry-run) >/dev/null 2>"$S/err"
 [ $? -ne 0 ] && [ "$(wc -l <"$S/err")" = 1 ] &&
-    grep -q 'no such file.*prepare_data.py --corpus brown+sotu+austen+mobydick+web --tokenizer byte' "$S/err"
+    grep -q "no such file.*prepare_data.py --corpus $mix5 --tokenizer byte" "$S/err"
 result $? "the tokens grid without the mix's shards names the command that makes them"
-check ablation.py --grid tokens --quick --trainer "$F" --train-args "--train $S/nonexistent.bin" --dry-run
+check ablation.py --grid tokens --quick --trainer "$F" --train-args "--train $S/no.bin" --dry-run
 
 # the memory grid: every arm against its own baseline within its architecture (Titans' mem-lr 0
 # against persist 4, not persist 0), paired by seed and data seed; its arms' params differ
@@ -325,12 +329,13 @@ sys.exit(1 if bad else 0)
 PYEOF
 result $? "the memory grid pairs every arm with its own baseline"
 ! grep -q 'MISMATCH' "$S/m1.out" "$S/m1/results.md" &&
-    grep -q '^| titans *| persist 4, mem-lr 0 *| persist 4 *| [0-9,]* .*distinguishable from persist 4 (worse)' \
+    grep -q '^| titans *| persist 4, mem-lr 0 *| persist 4 *| [0-9,]* .*from persist 4 (worse)' \
         "$S/m1/results.md" && grep -q 'vs persist 0' "$S/m1/effects.svg"
 result $? "the memory grid's arms of other params: no mismatch warning, each arm's params shown"
 check ablation.py --grid memory --train-args '--persist 2' --dry-run
 for dry in "" --dry-run; do           # until the trainer has --persist: the grid says so
-    FAKE_REFUSE=--persist check ablation.py --grid memory --quick --out "$S/e_mem" --trainer "$F" $dry
+    FAKE_REFUSE=--persist check ablation.py --grid memory --quick --out "$S/e_mem" \
+        --trainer "$F" $dry
 done
 unset FAKE_SLEEP
 
