@@ -1775,8 +1775,12 @@ def ci_marker(p, x, pr, color):
     p.dot(x, pr.mean, color, 5, hollow=not pr.distinguishable)
 
 
-CI_LEGEND = [("mean, 95% CI: distinguishable from uniform (Holm)", "#333", "ci"),
-             ("not distinguishable", "#333", "hollow")]
+def ci_legend(base=BASELINE):
+    return [(f"mean, 95% CI: distinguishable from {base} (Holm)", "#333", "ci"),
+            ("not distinguishable", "#333", "hollow")]
+
+
+CI_LEGEND = ci_legend()
 DASH = "6,4"
 
 
@@ -1788,7 +1792,8 @@ def plot_effects(exp, cells, path, title):
     arms = {a: [v for v in exp.variants_of(a) if v.base] for a in archs}
     PW, PH, GAP = max(240, 105 * max(map(len, arms.values()), default=1)), 260, 85
     svg, W, ML = figure(title, len(archs), PW, GAP)
-    MT = legend(svg, ML, 56, CI_LEGEND + [("one seed's Δ", "#999", "dot")], W - ML - 20) + 40
+    MT = legend(svg, ML, 56, ci_legend(exp.base_words()) + [("one seed's Δ", "#999", "dot")],
+                W - ML - 20) + 40
     H = MT + PH + 70
     for col, a in enumerate(archs):
         x0, comps = ML + col * (PW + GAP), arms[a]

@@ -330,7 +330,8 @@ PYEOF
 result $? "the memory grid pairs every arm with its own baseline"
 ! grep -q 'MISMATCH' "$S/m1.out" "$S/m1/results.md" &&
     grep -q '^| titans *| persist 4, mem-lr 0 *| persist 4 *| [0-9,]* .*from persist 4 (worse)' \
-        "$S/m1/results.md" && grep -q 'vs persist 0' "$S/m1/effects.svg"
+        "$S/m1/results.md" && grep -q 'vs persist 0' "$S/m1/effects.svg" &&
+    grep -q 'distinguishable from baseline (Holm)' "$S/m1/effects.svg"
 result $? "the memory grid's arms of other params: no mismatch warning, each arm's params shown"
 check ablation.py --grid memory --train-args '--persist 2' --dry-run
 for dry in "" --dry-run; do           # until the trainer has --persist: the grid says so
