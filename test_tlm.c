@@ -53,6 +53,20 @@ static Config tiny_config(Arch arch, Taper taper) {
     return c;
 }
 
+// a checkpoint file's model options and header (opened, read, closed)
+static void read_checkpoint_config(const char *path, Config *c, int32_t *h) {
+    Checkpoint *ck = checkpoint_open(path, NULL);
+    *c = ck->saved->cfg;
+    memcpy(h, ck->h, sizeof(ck->h));
+    checkpoint_close(ck);
+}
+// a checkpoint file's parameters, moments, step and data position into m
+static void load_checkpoint_file(Model *m, const char *path, DataPosition *pos) {
+    Checkpoint *ck = checkpoint_open(path, NULL);
+    checkpoint_load(ck, m, pos);
+    checkpoint_close(ck);
+}
+
 #ifdef TLM_DOUBLE
 // ----------------------------------------------------------------------------
 // gradient checks, in double precision
@@ -981,37 +995,62 @@ static void test_eval_batches(void) {
 }
 
 // --- checkpoints ------------------------------------------------------------------------------
-static int32_t float_bits(float f) { int32_t i; memcpy(&i, &f, 4); return i; }
 
-// a version-1 checkpoint of model m (the format before the option area and the checksum):
-// the model options in their v1 header slots, then the parameters
-static void save_v1_checkpoint(const Model *m, const char *path) {
-    int32_t h[H_SIZE];
-    checkpoint_header(h, m, (DataPosition){ 0, 0, 0 }, 0);
-    h[H_VERSION] = 1;
-    h[H_OPTION_BYTES] = 0;
-    Options *v = xcalloc(1, sizeof(Options), "test");
-    options_default(v);
-    v->cfg = m->cfg;
-    for (int k = 0; k < NUM_OPTIONS; k++) {
-        const Option *o = &options[k];
-        if (o->v1_slot < 0) continue;
-        const void *p = (const char *)v + o->offset;
-        if (o->type == OPT_REAL) h[o->v1_slot] = float_bits((float)*(const double *)p);
-        else if (o->type == OPT_LIST) for (int j = 0; j < o->count; j++) h[o->v1_slot + j] = ((const int *)p)[j];
-        else h[o->v1_slot] = *(const int *)p;
-    }
-    free(v);
-    FILE *f = open_file(path, "wb");
-    fwrite(h, sizeof(h), 1, f);
-    uint32_t crc = 0;
-    write_floats(f, m->params, 1, m->num_params, &crc);
+// A copy of a checkpoint with its option line `name=...` set to `value` (NULL: dropped, as in a
+// file written before that option existed): the option area's size and the checksum made right
+// again, so that the copy reaches the checks after the checksum.
+static void edit_option_line(const char *from, const char *to, const char *name, const char *value) {
+    FILE *f = open_file(from, "rb");
+    long size = file_size(f);
+    char *b = xcalloc(size + 1, 1, "test");
+    read_exact(b, 1, size, f, from);
     fclose(f);
+    int32_t h[H_SIZE];
+    memcpy(h, b, sizeof(h));
+    long bytes = h[H_OPTION_BYTES];
+    char *text = xcalloc(bytes + TEXT_MAX, 1, "test"), want[64];
+    memcpy(text, b + sizeof(h), bytes);
+    snprintf(want, sizeof(want), "\n%s=", name);
+    char *line = strncmp(text, want + 1, strlen(want + 1)) ? strstr(text, want) + 1 : text;
+    char *next = strchr(line, '\n') + 1; // (the line after it)
+    char *rest = xcalloc(strlen(next) + 1, 1, "test");
+    memcpy(rest, next, strlen(next) + 1);
+    if (value) line += sprintf(line, "%s=%s\n", name, value);
+    memcpy(line, rest, strlen(rest) + 1);
+    long len = (long)strlen(text), padded = (len + 3) / 4 * 4;
+    memset(text + len, 0, padded - len);
+    h[H_OPTION_BYTES] = (int32_t)padded;
+    f = open_file(to, "wb");
+    uint32_t crc = 0;
+    write_summed(h, sizeof(h), f, &crc);
+    write_summed(text, padded, f, &crc);
+    write_summed(b + sizeof(h) + bytes, size - 4 - sizeof(h) - bytes, f, &crc);
+    fwrite(&crc, 4, 1, f);
+    fclose(f);
+    free(rest);
+    free(text);
+    free(b);
+}
+static void drop_option_line(const char *from, const char *to, const char *name) {
+    edit_option_line(from, to, name, NULL);
+}
+// copies a checkpoint, overwriting some header slots
+static void patch_checkpoint(const char *from, const char *to, int n, const int *slots, const int32_t *values) {
+    FILE *f = open_file(from, "rb");
+    long size = file_size(f);
+    char *bytes = xcalloc(size, 1, "test");
+    read_exact(bytes, 1, size, f, from);
+    fclose(f);
+    for (int i = 0; i < n; i++) memcpy(bytes + 4 * (size_t)slots[i], &values[i], 4);
+    f = open_file(to, "wb");
+    fwrite(bytes, 1, size, f);
+    fclose(f);
+    free(bytes);
 }
 static void load_into_tiny(void *path) {
     Config c = tiny_config(ARCH_TRANSFORMER, TAPER_COSINE);
     Model *m = model_create(&c, 1, 4);
-    checkpoint_load(m, (const char *)path, NULL);
+    load_checkpoint_file(m, (const char *)path, NULL);
     model_free(m);
 }
 
@@ -1022,13 +1061,6 @@ static void save_fresh_checkpoint(Config c, const char *path) {
     checkpoint_save(m, path, pos);
     model_free(m);
 }
-// the same as a version-1 file (whose header slots the fuzz regressions patch)
-static void save_fresh_v1_checkpoint(Config c, const char *path) {
-    Model *m = model_create(&c, 1, 4);
-    save_v1_checkpoint(m, path);
-    model_free(m);
-}
-
 static void test_checkpoints(void) {
     for (int arch = 0; arch < ARCH_COUNT; arch++) {
         Config c = tiny_config((Arch)arch, TAPER_COSINE);
@@ -1041,8 +1073,8 @@ static void test_checkpoints(void) {
         check(checkpoint_save(a, tmp_path("rt.ckpt"), pos) == 0, "checkpoint: save %s", arch_names[arch]);
         Config read;
         int32_t h[H_SIZE];
-        checkpoint_read_config(tmp_path("rt.ckpt"), &read, h);
-        checkpoint_load(b, tmp_path("rt.ckpt"), &got);
+        read_checkpoint_config(tmp_path("rt.ckpt"), &read, h);
+        load_checkpoint_file(b, tmp_path("rt.ckpt"), &got);
         check(read.arch == c.arch && !memcmp(a->params, b->params, a->num_params * sizeof(real)) && b->step == 42 &&
               got.slot == 123 && got.epoch == pos.epoch,
               "checkpoint: %s round trip restores parameters, step, data position",
@@ -1093,24 +1125,10 @@ static void test_checkpoints(void) {
 // "runtime error: -nan is outside the range of representable values of type 'int'".
 // Such a taper must be refused with a message naming it.
 
-// copies a checkpoint, overwriting some header slots
-static void patch_checkpoint(const char *from, const char *to, int n, const int *slots, const int32_t *values) {
-    FILE *f = open_file(from, "rb");
-    long size = file_size(f);
-    char *bytes = xcalloc(size, 1, "test");
-    read_exact(bytes, 1, size, f, from);
-    fclose(f);
-    for (int i = 0; i < n; i++) memcpy(bytes + 4 * (size_t)slots[i], &values[i], 4);
-    f = open_file(to, "wb");
-    fwrite(bytes, 1, size, f);
-    fclose(f);
-    free(bytes);
-}
-
 static void read_config_only(void *path) {
     Config c;
     int32_t h[H_SIZE];
-    checkpoint_read_config((const char *)path, &c, h);
+    read_checkpoint_config((const char *)path, &c, h);
 }
 
 static void finish_config(void *c) { config_finish((Config *)c); }
@@ -1139,10 +1157,9 @@ static void test_taper_extremes(void) {
     // the checkpoint's way in (the fuzzer's input): a one-layer sigmoid taper 1.25 -> 2.4923e35
     Config one = tiny_config(ARCH_TRANSFORMER, TAPER_SIGMOID);
     one.layers = 1;
-    save_fresh_v1_checkpoint(one, tmp_path("taper_ok.ckpt"));
-    int slots[2] = { H_TAPER_START, H_TAPER_END };
-    int32_t values[2] = { float_bits(1.25f), float_bits(2.4923e35f) };
-    patch_checkpoint(tmp_path("taper_ok.ckpt"), tmp_path("taper_far.ckpt"), 2, slots, values);
+    save_fresh_checkpoint(one, tmp_path("taper_ok.ckpt"));
+    edit_option_line(tmp_path("taper_ok.ckpt"), tmp_path("taper_half.ckpt"), "taper-start", "1.25");
+    edit_option_line(tmp_path("taper_half.ckpt"), tmp_path("taper_far.ckpt"), "taper-end", "2.4923e35");
     check(dies_with(read_config_only, (void *)tmp_path("taper_far.ckpt"), "cannot be computed"),
           "checkpoint: a taper that cannot be computed refused");
 }
@@ -1179,11 +1196,9 @@ static void test_memory_config_bounds(void) {
     c = tiny_config(ARCH_HOPE, TAPER_COSINE);
     c.cms_chunks[1] = 2147483647;
     check(dies_with(create_tiny, &c, "--cms-chunks"), "hope: a level's chunk 2147483647 refused");
-    // the checkpoint's way in: a valid titans checkpoint with its mem_chunk slot set to INT_MAX
-    save_fresh_v1_checkpoint(tiny_config(ARCH_TITANS, TAPER_COSINE), tmp_path("titans_ok.ckpt"));
-    int slot = H_MEM_CHUNK;
-    int32_t value = 2147483647;
-    patch_checkpoint(tmp_path("titans_ok.ckpt"), tmp_path("titans_chunk.ckpt"), 1, &slot, &value);
+    // the checkpoint's way in: a valid titans checkpoint with its mem-chunk set to INT_MAX
+    save_fresh_checkpoint(tiny_config(ARCH_TITANS, TAPER_COSINE), tmp_path("titans_ok.ckpt"));
+    edit_option_line(tmp_path("titans_ok.ckpt"), tmp_path("titans_chunk.ckpt"), "mem-chunk", "2147483647");
     check(dies_with(read_config_only, (void *)tmp_path("titans_chunk.ckpt"), "--mem-chunk"),
           "checkpoint: a titans checkpoint with mem_chunk 2147483647 refused");
 }
@@ -1313,8 +1328,8 @@ static void test_groups_and_widths(void) {
     checkpoint_save(mh, tmp_path("groups.ckpt"), pos);
     Config r1, r2;
     int32_t hd[H_SIZE];
-    checkpoint_read_config(tmp_path("explicit.ckpt"), &r1, hd);
-    checkpoint_read_config(tmp_path("groups.ckpt"), &r2, hd);
+    read_checkpoint_config(tmp_path("explicit.ckpt"), &r1, hd);
+    read_checkpoint_config(tmp_path("groups.ckpt"), &r2, hd);
     config_finish(&r1);
     config_finish(&r2);
     check(r1.taper == TAPER_EXPLICIT && !memcmp(r1.widths_given, c.widths_given, sizeof(c.widths_given)) &&
@@ -1347,18 +1362,17 @@ static void test_checkpoint_integrity(void) {
     fclose(f);
     check(dies_with(load_tiny_t, (void *)tmp_path("flip.ckpt"), "checksum") && strstr(tlm_last_error, "flip.ckpt"),
           "checkpoint: a flipped bit is caught by the checksum, naming the file (%s)", tlm_last_error);
-    // version 1 still loads (no checksum)
-    save_v1_checkpoint(m, tmp_path("v1.ckpt"));
-    Model *b = model_create(&c, 1, 4);
-    checkpoint_load(b, tmp_path("v1.ckpt"), NULL);
-    check(!memcmp(m->params, b->params, m->num_params * sizeof(real)), "checkpoint: a version-1 file still loads");
-    model_free(b);
+    // version 1 (before the option area and the checksum) is refused, naming the file and the version
+    int slot = H_VERSION;
+    int32_t one = 1;
+    patch_checkpoint(tmp_path("good.ckpt"), tmp_path("v1.ckpt"), 1, &slot, &one);
+    check(dies_with(load_tiny_t, (void *)tmp_path("v1.ckpt"), "v1.ckpt: checkpoint version 1") &&
+          !strchr(tlm_last_error, '\n'), "checkpoint: a version-1 file refused in one line naming the "
+          "file and the version (%s)", tlm_last_error);
     // header errors name the file (they named --dim)
-    int slot = H_DIM;
-    int32_t five = 5;
-    patch_checkpoint(tmp_path("v1.ckpt"), tmp_path("v1dim.ckpt"), 1, &slot, &five);
-    check(dies_with(read_config_only, (void *)tmp_path("v1dim.ckpt"), "v1dim.ckpt: checkpoint header"),
-          "checkpoint: a bad header field names the file (%s)", tlm_last_error);
+    edit_option_line(tmp_path("good.ckpt"), tmp_path("baddim.ckpt"), "dim", "5");
+    check(dies_with(read_config_only, (void *)tmp_path("baddim.ckpt"), "baddim.ckpt: checkpoint header") &&
+          strstr(tlm_last_error, "--dim 5"), "checkpoint: a bad header field names the file (%s)", tlm_last_error);
     // AdamW moments are validated at load: NaN first moment, negative second moment
     m->adam_m = xcalloc(m->num_params, sizeof(float), "t");
     m->adam_v = xcalloc(m->num_params, sizeof(float), "t");
@@ -1425,6 +1439,39 @@ static void test_checkpoint_integrity(void) {
     model_free(m);
 }
 
+// A load while a run's save replaces the checkpoint (issue 29, item 2: the header and options
+// were read through one open and the weights through another, so a load could take one file's
+// step and the other's weights). A child saves two models in turn over one path, each step
+// marking its weights; every load here must be one of the two whole.
+static void test_load_during_save(void) {
+    Config c = tiny_config(ARCH_TRANSFORMER, TAPER_COSINE);
+    Model *a = model_create(&c, 1, 4), *b = model_create(&c, 1, 4), *r = model_create(&c, 1, 4);
+    init_params(a, 1);
+    init_params(b, 2);
+    a->step = 1;
+    b->step = 2;
+    const char *path = tmp_path("busy.ckpt");
+    DataPosition pos = { 0, 0, 0 };
+    checkpoint_save(a, path, pos);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) { // (no parallel region here: a forked child must not enter OpenMP's pool)
+        double t0 = wall_time();
+        for (int i = 0; i < 2000 && wall_time() - t0 < 3; i++) checkpoint_save(i % 2 ? a : b, path, pos);
+        _exit(0);
+    }
+    int loads = 0, whole = 0, status;
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+        load_checkpoint_file(r, path, NULL);
+        const Model *src = r->step == 1 ? a : b;
+        loads++;
+        whole += !memcmp(r->params, src->params, r->num_params * sizeof(real));
+    }
+    check(loads > 0 && whole == loads && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "checkpoint: %d of %d loads during saves read one file whole", whole, loads);
+    model_free(a); model_free(b); model_free(r);
+}
+
 // --- training: bit-exact resume and overfitting ------------------------------------------------
 // A shard of 49 tokens holds 8 slots of T = 6: 4 batches of B = 2, two steps of --grad-accum 2
 // an epoch. Saved at step 2 (the end of epoch 0) and at step 3 (in epoch 1), resumed to step 6
@@ -1463,7 +1510,7 @@ static void test_resume_bit_exact(void) {
         model_free(b);
         b = model_create(&c, B, T);
         DataPosition at;
-        checkpoint_load(b, tmp_path("resume.ckpt"), &at);
+        load_checkpoint_file(b, tmp_path("resume.ckpt"), &at);
         dataloader_open(&d, tmp_path("resume.bin"), "--train");
         d.vocab = 11;
         d.seed = 5;
@@ -2054,37 +2101,6 @@ static const char *jsonl_value(const char *path, const char *event, int nth, con
     return value;
 }
 
-// A copy of a version-2 checkpoint without its option line `name=...`, as a file written before
-// that option existed: the option area's size and the checksum made right again.
-static void drop_option_line(const char *from, const char *to, const char *name) {
-    FILE *f = open_file(from, "rb");
-    long size = file_size(f);
-    char *b = xcalloc(size + 1, 1, "test");
-    read_exact(b, 1, size, f, from);
-    fclose(f);
-    int32_t h[H_SIZE];
-    memcpy(h, b, sizeof(h));
-    long bytes = h[H_OPTION_BYTES];
-    char *text = xcalloc(bytes + 1, 1, "test"), want[64];
-    memcpy(text, b + sizeof(h), bytes);
-    snprintf(want, sizeof(want), "\n%s=", name);
-    char *line = strstr(text, want);
-    char *next = line ? strchr(line + 1, '\n') + 1 : NULL; // (the line after it)
-    if (line) memmove(line + 1, next, strlen(next) + 1);
-    long len = (long)strlen(text), padded = (len + 3) / 4 * 4;
-    memset(text + len, 0, bytes - len);
-    h[H_OPTION_BYTES] = (int32_t)padded;
-    f = open_file(to, "wb");
-    uint32_t crc = 0;
-    write_summed(h, sizeof(h), f, &crc);
-    write_summed(text, padded, f, &crc);
-    write_summed(b + sizeof(h) + bytes, size - 4 - sizeof(h) - bytes, f, &crc);
-    fwrite(&crc, 4, 1, f);
-    fclose(f);
-    free(text);
-    free(b);
-}
-
 // --data-seed, --eval-batches and --final-eval-batches through the binary
 static void test_cli_data_and_eval(void) {
     if (access(trainer(), X_OK) != 0) return; // (test_cli says so)
@@ -2147,12 +2163,6 @@ static void test_cli_data_and_eval(void) {
           strstr(said, "cannot resume") && !strstr(said, "step     4/"), "data seed cli: resuming "
           "training from it is a one-line error naming the file (%.200s)", said);
     free(said);
-    Config v1 = tiny_config(ARCH_TRANSFORMER, TAPER_COSINE);
-    v1.layers = 2; v1.dim = 16; v1.mlp_width = 32; v1.taper_multiple = 8; v1.seq_len = 8;
-    save_fresh_v1_checkpoint(v1, tmp_path("old_v1.ckpt"));
-    snprintf(args, sizeof(args), "%s --load %s --steps 2", data, tmp_path("old_v1.ckpt"));
-    check(run_trainer(args) == 1 && output_has("old_v1.ckpt: written before --data-seed"),
-          "data seed cli: so is a version-1 checkpoint");
     // evaluation: the val records say how many batches; the final one takes --final-eval-batches
     char fe[512], ev[512], done[64];
     snprintf(fe, sizeof(fe), "%s/fe.jsonl", tmpdir);
@@ -2345,12 +2355,13 @@ static void test_cli_resume_and_guards(void) {
         else snprintf(missing + strlen(missing), sizeof(missing) - strlen(missing), " --%s", options[k].name);
     }
     check(refused == total, "load: %d of %d model options with a conflicting value refused (not:%s)", refused, total, missing);
-    // a version-1 checkpoint loads, said once
-    Config c = tiny_config(ARCH_TRANSFORMER, TAPER_COSINE);
-    c.layers = 2; c.dim = 16; c.mlp_width = 32; c.taper_multiple = 8; c.seq_len = 8;
-    save_fresh_v1_checkpoint(c, tmp_path("old.ckpt"));
+    // a version-1 checkpoint is refused: one line naming the file and the version
+    int vslot = H_VERSION;
+    int32_t one = 1;
+    patch_checkpoint(tmp_path("cc.ckpt"), tmp_path("old.ckpt"), 1, &vslot, &one);
     snprintf(args, sizeof(args), "%s --load %s --eval-only", data, tmp_path("old.ckpt"));
-    check(run_trainer(args) == 0 && output_has("version-1 checkpoint: no checksum"), "load: a version-1 checkpoint loads, said once");
+    check(run_trainer(args) == 1 && output_has("old.ckpt: checkpoint version 1") && !output_has("val loss"),
+          "load: a version-1 checkpoint refused, naming the file and the version");
     // SIGPIPE: the reader of stdout goes away (| tee, then Ctrl-C): saved, non-zero, a line on stderr
     remove(tmp_path("pipe.ckpt"));
     snprintf(cmd, sizeof(cmd), "bash -c 'OMP_NUM_THREADS=1 %s %s --steps 100000 --eval-every 0 --save %s 2> %s | head -n 3 > /dev/null; "
@@ -2526,7 +2537,7 @@ static void test_interrupt_before_first_step(void) {
             if (access(ck, R_OK) == 0) {
                 Config c;
                 int32_t h[H_SIZE];
-                checkpoint_read_config(ck, &c, h);
+                read_checkpoint_config(ck, &c, h);
                 step = h[H_STEP];
             }
             check(rc == 130 && strstr(text, "interrupted at step 0, checkpoint saved") && step == 0,
@@ -2571,6 +2582,7 @@ int main(void) {
     test_option_table();
     test_groups_and_widths();
     test_checkpoint_integrity();
+    test_load_during_save();
     test_resume_bit_exact();
     test_adamw();
     test_overfit();

@@ -2314,25 +2314,20 @@ static float learning_rate(int step, float lr, int warmup, int decay_steps) {
 // the option area (every model and training option of the table in section 11 as `name=value`
 // lines, so that --load can rebuild the model and resume the run), the parameters as float32 in
 // layout_params() order, then, if has_optimizer, AdamW's first and second moments in the same
-// order, and last a CRC-32C of all the bytes before it. Version 1 (read only) has no option
-// area and no checksum; its model options sit in the header slots the option table names.
+// order, and last a CRC-32C of all the bytes before it. (Version 1, before the option area and
+// the checksum, is no longer read.)
 // A checkpoint is written to PATH.tmp (created anew, never through a link) with the signals
 // held back, synced, renamed over PATH and the directory synced: a crash, a full disk or a
 // second Ctrl-C never leaves a half-written checkpoint behind.
 
 enum {
     CKPT_MAGIC = 20260623, CKPT_VERSION = 2,
-    H_MAGIC = 0, H_VERSION,
-    // version 1 only: the model options (the option table's v1 slots)
-    H_ARCH, H_LAYERS, H_DIM, H_HEADS, H_VOCAB, H_SEQ_LEN, H_MLP_WIDTH,
-    H_TAPER, H_TAPER_START, H_TAPER_END, H_TAPER_MULTIPLE, H_UNTIED, H_GATE_HEADWISE, H_WINDOW,
-    H_MEM_DEPTH, H_MEM_HIDDEN, H_MEM_CHUNK, H_CMS_LEVELS, H_CMS_WIDTH, H_CMS_CHUNKS, // 4 slots
-    // both versions
+    H_MAGIC = 0, H_VERSION, // (slots 2..31: 0)
     H_NUM_PARAMS_LO = 32, H_NUM_PARAMS_HI, H_STEP, H_HAS_OPTIMIZER,
     H_DATA_SHARD, H_DATA_SLOT_LO, H_DATA_SLOT_HI, H_DATA_EPOCH, // the DataPosition (section 9)
-    H_OPTION_BYTES = 40, // version 2: bytes of the option area (a multiple of 4)
-    H_RANKS,             // version 2: the MPI ranks that wrote it (0: one process; section 10)
-    H_DATA_EPOCH_HI,     // version 2: the epoch's high 32 bits (H_DATA_EPOCH: its low ones)
+    H_OPTION_BYTES = 40, // bytes of the option area (a multiple of 4)
+    H_RANKS,             // the MPI ranks that wrote it (0: one process; section 10)
+    H_DATA_EPOCH_HI,     // the epoch's high 32 bits (H_DATA_EPOCH: its low ones)
     H_MLP_WIDTHS = 64,  // MAX_LAYERS slots
     H_CMS_WIDTHS = 128, // MAX_LAYERS slots
     H_SIZE = 256,
@@ -2345,12 +2340,9 @@ typedef struct { int64_t epoch; int shard; size_t slot; } DataPosition;
 typedef struct Options Options; // section 11: the command line, whose table also writes the option area
 static size_t options_to_text(char *buf, size_t n, const Config *cfg);
 static void options_from_text(Options *saved, const char *text, const char *path, int *named);
-static void options_from_v1_header(Options *saved, const int32_t *h);
 static void options_default(Options *v);
 static size_t options_size(void);
 static const Config *options_config(const Options *v);
-
-static float bits_float(int32_t i) { float f; memcpy(&f, &i, 4); return f; }
 
 // CRC-32C (Castagnoli), bytewise with a table: crc32c(0, "123456789", 9) = 0xE3069283
 static uint32_t crc32c(uint32_t crc, const void *data, size_t n) {
@@ -2479,71 +2471,79 @@ static int checkpoint_save(const Model *m, const char *path, DataPosition pos) {
     return rc;
 }
 
-// Reads a checkpoint's header and options (saved: defaults, overwritten by what the file
-// stores; a version-1 file stores the model options only; named[k], if not NULL, set for each
-// option its option area names); everything is checked before it is trusted, a version-2
-// file's checksum first. Returns the version.
-static int checkpoint_read_options(const char *path, Options *saved, int32_t *h, int *named) {
-    FILE *f = open_file(path, "rb");
-    long size = file_size(f);
+// An open checkpoint: its header and options, read and checked once by checkpoint_open, and the
+// one descriptor they came through, from which checkpoint_load then reads the parameters. A save
+// never writes into a checkpoint in place (it renames a new file over the path), so the file
+// this descriptor holds stays whole while a run replaces the checkpoint: the bytes checked are
+// the bytes loaded, of the old file or of the new one.
+typedef struct {
+    const char *path;
+    FILE *f;
+    long size;
+    int32_t h[H_SIZE];
+    Options *saved;     // the defaults, overwritten by what the option area stores
+} Checkpoint;
+
+// Opens path and reads its header and options, each checked before it is trusted, the checksum
+// (of the whole file) first; named[k], if not NULL, is set for each option the file names.
+static Checkpoint *checkpoint_open(const char *path, int *named) {
+    Checkpoint *ck = xcalloc(1, sizeof(Checkpoint), "checkpoint");
+    int32_t *h = ck->h;
+    ck->path = path;
+    ck->f = open_file(path, "rb");
+    ck->saved = xcalloc(1, options_size(), "checkpoint options");
+    FILE *f = ck->f;
+    long size = ck->size = file_size(f);
     if (size < (long)(H_SIZE * sizeof(int32_t))) die("%s: not a tlm checkpoint (file too short)", path);
     read_exact(h, sizeof(int32_t), H_SIZE, f, path);
     if (h[H_MAGIC] != CKPT_MAGIC) die("%s: not a tlm checkpoint (bad magic %d)", path, h[H_MAGIC]);
-    if (h[H_VERSION] != 1 && h[H_VERSION] != 2) die("%s: unsupported checkpoint version %d", path, h[H_VERSION]);
-    options_default(saved);
-    if (h[H_VERSION] == 1) {
-        fclose(f);
-        if (h[H_ARCH] < 0 || h[H_ARCH] >= ARCH_COUNT) die("%s: unknown architecture id %d", path, h[H_ARCH]);
-        if (h[H_TAPER] < 0 || h[H_TAPER] >= TAPER_SCHEDULES) die("%s: unknown taper id %d", path, h[H_TAPER]);
-        if (h[H_LAYERS] < 1 || h[H_LAYERS] > MAX_LAYERS) die("%s: bad layer count %d", path, h[H_LAYERS]);
-        options_from_v1_header(saved, h);
-    } else {
-        long bytes = h[H_OPTION_BYTES];
-        if (bytes < 0 || bytes > MAX_OPTION_BYTES || bytes % 4 || (long)(H_SIZE * 4) + bytes + 4 > size)
-            die("%s: bad option area size %ld", path, bytes);
-        if (h[H_HAS_OPTIMIZER] != 0 && h[H_HAS_OPTIMIZER] != 1) die("%s: bad optimizer flag", path);
-        size_t n = (size_t)(uint32_t)h[H_NUM_PARAMS_LO] | ((size_t)(uint32_t)h[H_NUM_PARAMS_HI] << 32);
-        double expect = (double)(H_SIZE * 4) + bytes + (double)n * 4 * (h[H_HAS_OPTIMIZER] ? 3 : 1) + 4;
-        if ((double)size != expect) die("%s: size %ld bytes, expected %.0f (truncated or corrupt)", path, size, expect);
+    if (h[H_VERSION] == 1)
+        die("%s: checkpoint version 1 (before the option area and the checksum) is no longer read: "
+            "this train_tlm reads version %d", path, CKPT_VERSION);
+    if (h[H_VERSION] != CKPT_VERSION) die("%s: unsupported checkpoint version %d", path, h[H_VERSION]);
+    long bytes = h[H_OPTION_BYTES];
+    if (bytes < 0 || bytes > MAX_OPTION_BYTES || bytes % 4 || (long)(H_SIZE * 4) + bytes + 4 > size)
+        die("%s: bad option area size %ld", path, bytes);
+    if (h[H_HAS_OPTIMIZER] != 0 && h[H_HAS_OPTIMIZER] != 1) die("%s: bad optimizer flag", path);
+    size_t n = (size_t)(uint32_t)h[H_NUM_PARAMS_LO] | ((size_t)(uint32_t)h[H_NUM_PARAMS_HI] << 32);
+    double expect = (double)(H_SIZE * 4) + bytes + (double)n * 4 * (h[H_HAS_OPTIMIZER] ? 3 : 1) + 4;
+    if ((double)size != expect) die("%s: size %ld bytes, expected %.0f (truncated or corrupt)", path, size, expect);
 #ifndef TLM_FUZZ // (the fuzz harness mutates files freely: it skips the checksum to reach the checks below)
-        // the checksum: the whole file but its last 4 bytes, then those
-        uint32_t crc = crc32c(0, h, H_SIZE * sizeof(int32_t)), stored;
-        unsigned char buf[1 << 16];
-        long left = size - 4 - (long)(H_SIZE * 4);
-        while (left > 0) {
-            size_t k = left < (long)sizeof(buf) ? (size_t)left : sizeof(buf);
-            read_exact(buf, 1, k, f, path);
-            crc = crc32c(crc, buf, k);
-            left -= (long)k;
-        }
-        read_exact(&stored, sizeof(stored), 1, f, path);
-        if (crc != stored) die("%s: checksum mismatch (the file is corrupt: stored %08x, computed %08x)", path, stored, crc);
-#endif
-        char *text = xcalloc((size_t)bytes + 1, 1, "checkpoint options");
-        fseek(f, H_SIZE * sizeof(int32_t), SEEK_SET);
-        read_exact(text, 1, (size_t)bytes, f, path);
-        fclose(f);
-        options_from_text(saved, text, path, named);
-        free(text);
+    // the checksum: the whole file but its last 4 bytes, then those
+    uint32_t crc = crc32c(0, h, H_SIZE * sizeof(int32_t)), stored;
+    unsigned char buf[1 << 16];
+    long left = size - 4 - (long)(H_SIZE * 4);
+    while (left > 0) {
+        size_t k = left < (long)sizeof(buf) ? (size_t)left : sizeof(buf);
+        read_exact(buf, 1, k, f, path);
+        crc = crc32c(crc, buf, k);
+        left -= (long)k;
     }
+    read_exact(&stored, sizeof(stored), 1, f, path);
+    if (crc != stored) die("%s: checksum mismatch (the file is corrupt: stored %08x, computed %08x)", path, stored, crc);
+#endif
+    char *text = xcalloc((size_t)bytes + 1, 1, "checkpoint options");
+    fseek(f, H_SIZE * sizeof(int32_t), SEEK_SET);
+    read_exact(text, 1, (size_t)bytes, f, path);
+    options_default(ck->saved);
+    options_from_text(ck->saved, text, path, named);
+    free(text);
     // the widths are derived again from the stored options and must agree with the stored ones
-    Config check = *options_config(saved);
+    Config check = *options_config(ck->saved);
     config_origin = path;
     config_finish(&check);
     config_origin = NULL;
     for (int l = 0; l < check.layers; l++)
         if (check.mlp_widths[l] != h[H_MLP_WIDTHS + l] || (check.arch == ARCH_HOPE && check.cms_levels > 1 && check.cms_widths[l] != h[H_CMS_WIDTHS + l]))
             die("%s: stored width of layer %d does not match its taper", path, l);
-    return h[H_VERSION];
+    return ck;
 }
 
-// Reads a checkpoint's header into a Config (its model options).
-static int checkpoint_read_config(const char *path, Config *c, int32_t *h) {
-    Options *saved = xcalloc(1, options_size(), "checkpoint options");
-    int version = checkpoint_read_options(path, saved, h, NULL);
-    *c = *options_config(saved);
-    free(saved);
-    return version;
+static void checkpoint_close(Checkpoint *ck) {
+    if (!ck) return;
+    fclose(ck->f);
+    free(ck->saved);
+    free(ck);
 }
 
 // the tensor that holds parameter i, for messages
@@ -2553,21 +2553,17 @@ static const char *tensor_of(const Model *m, size_t i) {
     return "?";
 }
 
-// Loads parameters (and optimizer state, if present) into a model built from that config.
-static void checkpoint_load(Model *m, const char *path, DataPosition *pos) {
-    int32_t h[H_SIZE];
-    Config c;
-    int version = checkpoint_read_config(path, &c, h);
+// Loads the parameters (and the optimizer state, if present) of an open checkpoint into a model
+// built from its options, through the descriptor checkpoint_open checked; *pos (if not NULL)
+// gets the data position.
+static void checkpoint_load(Checkpoint *ck, Model *m, DataPosition *pos) {
+    const int32_t *h = ck->h;
+    const char *path = ck->path;
+    FILE *f = ck->f;
     size_t n = (size_t)(uint32_t)h[H_NUM_PARAMS_LO] | ((size_t)(uint32_t)h[H_NUM_PARAMS_HI] << 32);
     if (n != m->num_params) die("%s: holds %zu parameters, the model has %zu", path, n, m->num_params);
-    if (h[H_HAS_OPTIMIZER] != 0 && h[H_HAS_OPTIMIZER] != 1) die("%s: bad optimizer flag", path);
     if (h[H_STEP] < 0) die("%s: bad step %d", path, h[H_STEP]);
-    FILE *f = open_file(path, "rb");
-    long start = (long)(H_SIZE * sizeof(int32_t)) + (version == 2 ? h[H_OPTION_BYTES] : 0);
-    long expect = start + (long)(n * sizeof(float) * (h[H_HAS_OPTIMIZER] ? 3 : 1)) + (version == 2 ? 4 : 0);
-    if (file_size(f) != expect)
-        die("%s: size %ld bytes, expected %ld (truncated or corrupt)", path, file_size(f), expect);
-    fseek(f, start, SEEK_SET);
+    fseek(f, (long)(H_SIZE * sizeof(int32_t)) + h[H_OPTION_BYTES], SEEK_SET);
     float buf[4096];
     for (size_t i = 0; i < n; i += 4096) {
         size_t k = n - i < 4096 ? n - i : 4096;
@@ -2590,7 +2586,6 @@ static void checkpoint_load(Model *m, const char *path, DataPosition *pos) {
                 die("%s: AdamW second moment %zu (%s) is %g, not a finite number >= 0", path, i, tensor_of(m, i), m->adam_v[i]);
         }
     }
-    fclose(f);
     m->step = h[H_STEP];
     if (pos) { // (checked against the data by dataloader_seek)
         pos->shard = h[H_DATA_SHARD];
@@ -3441,8 +3436,6 @@ static void analyze_layers(Model *m, DataLoader *val, int batches, int B, int T,
 //   def      the default, as it would be typed; "--name": the value of option name (which the
 //            command line or a checkpoint may have set), taken by options_follow
 //   lo, hi   the range of a number (REAL: lo = FLT_MIN means positive)
-//   v1_slot  the header slot of a model option in a version-1 checkpoint (-1: none; REAL as
-//            float32 bits, LIST in `count` consecutive slots)
 // A new option: a field in Options (or Config), a row here; nothing else needs to change.
 
 struct Options {
@@ -3468,7 +3461,6 @@ typedef struct {
     const char *def;
     double lo, hi;
     int count;          // LIST: at most this many values
-    int v1_slot;
     const char *help;
 } Option;
 
@@ -3476,76 +3468,76 @@ typedef struct {
 #define BIG 2147483647.0
 static const Option options[] = {
     // the model
-    { "arch", OPT_ARCH, KIND_MODEL, OFF(cfg.arch), "transformer", 0, 0, 0, H_ARCH, "transformer | gated | titans | hope" },
-    { "layers", OPT_INT, KIND_MODEL, OFF(cfg.layers), "6", 1, MAX_LAYERS, 0, H_LAYERS, "number of blocks L" },
-    { "dim", OPT_INT, KIND_MODEL, OFF(cfg.dim), "128", 2, 1 << 14, 0, H_DIM, "model width C" },
-    { "heads", OPT_INT, KIND_MODEL, OFF(cfg.heads), "4", 1, 1 << 14, 0, H_HEADS, "attention heads" },
-    { "vocab", OPT_INT, KIND_MODEL, OFF(cfg.vocab), "0", 0, 65536, 0, H_VOCAB, "vocabulary size (0: from the shards' header, else 50257)" },
-    { "mlp-width", OPT_INT, KIND_MODEL, OFF(cfg.mlp_width), "384", 1, 1 << 18, 0, H_MLP_WIDTH, "mean MLP hidden width H (the uniform model's width)" },
-    { "taper", OPT_TAPER, KIND_MODEL, OFF(cfg.taper), "cosine", 0, 0, 0, H_TAPER,
+    { "arch", OPT_ARCH, KIND_MODEL, OFF(cfg.arch), "transformer", 0, 0, 0, "transformer | gated | titans | hope" },
+    { "layers", OPT_INT, KIND_MODEL, OFF(cfg.layers), "6", 1, MAX_LAYERS, 0, "number of blocks L" },
+    { "dim", OPT_INT, KIND_MODEL, OFF(cfg.dim), "128", 2, 1 << 14, 0, "model width C" },
+    { "heads", OPT_INT, KIND_MODEL, OFF(cfg.heads), "4", 1, 1 << 14, 0, "attention heads" },
+    { "vocab", OPT_INT, KIND_MODEL, OFF(cfg.vocab), "0", 0, 65536, 0, "vocabulary size (0: from the shards' header, else 50257)" },
+    { "mlp-width", OPT_INT, KIND_MODEL, OFF(cfg.mlp_width), "384", 1, 1 << 18, 0, "mean MLP hidden width H (the uniform model's width)" },
+    { "taper", OPT_TAPER, KIND_MODEL, OFF(cfg.taper), "cosine", 0, 0, 0,
       "uniform | cosine | linear | sigmoid | reverse | groups:v0,v1,.. (contiguous groups of layers)" },
-    { "taper-start", OPT_REAL, KIND_MODEL, OFF(cfg.taper_start), "1.5", FLT_MIN, FLT_MAX, 0, H_TAPER_START, "first layer's width in multiples of H" },
-    { "taper-end", OPT_REAL, KIND_MODEL, OFF(cfg.taper_end), "0.5", FLT_MIN, FLT_MAX, 0, H_TAPER_END, "last layer's width in multiples of H" },
-    { "taper-multiple", OPT_INT, KIND_MODEL, OFF(cfg.taper_multiple), "32", 1, 1 << 18, 0, H_TAPER_MULTIPLE, "round every width to a multiple of this" },
-    { "mlp-widths", OPT_LIST, KIND_MODEL, OFF(cfg.widths_given), "", 1, 1 << 20, MAX_LAYERS, -1,
+    { "taper-start", OPT_REAL, KIND_MODEL, OFF(cfg.taper_start), "1.5", FLT_MIN, FLT_MAX, 0, "first layer's width in multiples of H" },
+    { "taper-end", OPT_REAL, KIND_MODEL, OFF(cfg.taper_end), "0.5", FLT_MIN, FLT_MAX, 0, "last layer's width in multiples of H" },
+    { "taper-multiple", OPT_INT, KIND_MODEL, OFF(cfg.taper_multiple), "32", 1, 1 << 18, 0, "round every width to a multiple of this" },
+    { "mlp-widths", OPT_LIST, KIND_MODEL, OFF(cfg.widths_given), "", 1, 1 << 20, MAX_LAYERS,
       "every layer's MLP width w0,w1,.. (sum L*H; instead of --taper)" },
-    { "seq-len", OPT_INT, KIND_MODEL, OFF(cfg.seq_len), "256", 1, 8192, 0, H_SEQ_LEN, "sequence length T" },
-    { "untied", OPT_FLAG, KIND_MODEL, OFF(cfg.untied), "0", 0, 1, 0, H_UNTIED, "separate output head (default: tied to the embedding)" },
-    { "gate-headwise", OPT_FLAG, KIND_MODEL, OFF(cfg.gate_headwise), "0", 0, 1, 0, H_GATE_HEADWISE, "gated: one gate per head instead of per channel" },
-    { "match-params", OPT_FLAG, KIND_MODEL, OFF(cfg.match_params), "0", 0, 1, 0, -1,
+    { "seq-len", OPT_INT, KIND_MODEL, OFF(cfg.seq_len), "256", 1, 8192, 0, "sequence length T" },
+    { "untied", OPT_FLAG, KIND_MODEL, OFF(cfg.untied), "0", 0, 1, 0, "separate output head (default: tied to the embedding)" },
+    { "gate-headwise", OPT_FLAG, KIND_MODEL, OFF(cfg.gate_headwise), "0", 0, 1, 0, "gated: one gate per head instead of per channel" },
+    { "match-params", OPT_FLAG, KIND_MODEL, OFF(cfg.match_params), "0", 0, 1, 0,
       "shrink the mean MLP width to the transformer's parameter count (stored: the shrunk width)" },
-    { "window", OPT_INT, KIND_MODEL, OFF(cfg.window), "64", 1, BIG, 0, H_WINDOW, "titans: sliding attention window" },
-    { "mem-depth", OPT_INT, KIND_MODEL, OFF(cfg.mem_depth), "2", 1, 2, 0, H_MEM_DEPTH, "titans: memory depth, 1 (linear) or 2 (MLP)" },
-    { "mem-hidden", OPT_INT, KIND_MODEL, OFF(cfg.mem_hidden), "32", 1, 1 << 14, 0, H_MEM_HIDDEN, "titans: hidden width of the depth-2 memory" },
-    { "mem-chunk", OPT_INT, KIND_MODEL, OFF(cfg.mem_chunk), "16", 1, 1 << 20, 0, H_MEM_CHUNK, "titans: tokens per memory chunk (1 = exact recurrence)" },
-    { "mem-lr", OPT_REAL, KIND_MODEL, OFF(cfg.mem_lr), "0.00625", FLT_MIN, 1, 0, -1,
+    { "window", OPT_INT, KIND_MODEL, OFF(cfg.window), "64", 1, BIG, 0, "titans: sliding attention window" },
+    { "mem-depth", OPT_INT, KIND_MODEL, OFF(cfg.mem_depth), "2", 1, 2, 0, "titans: memory depth, 1 (linear) or 2 (MLP)" },
+    { "mem-hidden", OPT_INT, KIND_MODEL, OFF(cfg.mem_hidden), "32", 1, 1 << 14, 0, "titans: hidden width of the depth-2 memory" },
+    { "mem-chunk", OPT_INT, KIND_MODEL, OFF(cfg.mem_chunk), "16", 1, 1 << 20, 0, "titans: tokens per memory chunk (1 = exact recurrence)" },
+    { "mem-lr", OPT_REAL, KIND_MODEL, OFF(cfg.mem_lr), "0.00625", FLT_MIN, 1, 0,
       "titans, hope: the memory's largest step size theta_max (the same for any chunk)" },
-    { "mem-clip", OPT_REAL, KIND_MODEL, OFF(cfg.mem_clip), "1", 0, 1e6, 0, -1,
+    { "mem-clip", OPT_REAL, KIND_MODEL, OFF(cfg.mem_clip), "1", 0, 1e6, 0,
       "titans, hope: bound on each token's inner-gradient norm (0: off)" },
-    { "mem-conv", OPT_INT, KIND_MODEL, OFF(cfg.mem_conv), "4", 0, 64, 0, -1,
+    { "mem-conv", OPT_INT, KIND_MODEL, OFF(cfg.mem_conv), "4", 0, 64, 0,
       "titans, hope: causal depthwise conv kernel on the memory's q, k, v (0: off)" },
-    { "mem-silu", OPT_INT, KIND_MODEL, OFF(cfg.mem_silu), "1", 0, 1, 0, -1, "titans, hope: SiLU on the memory's q, k, v (0: off)" },
-    { "cms-levels", OPT_INT, KIND_MODEL, OFF(cfg.cms_levels), "2", 1, MAX_CMS_LEVELS, 0, H_CMS_LEVELS, "hope: memory levels, including the slow SwiGLU" },
-    { "cms-width", OPT_INT, KIND_MODEL, OFF(cfg.cms_width), "64", 1, 1 << 14, 0, H_CMS_WIDTH, "hope: mean hidden width of the fast levels" },
-    { "cms-chunks", OPT_LIST, KIND_MODEL, OFF(cfg.cms_chunks[1]), "16,64", 1, 1 << 20, MAX_CMS_LEVELS - 1, H_CMS_CHUNKS + 1,
+    { "mem-silu", OPT_INT, KIND_MODEL, OFF(cfg.mem_silu), "1", 0, 1, 0, "titans, hope: SiLU on the memory's q, k, v (0: off)" },
+    { "cms-levels", OPT_INT, KIND_MODEL, OFF(cfg.cms_levels), "2", 1, MAX_CMS_LEVELS, 0, "hope: memory levels, including the slow SwiGLU" },
+    { "cms-width", OPT_INT, KIND_MODEL, OFF(cfg.cms_width), "64", 1, 1 << 14, 0, "hope: mean hidden width of the fast levels" },
+    { "cms-chunks", OPT_LIST, KIND_MODEL, OFF(cfg.cms_chunks[1]), "16,64", 1, 1 << 20, MAX_CMS_LEVELS - 1,
       "hope: update period of levels 2, 3, .." },
     // the training run
-    { "train", OPT_STRING, KIND_TRAIN, OFF(train), "data/brown_byte_train.bin", 0, 0, 0, -1, "training shard(s), a file or a glob" },
-    { "val", OPT_STRING, KIND_TRAIN, OFF(val), "data/brown_byte_val.bin", 0, 0, 0, -1, "validation shard(s)" },
-    { "tokenizer", OPT_STRING, KIND_TRAIN, OFF(tokenizer), "", 0, 0, 0, -1, "tokenizer file for samples (default: beside --train)" },
-    { "batch", OPT_INT, KIND_TRAIN, OFF(batch), "8", 1, 1 << 24, 0, -1, "sequences per micro-batch B" },
-    { "grad-accum", OPT_INT, KIND_TRAIN, OFF(grad_accum), "1", 1, 1 << 20, 0, -1, "micro-batches per optimizer step" },
-    { "steps", OPT_INT, KIND_TRAIN, OFF(steps), "600", 0, BIG, 0, -1, "total optimizer steps (a resumed run continues to this)" },
-    { "lr", OPT_REAL, KIND_TRAIN, OFF(lr), "3e-3", FLT_MIN, FLT_MAX, 0, -1, "peak learning rate" },
-    { "warmup", OPT_INT, KIND_TRAIN, OFF(warmup), "30", 0, BIG, 0, -1, "linear warmup steps" },
-    { "decay-steps", OPT_INT, KIND_TRAIN, OFF(decay_steps), "0", 0, BIG, 0, -1, "length of the cosine schedule (0: --steps)" },
-    { "weight-decay", OPT_REAL, KIND_TRAIN, OFF(weight_decay), "0.1", 0, FLT_MAX, 0, -1, "AdamW decoupled weight decay (matrices only)" },
-    { "grad-clip", OPT_REAL, KIND_TRAIN, OFF(grad_clip), "1", 0, FLT_MAX, 0, -1, "clip the global gradient norm to this (0: off)" },
-    { "seed", OPT_LONG, KIND_TRAIN, OFF(seed), "1337", 0, 0, 0, -1, "random seed (initialisation and samples)" },
-    { "data-seed", OPT_LONG, KIND_TRAIN, OFF(data_seed), "--seed", 0, 0, 0, -1,
+    { "train", OPT_STRING, KIND_TRAIN, OFF(train), "data/brown_byte_train.bin", 0, 0, 0, "training shard(s), a file or a glob" },
+    { "val", OPT_STRING, KIND_TRAIN, OFF(val), "data/brown_byte_val.bin", 0, 0, 0, "validation shard(s)" },
+    { "tokenizer", OPT_STRING, KIND_TRAIN, OFF(tokenizer), "", 0, 0, 0, "tokenizer file for samples (default: beside --train)" },
+    { "batch", OPT_INT, KIND_TRAIN, OFF(batch), "8", 1, 1 << 24, 0, "sequences per micro-batch B" },
+    { "grad-accum", OPT_INT, KIND_TRAIN, OFF(grad_accum), "1", 1, 1 << 20, 0, "micro-batches per optimizer step" },
+    { "steps", OPT_INT, KIND_TRAIN, OFF(steps), "600", 0, BIG, 0, "total optimizer steps (a resumed run continues to this)" },
+    { "lr", OPT_REAL, KIND_TRAIN, OFF(lr), "3e-3", FLT_MIN, FLT_MAX, 0, "peak learning rate" },
+    { "warmup", OPT_INT, KIND_TRAIN, OFF(warmup), "30", 0, BIG, 0, "linear warmup steps" },
+    { "decay-steps", OPT_INT, KIND_TRAIN, OFF(decay_steps), "0", 0, BIG, 0, "length of the cosine schedule (0: --steps)" },
+    { "weight-decay", OPT_REAL, KIND_TRAIN, OFF(weight_decay), "0.1", 0, FLT_MAX, 0, "AdamW decoupled weight decay (matrices only)" },
+    { "grad-clip", OPT_REAL, KIND_TRAIN, OFF(grad_clip), "1", 0, FLT_MAX, 0, "clip the global gradient norm to this (0: off)" },
+    { "seed", OPT_LONG, KIND_TRAIN, OFF(seed), "1337", 0, 0, 0, "random seed (initialisation and samples)" },
+    { "data-seed", OPT_LONG, KIND_TRAIN, OFF(data_seed), "--seed", 0, 0, 0,
       "seed of the training order (every epoch: the shards, and each one's sequences, permuted)" },
-    { "eval-every", OPT_INT, KIND_TRAIN, OFF(eval_every), "100", 0, BIG, 0, -1, "validate every N steps (0: only first and last)" },
-    { "eval-batches", OPT_INT, KIND_TRAIN, OFF(eval_batches), "8", 0, BIG, 0, -1,
+    { "eval-every", OPT_INT, KIND_TRAIN, OFF(eval_every), "100", 0, BIG, 0, "validate every N steps (0: only first and last)" },
+    { "eval-batches", OPT_INT, KIND_TRAIN, OFF(eval_batches), "8", 0, BIG, 0,
       "validation batches N per evaluation, spread over the M that --val holds: batch i of N "
       "is batch floor(i M / N) of the split (0: all M)" },
     { "final-eval-batches", OPT_INT, KIND_TRAIN, OFF(final_eval_batches), "--eval-batches", 0, BIG,
-      0, -1, "validation batches of the evaluation after the last step, which `done` reports "
+      0, "validation batches of the evaluation after the last step, which `done` reports "
       "(0: all)" },
-    { "sample-every", OPT_INT, KIND_TRAIN, OFF(sample_every), "200", 0, BIG, 0, -1, "print a text sample every N steps (0: never)" },
-    { "sample-len", OPT_INT, KIND_TRAIN, OFF(sample_len), "200", 1, 1 << 20, 0, -1, "tokens per sample" },
-    { "save-every", OPT_INT, KIND_TRAIN, OFF(save_every), "0", 0, BIG, 0, -1, "save every N steps (0: --eval-every) and at the end" },
+    { "sample-every", OPT_INT, KIND_TRAIN, OFF(sample_every), "200", 0, BIG, 0, "print a text sample every N steps (0: never)" },
+    { "sample-len", OPT_INT, KIND_TRAIN, OFF(sample_len), "200", 1, 1 << 20, 0, "tokens per sample" },
+    { "save-every", OPT_INT, KIND_TRAIN, OFF(save_every), "0", 0, BIG, 0, "save every N steps (0: --eval-every) and at the end" },
     // this invocation
-    { "save", OPT_STRING, KIND_RUN, OFF(save), "", 0, 0, 0, -1, "checkpoint file to write" },
-    { "load", OPT_STRING, KIND_RUN, OFF(load), "", 0, 0, 0, -1,
+    { "save", OPT_STRING, KIND_RUN, OFF(save), "", 0, 0, 0, "checkpoint file to write" },
+    { "load", OPT_STRING, KIND_RUN, OFF(load), "", 0, 0, 0,
       "checkpoint to resume from: model, optimizer, data position, and the training options not given" },
-    { "eval-only", OPT_FLAG, KIND_RUN, OFF(eval_only), "0", 0, 1, 0, -1, "with --load: print the validation loss and exit" },
-    { "analyze", OPT_FLAG, KIND_RUN, OFF(analyze), "0", 0, 1, 0, -1, "with --load: per-layer contribution analysis" },
-    { "log", OPT_STRING, KIND_RUN, OFF(log), "", 0, 0, 0, -1, "append JSONL records (config, train, val, ...) to this file" },
-    { "sample", OPT_FLAG, KIND_RUN, OFF(sample), "0", 0, 1, 0, -1, "with --load: print --samples continuations of --prompt, then exit" },
-    { "prompt", OPT_STRING, KIND_RUN, OFF(prompt), "", 0, 0, 0, -1, "--sample: the text to continue (GPT-2: after <|endoftext|>)" },
-    { "temperature", OPT_REAL, KIND_RUN, OFF(temperature), "1", 0, FLT_MAX, 0, -1, "--sample: softmax temperature (0: greedy)" },
-    { "top-k", OPT_INT, KIND_RUN, OFF(top_k), "0", 0, BIG, 0, -1, "--sample: draw from the k likeliest tokens only (0: from all)" },
-    { "samples", OPT_INT, KIND_RUN, OFF(samples), "1", 1, 1 << 20, 0, -1, "--sample: how many continuations" },
+    { "eval-only", OPT_FLAG, KIND_RUN, OFF(eval_only), "0", 0, 1, 0, "with --load: print the validation loss and exit" },
+    { "analyze", OPT_FLAG, KIND_RUN, OFF(analyze), "0", 0, 1, 0, "with --load: per-layer contribution analysis" },
+    { "log", OPT_STRING, KIND_RUN, OFF(log), "", 0, 0, 0, "append JSONL records (config, train, val, ...) to this file" },
+    { "sample", OPT_FLAG, KIND_RUN, OFF(sample), "0", 0, 1, 0, "with --load: print --samples continuations of --prompt, then exit" },
+    { "prompt", OPT_STRING, KIND_RUN, OFF(prompt), "", 0, 0, 0, "--sample: the text to continue (GPT-2: after <|endoftext|>)" },
+    { "temperature", OPT_REAL, KIND_RUN, OFF(temperature), "1", 0, FLT_MAX, 0, "--sample: softmax temperature (0: greedy)" },
+    { "top-k", OPT_INT, KIND_RUN, OFF(top_k), "0", 0, BIG, 0, "--sample: draw from the k likeliest tokens only (0: from all)" },
+    { "samples", OPT_INT, KIND_RUN, OFF(samples), "1", 1, 1 << 20, 0, "--sample: how many continuations" },
 };
 #undef OFF
 #undef BIG
@@ -3756,29 +3748,6 @@ static void options_from_text(Options *saved, const char *text, const char *path
         if (option_parse(o, saved, eq + 1, why, sizeof(why))) die("%s: the checkpoint's --%s '%.40s' %s", path, o->name, eq + 1, why);
         if (named) named[o - options] = 1;
     }
-}
-
-static void options_from_v1_header(Options *saved, const int32_t *h) {
-    for (int k = 0; k < NUM_OPTIONS; k++) {
-        const Option *o = &options[k];
-        if (o->v1_slot < 0) continue;
-        void *p = (char *)saved + o->offset;
-        switch (o->type) {
-        case OPT_REAL:  *(double *)p = bits_float(h[o->v1_slot]); break;
-        case OPT_ARCH:  *(Arch *)p = (Arch)h[o->v1_slot]; break;
-        case OPT_TAPER: saved->cfg.taper = (Taper)h[o->v1_slot]; break;
-        case OPT_LIST:  for (int j = 0; j < o->count; j++) ((int *)p)[j] = h[o->v1_slot + j]; break;
-        default:        *(int *)p = h[o->v1_slot]; break;
-        }
-    }
-    // a version-1 file is a memory from before its step had its own option, its gradient a clip
-    // and its q, k, v a conv and SiLU: theta_max = 0.1 / chunk, none of the rest
-    Config *c = &saved->cfg;
-    int chunk = c->arch == ARCH_HOPE ? c->cms_chunks[1] : c->mem_chunk;
-    c->mem_lr = 0.1f / (float)(chunk > 0 ? chunk : 1);
-    c->mem_clip = 0;
-    c->mem_conv = 0;
-    c->mem_silu = 0;
 }
 
 static void usage(FILE *out) {
@@ -3992,18 +3961,16 @@ static void default_tokenizer_path(char *out, size_t n, const char *train, int v
 
 // With --load: the checkpoint's options. A model option given on the command line must agree
 // with the checkpoint (else a one-line error); the model is the checkpoint's. A training option
-// not given is restored (a version-2 checkpoint stores them), one given overrides it, said once
+// not given is restored (the checkpoint stores them), one given overrides it, said once
 // when it changes the training: not for --eval-only, --analyze, --sample (nothing is trained),
 // nor for the options of the printed samples (a sample's length cannot conflict with training).
 static int only_shapes_samples(const Option *o) {
     return o->offset == offsetof(Options, sample_len) || o->offset == offsetof(Options, sample_every) ||
            o->offset == offsetof(Options, tokenizer);
 }
-static void apply_checkpoint_options(void) {
-    Options *saved = xcalloc(1, sizeof(Options), "checkpoint options");
-    int32_t h[H_SIZE];
-    int stored[NUM_OPTIONS] = { 0 }, keep[NUM_OPTIONS];
-    int version = checkpoint_read_options(opt.load, saved, h, stored);
+static void apply_checkpoint_options(const Checkpoint *ck, const int *stored) {
+    const Options *saved = ck->saved;
+    int keep[NUM_OPTIONS];
     // before the training order had its seed a data position was a token offset in the shards
     // read in turn: such a file cannot go on in today's order
     int training = !opt.eval_only && !opt.analyze && !opt.sample;
@@ -4014,11 +3981,9 @@ static void apply_checkpoint_options(void) {
     char mine[TEXT_MAX], theirs[TEXT_MAX], why[256];
     for (int k = 0; k < NUM_OPTIONS; k++) {
         const Option *o = &options[k];
-        if (o->kind == KIND_RUN || (o->kind == KIND_TRAIN && version < 2)) continue;
+        if (o->kind == KIND_RUN) continue;
         option_format(o, &opt, mine, sizeof(mine));
         option_format(o, saved, theirs, sizeof(theirs));
-        if (o->type == OPT_REAL && version < 2) // (version 1 stored reals as float32)
-            format_real(mine, sizeof(mine), (float)*(const double *)((const char *)&opt + o->offset));
         int same = !strcmp(mine, theirs);
         if (o->kind == KIND_MODEL) {
             if (option_given[k] && !same)
@@ -4035,12 +4000,8 @@ static void apply_checkpoint_options(void) {
     opt.cfg = saved->cfg;
     int accum_given = 0;
     for (int k = 0; k < NUM_OPTIONS; k++) if (!strcmp(options[k].name, "grad-accum")) accum_given = option_given[k];
-    if (version == 2 && training)
-        ranks_check_resume(opt.load, h[H_RANKS], saved->batch, saved->grad_accum, opt.batch, &opt.grad_accum, accum_given);
-    if (version < 2)
-        fprintf(opt.sample ? stderr : stdout, "note: %s is a version-1 checkpoint: no checksum to "
-                "verify\n", opt.load);
-    free(saved);
+    if (training)
+        ranks_check_resume(opt.load, ck->h[H_RANKS], saved->batch, saved->grad_accum, opt.batch, &opt.grad_accum, accum_given);
 }
 
 // The vocabulary: --vocab (or the checkpoint's), else the shards' headers, else 50257. The train
@@ -4065,7 +4026,10 @@ static void settle_vocab(Config *cfg, const DataLoader *train, const DataLoader 
 // output paths.
 static Model *build_model(DataLoader *train, DataLoader *val, DataPosition *resume_at) {
     Config *cfg = &opt.cfg;
-    if (opt.load[0]) apply_checkpoint_options();
+    // --load: the checkpoint opened once; its parameters are read below through the same descriptor
+    int stored[NUM_OPTIONS] = { 0 };
+    Checkpoint *ck = opt.load[0] ? checkpoint_open(opt.load, stored) : NULL;
+    if (ck) apply_checkpoint_options(ck, stored);
     int training = !opt.eval_only && !opt.analyze && !opt.sample;
     if (training) dataloader_open(train, opt.train, "--train");
     if (!opt.sample) {
@@ -4092,8 +4056,9 @@ static Model *build_model(DataLoader *train, DataLoader *val, DataPosition *resu
         if (opt.save[0] && same_file(opt.log, opt.save)) die("--log %s is the --save checkpoint", opt.log);
     }
     Model *m = model_create(cfg, opt.sample ? 1 : opt.batch, cfg->seq_len);
-    if (opt.load[0]) {
-        checkpoint_load(m, opt.load, resume_at);
+    if (ck) {
+        checkpoint_load(ck, m, resume_at);
+        checkpoint_close(ck);
         fprintf(opt.sample ? stderr : stdout, "loaded %s (step %d)\n", opt.load, m->step);
     } else {
         init_params(m, (uint64_t)opt.seed);

@@ -1,7 +1,7 @@
 /*
  * fuzz_checkpoint — libFuzzer target for checkpoint loading (train_tlm.c section 5).
- * The input is one checkpoint file: checkpoint_read_config, model_create(&cfg, 1, T) with
- * T = min(seq_len, 4), checkpoint_load. tlm_ram_limit is 64 MiB, so a header asking for a
+ * The input is one checkpoint file: checkpoint_open, model_create(&cfg, 1, T) with
+ * T = min(seq_len, 4), checkpoint_load (through checkpoint_open's descriptor), checkpoint_close. tlm_ram_limit is 64 MiB, so a header asking for a
  * huge model is refused by model_create's up-front check (a die()) instead of taking the
  * machine's memory. A checkpoint that loads is then run once, forward and backward, on a
  * batch of 1 x T tokens, so that fuzzed shapes reach the kernels too; by default only for
@@ -25,15 +25,20 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 static Model *m;
 static Config cfg;
 static int32_t h[H_SIZE];
+static Checkpoint *ck;
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *path = fz_write_input("checkpoint", data, size);
     FZ_TRY {
-        checkpoint_read_config(path, &cfg, h);
+        ck = checkpoint_open(path, NULL);
+        cfg = ck->saved->cfg;
+        memcpy(h, ck->h, sizeof(h));
         int T = cfg.seq_len < 4 ? cfg.seq_len : 4;
         m = model_create(&cfg, 1, T);
         DataPosition pos = { .epoch = -1, .shard = -1, .slot = 0 };
-        checkpoint_load(m, path, &pos);
+        checkpoint_load(ck, m, &pos);
+        checkpoint_close(ck);
+        ck = NULL;
         FZ_ASSERT(m->step == h[H_STEP] && m->step >= 0, "step %d loaded from a header saying %d", m->step, h[H_STEP]);
         for (size_t i = 0; i < m->num_params; i++) FZ_ASSERT(isfinite(m->params[i]), "parameter %zu not finite after a load", i);
         FZ_ASSERT((m->adam_m != NULL) == (h[H_HAS_OPTIMIZER] == 1), "optimizer state present iff the flag says so");
@@ -43,6 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         fz_end(FZ_OK);
     } FZ_CATCH {
         m = NULL;
+        ck = NULL;
     }
     FZ_DONE();
     return 0;
