@@ -1131,7 +1131,10 @@ static void read_config_only(void *path) {
     read_checkpoint_config((const char *)path, &c, h);
 }
 
-static void finish_config(void *c) { config_finish((Config *)c); }
+static void finish_config(void *c) {
+    char err[256];
+    if (config_finish((Config *)c, err, sizeof(err))) die("%s", err);
+}
 
 static void test_taper_extremes(void) {
     int w[MAX_LAYERS];
@@ -1180,22 +1183,26 @@ static void create_tiny(void *c) {
     model_free(m);
 }
 
+static int parses(const char *line);
 static void test_memory_config_bounds(void) {
+    // each bound is the option's row in the table, checked as the command line is parsed
+    check(!parses("--arch titans --mem-chunk 2147483647") && strstr(tlm_last_error, "--mem-chunk"),
+          "titans: --mem-chunk 2147483647 refused (%s)", tlm_last_error);
     Config c = tiny_config(ARCH_TITANS, TAPER_COSINE);
-    c.mem_chunk = 2147483647;
-    check(dies_with(create_tiny, &c, "--mem-chunk"), "titans: --mem-chunk 2147483647 refused");
-    c = tiny_config(ARCH_TITANS, TAPER_COSINE);
     c.mem_chunk = 1 << 20;
-    check(!dies_with(create_tiny, &c, ""), "titans: --mem-chunk 1048576 (longer than the sequence) still works");
-    c = tiny_config(ARCH_TITANS, TAPER_COSINE);
-    c.mem_depth = 1;
-    c.mem_hidden = 2147483647;
-    check(dies_with(create_tiny, &c, "--mem-hidden"), "titans: --mem-hidden 2147483647 refused with --mem-depth 1");
-    c.mem_hidden = -(c.dim / c.heads);
-    check(dies_with(create_tiny, &c, "--mem-hidden"), "titans: a negative --mem-hidden refused with --mem-depth 1");
+    check(parses("--arch titans --mem-chunk 1048576") && !dies_with(create_tiny, &c, ""),
+          "titans: --mem-chunk 1048576 (longer than the sequence) still works");
+    check(!parses("--arch titans --mem-depth 1 --mem-hidden 2147483647") && strstr(tlm_last_error, "--mem-hidden"),
+          "titans: --mem-hidden 2147483647 refused with --mem-depth 1");
+    check(!parses("--arch titans --mem-depth 1 --mem-hidden -4") && strstr(tlm_last_error, "--mem-hidden"),
+          "titans: a negative --mem-hidden refused with --mem-depth 1");
+    check(!parses("--arch hope --cms-chunks 2,2147483647") && strstr(tlm_last_error, "--cms-chunks"),
+          "hope: a level's chunk 2147483647 refused");
     c = tiny_config(ARCH_HOPE, TAPER_COSINE);
-    c.cms_chunks[1] = 2147483647;
-    check(dies_with(create_tiny, &c, "--cms-chunks"), "hope: a level's chunk 2147483647 refused");
+    c.cms_levels = 4; // (chunks given for levels 2 and 3 only)
+    check(dies_with(create_tiny, &c, "--cms-chunks"), "hope: a level without a chunk size refused (%s)",
+          tlm_last_error);
+    parses(""); // back to the defaults
     // the checkpoint's way in: a valid titans checkpoint with its mem-chunk set to INT_MAX
     save_fresh_checkpoint(tiny_config(ARCH_TITANS, TAPER_COSINE), tmp_path("titans_ok.ckpt"));
     edit_option_line(tmp_path("titans_ok.ckpt"), tmp_path("titans_chunk.ckpt"), "mem-chunk", "2147483647");
@@ -1330,8 +1337,8 @@ static void test_groups_and_widths(void) {
     int32_t hd[H_SIZE];
     read_checkpoint_config(tmp_path("explicit.ckpt"), &r1, hd);
     read_checkpoint_config(tmp_path("groups.ckpt"), &r2, hd);
-    config_finish(&r1);
-    config_finish(&r2);
+    finish_config(&r1);
+    finish_config(&r2);
     check(r1.taper == TAPER_EXPLICIT && !memcmp(r1.widths_given, c.widths_given, sizeof(c.widths_given)) &&
           r1.mlp_widths[1] == 16, "checkpoint: --mlp-widths round trip");
     check(r2.taper == TAPER_GROUPS && r2.taper_groups == 3 && r2.taper_group[0] == 1.5 && r2.cms_widths[0] > r2.cms_widths[2] &&

@@ -1734,19 +1734,6 @@ static size_t layout_activations(Model *model, real *base, int B, int T) {
     return cur;
 }
 
-// Where a config being checked came from: NULL for the command line, else the checkpoint's file,
-// which config_finish's messages then name before the option at fault.
-static const char *config_origin;
-static void config_die(const char *fmt, ...) {
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    if (config_origin) die("%s: checkpoint header: %s", config_origin, msg);
-    die("%s", msg);
-}
-
 // The widths of a config's taper at mean width H (the MLP's, or with `fast` Hope's fast levels,
 // which follow the same taper; explicit widths then act as L groups of w_l / mlp_width).
 static int config_widths(const Config *c, int *widths, int H, int fast, char *err, size_t errlen) {
@@ -1781,46 +1768,33 @@ static int config_widths(const Config *c, int *widths, int H, int fast, char *er
     return rc;
 }
 
-// Checks a config and derives the per-layer widths. Every message names the flag.
-static void config_finish(Config *c) {
-    char err[256];
-    if (c->layers < 1 || c->layers > MAX_LAYERS) config_die("--layers must be in 1..%d (got %d)", MAX_LAYERS, c->layers);
-    if (c->dim < 2 || c->heads < 1 || c->dim % c->heads != 0)
-        config_die("--dim %d must be a positive multiple of --heads %d", c->dim, c->heads);
-    if ((c->dim / c->heads) % 2 != 0) config_die("head size --dim/--heads = %d must be even for RoPE", c->dim / c->heads);
-    if (c->vocab < 2 || c->vocab > 65536) config_die("--vocab must be in 2..65536 (tokens are uint16), got %d", c->vocab);
-    if (c->seq_len < 1 || c->seq_len > 8192) config_die("--seq-len must be in 1..8192, got %d", c->seq_len);
-    if (c->mlp_width < 1 || c->mlp_width > 1 << 18) config_die("--mlp-width must be in 1..%d, got %d", 1 << 18, c->mlp_width);
-    if (c->dim > 1 << 14) config_die("--dim must be at most %d, got %d", 1 << 14, c->dim);
-    if (config_widths(c, c->mlp_widths, c->mlp_width, 0, err, sizeof(err))) config_die("%s", err);
-    if (c->arch == ARCH_TITANS) {
-        if (c->window < 1) config_die("--window must be positive, got %d", c->window);
-        if (c->mem_depth != 1 && c->mem_depth != 2) config_die("--mem-depth must be 1 or 2, got %d", c->mem_depth);
-        // (the scratch is sized by mem_hidden even for the linear memory, so bound it always)
-        if (c->mem_hidden < 1 || c->mem_hidden > 1 << 14) config_die("--mem-hidden must be in 1..%d, got %d", 1 << 14, c->mem_hidden);
-        if (c->mem_chunk < 1 || c->mem_chunk > 1 << 20) config_die("--mem-chunk must be in 1..%d, got %d", 1 << 20, c->mem_chunk);
-    }
-    if (c->arch == ARCH_TITANS || c->arch == ARCH_HOPE) {
-        if (!(c->mem_lr > 0 && c->mem_lr <= 1)) config_die("--mem-lr must be in (0, 1], got %g", c->mem_lr);
-        if (!(c->mem_clip >= 0 && c->mem_clip <= 1e6)) config_die("--mem-clip must be in 0..1e6 (0: off), got %g", c->mem_clip);
-        if (c->mem_conv < 0 || c->mem_conv > 64) config_die("--mem-conv must be in 0..64 (0: off), got %d", c->mem_conv);
-        if (c->mem_silu != 0 && c->mem_silu != 1) config_die("--mem-silu must be 0 or 1, got %d", c->mem_silu);
-    }
-    if (c->arch == ARCH_HOPE) {
-        if (c->cms_levels < 1 || c->cms_levels > MAX_CMS_LEVELS)
-            config_die("--cms-levels must be in 1..%d, got %d", MAX_CMS_LEVELS, c->cms_levels);
-        for (int k = 1; k < c->cms_levels; k++)
-            if (c->cms_chunks[k] < 1 || c->cms_chunks[k] > 1 << 20)
-                config_die("--cms-chunks: level %d needs a chunk size in 1..%d, got %d", k + 1, 1 << 20, c->cms_chunks[k]);
-        if (c->cms_levels > 1 && (c->cms_width < 1 || c->cms_width > 1 << 14)) config_die("--cms-width must be in 1..%d, got %d", 1 << 14, c->cms_width);
-        if (c->cms_levels > 1 && config_widths(c, c->cms_widths, c->cms_width, 1, err, sizeof(err)))
-            config_die("--cms-width: %s", err);
-    }
+// What the option table cannot check (each option's range is its row's, checked as it is parsed
+// from the command line or a checkpoint): how a config's options combine. Then the per-layer
+// widths. Returns 0, or -1 with a one-line reason in err naming the flag.
+static int config_finish(Config *c, char *err, size_t n) {
+    char why[256];
+    if (c->vocab == 0)
+        return snprintf(err, n, "--vocab 0 (from the shards' headers): no vocabulary was found"), -1;
+    if (c->dim % c->heads != 0)
+        return snprintf(err, n, "--dim %d must be a multiple of --heads %d", c->dim, c->heads), -1;
+    if ((c->dim / c->heads) % 2 != 0)
+        return snprintf(err, n, "head size --dim/--heads = %d must be even for RoPE", c->dim / c->heads), -1;
+    if (config_widths(c, c->mlp_widths, c->mlp_width, 0, why, sizeof(why)))
+        return snprintf(err, n, "%s", why), -1;
+    if (c->arch != ARCH_HOPE) return 0;
+    for (int k = 1; k < c->cms_levels; k++)
+        if (c->cms_chunks[k] < 1)
+            return snprintf(err, n, "--cms-chunks: --cms-levels %d needs a chunk size for level %d",
+                            c->cms_levels, k + 1), -1;
+    if (c->cms_levels > 1 && config_widths(c, c->cms_widths, c->cms_width, 1, why, sizeof(why)))
+        return snprintf(err, n, "--cms-width: %s", why), -1;
+    return 0;
 }
 
 static size_t count_params(const Config *cfg) {
     Config c = *cfg;
-    config_finish(&c);
+    char err[256];
+    if (config_finish(&c, err, sizeof(err))) die("%s", err);
     ParamTable pt;
     Weights w;
     layout_params(&c, NULL, &pt, &w);
@@ -1922,7 +1896,8 @@ static double ram_limit_bytes(void) {
 static Model *model_create(const Config *cfg, int B, int T) {
     Model *m = xcalloc(1, sizeof(Model), "model");
     m->cfg = *cfg;
-    config_finish(&m->cfg);
+    char err[256];
+    if (config_finish(&m->cfg, err, sizeof(err))) die("%s", err);
     if (T > m->cfg.seq_len) die("--seq-len %d is shorter than the %d tokens asked for", m->cfg.seq_len, T);
     if (B < 1 || (double)B * T > (1 << 24)) die("--batch %d x --seq-len %d: at most %d tokens per micro-batch", B, T, 1 << 24);
     Weights scratch;
@@ -2530,9 +2505,8 @@ static Checkpoint *checkpoint_open(const char *path, int *named) {
     free(text);
     // the widths are derived again from the stored options and must agree with the stored ones
     Config check = *options_config(ck->saved);
-    config_origin = path;
-    config_finish(&check);
-    config_origin = NULL;
+    char err[256];
+    if (config_finish(&check, err, sizeof(err))) die("%s: checkpoint header: %s", path, err);
     for (int l = 0; l < check.layers; l++)
         if (check.mlp_widths[l] != h[H_MLP_WIDTHS + l] || (check.arch == ARCH_HOPE && check.cms_levels > 1 && check.cms_widths[l] != h[H_CMS_WIDTHS + l]))
             die("%s: stored width of layer %d does not match its taper", path, l);
@@ -3435,8 +3409,18 @@ static void analyze_layers(Model *m, DataLoader *val, int batches, int B, int T,
 //   offset   where the value lives in Options (model options: in its Config)
 //   def      the default, as it would be typed; "--name": the value of option name (which the
 //            command line or a checkpoint may have set), taken by options_follow
-//   lo, hi   the range of a number (REAL: lo = FLT_MIN means positive)
-// A new option: a field in Options (or Config), a row here; nothing else needs to change.
+//   lo, hi   the range of a number, its only statement (REAL: lo = FLT_MIN means positive); a
+//            default of 0 outside the range is the option's "not set" (--vocab: from the shards)
+//   count    LIST: at most this many values
+//   help     for -h
+//   flags    (may be left out) QUIET: a value given over a checkpoint's is not reported (what
+//            the run prints, not what it trains); NEEDED: a checkpoint that does not store it
+//            cannot be trained from (--data-seed: before it a data position meant another order)
+//   log_from (may be left out) where the JSONL config record reads the value, if not at offset
+//            (--mlp-widths: the widths the model was built with, whatever the taper)
+// A new option is a field in Options (or Config) and a row here: parsing, -h, the checkpoint, the
+// log and --load then handle it; what it does is the code that reads the field, and
+// config_finish checks how it combines with the others.
 
 struct Options {
     Config cfg;                                         // the model options
@@ -3460,19 +3444,24 @@ typedef struct {
     size_t offset;
     const char *def;
     double lo, hi;
-    int count;          // LIST: at most this many values
+    int count;
     const char *help;
+    int flags;
+    size_t log_from;
 } Option;
+enum { QUIET = 1, NEEDED = 2 };
 
 #define OFF(field) offsetof(Options, field)
 #define BIG 2147483647.0
+#pragma GCC diagnostic push // (a row may leave out flags and log_from)
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 static const Option options[] = {
     // the model
     { "arch", OPT_ARCH, KIND_MODEL, OFF(cfg.arch), "transformer", 0, 0, 0, "transformer | gated | titans | hope" },
     { "layers", OPT_INT, KIND_MODEL, OFF(cfg.layers), "6", 1, MAX_LAYERS, 0, "number of blocks L" },
     { "dim", OPT_INT, KIND_MODEL, OFF(cfg.dim), "128", 2, 1 << 14, 0, "model width C" },
     { "heads", OPT_INT, KIND_MODEL, OFF(cfg.heads), "4", 1, 1 << 14, 0, "attention heads" },
-    { "vocab", OPT_INT, KIND_MODEL, OFF(cfg.vocab), "0", 0, 65536, 0, "vocabulary size (0: from the shards' header, else 50257)" },
+    { "vocab", OPT_INT, KIND_MODEL, OFF(cfg.vocab), "0", 2, 65536, 0, "vocabulary size (0: from the shards' header, else 50257)" },
     { "mlp-width", OPT_INT, KIND_MODEL, OFF(cfg.mlp_width), "384", 1, 1 << 18, 0, "mean MLP hidden width H (the uniform model's width)" },
     { "taper", OPT_TAPER, KIND_MODEL, OFF(cfg.taper), "cosine", 0, 0, 0,
       "uniform | cosine | linear | sigmoid | reverse | groups:v0,v1,.. (contiguous groups of layers)" },
@@ -3480,7 +3469,7 @@ static const Option options[] = {
     { "taper-end", OPT_REAL, KIND_MODEL, OFF(cfg.taper_end), "0.5", FLT_MIN, FLT_MAX, 0, "last layer's width in multiples of H" },
     { "taper-multiple", OPT_INT, KIND_MODEL, OFF(cfg.taper_multiple), "32", 1, 1 << 18, 0, "round every width to a multiple of this" },
     { "mlp-widths", OPT_LIST, KIND_MODEL, OFF(cfg.widths_given), "", 1, 1 << 20, MAX_LAYERS,
-      "every layer's MLP width w0,w1,.. (sum L*H; instead of --taper)" },
+      "every layer's MLP width w0,w1,.. (sum L*H; instead of --taper)", 0, OFF(cfg.mlp_widths) },
     { "seq-len", OPT_INT, KIND_MODEL, OFF(cfg.seq_len), "256", 1, 8192, 0, "sequence length T" },
     { "untied", OPT_FLAG, KIND_MODEL, OFF(cfg.untied), "0", 0, 1, 0, "separate output head (default: tied to the embedding)" },
     { "gate-headwise", OPT_FLAG, KIND_MODEL, OFF(cfg.gate_headwise), "0", 0, 1, 0, "gated: one gate per head instead of per channel" },
@@ -3504,7 +3493,7 @@ static const Option options[] = {
     // the training run
     { "train", OPT_STRING, KIND_TRAIN, OFF(train), "data/brown_byte_train.bin", 0, 0, 0, "training shard(s), a file or a glob" },
     { "val", OPT_STRING, KIND_TRAIN, OFF(val), "data/brown_byte_val.bin", 0, 0, 0, "validation shard(s)" },
-    { "tokenizer", OPT_STRING, KIND_TRAIN, OFF(tokenizer), "", 0, 0, 0, "tokenizer file for samples (default: beside --train)" },
+    { "tokenizer", OPT_STRING, KIND_TRAIN, OFF(tokenizer), "", 0, 0, 0, "tokenizer file for samples (default: beside --train)", QUIET },
     { "batch", OPT_INT, KIND_TRAIN, OFF(batch), "8", 1, 1 << 24, 0, "sequences per micro-batch B" },
     { "grad-accum", OPT_INT, KIND_TRAIN, OFF(grad_accum), "1", 1, 1 << 20, 0, "micro-batches per optimizer step" },
     { "steps", OPT_INT, KIND_TRAIN, OFF(steps), "600", 0, BIG, 0, "total optimizer steps (a resumed run continues to this)" },
@@ -3515,7 +3504,8 @@ static const Option options[] = {
     { "grad-clip", OPT_REAL, KIND_TRAIN, OFF(grad_clip), "1", 0, FLT_MAX, 0, "clip the global gradient norm to this (0: off)" },
     { "seed", OPT_LONG, KIND_TRAIN, OFF(seed), "1337", 0, 0, 0, "random seed (initialisation and samples)" },
     { "data-seed", OPT_LONG, KIND_TRAIN, OFF(data_seed), "--seed", 0, 0, 0,
-      "seed of the training order (every epoch: the shards, and each one's sequences, permuted)" },
+      "seed of the training order (every epoch: the shards, and each one's sequences, permuted)",
+      NEEDED },
     { "eval-every", OPT_INT, KIND_TRAIN, OFF(eval_every), "100", 0, BIG, 0, "validate every N steps (0: only first and last)" },
     { "eval-batches", OPT_INT, KIND_TRAIN, OFF(eval_batches), "8", 0, BIG, 0,
       "validation batches N per evaluation, spread over the M that --val holds: batch i of N "
@@ -3523,8 +3513,8 @@ static const Option options[] = {
     { "final-eval-batches", OPT_INT, KIND_TRAIN, OFF(final_eval_batches), "--eval-batches", 0, BIG,
       0, "validation batches of the evaluation after the last step, which `done` reports "
       "(0: all)" },
-    { "sample-every", OPT_INT, KIND_TRAIN, OFF(sample_every), "200", 0, BIG, 0, "print a text sample every N steps (0: never)" },
-    { "sample-len", OPT_INT, KIND_TRAIN, OFF(sample_len), "200", 1, 1 << 20, 0, "tokens per sample" },
+    { "sample-every", OPT_INT, KIND_TRAIN, OFF(sample_every), "200", 0, BIG, 0, "print a text sample every N steps (0: never)", QUIET },
+    { "sample-len", OPT_INT, KIND_TRAIN, OFF(sample_len), "200", 1, 1 << 20, 0, "tokens per sample", QUIET },
     { "save-every", OPT_INT, KIND_TRAIN, OFF(save_every), "0", 0, BIG, 0, "save every N steps (0: --eval-every) and at the end" },
     // this invocation
     { "save", OPT_STRING, KIND_RUN, OFF(save), "", 0, 0, 0, "checkpoint file to write" },
@@ -3539,6 +3529,7 @@ static const Option options[] = {
     { "top-k", OPT_INT, KIND_RUN, OFF(top_k), "0", 0, BIG, 0, "--sample: draw from the k likeliest tokens only (0: from all)" },
     { "samples", OPT_INT, KIND_RUN, OFF(samples), "1", 1, 1 << 20, 0, "--sample: how many continuations" },
 };
+#pragma GCC diagnostic pop
 #undef OFF
 #undef BIG
 enum { NUM_OPTIONS = sizeof(options) / sizeof(options[0]) };
@@ -3591,7 +3582,8 @@ static int option_parse(const Option *o, Options *v, const char *text, char *why
         long x = strtol(text, &end, 10);
         if (!*text || *end || errno) return option_fail(why, n, "is not an integer");
         if (o->type == OPT_LONG) { *(long *)p = x; return 0; }
-        if (x < o->lo || x > o->hi) return option_fail(why, n, "must be in %.0f..%.0f", o->lo, o->hi);
+        int unset = x == 0 && !strcmp(o->def, "0"); // (the table's rule for lo, hi)
+        if ((x < o->lo || x > o->hi) && !unset) return option_fail(why, n, "must be in %.0f..%.0f", o->lo, o->hi);
         *(int *)p = (int)x;
         return 0;
     }
@@ -3601,7 +3593,8 @@ static int option_parse(const Option *o, Options *v, const char *text, char *why
         if (!(fabs(x) <= FLT_MAX)) return option_fail(why, n, "is out of the range of a float (|x| <= %g)", FLT_MAX);
         if (x != 0 && fabs(x) < FLT_MIN) return option_fail(why, n, "is too small for a float (0, or |x| >= %g)", FLT_MIN);
         if (o->lo == FLT_MIN && !(x > 0)) return option_fail(why, n, "must be positive");
-        if (x < o->lo || x > o->hi) return option_fail(why, n, "must not be negative");
+        if (x < o->lo) return option_fail(why, n, o->lo ? "must be at least %g" : "must not be negative", o->lo);
+        if (x > o->hi) return option_fail(why, n, "must be at most %g", o->hi);
         *(double *)p = x;
         return 0;
     }
@@ -3677,6 +3670,12 @@ static void option_format(const Option *o, const Options *v, char *buf, size_t n
 static const Option *option_named(const char *name) {
     for (int k = 0; k < NUM_OPTIONS; k++) if (!strcmp(options[k].name, name)) return &options[k];
     return NULL;
+}
+// whether the command line gave the option whose value lives at field, a member of opt
+static int given(const void *field) {
+    for (int k = 0; k < NUM_OPTIONS; k++)
+        if ((const char *)&opt + options[k].offset == (const char *)field) return option_given[k];
+    return 0;
 }
 
 // An option whose default names another ("--seed") takes that option's value, unless keep[k]
@@ -3817,7 +3816,7 @@ static int parse_args(int argc, char **argv) {
     options_follow(&opt, option_given);
     Config *c = &opt.cfg;
     if (c->widths_given[0]) {
-        if (option_given[option_named("taper") - options] && c->taper != TAPER_EXPLICIT)
+        if (given(&c->taper) && c->taper != TAPER_EXPLICIT)
             usage_error("--mlp-widths gives the widths: drop --taper %s", taper_names[c->taper]);
         c->taper = TAPER_EXPLICIT;
     }
@@ -3963,21 +3962,17 @@ static void default_tokenizer_path(char *out, size_t n, const char *train, int v
 // with the checkpoint (else a one-line error); the model is the checkpoint's. A training option
 // not given is restored (the checkpoint stores them), one given overrides it, said once
 // when it changes the training: not for --eval-only, --analyze, --sample (nothing is trained),
-// nor for the options of the printed samples (a sample's length cannot conflict with training).
-static int only_shapes_samples(const Option *o) {
-    return o->offset == offsetof(Options, sample_len) || o->offset == offsetof(Options, sample_every) ||
-           o->offset == offsetof(Options, tokenizer);
-}
+// nor for a QUIET option (what the run prints). A file that lacks a NEEDED option cannot be
+// trained from.
 static void apply_checkpoint_options(const Checkpoint *ck, const int *stored) {
     const Options *saved = ck->saved;
     int keep[NUM_OPTIONS];
-    // before the training order had its seed a data position was a token offset in the shards
-    // read in turn: such a file cannot go on in today's order
     int training = !opt.eval_only && !opt.analyze && !opt.sample;
-    if (training && !stored[option_named("data-seed") - options])
-        die("%s: written before --data-seed (its options have none): its data position is in the "
-            "old order of the training data, so training cannot resume from it (--eval-only, "
-            "--analyze and --sample still read it)", opt.load);
+    for (int k = 0; k < NUM_OPTIONS; k++)
+        if (training && (options[k].flags & NEEDED) && !stored[k])
+            die("%s: written before --%s (its options have none), which training from it needs: "
+                "it cannot resume (--eval-only, --analyze and --sample still read it)", opt.load,
+                options[k].name);
     char mine[TEXT_MAX], theirs[TEXT_MAX], why[256];
     for (int k = 0; k < NUM_OPTIONS; k++) {
         const Option *o = &options[k];
@@ -3991,17 +3986,16 @@ static void apply_checkpoint_options(const Checkpoint *ck, const int *stored) {
                     opt.load, o->name, theirs, mine);
         } else if (!option_given[k]) {
             if (option_parse(o, &opt, theirs, why, sizeof(why))) die("%s: --%s '%s' %s", opt.load, o->name, theirs, why);
-        } else if (!same && !opt.eval_only && !opt.analyze && !opt.sample && !only_shapes_samples(o)) {
+        } else if (!same && training && !(o->flags & QUIET)) {
             printf("--%s %s overrides the checkpoint's %s\n", o->name, mine, theirs);
         }
     }
     for (int k = 0; k < NUM_OPTIONS; k++) keep[k] = option_given[k] || stored[k];
     options_follow(&opt, keep); // (an option the file lacks follows the one its default names)
     opt.cfg = saved->cfg;
-    int accum_given = 0;
-    for (int k = 0; k < NUM_OPTIONS; k++) if (!strcmp(options[k].name, "grad-accum")) accum_given = option_given[k];
     if (training)
-        ranks_check_resume(opt.load, ck->h[H_RANKS], saved->batch, saved->grad_accum, opt.batch, &opt.grad_accum, accum_given);
+        ranks_check_resume(opt.load, ck->h[H_RANKS], saved->batch, saved->grad_accum, opt.batch,
+                           &opt.grad_accum, given(&opt.grad_accum));
 }
 
 // The vocabulary: --vocab (or the checkpoint's), else the shards' headers, else 50257. The train
@@ -4087,8 +4081,10 @@ static void open_log(const Model *m) {
     len += (size_t)snprintf(rec + len, n - len, "{\"event\":\"config\"");
     for (int k = 0; k < NUM_OPTIONS; k++) {
         const Option *o = &options[k];
-        if (o->kind == KIND_RUN || o->offset == offsetof(Options, cfg.widths_given)) continue; // (mlp_widths: below)
-        option_format(o, v, value, sizeof(value));
+        if (o->kind == KIND_RUN) continue;
+        Option row = *o;
+        if (o->log_from) row.offset = o->log_from;
+        option_format(&row, v, value, sizeof(value));
         char key[64];
         snprintf(key, sizeof(key), "%s", o->name);
         for (char *q = key; *q; q++) if (*q == '-') *q = '_';
@@ -4097,13 +4093,11 @@ static void open_log(const Model *m) {
         else snprintf(text, sizeof(text), "%s", value);
         len += (size_t)snprintf(rec + len, n - len, ",\"%s\":%s", key, text);
     }
-    char widths[MAX_LAYERS * 8] = "", cms[MAX_LAYERS * 8] = "";
-    for (int l = 0; l < cfg->layers; l++) {
-        snprintf(widths + strlen(widths), sizeof(widths) - strlen(widths), "%s%d", l ? "," : "", cfg->mlp_widths[l]);
+    char cms[MAX_LAYERS * 8] = "";
+    for (int l = 0; l < cfg->layers; l++)
         snprintf(cms + strlen(cms), sizeof(cms) - strlen(cms), "%s%d", l ? "," : "", cfg->cms_widths[l]);
-    }
-    snprintf(rec + len, n - len, ",\"mlp_widths\":[%s],\"cms_widths\":[%s],\"params\":%zu,\"threads\":%d,\"resumed_step\":%d}",
-             widths, cms, m->num_params, num_threads(), m->step);
+    snprintf(rec + len, n - len, ",\"cms_widths\":[%s],\"params\":%zu,\"threads\":%d,\"resumed_step\":%d}",
+             cms, m->num_params, num_threads(), m->step);
     if (world.ranks > 1) snprintf(rec + strlen(rec) - 1, n - strlen(rec) + 1, ",\"ranks\":%d}", world.ranks);
     log_json("%s", rec);
     free(rec);
