@@ -12,6 +12,8 @@ LDLIBS = -lm
 PYTHON ?= python3
 BUILD = dev/build
 RUNS = dev/runs
+# the program around the method, #included by train_tlm.c (dev/README.md: the layout)
+TLMC = $(wildcard dev/tlmc/*.h)
 
 .PHONY: all help test data data-mix run portable clean bench compare-llmc test-mutants test-asan \
         fuzz ablation ablation-quick FORCE
@@ -49,11 +51,11 @@ $(BUILD)/build-flags: FORCE
 	@mkdir -p $(BUILD)
 	@echo '$(CC) $(CFLAGS) $(OPENMP)' | cmp -s - $@ || echo '$(CC) $(CFLAGS) $(OPENMP)' > $@
 
-train_tlm: train_tlm.c $(BUILD)/build-flags
+train_tlm: train_tlm.c $(TLMC) $(BUILD)/build-flags
 	$(CC) $(CFLAGS) $(OPENMP) $< $(LDLIBS) -o $@
 
 # one binary, two precisions: test_tlm.c compiled in double (gradient checks) and in float
-test_tlm: test_tlm.c train_tlm.c $(BUILD)/build-flags
+test_tlm: test_tlm.c train_tlm.c $(TLMC) $(BUILD)/build-flags
 	$(CC) $(CFLAGS) -Wno-unused-function $(OPENMP) -DTLM_DOUBLE -c test_tlm.c -o $(BUILD)/test_tlm_double.o
 	$(CC) $(CFLAGS) -Wno-unused-function $(OPENMP) -c test_tlm.c -o $(BUILD)/test_tlm_float.o
 	$(CC) $(CFLAGS) $(OPENMP) $(BUILD)/test_tlm_float.o $(BUILD)/test_tlm_double.o $(LDLIBS) -o $@
@@ -113,7 +115,7 @@ clean:
 	rm -rf $(BUILD)
 
 # a benchmark, not a test: full training steps and the matmul at the model's shapes
-dev/bench_tlm: dev/bench_tlm.c train_tlm.c $(BUILD)/build-flags
+dev/bench_tlm: dev/bench_tlm.c train_tlm.c $(TLMC) $(BUILD)/build-flags
 	$(CC) $(CFLAGS) -Wno-unused-function $(OPENMP) $< $(LDLIBS) -o $@
 
 BENCH_THREADS ?= 1,2
@@ -134,7 +136,7 @@ test-mutants: train_tlm
 SANITIZE = -O2 -march=native -g -fsanitize=address,undefined -fno-omit-frame-pointer \
            -fno-sanitize-recover=all
 ASAN_CC = $(CC) $(SANITIZE) -std=c11 -Wall -Wno-unused-function $(OPENMP)
-test-asan: test_tlm.c train_tlm.c
+test-asan: test_tlm.c train_tlm.c $(TLMC)
 	@mkdir -p $(BUILD)
 	$(ASAN_CC) train_tlm.c $(LDLIBS) -o $(BUILD)/train_tlm_asan
 	$(ASAN_CC) -DTLM_DOUBLE -c test_tlm.c -o $(BUILD)/test_tlm_asan_double.o
@@ -152,5 +154,5 @@ fuzz:
 
 # data parallel over MPI ranks (Open MPI: libopenmpi-dev openmpi-bin); README "More than one machine"
 MPICC ?= mpicc
-train_tlm_mpi: train_tlm.c $(BUILD)/build-flags
+train_tlm_mpi: train_tlm.c $(TLMC) $(BUILD)/build-flags
 	OMPI_CC=$(CC) $(MPICC) $(CFLAGS) $(OPENMP) -DTLM_MPI $< $(LDLIBS) -o $@

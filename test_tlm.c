@@ -12,8 +12,51 @@
  * of it is static, so the two precisions live side by side without clashing.
  * The last line is "N passed, N failed"; the exit code is non-zero on any failure.
  */
+#define _XOPEN_SOURCE 700
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+// The trainer's errors print one line on stderr and exit (die(), usage_error()). While a test
+// expects one (tlm_error_jump set), the line goes to tlm_last_error instead, without its newline,
+// and the exit returns to the test by longjmp (the status as the value). And a save calls
+// tlm_save_hook, if set, as it renames the written file into place. exit, fprintf and rename are
+// interposed for train_tlm.c's code only, as dev/fuzz/fuzz_common.h interposes calloc and fopen.
+static jmp_buf *tlm_error_jump;
+static char tlm_last_error[16384];
+static void (*tlm_save_hook)(void);
+static _Noreturn void test_exit(int status) {
+    if (tlm_error_jump) longjmp(*tlm_error_jump, status);
+    exit(status);
+}
+static int test_fprintf(FILE *f, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n;
+    if (f == stderr && tlm_error_jump) {
+        n = vsnprintf(tlm_last_error, sizeof(tlm_last_error), fmt, ap);
+        size_t len = strlen(tlm_last_error);
+        if (len && tlm_last_error[len - 1] == '\n') tlm_last_error[len - 1] = 0;
+    } else {
+        n = vfprintf(f, fmt, ap);
+    }
+    va_end(ap);
+    return n;
+}
+static int test_rename(const char *from, const char *to) {
+    if (tlm_save_hook) tlm_save_hook();
+    return rename(from, to);
+}
+#define exit test_exit
+#define fprintf test_fprintf
+#define rename test_rename
 #define TLM_TESTING
 #include "train_tlm.c"
+#undef exit
+#undef fprintf
+#undef rename
 #include <sys/resource.h>
 #include <sys/wait.h>
 

@@ -55,14 +55,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-#ifdef TLM_MPI
-#include <mpi.h> // make train_tlm_mpi: data parallel over MPI ranks (section 10)
-#endif
+#include "dev/tlmc/utils.h" // die(), xcalloc(), checked file I/O, wall_time(), threads, Rng
 
 // ----------------------------------------------------------------------------
 // 1. precision, utilities, checked I/O, random numbers
@@ -85,7 +79,6 @@ static inline real r_cos(real x) { return cosf(x); }
 static inline real r_sin(real x) { return sinf(x); }
 #endif
 static inline real sigmoid(real x) { return 1 / (1 + r_exp(-x)); }
-static const double PI = 3.14159265358979323846;
 
 // --- vector helpers: e^x, sums and dot products written so that their loops vectorize ---
 
@@ -126,27 +119,6 @@ static inline real sum16(const real *x, int n) {
 // Defined in appendix A (with AVX-512: fused multiply-adds and a masked tail).
 static inline real dot(const real *a, const real *b, int n);
 
-static int num_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-static int num_threads_here(void) { // the size of the team running this code
-#ifdef _OPENMP
-    return omp_get_num_threads();
-#else
-    return 1;
-#endif
-}
-static int thread_id(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
 // Per-thread workspace: `threads` slices of `stride` reals, slice i for OpenMP thread i. A
 // parallel loop that uses it runs on at most `threads` threads (scratch_team()), however
 // OMP_NUM_THREADS has changed since it was allocated.
@@ -168,116 +140,6 @@ static void zero_parallel(real *x, size_t n) {
         memset(x + i0, 0, len * sizeof(real));
     }
 }
-
-static double wall_time(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
-
-// Every error is one line naming what was wrong, then a non-zero exit. The tests
-// replace the exit with a longjmp so that they can check that an error happened.
-#ifdef TLM_TESTING
-#include <setjmp.h>
-static jmp_buf *tlm_error_jump;
-static char tlm_last_error[512];
-#endif
-// This process among the ranks of an MPI run (section 10): rank 0 of 1 without -DTLM_MPI.
-static struct { int rank, ranks; } world = { 0, 1 };
-static void die(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-#ifdef TLM_TESTING
-    if (tlm_error_jump) {
-        vsnprintf(tlm_last_error, sizeof(tlm_last_error), fmt, ap);
-        va_end(ap);
-        longjmp(*tlm_error_jump, 1);
-    }
-#endif
-    fprintf(stderr, "error: ");
-    if (world.ranks > 1) fprintf(stderr, "rank %d: ", world.rank);
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
-    va_end(ap);
-#ifdef TLM_MPI
-    if (world.ranks > 1) MPI_Abort(MPI_COMM_WORLD, 1); // every rank stops
-#endif
-    exit(1);
-}
-
-enum { TEXT_MAX = 4096 }; // the longest path (or list) an option holds, with its NUL
-
-static void *xcalloc(size_t n, size_t size, const char *what) {
-    if (size && n > SIZE_MAX / size) die("%s: size overflow", what);
-    void *p = calloc(n ? n : 1, size ? size : 1);
-    if (!p) die("%s: out of memory allocating %.1f MiB", what, (double)n * size / (1 << 20));
-    return p;
-}
-
-static FILE *open_file(const char *path, const char *mode) {
-    FILE *f = fopen(path, mode);
-    if (!f) die("%s: cannot open: %s", path, strerror(errno));
-    return f;
-}
-// Reads exactly n items or dies naming the file: a short read means a truncated file.
-static void read_exact(void *buf, size_t size, size_t n, FILE *f, const char *path) {
-    if (fread(buf, size, n, f) != n) die("%s: %s", path, ferror(f) ? strerror(errno) : "file is truncated");
-}
-static int write_all(const void *buf, size_t size, size_t n, FILE *f) {
-    return fwrite(buf, size, n, f) == n;
-}
-static long file_size(FILE *f) {
-    long here = ftell(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, here, SEEK_SET);
-    return n;
-}
-
-// xorshift64* random numbers: the same seed gives the same model and the same run.
-typedef struct { uint64_t state; } Rng;
-static Rng rng_seeded(uint64_t seed) {
-    Rng r = { seed * 0x9E3779B97F4A7C15ull + 0x2545F4914F6CDD1Dull };
-    if (!r.state) r.state = 1;
-    return r;
-}
-static uint32_t rng_u32(Rng *r) {
-    r->state ^= r->state >> 12;
-    r->state ^= r->state << 25;
-    r->state ^= r->state >> 27;
-    return (uint32_t)((r->state * 0x2545F4914F6CDD1Dull) >> 32);
-}
-static double rng_uniform(Rng *r) { return (rng_u32(r) + 0.5) / 4294967296.0; } // (0,1)
-static double rng_normal(Rng *r) { // Box-Muller
-    double u1 = rng_uniform(r), u2 = rng_uniform(r);
-    return sqrt(-2.0 * log(u1)) * cos(2.0 * PI * u2);
-}
-// A uniform integer in 0..n-1 (1 <= n <= 2^32), without bias: the first 32-bit draw x below
-// 2^32 - (2^32 mod n), the largest multiple of n that 2^32 holds, then x mod n.
-static uint32_t rng_below(Rng *r, uint64_t n) {
-    uint64_t limit = 4294967296ull - 4294967296ull % n;
-    for (;;) {
-        uint64_t x = rng_u32(r);
-        if (x < limit) return (uint32_t)(x % n);
-    }
-}
-
-// Independent streams by name: splitmix64 (Steele, Lea, Flood 2014), the finaliser that
-// turns any 64-bit key into a well-mixed one, combines the parts of a stream's identity in
-// turn, key = splitmix64(key ^ part); a name enters as its 64-bit FNV-1a hash. The stream is
-// then rng_seeded(key). Two identities share a stream only by a 64-bit collision.
-static uint64_t splitmix64(uint64_t x) {
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
-static uint64_t fnv1a64(const char *s) {
-    uint64_t h = 0xCBF29CE484222325ull;
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001B3ull;
-    return h;
-}
-static uint64_t key_mix(uint64_t key, uint64_t part) { return splitmix64(key ^ part); }
 
 // ----------------------------------------------------------------------------
 // 2. THE TAPER: per-layer MLP widths at a fixed budget
@@ -1885,14 +1747,6 @@ static void init_params(Model *m, uint64_t seed) {
     }
 }
 
-// Memory a model may take: the machine's physical memory, unless a test sets a limit.
-static double tlm_ram_limit;
-static double ram_limit_bytes(void) {
-    if (tlm_ram_limit > 0) return tlm_ram_limit;
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
-    return pages > 0 && page > 0 ? (double)pages * page : 16.0 * (1 << 30);
-}
-
 static Model *model_create(const Config *cfg, int B, int T) {
     Model *m = xcalloc(1, sizeof(Model), "model");
     m->cfg = *cfg;
@@ -1906,10 +1760,10 @@ static Model *model_create(const Config *cfg, int B, int T) {
     // refuse up front what would not fit: parameters, gradients, two AdamW moments, activations
     double act_bytes = (double)layout_activations(m, NULL, B, T) * sizeof(real);
     double bytes = (double)m->num_params * (2 * sizeof(real) + 2 * sizeof(float)) + act_bytes;
-    if (bytes > ram_limit_bytes())
+    if (bytes > physical_memory())
         die("this model needs %.2f GiB (%zu parameters; %.2f GiB of activations for %d x %d tokens), more than the %.2f GiB "
             "of memory here: make it smaller or lower --batch / --seq-len", bytes / (1 << 30), m->num_params,
-            act_bytes / (1 << 30), B, T, ram_limit_bytes() / (1 << 30));
+            act_bytes / (1 << 30), B, T, physical_memory() / (1 << 30));
     m->params = xcalloc(m->num_params, sizeof(real), "parameters");
     m->grads = xcalloc(m->num_params, sizeof(real), "gradients");
     layout_params(&m->cfg, m->params, &m->table, &m->w);
@@ -2368,10 +2222,6 @@ static int write_floats(FILE *f, const void *src, int src_is_real, size_t n, uin
     return 1;
 }
 
-#ifdef TLM_TESTING
-static void (*tlm_save_hook)(void); // called half way through a save (the signal test)
-#endif
-
 // The directory a path lies in, for the fsync after the rename.
 static void path_directory(char *dir, size_t n, const char *path) {
     const char *slash = strrchr(path, '/');
@@ -2401,9 +2251,6 @@ static int checkpoint_write(const Model *m, const char *path, const char *tmp, D
     errno = 0;
     int ok = write_summed(h, sizeof(h), f, &crc) && write_summed(text, text_bytes, f, &crc);
     free(text);
-#ifdef TLM_TESTING
-    if (tlm_save_hook) tlm_save_hook();
-#endif
     ok = ok && write_floats(f, m->params, 1, m->num_params, &crc);
     if (ok && m->adam_m) ok = write_floats(f, m->adam_m, 0, m->num_params, &crc) && write_floats(f, m->adam_v, 0, m->num_params, &crc);
     ok = ok && write_all(&crc, sizeof(crc), 1, f);
@@ -2483,7 +2330,6 @@ static Checkpoint *checkpoint_open(const char *path, int *named) {
     size_t n = (size_t)(uint32_t)h[H_NUM_PARAMS_LO] | ((size_t)(uint32_t)h[H_NUM_PARAMS_HI] << 32);
     double expect = (double)(H_SIZE * 4) + bytes + (double)n * 4 * (h[H_HAS_OPTIMIZER] ? 3 : 1) + 4;
     if ((double)size != expect) die("%s: size %ld bytes, expected %.0f (truncated or corrupt)", path, size, expect);
-#ifndef TLM_FUZZ // (the fuzz harness mutates files freely: it skips the checksum to reach the checks below)
     // the checksum: the whole file but its last 4 bytes, then those
     uint32_t crc = crc32c(0, h, H_SIZE * sizeof(int32_t)), stored;
     unsigned char buf[1 << 16];
@@ -2496,7 +2342,6 @@ static Checkpoint *checkpoint_open(const char *path, int *named) {
     }
     read_exact(&stored, sizeof(stored), 1, f, path);
     if (crc != stored) die("%s: checksum mismatch (the file is corrupt: stored %08x, computed %08x)", path, stored, crc);
-#endif
     char *text = xcalloc((size_t)bytes + 1, 1, "checkpoint options");
     fseek(f, H_SIZE * sizeof(int32_t), SEEK_SET);
     read_exact(text, 1, (size_t)bytes, f, path);
@@ -3765,22 +3610,15 @@ static void usage(FILE *out) {
     fprintf(out, "  %-22s %s\n", "-h, --help", "show this help");
 }
 
+// A command line that cannot be run: one line and the pointer to -h, exit status 2.
 static void usage_error(const char *fmt, ...) {
+    char msg[4 * TEXT_MAX];
     va_list ap;
     va_start(ap, fmt);
-#ifdef TLM_TESTING
-    if (tlm_error_jump) {
-        vsnprintf(tlm_last_error, sizeof(tlm_last_error), fmt, ap);
-        va_end(ap);
-        longjmp(*tlm_error_jump, 2);
-    }
-#endif
-    if (world.rank == 0) { // every rank parses the same command line
-        fprintf(stderr, "error: ");
-        vfprintf(stderr, fmt, ap);
-        fprintf(stderr, "\n(run ./train_tlm --help for the options)\n");
-    }
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    if (world.rank == 0) // (every rank parses the same command line)
+        fprintf(stderr, "error: %s\n(run ./train_tlm --help for the options)\n", msg);
     ranks_end();
     exit(2);
 }

@@ -11,8 +11,11 @@ R=$1 S=$2; shift 2; V=("$@")
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 for v in "${V[@]}"; do
     mkdir -p "$work/$v/dev"
+    # the sources: train_tlm.c, dev/bench_tlm.c and the headers of dev/tlmc/ where there are any
     if [ "$v" = WORK ]; then cp train_tlm.c "$work/$v/"; cp dev/bench_tlm.c "$work/$v/dev/"
-    else git show "$v:train_tlm.c" > "$work/$v/train_tlm.c" && git show "$v:dev/bench_tlm.c" > "$work/$v/dev/bench_tlm.c" ||
+        if [ -d dev/tlmc ]; then cp -r dev/tlmc "$work/$v/dev/"; fi
+    else git archive "$v" train_tlm.c dev | tar -x -C "$work/$v" 2>/dev/null &&
+        [ -f "$work/$v/train_tlm.c" ] && [ -f "$work/$v/dev/bench_tlm.c" ] ||
         { echo "dev/bench_ab.sh: $v: not a revision with train_tlm.c and dev/bench_tlm.c" >&2; exit 2; }; fi
     (${CC:-gcc} -O3 -march=native -std=c11 -fno-math-errno -w -fopenmp "$work/$v/dev/bench_tlm.c" -lm -o "$work/$v/bench") &
 done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Scaling of train_tlm_mpi on one machine: R ranks x (16/R) threads, beside one process x 16.
 # For a machine without Open MPI and without a network (the 16-core device machine): gather in
-# one folder train_tlm.c, the Brown shards (data/brown_{byte,gpt2}_{train,val}.bin) and, in debs/,
+# one folder train_tlm.c and dev/tlmc/ (as dev/tlmc/ beside it), the Brown shards (data/brown_{byte,gpt2}_{train,val}.bin) and, in debs/,
 # the .deb files of openmpi-bin, libopenmpi3 and their libraries (`apt-get download` them here;
 # `ldd` on the binaries lists them), copy this script there as bench.sh and run it there.
 # LIMIT (seconds, default 300) skips the configurations that would start after it.

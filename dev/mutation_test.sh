@@ -6,7 +6,7 @@ set -u
 cd "$(dirname "$0")/.."
 CC=${CC:-gcc}
 JOBS=${JOBS:-1}
-FLAGS="-O2 -march=native -fopenmp -std=c11 -Wno-unused-function"
+FLAGS="-O2 -march=native -fopenmp -std=c11 -Wno-unused-function -I." # (-I.: dev/tlmc/, as from here)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 names=() exprs=()

@@ -5,14 +5,14 @@
  * die() are caught through tlm_error_jump. With --help, usage() is printed to /dev/null.
  * Otherwise the harness goes on as main() does up to the model, without data files:
  * vocabulary 256 when none is given, match_params() with --match-params, then
- * model_create(&cfg, --batch, --seq-len) under a 16 MiB tlm_ram_limit (so every shape
+ * model_create(&cfg, --batch, --seq-len) under a 16 MiB fz_memory (so every shape
  * check of config_finish, layout_params and layout_activations runs, but only small models
  * are allocated), print_layer_table() and default_tokenizer_path(); a model of at most 64K
  * parameters and activations is then run forward and backward once on --batch x --seq-len
  * tokens (architectures as TLM_FUZZ_FORWARD says; see fuzz_common.h).
  * Build and run: dev/fuzz/run_fuzz.sh SECONDS fuzz_cli   (with -dict=dev/fuzz/cli.dict)
  */
-#define TLM_TESTING 1 // as -DTLM_TESTING: no main(), die() longjmps to *tlm_error_jump
+#define TLM_TESTING 1 // as -DTLM_TESTING: no main(); fuzz_common.h catches die()
 #include "fuzz_common.h"
 #include "../../train_tlm.c"
 #include "fuzz_common.h"
@@ -22,7 +22,7 @@ static FILE *devnull;
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc; (void)argv;
     fz_init();
-    tlm_ram_limit = 16.0 * (1 << 20);
+    fz_memory = 16.0 * (1 << 20);
     devnull = fopen("/dev/null", "w");
     if (!devnull || !freopen("/dev/null", "w", stdout)) abort(); // print_layer_table writes to stdout
     return 0;

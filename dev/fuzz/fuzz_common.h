@@ -1,10 +1,15 @@
 /*
- * fuzz_common.h — shared by the libFuzzer targets in dev/fuzz/. Include it right after
- * `#define TLM_TESTING` and before `#include "../../train_tlm.c"`.
+ * fuzz_common.h — shared by the libFuzzer targets in dev/fuzz/ (and make_seeds.c). Include it
+ * right after `#define TLM_TESTING`, before `#include "../../train_tlm.c"`, and again after it.
  *
- * Why a shim: with TLM_TESTING, die() longjmps to *tlm_error_jump instead of exiting, so a
- * loader that dies half-way leaves its calloc'd blocks, strdup'd strings, open FILEs and
- * glob_t behind. In the real program that cannot matter (die() exits); in a fuzzer it would
+ * Errors: the trainer's die() and usage_error() print one line on stderr and exit. For the
+ * trainer's code, exit and fprintf are interposed: while tlm_error_jump is set, the line goes to
+ * tlm_last_error (without its newline) and the exit longjmps to *tlm_error_jump with the exit
+ * status. sysconf is interposed too, so that fz_memory (bytes, if > 0) is the physical memory
+ * model_create measures a model against.
+ *
+ * Why a shim for memory: a loader that dies half-way leaves its calloc'd blocks, strdup'd
+ * strings, open FILEs and glob_t behind. In the real program that cannot matter (die() exits); in a fuzzer it would
  * be reported as a leak on every refused input and would run out of file descriptors. So,
  * for the trainer's code only, calloc/malloc/strdup/free, fopen/fclose and glob/globfree are
  * routed through wrappers that remember what is live between fz_begin() and fz_end():
@@ -33,6 +38,33 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+// --- errors and memory ---------------------------------------------------------------------------
+static jmp_buf *tlm_error_jump;
+static char tlm_last_error[16384];
+static _Noreturn void fz_exit(int status) {
+    if (tlm_error_jump) longjmp(*tlm_error_jump, status);
+    exit(status);
+}
+static int fz_fprintf(FILE *f, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int n;
+    if (f == stderr && tlm_error_jump) {
+        n = vsnprintf(tlm_last_error, sizeof(tlm_last_error), fmt, ap);
+        size_t len = strlen(tlm_last_error);
+        if (len && tlm_last_error[len - 1] == '\n') tlm_last_error[len - 1] = 0;
+    } else {
+        n = vfprintf(f, fmt, ap);
+    }
+    va_end(ap);
+    return n;
+}
+static double fz_memory;
+static long fz_sysconf(int name) {
+    if (name == _SC_PHYS_PAGES && fz_memory > 0) return (long)(fz_memory / sysconf(_SC_PAGE_SIZE));
+    return sysconf(name);
+}
 
 // --- the live set: open addressing over masked pointers ---------------------------------------
 enum { FZ_EMPTY = 0, FZ_HEAP = 1, FZ_FILE = 2, FZ_GONE = 3 };
@@ -140,6 +172,9 @@ static void fz_end(int how) {
 #define fclose fz_fclose
 #define glob fz_glob
 #define globfree fz_globfree
+#define exit fz_exit
+#define fprintf fz_fprintf
+#define sysconf fz_sysconf
 
 #else // second inclusion, after train_tlm.c: the harness itself uses the real functions
 #undef calloc
@@ -150,6 +185,9 @@ static void fz_end(int how) {
 #undef fclose
 #undef glob
 #undef globfree
+#undef exit
+#undef fprintf
+#undef sysconf
 
 // The input, written to a per-process file that is reused for every run.
 static char fz_path[256];

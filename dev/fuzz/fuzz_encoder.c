@@ -17,7 +17,7 @@
  * invalid bytes is 0 exactly when the prompt is valid UTF-8.
  * Build and run: dev/fuzz/run_fuzz.sh SECONDS fuzz_encoder
  */
-#define TLM_TESTING 1 // as -DTLM_TESTING: no main(), die() longjmps to *tlm_error_jump
+#define TLM_TESTING 1 // as -DTLM_TESTING: no main(); fuzz_common.h catches die()
 #include "fuzz_common.h"
 #include "../../train_tlm.c"
 #include "fuzz_common.h"

@@ -8,7 +8,7 @@
  *   or h[7] != 0 (a bad shard index or slot must be refused by dataloader_seek).
  * Build and run: dev/fuzz/run_fuzz.sh SECONDS fuzz_shard
  */
-#define TLM_TESTING 1 // as -DTLM_TESTING: no main(), die() longjmps to *tlm_error_jump
+#define TLM_TESTING 1 // as -DTLM_TESTING: no main(); fuzz_common.h catches die()
 #include "fuzz_common.h"
 #include "../../train_tlm.c"
 #include "fuzz_common.h"

@@ -6,7 +6,7 @@
  * end-of-text token, the first and last tokens and a spread between; tokenizer_free.
  * Build and run: dev/fuzz/run_fuzz.sh SECONDS fuzz_tokenizer
  */
-#define TLM_TESTING 1 // as -DTLM_TESTING: no main(), die() longjmps to *tlm_error_jump
+#define TLM_TESTING 1 // as -DTLM_TESTING: no main(); fuzz_common.h catches die()
 #include "fuzz_common.h"
 #include "../../train_tlm.c"
 #include "fuzz_common.h"

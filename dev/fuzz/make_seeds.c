@@ -10,8 +10,10 @@
  *   DIR/cli.dict          libFuzzer dictionary for fuzz_cli: every --option from the options table
  * Usage: make_seeds DIR     (run_fuzz.sh builds it and calls it with dev/fuzz/corpus)
  */
-#define TLM_TESTING 1 // as -DTLM_TESTING: no main(), die() longjmps to *tlm_error_jump
+#define TLM_TESTING 1 // as -DTLM_TESTING: no main(); fuzz_common.h catches die()
+#include "fuzz_common.h"
 #include "../../train_tlm.c"
+#include "fuzz_common.h"
 #include "fuzz_encoder_vocab.h"
 #include <sys/stat.h>
 

@@ -71,18 +71,18 @@ build() {
     return 1
 }
 for t in "${targets[@]}"; do
-    if newer "$F/bin/$t" "$D/$t.c" "$D"/*.h train_tlm.c; then throttle; build "$t" & running=$((running + 1)); fi
+    if newer "$F/bin/$t" "$D/$t.c" "$D"/*.h train_tlm.c dev/tlmc/*.h; then throttle; build "$t" & running=$((running + 1)); fi
 done
 wait
 running=0
-for t in "${targets[@]}"; do [ -x "$F/bin/$t" ] && ! newer "$F/bin/$t" "$D/$t.c" "$D"/*.h train_tlm.c || exit 2; done
+for t in "${targets[@]}"; do [ -x "$F/bin/$t" ] && ! newer "$F/bin/$t" "$D/$t.c" "$D"/*.h train_tlm.c dev/tlmc/*.h || exit 2; done
 
 # seeds, made with the trainer's own code, when a corpus is missing or empty
 need_seeds=0
 for t in "${targets[@]}"; do [ -n "$(ls -A "$F/corpus/$t" 2>/dev/null)" ] || need_seeds=1; done
 [ -e "$F/corpus/cli.dict" ] || need_seeds=1
 if [ $need_seeds = 1 ]; then
-    if newer "$F/bin/make_seeds" "$D/make_seeds.c" "$D"/*.h train_tlm.c; then
+    if newer "$F/bin/make_seeds" "$D/make_seeds.c" "$D"/*.h train_tlm.c dev/tlmc/*.h; then
         # shellcheck disable=SC2086
         $CC $CFLAGS "$D/make_seeds.c" -lm -o "$F/bin/make_seeds" || exit 2
     fi
