@@ -1,5 +1,5 @@
 /*
- * fuzz_cli — libFuzzer target for the command line (train_tlm.c section 8).
+ * fuzz_cli — libFuzzer target for the command line (dev/tlmc/options.h).
  * The input is split into arguments at NUL bytes and newlines (at most 32, after an
  * argv[0]) and given to parse_args(), which resets the options itself; usage_error() and
  * die() are caught through tlm_error_jump. With --help, usage() is printed to /dev/null.

@@ -1,5 +1,5 @@
 /*
- * fuzz_encoder — libFuzzer target for the GPT-2 BPE encoder file (train_tlm.c section 9,
+ * fuzz_encoder — libFuzzer target for the GPT-2 BPE encoder file (dev/tlmc/tokenizer.h,
  * what --sample --prompt loads beside a GPT-2 tokenizer) and for encoding a prompt with it.
  * The input is one encoder file: encoder_load(&e, path, tk) against a small tokenizer built
  * here (fuzz_encoder_vocab.h: 256 single bytes, 24 merged tokens, <|endoftext|>). The format

@@ -1,5 +1,5 @@
 /*
- * fuzz_shard — libFuzzer target for the token-shard loader (train_tlm.c section 6).
+ * fuzz_shard — libFuzzer target for the token-shard loader (dev/tlmc/dataloader.h).
  * The input is one shard file: dataloader_open, the vocabulary from dataloader_vocab (50257
  * when the header says 0), then dataloader_seek and a few dataloader_next batches.
  * Slots 4..7 of the 256-int32 header are unused by the format; the harness reads its batch

@@ -1,5 +1,5 @@
 /*
- * fuzz_tokenizer — libFuzzer target for the tokenizer file (train_tlm.c section 6).
+ * fuzz_tokenizer — libFuzzer target for the tokenizer file (dev/tlmc/tokenizer.h).
  * The input is one tokenizer file: tokenizer_load(&tk, path, vocab) with vocab the header's
  * own count when it is a vocabulary a model can have (2..65536), else 256 (which the loader
  * must refuse unless the header says 256); then print_token, to /dev/null, of the
