@@ -568,11 +568,6 @@ typedef struct {
     int step;                   // optimizer steps taken
     int update_not_finite;      // the last adamw_step wrote a weight or moment that is not finite
     double *norm_parts;         // (num_params / 4096, rounded up) grad_norm's partial sums
-    // layer analysis: skip a layer's MLP slot, or the whole layer, in forward
-    const int *skip_mlp, *skip_layer;
-    int logits_last_row;        // sampling (B = 1): the head over the last position only, into logits[0..V)
-    // wall time spent in forward + backward of the mixers (with W_O), the MLP slots, the head
-    double seconds_mixer, seconds_mlp, seconds_head;
 } Model;
 
 
@@ -1954,84 +1949,107 @@ static void mlp_backward(Model *m, int l, int B, int T) {
 
 // --- the whole model ----------------------------------------------------------------------
 // x_0 = wte[tokens]; x_{l+1} = Block_l(x_l); logits = RMSNorm(x_L) W_head^T; loss = mean CE.
-// Returns the mean loss over the B*T positions (targets given) or 0 (targets NULL).
-static real model_forward(Model *m, const int *tokens, const int *targets, int B, int T) {
-    const Config *c = &m->cfg;
-    Acts *a = &m->a;
+
+// x_0 = wte[tokens] (N = B*T), each token and target checked against the vocabulary
+static void model_embed(Model *m, const int *tokens, const int *targets, int B, int T) {
+    int N = B * T, C = m->cfg.dim, V = m->cfg.vocab;
     if (B > m->B || T > m->T) die("internal: batch %dx%d exceeds the model's %dx%d", B, T, m->B, m->T);
-    int N = B * T, C = c->dim, V = c->vocab;
     for (int n = 0; n < N; n++)
         if (tokens[n] < 0 || tokens[n] >= V || (targets && (targets[n] < 0 || targets[n] >= V)))
-            die("token %d at position %d is outside the vocabulary of %d", targets && (targets[n] < 0 || targets[n] >= V) ? targets[n] : tokens[n], n, V);
-    embedding_forward(a->x0, tokens, m->w.wte, N, C);
-    const real *x = a->x0;
-    for (int l = 0; l < c->layers; l++) {
-        LayerActs *la = &a->layer[l];
-        const LayerWeights *w = &m->w.layer[l];
-        // x -> x + W_O Mixer(RMSNorm(x))
-        double t0 = wall_time();
-        rmsnorm_forward(la->ln1, la->ln1_rstd, x, w->attn_norm, N, C);
-        mixer_forward(m, l, B, T);
-        matmul_forward(a->tmp, la->mixed, w->wo, N, C, C);
-        #pragma omp parallel for
-        for (size_t i = 0; i < (size_t)N * C; i++) la->res1[i] = x[i] + a->tmp[i];
-        double t1 = wall_time();
-        // x -> x + MLP_l(RMSNorm(x))
-        mlp_forward(m, l, B, T);
-        m->seconds_mlp += wall_time() - t1;
-        m->seconds_mixer += t1 - t0;
-        // layer analysis only: drop this layer's MLP slot, or the whole layer
-        if (m->skip_mlp && m->skip_mlp[l]) memcpy(la->out, la->res1, (size_t)N * C * sizeof(real));
-        if (m->skip_layer && m->skip_layer[l]) memcpy(la->out, x, (size_t)N * C * sizeof(real));
-        x = la->out;
-    }
-    double t0 = wall_time();
-    if (m->logits_last_row && !targets) { x += (size_t)(N - 1) * C; N = 1; } // sampling: the last position
-    rmsnorm_forward(a->lnf, a->lnf_rstd, x, m->w.final_norm, N, C);
-    matmul_forward(a->logits, a->lnf, m->w.lm_head, N, C, V);
-    if (!targets) { m->seconds_head += wall_time() - t0; return 0; }
-    if (m->tokens != tokens) memcpy(m->tokens, tokens, (size_t)N * sizeof(int)); // for the backward
-    if (m->targets != targets) memcpy(m->targets, targets, (size_t)N * sizeof(int));
-    crossentropy_forward(a->losses, a->logits, targets, N, V);
-    m->seconds_head += wall_time() - t0;
+            die("token %d at position %d is outside the vocabulary of %d",
+                targets && (targets[n] < 0 || targets[n] >= V) ? targets[n] : tokens[n], n, V);
+    embedding_forward(m->a.x0, tokens, m->w.wte, N, C);
+}
+
+// Block l's first half on its input x (B*T, C): res1 = x + W_O Mixer(RMSNorm(x))
+static void mixer_slot_forward(Model *m, int l, const real *x, int B, int T) {
+    int N = B * T, C = m->cfg.dim;
+    LayerActs *la = &m->a.layer[l];
+    const LayerWeights *w = &m->w.layer[l];
+    rmsnorm_forward(la->ln1, la->ln1_rstd, x, w->attn_norm, N, C);
+    mixer_forward(m, l, B, T);
+    matmul_forward(m->a.tmp, la->mixed, w->wo, N, C, C);
+    #pragma omp parallel for
+    for (size_t i = 0; i < (size_t)N * C; i++) la->res1[i] = x[i] + m->a.tmp[i];
+}
+// a.dres: d res1 -> d x (the residual's identity and the branch); the weights' gradients added
+// dmixed = dres W_O ; dW_O += dres^T mixed ; then the mixer's and RMSNorm's backward
+static void mixer_slot_backward(Model *m, int l, const real *x, int B, int T) {
+    Acts *a = &m->a;
+    int N = B * T, C = m->cfg.dim;
+    LayerActs *la = &a->layer[l];
+    const LayerWeights *w = &m->w.layer[l];
+    LayerWeights *g = &m->g.layer[l];
+    zero_parallel(a->dmixed, (size_t)N * C);
+    matmul_backward(a->dmixed, g->wo, a->dres, la->mixed, w->wo, N, C, C);
+    mixer_backward(m, l, B, T);
+    rmsnorm_backward(a->dres, g->attn_norm, a->dln, x, w->attn_norm, la->ln1_rstd, N, C);
+}
+
+// Block l: x -> res1 = x + W_O Mixer(RMSNorm(x)) -> out = res1 + MLP_l(RMSNorm(res1))
+static void block_forward(Model *m, int l, const real *x, int B, int T) {
+    mixer_slot_forward(m, l, x, B, T);
+    mlp_forward(m, l, B, T);
+}
+
+// The head on `rows` positions of x (rows, C): logits = RMSNorm(x) W_head^T into a.logits
+// (rows, V); with targets, the mean cross-entropy over them (tokens kept for the backward),
+// else 0. Sampling passes the last position only (rows 1).
+static real head_forward(Model *m, const real *x, const int *tokens, const int *targets, int rows) {
+    Acts *a = &m->a;
+    int C = m->cfg.dim, V = m->cfg.vocab;
+    rmsnorm_forward(a->lnf, a->lnf_rstd, x, m->w.final_norm, rows, C);
+    matmul_forward(a->logits, a->lnf, m->w.lm_head, rows, C, V);
+    if (!targets) return 0;
+    if (m->tokens != tokens) memcpy(m->tokens, tokens, (size_t)rows * sizeof(int)); // for backward
+    if (m->targets != targets) memcpy(m->targets, targets, (size_t)rows * sizeof(int));
+    crossentropy_forward(a->losses, a->logits, targets, rows, V);
     double sum = 0;
-    for (int n = 0; n < N; n++) sum += a->losses[n];
-    return (real)(sum / N);
+    for (int n = 0; n < rows; n++) sum += a->losses[n];
+    return (real)(sum / rows);
+}
+// a.dres = d x_L from the loss, scaled by loss_scale; the head's and final norm's gradients added
+// dlogits = (p - onehot) / N ; dlnf = dlogits W_head ; dW_head += dlogits^T lnf
+static void head_backward(Model *m, const real *x_last, int N, real loss_scale) {
+    Acts *a = &m->a;
+    int C = m->cfg.dim, V = m->cfg.vocab;
+    crossentropy_backward(a->logits, m->targets, N, V, loss_scale / N);
+    zero_parallel(a->dln, (size_t)N * C);
+    matmul_backward(a->dln, m->g.lm_head, a->logits, a->lnf, m->w.lm_head, N, C, V);
+    zero_parallel(a->dres, (size_t)N * C);
+    rmsnorm_backward(a->dres, m->g.final_norm, a->dln, x_last, m->w.final_norm, a->lnf_rstd, N, C);
+}
+
+// The blocks over tokens (B, T): x_L, the last block's output (B*T, C).
+static const real *model_blocks(Model *m, const int *tokens, const int *targets, int B, int T) {
+    model_embed(m, tokens, targets, B, T);
+    const real *x = m->a.x0;
+    for (int l = 0; l < m->cfg.layers; l++) {
+        block_forward(m, l, x, B, T);
+        x = m->a.layer[l].out;
+    }
+    return x;
+}
+
+// Returns the mean loss over the B*T positions (targets given) or 0 (targets NULL: the logits
+// of every position in a.logits).
+static real model_forward(Model *m, const int *tokens, const int *targets, int B, int T) {
+    const real *x = model_blocks(m, tokens, targets, B, T);
+    return head_forward(m, x, tokens, targets, B * T);
 }
 
 static void model_zero_grad(Model *m) { zero_parallel(m->grads, m->num_params); }
 
 // Accumulates into m->grads the gradient of (loss_scale * mean loss) of the last forward.
 static void model_backward(Model *m, int B, int T, real loss_scale) {
-    const Config *c = &m->cfg;
-    Acts *a = &m->a;
-    int N = B * T, C = c->dim, V = c->vocab;
-    // dlogits = (p - onehot) / N ; dlnf = dlogits W_head ; dW_head += dlogits^T lnf
-    double t0 = wall_time();
-    crossentropy_backward(a->logits, m->targets, N, V, loss_scale / N);
-    zero_parallel(a->dln, (size_t)N * C);
-    matmul_backward(a->dln, m->g.lm_head, a->logits, a->lnf, m->w.lm_head, N, C, V);
-    zero_parallel(a->dres, (size_t)N * C);
-    const real *x_last = c->layers ? a->layer[c->layers - 1].out : a->x0;
-    rmsnorm_backward(a->dres, m->g.final_norm, a->dln, x_last, m->w.final_norm, a->lnf_rstd, N, C);
-    m->seconds_head += wall_time() - t0;
-    for (int l = c->layers - 1; l >= 0; l--) {
-        LayerActs *la = &a->layer[l];
-        const LayerWeights *w = &m->w.layer[l];
-        LayerWeights *g = &m->g.layer[l];
-        const real *x = l ? a->layer[l - 1].out : a->x0;
-        double t1 = wall_time();
+    const Acts *a = &m->a;
+    int L = m->cfg.layers, N = B * T;
+    head_backward(m, L ? a->layer[L - 1].out : a->x0, N, loss_scale);
+    for (int l = L - 1; l >= 0; l--) {
         mlp_backward(m, l, B, T); // dres: d out -> d res1
-        double t2 = wall_time();
-        // dmixed = dres W_O ; dW_O += dres^T mixed
-        zero_parallel(a->dmixed, (size_t)N * C);
-        matmul_backward(a->dmixed, g->wo, a->dres, la->mixed, w->wo, N, C, C);
-        mixer_backward(m, l, B, T);
-        rmsnorm_backward(a->dres, g->attn_norm, a->dln, x, w->attn_norm, la->ln1_rstd, N, C);
-        m->seconds_mlp += t2 - t1;
-        m->seconds_mixer += wall_time() - t2;
+        mixer_slot_backward(m, l, l ? a->layer[l - 1].out : a->x0, B, T); // dres: d res1 -> d x
     }
-    embedding_backward(m->g.wte, a->dres, m->tokens, N, C);
+    embedding_backward(m->g.wte, a->dres, m->tokens, N, m->cfg.dim);
 }
 
 // ----------------------------------------------------------------------------
@@ -2147,34 +2165,42 @@ static float learning_rate(int step, float lr, int warmup, int decay_steps) {
 
 // --- training step, evaluation ----------------------------------------------------------
 
+// A rank's micro-batches after its first go into micro_grads, which is then added to grads:
+// g0 + g1, formed as the all-reduce forms it. gradient_into(m, k) points the gradient views at
+// where micro-batch k (of this rank's) adds its gradient: grads for k 0 (where they point
+// between steps), micro_grads (cleared) after; gradient_add(m, k) then adds it to grads.
+static void gradient_into(Model *m, int k) {
+    if (k == 0) { layout_params(&m->cfg, m->grads, &m->table, &m->g); return; }
+    if (!m->micro_grads) m->micro_grads = xcalloc(m->num_params, sizeof(real), "gradients");
+    if (k == 1) layout_params(&m->cfg, m->micro_grads, &m->table, &m->g);
+    zero_parallel(m->micro_grads, m->num_params);
+}
+static void gradient_add(Model *m, int k) {
+    if (k == 0) return;
+    real *restrict sum = m->grads;
+    const real *restrict g = m->micro_grads;
+    #pragma omp parallel for
+    for (size_t j = 0; j < m->num_params; j++) sum[j] += g[j];
+}
+
 // One optimizer step over the global batch (ranks x grad_accum micro-batches of B x T tokens;
 // this rank computes micro-batches rank, rank + ranks, ...), then AdamW unless the loss or the
 // gradient is not finite (then the parameters are left as they were). Returns the mean loss;
-// *norm gets the gradient norm before clipping. A rank's micro-batches after its first go into
-// micro_grads, which is then added to grads: g0 + g1, formed as the all-reduce forms it.
-static double train_step(Model *m, DataLoader *data, const AdamW *opt, float lr, int grad_accum, int B, int T, double *norm) {
-    int micro_batches = world.ranks * grad_accum;
+// *norm gets the gradient norm before clipping.
+static double train_step(Model *m, DataLoader *data, const AdamW *opt, float lr, int grad_accum,
+                         int B, int T, double *norm) {
+    int micro_batches = world.ranks * grad_accum, mine = 0;
     double *loss_part = xcalloc(micro_batches, sizeof(double), "losses"); // 0 where another rank's
     model_zero_grad(m);
-    int mine = 0;
     for (int k = 0; k < micro_batches; k++) {
         dataloader_next(data, m->tokens, m->targets, B, T);
         if (k % world.ranks != world.rank) continue;
-        if (mine++ == 1) {
-            if (!m->micro_grads) m->micro_grads = xcalloc(m->num_params, sizeof(real), "gradients");
-            layout_params(&m->cfg, m->micro_grads, &m->table, &m->g); // backward now adds into it
-        }
-        if (mine > 1) zero_parallel(m->micro_grads, m->num_params);
+        if (mine > 0) gradient_into(m, mine);
         loss_part[k] = model_forward(m, m->tokens, m->targets, B, T) / micro_batches;
         model_backward(m, B, T, (real)(1.0 / micro_batches));
-        if (mine > 1) {
-            real *restrict sum = m->grads;
-            const real *restrict g = m->micro_grads;
-            #pragma omp parallel for
-            for (size_t j = 0; j < m->num_params; j++) sum[j] += g[j];
-        }
+        gradient_add(m, mine++);
     }
-    if (mine > 1) layout_params(&m->cfg, m->grads, &m->table, &m->g);
+    if (mine > 1) gradient_into(m, 0);
     ranks_sum_step(m->grads, m->num_params, loss_part, micro_batches, m->step + 1);
     double loss = 0;
     for (int k = 0; k < micro_batches; k++) loss += loss_part[k];
@@ -2252,14 +2278,13 @@ static void generate(Model *m, int *tokens, int n, int len, double temperature, 
                      const Tokenizer *tk) {
     int T = m->T, V = m->cfg.vocab;
     double *keep = xcalloc(V, sizeof(double), "sample");
-    m->logits_last_row = 1;
     for (int i = 0; i < len; i++, n++) {
         int window = n < T ? n : T;
-        model_forward(m, tokens + n - window, NULL, 1, window);
+        const real *x = model_blocks(m, tokens + n - window, NULL, 1, window);
+        head_forward(m, x + (size_t)(window - 1) * m->cfg.dim, NULL, NULL, 1); // the last position
         tokens[n] = sample_next(m->a.logits, V, temperature, top_k, rng, keep);
         if (tk) { print_token(tk, tokens[n]); fflush(stdout); }
     }
-    m->logits_last_row = 0;
     free(keep);
 }
 
@@ -2283,6 +2308,34 @@ static void sample_text(Model *m, const Tokenizer *tk, int len, uint64_t seed) {
 // and how much the loss rises when the layer's MLP slot, or the whole layer, is skipped.
 typedef struct { double rel_mixer, rel_mlp, rel, cos_sim, cos_mlp_residual, dloss_skip_mlp, dloss_skip_layer; } LayerStats;
 
+// The validation loss as evaluate() takes it (the same batches, ranks and order of the sum),
+// with layer `skip`'s MLP slot (whole 0: out = res1) or the whole layer (whole 1: out = x)
+// left out of its own loop over the layers.
+static double loss_skipping(Model *m, DataLoader *val, int batches, int B, int T, int skip,
+                            int whole) {
+    long M = val_batches(val, B, T), N = eval_count(batches, M);
+    size_t bytes = (size_t)B * T * m->cfg.dim * sizeof(real);
+    double *loss = xcalloc(N, sizeof(double), "analysis"); // 0 where another rank's
+    for (long i = 0; i < N; i++) {
+        if (i % world.ranks != world.rank) continue;
+        val_batch(val, eval_pick(i, N, M), m->tokens, m->targets, B, T);
+        model_embed(m, m->tokens, m->targets, B, T);
+        const real *x = m->a.x0;
+        for (int l = 0; l < m->cfg.layers; l++) {
+            LayerActs *la = &m->a.layer[l];
+            block_forward(m, l, x, B, T);
+            if (l == skip) memcpy(la->out, whole ? x : la->res1, bytes);
+            x = la->out;
+        }
+        loss[i] = head_forward(m, x, m->tokens, m->targets, B * T);
+    }
+    ranks_sum_doubles(loss, N);
+    double sum = 0;
+    for (long i = 0; i < N; i++) sum += loss[i];
+    free(loss);
+    return sum / N;
+}
+
 static void analyze_layers(Model *m, DataLoader *val, int batches, int B, int T, LayerStats *stats, double *base_loss) {
     const Config *c = &m->cfg;
     int L = c->layers, C = c->dim, N = B * T;
@@ -2291,7 +2344,7 @@ static void analyze_layers(Model *m, DataLoader *val, int batches, int B, int T,
     *base_loss = evaluate(m, val, batches, B, T, NULL); // (dies if --val holds no batch)
     for (long i = 0; i < count; i++) {
         val_batch(val, eval_pick(i, count, M), m->tokens, m->targets, B, T);
-        model_forward(m, m->tokens, NULL, B, T);
+        model_blocks(m, m->tokens, NULL, B, T);
         for (int l = 0; l < L; l++) {
             const LayerActs *la = &m->a.layer[l];
             const real *x = l ? m->a.layer[l - 1].out : m->a.x0;
@@ -2317,18 +2370,10 @@ static void analyze_layers(Model *m, DataLoader *val, int batches, int B, int T,
             }
         }
     }
-    int *skip = xcalloc(L, sizeof(int), "analysis");
     for (int l = 0; l < L; l++) {
-        skip[l] = 1;
-        m->skip_mlp = skip;
-        stats[l].dloss_skip_mlp = evaluate(m, val, batches, B, T, NULL) - *base_loss;
-        m->skip_mlp = NULL;
-        m->skip_layer = skip;
-        stats[l].dloss_skip_layer = evaluate(m, val, batches, B, T, NULL) - *base_loss;
-        m->skip_layer = NULL;
-        skip[l] = 0;
+        stats[l].dloss_skip_mlp = loss_skipping(m, val, batches, B, T, l, 0) - *base_loss;
+        stats[l].dloss_skip_layer = loss_skipping(m, val, batches, B, T, l, 1) - *base_loss;
     }
-    free(skip);
 }
 
 // ----------------------------------------------------------------------------

@@ -6,8 +6,9 @@
  * and prints parameters, tokens/s, ms per step (the mean, and the fastest step: on a shared
  * machine that moves by +-10%, the fastest is what A/B comparisons can rely on), model
  * GFLOP/s (6 * params * tokens/s, the convention of llm.c and nanoGPT), where the time goes
- * (mixers incl. W_O, MLP slots, head incl. loss, the rest: embedding, norms, residuals,
- * AdamW), and the peak resident memory.
+ * (mixer slots incl. their norm, W_O and residual; MLP slots; head incl. the loss; the rest:
+ * embedding, zeroing the gradient, AdamW; from up to 10 more steps that timed_step times piece
+ * by piece, so that the model's forward and backward hold no timing), and the peak memory.
  * Each config runs in its own child process so that its peak memory is its own.
  * Then the memory recurrence alone (Titans, Hope), and a microbenchmark of the blocked matmul at
  * the model's shapes beside the machine's multiply-add peak (what no kernel can beat).
@@ -46,6 +47,35 @@ enum { NUM_CONFIGS = sizeof(configs) / sizeof(configs[0]) };
 // the memory's q/k/v conv kernel, SiLU and inner-gradient clip (--mem-conv, --mem-silu, --mem-clip)
 typedef struct { int conv, silu; double clip; } MemoryParts;
 
+// Where a step's time goes: one training step as model_forward, model_backward and adamw_step
+// take it, in the same order, with the mixer slots (norm, mixer, W_O, residual), the MLP slots
+// and the head (with the loss) timed apart; adds their seconds to part[0..2], the step's to *all.
+static void timed_step(Model *m, const AdamW *adam, int B, int T, double part[3], double *all) {
+    int L = m->cfg.layers, N = B * T;
+    const Acts *a = &m->a;
+    double t_start = wall_time(), t;
+    model_zero_grad(m);
+    model_embed(m, m->tokens, m->targets, B, T);
+    for (int l = 0; l < L; l++) {
+        const real *x = l ? a->layer[l - 1].out : a->x0;
+        t = wall_time(); mixer_slot_forward(m, l, x, B, T); part[0] += wall_time() - t;
+        t = wall_time(); mlp_forward(m, l, B, T); part[1] += wall_time() - t;
+    }
+    const real *x_last = L ? a->layer[L - 1].out : a->x0;
+    t = wall_time();
+    head_forward(m, x_last, m->tokens, m->targets, N);
+    head_backward(m, x_last, N, 1);
+    part[2] += wall_time() - t;
+    for (int l = L - 1; l >= 0; l--) {
+        const real *x = l ? a->layer[l - 1].out : a->x0;
+        t = wall_time(); mlp_backward(m, l, B, T); part[1] += wall_time() - t;
+        t = wall_time(); mixer_slot_backward(m, l, x, B, T); part[0] += wall_time() - t;
+    }
+    embedding_backward(m->g.wte, m->a.dres, m->tokens, N, m->cfg.dim);
+    adamw_step(m, adam, adam->lr, grad_norm(m));
+    *all += wall_time() - t_start;
+}
+
 static void bench_config(const BenchConfig *bc, double seconds, MemoryParts mp) {
     Config c = { .arch = bc->arch, .layers = bc->layers, .dim = bc->dim, .heads = bc->heads, .vocab = bc->vocab,
                  .seq_len = bc->seq_len, .mlp_width = bc->mlp_width, .taper = TAPER_COSINE, .taper_start = 1.5,
@@ -62,7 +92,7 @@ static void bench_config(const BenchConfig *bc, double seconds, MemoryParts mp) 
     int steps = 0;
     double elapsed = 0, fastest = 1e30;
     for (int s = -1; elapsed < seconds || steps < 2; s++) {
-        if (s == 0) { m->seconds_mixer = m->seconds_mlp = m->seconds_head = 0; } // step -1 warms up
+        // (step -1 warms up)
         double t0 = wall_time();
         model_zero_grad(m);
         model_forward(m, m->tokens, m->targets, B, T);
@@ -73,7 +103,10 @@ static void bench_config(const BenchConfig *bc, double seconds, MemoryParts mp) 
     }
     double ms = 1000 * elapsed / steps, tps = (double)B * T * steps / elapsed;
     double gflops = 6.0 * m->num_params * tps / 1e9;
-    double mix = 100 * m->seconds_mixer / elapsed, mlp = 100 * m->seconds_mlp / elapsed, head = 100 * m->seconds_head / elapsed;
+    // the parts: as many timed steps again, at most 10 (the timing of the parts is not in the above)
+    double part[3] = { 0, 0, 0 }, all = 0;
+    for (int s = 0; s < (steps < 10 ? steps : 10); s++) timed_step(m, &adam, B, T, part, &all);
+    double mix = 100 * part[0] / all, mlp = 100 * part[1] / all, head = 100 * part[2] / all;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("%-20s %3d %11zu %9.0f %9.1f %8.1f %8.1f   %5.1f%% %5.1f%% %5.1f%% %5.1f%%  %7.0f MiB\n", bc->name, num_threads(),
