@@ -468,7 +468,7 @@ static void test_exp(void) {
 }
 
 // The plain triple loops the blocked kernel (train_tlm.c, appendix A) is tested against: the
-// matmul contract of train_tlm.c's section 4, as written there.
+// matmul contract of train_tlm.c's section 3, as written there.
 static void matmul_forward_reference(real *out, const real *inp, const real *w, int N, int C, int OC) {
     for (int n = 0; n < N; n++)
         for (int o = 0; o < OC; o++) {

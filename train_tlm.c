@@ -17,26 +17,29 @@
  *                                        fast memory levels, each with its own residual)
  *
  * The only place the architectures differ is mixer_forward/backward and mlp_forward/
- * backward; the only place the taper lives is taper_widths(), and its output is the
- * per-layer width that every MLP tensor of layer l is allocated with.
+ * backward. The taper is section 1: taper_widths() turns a schedule into per-layer widths
+ * (taper_group_widths() the grouped form; config_widths(), in section 5, takes the options
+ * there), and its output, mlp_widths[l], is the width every MLP tensor of layer l is
+ * allocated with. Nothing else in the method depends on the taper.
  *
  * Sections, in reading order:
- *    1. precision, vector helpers, per-thread workspace
- *    2. THE TAPER: per-layer MLP widths at a fixed budget
- *    3. the model's structures: config, parameter table, per-layer weight views, activations
- *    4. layer kernels, each forward followed by its backward, on one matmul contract
- *    5. the neural memory as the papers write it (the token-by-token recurrence), and the
+ *    1. THE TAPER: per-layer MLP widths at a fixed budget
+ *    2. the model's structures: precision and workspace, config, parameter table, per-layer
+ *       weight views, activations
+ *    3. layer kernels, each forward followed by its backward, on one matmul contract
+ *    4. the neural memory as the papers write it (the token-by-token recurrence), and the
  *       memory module around it (Titans' mixer branch, Hope's fast levels)
- *    6. the model: building it, the mixer, the MLP slot, forward and backward
- *    7. AdamW
- *    8. training step, evaluation, sampling, layer analysis       (the method ends here)
- *    9. main: the command line, then evaluate, analyze or train
+ *    5. the model: building it, the mixer, the MLP slot, forward and backward
+ *    6. AdamW
+ *    7. training step, evaluation, sampling, layer analysis        (the method ends here)
+ *    8. main: the command line, then evaluate, analyze or train
+ * Appendices, the fast forms of what the main text states plainly (each tested against it):
+ *    A. the fast matmul: blocking, packing, AVX-512 micro-kernels, gemm_small; exp_float,
+ *       sum16 and dot
+ *    B. the chunked memory: the recurrence a whole chunk at a time, in closed form
  * The program around the method lives in dev/tlmc/, one header per part, each with its contract:
  * utils.h (errors, checked I/O, random numbers), ranks.h (MPI), dataloader.h, tokenizer.h,
  * options.h (the option table), checkpoint.h (files and their safety), log.h (JSONL), signals.h.
- * Appendices, the fast forms of what the main text states plainly (each tested against it):
- *    A. the fast matmul: blocking, packing, AVX-512 micro-kernels, gemm_small
- *    B. the chunked memory: the recurrence a whole chunk at a time, in closed form
  *
  * Build: make train_tlm   (gcc -O3 -march=native -fopenmp)   Tests: make test
  * test_tlm.c #includes this file with TLM_TESTING defined (no main) and, for the
@@ -68,87 +71,7 @@ typedef float real;
 #include "dev/tlmc/tokenizer.h"  // Tokenizer: a token's bytes (and the GPT-2 prompt encoder)
 
 // ----------------------------------------------------------------------------
-// 1. precision, vector helpers, per-thread workspace
-
-#ifdef TLM_DOUBLE
-static inline real r_exp(real x) { return exp(x); }
-static inline real r_log(real x) { return log(x); }
-static inline real r_sqrt(real x) { return sqrt(x); }
-static inline real r_cos(real x) { return cos(x); }
-static inline real r_sin(real x) { return sin(x); }
-#else
-static inline float exp_float(float x);
-static inline real r_exp(real x) { return exp_float(x); }
-static inline real r_log(real x) { return logf(x); }
-static inline real r_sqrt(real x) { return sqrtf(x); }
-static inline real r_cos(real x) { return cosf(x); }
-static inline real r_sin(real x) { return sinf(x); }
-#endif
-static inline real sigmoid(real x) { return 1 / (1 + r_exp(-x)); }
-
-// --- vector helpers: e^x, sums and dot products written so that their loops vectorize ---
-
-// e^x in float, inline so that the loops of softmax and SiLU vectorize (libm's expf is a
-// call per element): e^x = 2^n e^r, n = round(x / ln 2), r = x - n ln 2 in [-0.35, 0.35]
-// (ln 2 in two parts, the first exact in n ln 2), e^r by its Taylor series to r^7 (error
-// < 1e-8), and 2^n written into the float's exponent bits. Within a few ulp of expf; 0
-// below -87 (expf gives at most 1.6e-38 there), e^88 above 88 (near FLT_MAX); NaN stays NaN.
-static inline float exp_float(float x) {
-    const float shift = 12582912.0f; // 1.5 * 2^23: adding it rounds to an integer in the low bits
-    float y = x > 88.0f ? 88.0f : x < -87.0f ? -87.0f : x;
-    float t = y * 1.44269504f + shift, n = t - shift;
-    float r = (y - n * 0.693359375f) + n * 2.12194440e-4f;
-    float p = 1 + r * (1 + r * (1.0f / 2 + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
-    union { float f; uint32_t u; } bits = { t }, scale;
-    scale.u = (bits.u - 0x4B400000u + 127u) << 23; // 0x4B400000: the bits of `shift`; n + 127 in the exponent
-    return x < -87.0f ? 0.0f : p * scale.f;
-}
-
-enum { LANES = 16 }; // a zmm register's floats
-
-// x[0] + ... + x[n-1] in 16 running sums, folded in a fixed order: gcc vectorizes it without
-// -ffast-math (a plain `sum += x[i]` is a chain of scalar adds), and the result does not
-// depend on the thread count
-static inline real sum16(const real *x, int n) {
-    real acc[LANES] = { 0 };
-    int i = 0;
-    for (; i + LANES <= n; i += LANES)
-        for (int l = 0; l < LANES; l++) acc[l] += x[i + l];
-    for (int l = 0; i < n; i++, l++) acc[l] += x[i];
-    for (int w = LANES / 2; w >= 1; w /= 2)
-        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
-    return acc[0];
-}
-
-// Dot products of short rows (the memory's, of d or m = 32 values), summed in 16 lanes and a
-// fixed fold, so the sum does not depend on where the arrays sit: a[0] b[0] + ... + a[n-1] b[n-1].
-// Defined in appendix A (with AVX-512: fused multiply-adds and a masked tail).
-static inline real dot(const real *a, const real *b, int n);
-
-// Per-thread workspace: `threads` slices of `stride` reals, slice i for OpenMP thread i. A
-// parallel loop that uses it runs on at most `threads` threads (scratch_team()), however
-// OMP_NUM_THREADS has changed since it was allocated.
-typedef struct {
-    real *base;
-    size_t stride;
-    int threads;
-} Scratch;
-static int scratch_team(Scratch s) { return num_threads() < s.threads ? num_threads() : s.threads; }
-static real *scratch_mine(Scratch s) { return s.base + (size_t)thread_id() * s.stride; }
-
-// x[0:n] = 0 on all threads, 16384 values at a time: the backward clears buffers of a few MB
-// that matmuls then add into, and one core alone would leave the others waiting
-static void zero_parallel(real *x, size_t n) {
-    size_t blocks = (n + 16383) / 16384;
-    #pragma omp parallel for
-    for (size_t b = 0; b < blocks; b++) {
-        size_t i0 = b * 16384, len = n - i0 < 16384 ? n - i0 : 16384;
-        memset(x + i0, 0, len * sizeof(real));
-    }
-}
-
-// ----------------------------------------------------------------------------
-// 2. THE TAPER: per-layer MLP widths at a fixed budget
+// 1. THE TAPER: per-layer MLP widths at a fixed budget
 //
 // The uniform model gives every layer the hidden width H. A taper gives layer l the width
 //     width_l = H * f(l / (L-1)),   f a schedule from `start` (first layer) to `end` (last)
@@ -309,7 +232,57 @@ static int taper_group_widths(int *widths, int L, int H, const double *groups, i
 }
 
 // ----------------------------------------------------------------------------
-// 3. the model's structures: config, parameter table, per-layer weight views, activations
+// 2. the model's structures: precision and workspace, config, parameter table, per-layer
+//    weight views, activations
+
+#ifdef TLM_DOUBLE
+static inline real r_exp(real x) { return exp(x); }
+static inline real r_log(real x) { return log(x); }
+static inline real r_sqrt(real x) { return sqrt(x); }
+static inline real r_cos(real x) { return cos(x); }
+static inline real r_sin(real x) { return sin(x); }
+#else
+static inline float exp_float(float x);
+static inline real r_exp(real x) { return exp_float(x); }
+static inline real r_log(real x) { return logf(x); }
+static inline real r_sqrt(real x) { return sqrtf(x); }
+static inline real r_cos(real x) { return cosf(x); }
+static inline real r_sin(real x) { return sinf(x); }
+#endif
+static inline real sigmoid(real x) { return 1 / (1 + r_exp(-x)); }
+
+// --- vector helpers: e^x, sums and dot products whose loops vectorize (appendix A) -----------
+// exp_float(x): e^x in float, within a few ulp of expf; 0 below -87, e^88 above 88, NaN stays NaN
+// sum16(x, n):  x[0] + ... + x[n-1] in 16 running sums, folded in a fixed order (the same for
+//               any thread count and alignment)
+// dot(a, b, n): a[0] b[0] + ... + a[n-1] b[n-1] of short rows, in 16 lanes and a fixed fold
+enum { LANES = 16 }; // a zmm register's floats
+static inline real sum16(const real *x, int n);
+static inline real dot(const real *a, const real *b, int n);
+
+// Per-thread workspace: `threads` slices of `stride` reals, slice i for OpenMP thread i. A
+// parallel loop that uses it runs on at most `threads` threads (scratch_team()), however
+// OMP_NUM_THREADS has changed since it was allocated.
+typedef struct {
+    real *base;
+    size_t stride;
+    int threads;
+} Scratch;
+static int scratch_team(Scratch s) { return num_threads() < s.threads ? num_threads() : s.threads; }
+static real *scratch_mine(Scratch s) { return s.base + (size_t)thread_id() * s.stride; }
+
+// x[0:n] = 0 on all threads, 16384 values at a time: the backward clears buffers of a few MB
+// that matmuls then add into, and one core alone would leave the others waiting
+static void zero_parallel(real *x, size_t n) {
+    size_t blocks = (n + 16383) / 16384;
+    #pragma omp parallel for
+    for (size_t b = 0; b < blocks; b++) {
+        size_t i0 = b * 16384, len = n - i0 < 16384 ? n - i0 : 16384;
+        memset(x + i0, 0, len * sizeof(real));
+    }
+}
+
+// --- the model's configuration ----------------------------------------------------------------
 
 typedef enum { ARCH_TRANSFORMER, ARCH_GATED, ARCH_TITANS, ARCH_HOPE, ARCH_COUNT } Arch;
 static const char *arch_names[ARCH_COUNT] = { "transformer", "gated", "titans", "hope" };
@@ -572,7 +545,7 @@ typedef struct {
 
 
 // ----------------------------------------------------------------------------
-// 4. layer kernels, each forward followed by its backward
+// 3. layer kernels, each forward followed by its backward
 //
 // Activations are row-major (N, C) with N = B*T positions. Weight matrices are (OC, C):
 // a linear layer is out = inp W^T, as in PyTorch and llm.c.
@@ -889,7 +862,7 @@ static void crossentropy_backward(real *probs, const int *targets, int N, int V,
 }
 
 // ----------------------------------------------------------------------------
-// 5. the neural memory (Titans; Hope's fast levels), as the papers write it
+// 4. the neural memory (Titans; Hope's fast levels), as the papers write it
 //
 // One sequence of T tokens, one head of size d. The memory M_W is
 //   depth 1:  M(x) = W x                          W (d, d)
@@ -1488,7 +1461,7 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwconv,
 }
 
 // ----------------------------------------------------------------------------
-// 6. the model: building it, the mixer, the MLP slot, forward and backward
+// 5. the model: building it, the mixer, the MLP slot, forward and backward
 
 static int gate_width(const Config *c) { return c->gate_headwise ? c->heads : c->dim; }
 
@@ -2053,7 +2026,7 @@ static void model_backward(Model *m, int B, int T, real loss_scale) {
 }
 
 // ----------------------------------------------------------------------------
-// 7. AdamW
+// 6. AdamW
 // Global gradient-norm clipping, then per parameter:
 //   m = b1 m + (1-b1) g ;  v = b2 v + (1-b2) g^2 ;  p -= lr (m_hat / (sqrt(v_hat) + eps) + wd p)
 // with weight decay wd only on matrices (decoupled, as in Loshchilov & Hutter).
@@ -2161,7 +2134,7 @@ static float learning_rate(int step, float lr, int warmup, int decay_steps) {
 }
 
 // ----------------------------------------------------------------------------
-// 8. training step, evaluation, sampling, layer analysis
+// 7. training step, evaluation, sampling, layer analysis
 
 // --- training step, evaluation ----------------------------------------------------------
 
@@ -2377,7 +2350,7 @@ static void analyze_layers(Model *m, DataLoader *val, int batches, int B, int T,
 }
 
 // ----------------------------------------------------------------------------
-// 9. main: the command line, then evaluate, analyze or train
+// 8. main: the command line, then evaluate, analyze or train
 //
 // The method ends above. The program around it: headers that need the model's types, so they
 // are included here rather than at the top (each states its contract; dev/README.md).
@@ -2419,6 +2392,13 @@ static void default_tokenizer_path(char *out, size_t n, const char *train, int v
     const char *slash = strrchr(train, '/');
     int dirlen = slash ? (int)(slash - train + 1) : 0;
     snprintf(out, n, "%.*s%s_tokenizer.bin", dirlen, train, vocab == 256 ? "byte" : "gpt2");
+}
+
+// The tokenizer file a run's text goes through: --tokenizer, else the one beside --train for the
+// vocabulary (data/byte_tokenizer.bin for 256 tokens, else data/gpt2_tokenizer.bin).
+static void tokenizer_path(char *out, size_t n, int vocab) {
+    if (opt.tokenizer[0]) snprintf(out, n, "%s", opt.tokenizer);
+    else default_tokenizer_path(out, n, opt.train, vocab);
 }
 
 // --- the run: build, then evaluate, analyze or train --------------------------------------
@@ -2534,9 +2514,8 @@ static int run_analyze(Model *m, DataLoader *val) {
 static int encode_prompt(int **tokens, Tokenizer *tk, int V) {
     const char *prompt = opt.prompt;
     int len = (int)strlen(prompt), n = 0;
-    char tk_path[4096];
-    if (opt.tokenizer[0]) snprintf(tk_path, sizeof(tk_path), "%s", opt.tokenizer);
-    else default_tokenizer_path(tk_path, sizeof(tk_path), opt.train, V);
+    char tk_path[TEXT_MAX];
+    tokenizer_path(tk_path, sizeof(tk_path), V);
     if ((V < 256 && !opt.tokenizer[0]) || tokenizer_load(tk, tk_path, V) != 0) { // (no default below 256)
         if (opt.tokenizer[0]) die("--tokenizer %s: cannot open: %s", opt.tokenizer, strerror(errno));
         if (V > 256) die("%s: no tokenizer for the model's vocabulary of %d (run `python3 dev/prepare_data.py "
@@ -2614,112 +2593,150 @@ static double validate(Model *m, DataLoader *val, int batches, size_t tokens_per
     return loss;
 }
 
-// Training: from step m->step to --steps, evaluating, sampling and saving along the way; Ctrl-C
-// or SIGTERM finishes the step, saves and stops. Returns the exit status.
-static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition resume_at) {
-    const Config *cfg = &m->cfg;
-    int B = opt.batch, T = cfg->seq_len, rc = 0;
-    Tokenizer tk = {0};
-    char tk_path[4096];
-    if (opt.tokenizer[0]) snprintf(tk_path, sizeof(tk_path), "%s", opt.tokenizer);
-    else default_tokenizer_path(tk_path, sizeof(tk_path), opt.train, cfg->vocab);
-    if (opt.sample_every && tokenizer_load(&tk, tk_path, cfg->vocab) != 0) {
-        if (opt.tokenizer[0]) die("--tokenizer %s: cannot open: %s", opt.tokenizer, strerror(errno));
-        printf("note: no tokenizer at %s, samples print %s\n", tk_path, cfg->vocab == 256 ? "bytes" : "token ids");
-        tk.vocab = cfg->vocab;
-        tk.eot = cfg->vocab == 256 ? '\n' : 0;
-    }
-    if (opt.load[0]) dataloader_seek(train, resume_at, T);
+// Training's samples print through the tokenizer if there is one, else as bytes (vocabulary
+// 256) or token ids; a --tokenizer that cannot be opened is an error.
+static void sample_tokenizer(Tokenizer *tk, int vocab) {
+    char path[TEXT_MAX];
+    tokenizer_path(path, sizeof(path), vocab);
+    memset(tk, 0, sizeof(*tk));
+    if (!opt.sample_every || tokenizer_load(tk, path, vocab) == 0) return;
+    if (opt.tokenizer[0]) die("--tokenizer %s: cannot open: %s", opt.tokenizer, strerror(errno));
+    printf("note: no tokenizer at %s, samples print %s\n", path, vocab == 256 ? "bytes" : "token ids");
+    tk->vocab = vocab;
+    tk->eot = vocab == 256 ? '\n' : 0;
+}
 
-    AdamW adam = { (float)opt.lr, 0.9f, 0.95f, 1e-8f, (float)opt.weight_decay, (float)opt.grad_clip };
-    int decay_steps = opt.decay_steps ? opt.decay_steps : opt.steps;
-    int save_every = opt.save_every ? opt.save_every : opt.eval_every;
-    size_t tokens_per_step = (size_t)B * T * opt.grad_accum * world.ranks;
-    install_signal_handlers(); // Ctrl-C, `kill PID`, a closed stdout: finish the step, save, exit
-    double t_start = wall_time(), t_train = 0, last_val = NAN;
-    int steps_timed = 0, save_failed = 0, saved_at = -1;
-    if (opt.load[0] && m->step >= opt.steps)
-        printf("nothing left to train: %s is at step %d, --steps is %d (raise --steps to train further)\n", opt.load, m->step, opt.steps);
-    // the starting point; of a finished run (also --steps 0) the evaluation after its last step
-    int finished = m->step >= opt.steps;
-    last_val = validate(m, val, finished ? opt.final_eval_batches : opt.eval_batches,
-                        tokens_per_step);
-    while (m->step < opt.steps && !ranks_should_stop()) {
-        int step = m->step; // steps taken so far; this is step + 1
-        double t0 = wall_time();
-        float lr = learning_rate(step, adam.lr, opt.warmup, decay_steps);
-        double norm, loss = train_step(m, train, &adam, lr, opt.grad_accum, B, T, &norm);
-        if (!isfinite(loss) || !isfinite(norm)) {
-            // stop before anything is saved: the last checkpoint on disk stays the last good one
-            if (world.rank == 0) fprintf(stderr, "error: step %d: loss %g, gradient norm %g is not finite; stopping (no checkpoint written)\n", step + 1, loss, norm);
-            log_json("{\"event\":\"error\",\"step\":%d,\"message\":\"non-finite loss or gradient\"}", step + 1);
-            tokenizer_free(&tk);
-            return 1;
-        }
-        // adamw_step flagged it as it wrote; the pass over the model only to name the tensor
-        const char *moment = "";
-        const ParamTensor *bad = m->update_not_finite ? nonfinite_tensor(m, &moment) : NULL;
-        if (m->update_not_finite && !bad) die("step %d: the update wrote a value that is not finite", step + 1);
-        if (bad) {
-            // stop before anything is saved: the last checkpoint on disk stays the last good one
-            if (world.rank == 0) fprintf(stderr, "error: step %d: the update made the %s of %s not finite (lr %g); stopping (no checkpoint written)\n",
-                    step + 1, moment, bad->name, lr);
-            log_json("{\"event\":\"error\",\"step\":%d,\"message\":\"non-finite %s of %s\"}", step + 1, moment, bad->name);
-            tokenizer_free(&tk);
-            return 1;
-        }
-        double dt = wall_time() - t0;
-        t_train += dt;
-        steps_timed++;
-        double eta = (opt.steps - m->step) * (t_train / steps_timed);
-        printf("step %5d/%d | loss %.4f | lr %.2e | norm %6.3f | %6.0f ms | %7.0f tok/s | eta %.1f %s\n",
-               m->step, opt.steps, loss, lr, norm, dt * 1000, tokens_per_step / dt,
-               eta >= 60 ? eta / 60 : eta, eta >= 60 ? "min" : "s");
-        log_json("{\"event\":\"train\",\"step\":%d,\"loss\":%.9g,\"lr\":%.6g,\"grad_norm\":%.6f,\"ms\":%.2f,"
-                 "\"tokens_per_s\":%.1f,\"tokens\":%zu}", m->step, loss, lr, norm, dt * 1000, tokens_per_step / dt,
-                 m->step * tokens_per_step);
-        int last = m->step == opt.steps;
-        if (last || (opt.eval_every && m->step % opt.eval_every == 0))
-            last_val = validate(m, val, last ? opt.final_eval_batches : opt.eval_batches,
-                                tokens_per_step);
-        if (opt.sample_every && world.rank == 0 && (m->step % opt.sample_every == 0 || last)) {
-            printf("--- sample at step %d ---\n", m->step);
-            sample_text(m, &tk, opt.sample_len < T ? opt.sample_len : T, (uint64_t)opt.seed + m->step);
-            printf("---\n");
-        }
-        if (opt.save[0] && (last || ranks_should_stop() || (save_every && m->step % save_every == 0))) {
-            int r = ranks_save(m, opt.save, train->at);
-            if (r == 0) {
-                saved_at = m->step;
-                printf("saved %s (step %d)\n", opt.save, m->step);
-            } else if (r < 0) save_failed = 1;
-        }
+// A step whose loss, gradient or update is not finite: said (rank 0) and logged; the run then
+// stops before anything is saved, so the last checkpoint on disk stays the last good one.
+// Returns 1 if the step was such a step.
+static int step_not_finite(Model *m, int step, double loss, double norm, float lr) {
+    if (!isfinite(loss) || !isfinite(norm)) {
+        if (world.rank == 0)
+            fprintf(stderr, "error: step %d: loss %g, gradient norm %g is not finite; stopping (no "
+                    "checkpoint written)\n", step, loss, norm);
+        log_json("{\"event\":\"error\",\"step\":%d,\"message\":\"non-finite loss or gradient\"}",
+                 step);
+        return 1;
     }
-    tokenizer_free(&tk);
+    // adamw_step flagged it as it wrote; the pass over the model only to name the tensor
+    const char *moment = "";
+    const ParamTensor *bad = m->update_not_finite ? nonfinite_tensor(m, &moment) : NULL;
+    if (m->update_not_finite && !bad) die("step %d: the update wrote a value that is not finite", step);
+    if (!bad) return 0;
+    if (world.rank == 0)
+        fprintf(stderr, "error: step %d: the update made the %s of %s not finite (lr %g); stopping "
+                "(no checkpoint written)\n", step, moment, bad->name, lr);
+    log_json("{\"event\":\"error\",\"step\":%d,\"message\":\"non-finite %s of %s\"}", step, moment,
+             bad->name);
+    return 1;
+}
+
+// What a training run has done, for its progress lines and its report.
+typedef struct {
+    double t_start, t_train, last_val; // wall clock at the start, seconds in steps, last val loss
+    int steps_timed, saved_at, save_failed; // steps this run took; the step last saved (-1: none)
+    size_t tokens_per_step;
+} RunStats;
+
+// A step's progress line and JSONL record.
+static void print_step(const Model *m, const RunStats *r, double loss, float lr, double norm,
+                       double dt) {
+    double eta = (opt.steps - m->step) * (r->t_train / r->steps_timed);
+    printf("step %5d/%d | loss %.4f | lr %.2e | norm %6.3f | %6.0f ms | %7.0f tok/s | eta %.1f %s\n",
+           m->step, opt.steps, loss, lr, norm, dt * 1000, r->tokens_per_step / dt,
+           eta >= 60 ? eta / 60 : eta, eta >= 60 ? "min" : "s");
+    log_json("{\"event\":\"train\",\"step\":%d,\"loss\":%.9g,\"lr\":%.6g,\"grad_norm\":%.6f,"
+             "\"ms\":%.2f,\"tokens_per_s\":%.1f,\"tokens\":%zu}", m->step, loss, lr, norm, dt * 1000,
+             r->tokens_per_step / dt, m->step * r->tokens_per_step);
+}
+
+// --save now: said on success, remembered either way for the report
+static void save_now(Model *m, const DataLoader *train, RunStats *r) {
+    int rc = ranks_save(m, opt.save, train->at);
+    if (rc == 0) {
+        r->saved_at = m->step;
+        printf("saved %s (step %d)\n", opt.save, m->step);
+    } else if (rc < 0) r->save_failed = 1;
+}
+
+// The end of a run: stopped early (a signal, a failed write: the model as it is now saved,
+// unless just saved; 128 + the signal, or 1) or done (the summary line; 1 if a save failed).
+static int run_report(Model *m, const DataLoader *train, const RunStats *r) {
     if (ranks_should_stop()) {
-        // stopped early (also before the first step): the model as it is now, unless just saved
-        int saved = ranks_max(saved_at == m->step), sig = ranks_max(interrupted); // (rank 0's, any rank's)
+        // stopped early (also before the first step); (rank 0's, any rank's)
+        int saved = ranks_max(r->saved_at == m->step), sig = ranks_max(interrupted);
         if (opt.save[0] && !saved && ranks_save(m, opt.save, train->at) == 0) saved = 1;
-        const char *what = saved ? ", checkpoint saved; resume with --load" : opt.save[0] ? ", no checkpoint written" : "";
+        const char *what = saved ? ", checkpoint saved; resume with --load"
+                         : opt.save[0] ? ", no checkpoint written" : "";
         if (sig) {
             printf("interrupted at step %d%s\n", m->step, what);
             return 128 + sig; // 130 for SIGINT, 143 for SIGTERM, as a shell reports them
         }
         if (world.rank > 0) return 1;
-        if (ferror(stdout)) fprintf(stderr, "error: stdout: write failed (%s): stopped at step %d%s\n", strerror(errno ? errno : EIO), m->step, what);
-        else fprintf(stderr, "error: --log %s: write failed: %s; stopped at step %d%s\n", opt.log, strerror(log_error), m->step, what);
+        if (ferror(stdout))
+            fprintf(stderr, "error: stdout: write failed (%s): stopped at step %d%s\n",
+                    strerror(errno ? errno : EIO), m->step, what);
+        else
+            fprintf(stderr, "error: --log %s: write failed: %s; stopped at step %d%s\n", opt.log,
+                    strerror(log_error), m->step, what);
         return 1;
     }
-    double seconds = wall_time() - t_start;
-    printf("done: %d steps, val loss %.4f, %.1f s (%.0f tok/s training)\n", m->step, last_val, seconds,
-           steps_timed ? steps_timed * tokens_per_step / t_train : 0.0);
+    double seconds = wall_time() - r->t_start;
+    printf("done: %d steps, val loss %.4f, %.1f s (%.0f tok/s training)\n", m->step, r->last_val,
+           seconds, r->steps_timed ? r->steps_timed * r->tokens_per_step / r->t_train : 0.0);
     if (world.ranks > 1)
         printf("all-reduce: %.1f ms a step, %.1f%% of the step (%d ranks x %d threads)\n",
-               steps_timed ? 1000 * allreduce_seconds / steps_timed : 0.0,
-               t_train > 0 ? 100 * allreduce_seconds / t_train : 0.0, world.ranks, num_threads());
-    log_json("{\"event\":\"done\",\"step\":%d,\"val_loss\":%.6f,\"seconds\":%.2f}", m->step, last_val, seconds);
-    rc = save_failed ? 1 : 0;
-    return rc;
+               r->steps_timed ? 1000 * allreduce_seconds / r->steps_timed : 0.0,
+               r->t_train > 0 ? 100 * allreduce_seconds / r->t_train : 0.0, world.ranks,
+               num_threads());
+    log_json("{\"event\":\"done\",\"step\":%d,\"val_loss\":%.6f,\"seconds\":%.2f}", m->step,
+             r->last_val, seconds);
+    return r->save_failed ? 1 : 0;
+}
+
+// Training: from step m->step to --steps, evaluating, sampling and saving along the way; Ctrl-C
+// or SIGTERM finishes the step, saves and stops. Returns the exit status.
+static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition resume_at) {
+    int B = opt.batch, T = m->cfg.seq_len;
+    Tokenizer tk;
+    sample_tokenizer(&tk, m->cfg.vocab);
+    if (opt.load[0]) dataloader_seek(train, resume_at, T);
+    AdamW adam = { (float)opt.lr, 0.9f, 0.95f, 1e-8f, (float)opt.weight_decay, (float)opt.grad_clip };
+    int decay_steps = opt.decay_steps ? opt.decay_steps : opt.steps;
+    int save_every = opt.save_every ? opt.save_every : opt.eval_every;
+    RunStats r = { .t_start = wall_time(), .saved_at = -1,
+                   .tokens_per_step = (size_t)B * T * opt.grad_accum * world.ranks };
+    install_signal_handlers(); // Ctrl-C, `kill PID`, a closed stdout: finish the step, save, exit
+    if (opt.load[0] && m->step >= opt.steps)
+        printf("nothing left to train: %s is at step %d, --steps is %d (raise --steps to train "
+               "further)\n", opt.load, m->step, opt.steps);
+    // the starting point; of a finished run (also --steps 0) the evaluation after its last step
+    r.last_val = validate(m, val, m->step >= opt.steps ? opt.final_eval_batches : opt.eval_batches,
+                          r.tokens_per_step);
+    while (m->step < opt.steps && !ranks_should_stop()) {
+        int step = m->step; // steps taken so far; this is step + 1
+        double t0 = wall_time();
+        float lr = learning_rate(step, adam.lr, opt.warmup, decay_steps);
+        double norm, loss = train_step(m, train, &adam, lr, opt.grad_accum, B, T, &norm);
+        if (step_not_finite(m, step + 1, loss, norm, lr)) { tokenizer_free(&tk); return 1; }
+        double dt = wall_time() - t0;
+        r.t_train += dt;
+        r.steps_timed++;
+        print_step(m, &r, loss, lr, norm, dt);
+        int last = m->step == opt.steps;
+        if (last || (opt.eval_every && m->step % opt.eval_every == 0))
+            r.last_val = validate(m, val, last ? opt.final_eval_batches : opt.eval_batches,
+                                  r.tokens_per_step);
+        if (opt.sample_every && world.rank == 0 && (m->step % opt.sample_every == 0 || last)) {
+            printf("--- sample at step %d ---\n", m->step);
+            sample_text(m, &tk, opt.sample_len < T ? opt.sample_len : T, (uint64_t)opt.seed + m->step);
+            printf("---\n");
+        }
+        if (opt.save[0] && (last || ranks_should_stop() || (save_every && m->step % save_every == 0)))
+            save_now(m, train, &r);
+    }
+    tokenizer_free(&tk);
+    return run_report(m, train, &r);
 }
 
 #ifndef TLM_TESTING
@@ -2759,9 +2776,9 @@ int main(int argc, char **argv) {
 // What it speeds up: every product of the model, matmul_forward/backward (the linear layers, the
 // head), attention's Q K^T and P V per sequence and head, and the chunked memory's small products,
 // where most of a training step's time goes. What it is tested against: the plain triple loop of
-// the matmul contract in section 4 (matmul_forward_reference in test_tlm.c; test_matmul and
+// the matmul contract in section 3 (matmul_forward_reference in test_tlm.c; test_matmul and
 // test_gemm_serial: every transposition, strided operands, onto C and over it, awkward shapes).
-// The dot product of section 1 lives here too, for its AVX-512 form.
+// The vector helpers of section 2 live here too: exp_float, sum16 and dot (its AVX-512 form).
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -2769,6 +2786,37 @@ int main(int argc, char **argv) {
 #else
 #define HAVE_AVX512 0
 #endif
+
+// e^x in float, inline so that the loops of softmax and SiLU vectorize (libm's expf is a
+// call per element): e^x = 2^n e^r, n = round(x / ln 2), r = x - n ln 2 in [-0.35, 0.35]
+// (ln 2 in two parts, the first exact in n ln 2), e^r by its Taylor series to r^7 (error
+// < 1e-8), and 2^n written into the float's exponent bits. Within a few ulp of expf; 0
+// below -87 (expf gives at most 1.6e-38 there), e^88 above 88 (near FLT_MAX); NaN stays NaN.
+static inline float exp_float(float x) {
+    const float shift = 12582912.0f; // 1.5 * 2^23: adding it rounds to an integer in the low bits
+    float y = x > 88.0f ? 88.0f : x < -87.0f ? -87.0f : x;
+    float t = y * 1.44269504f + shift, n = t - shift;
+    float r = (y - n * 0.693359375f) + n * 2.12194440e-4f;
+    float p = 1 + r * (1 + r * (1.0f / 2 + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
+    union { float f; uint32_t u; } bits = { t }, scale;
+    scale.u = (bits.u - 0x4B400000u + 127u) << 23; // 0x4B400000: the bits of `shift`; n + 127 in the exponent
+    return x < -87.0f ? 0.0f : p * scale.f;
+}
+
+// x[0] + ... + x[n-1] in 16 running sums, folded in a fixed order: gcc vectorizes it without
+// -ffast-math (a plain `sum += x[i]` is a chain of scalar adds), and the result does not
+// depend on the thread count
+static inline real sum16(const real *x, int n) {
+    real acc[LANES] = { 0 };
+    int i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++) acc[l] += x[i + l];
+    for (int l = 0; i < n; i++, l++) acc[l] += x[i];
+    for (int w = LANES / 2; w >= 1; w /= 2)
+        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    return acc[0];
+}
+
 
 // Dot products of short rows (the memory's, of d or m = 32 values). With AVX-512 (float): 16
 // lanes of fused multiply-adds, a masked tail, one tree sum. Plain C: the same 16 lanes and a fixed
@@ -3281,11 +3329,11 @@ static void gemm_serial(real *C, const real *A, const real *B, int M, int N, int
 // ============================================================================
 // Appendix B. The chunked memory
 //
-// What it speeds up: the neural memory recurrence of section 5, which costs n passes over the
+// What it speeds up: the neural memory recurrence of section 4, which costs n passes over the
 // memory's weights per chunk of n tokens when taken token by token. Here a chunk is a few small
 // matrix products (on gemm_serial) and an n x n scalar recurrence: in exact arithmetic the same
 // function. What it is tested against: memory_recurrence_forward/backward
-// of section 5 (test_memory_recurrence in test_tlm.c: Titans and Hope, depth 1 and 2, several
+// of section 4 (test_memory_recurrence in test_tlm.c: Titans and Hope, depth 1 and 2, several
 // chunk sizes, forward values and every gradient).
 
 // --- the memory recurrence, one chunk at a time ----------------------------------------------
@@ -3433,7 +3481,7 @@ static void memory_factors_backward(MemoryChunk *f, real *dWc, real *dK, real *d
     gemm_serial(dK, f->dZ, W1, n, d, m, 0, m, 0, d, d, 1);    // dK += dZ W1
 }
 
-// The clipped steps theta_t c_t of the chunk's tokens, c_t = min(1, clip / |g_t|) (section 5), with
+// The clipped steps theta_t c_t of the chunk's tokens, c_t = min(1, clip / |g_t|) (section 4), with
 // |g_t|^2 = 4 |e|^2 |k|^2 (depth 1) or 4 (|u|^2 |k|^2 + |e|^2 |a|^2) (depth 2), from the factors.
 // sigma: (n) the |g_t|^2 / 4.
 static void memory_clip_sigma(real *sigma, const MemoryChunk *f, const real *K, int n, int d, int m, int depth) {

@@ -11,7 +11,7 @@
  *   options_follow (a default that names another option takes its value), options_to_text and
  *   options_from_text (the checkpoint's option area).
  * Needs, from the includer: Config, Arch and Taper with arch_names and taper_names,
- *   MAX_LAYERS, MAX_CMS_LEVELS (train_tlm.c, section 3); dev/tlmc/utils.h; ranks_end
+ *   MAX_LAYERS, MAX_CMS_LEVELS (train_tlm.c, section 2); dev/tlmc/utils.h; ranks_end
  *   (dev/tlmc/ranks.h). How options combine (--dim a multiple of --heads, the taper's widths)
  *   is config_finish's, in train_tlm.c; a row holds its option's range and nothing else does.
  */
