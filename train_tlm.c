@@ -95,9 +95,11 @@ typedef float real;
 
 // Beside the five schedules: "groups:v0,v1,.." (contiguous groups of layers, one multiple each:
 // taper_group_widths) and "explicit" (the widths given by --mlp-widths, summing to L*H).
-typedef enum { TAPER_UNIFORM, TAPER_COSINE, TAPER_LINEAR, TAPER_SIGMOID, TAPER_REVERSE, TAPER_SCHEDULES,
+typedef enum { TAPER_UNIFORM, TAPER_COSINE, TAPER_LINEAR, TAPER_SIGMOID, TAPER_REVERSE,
+               TAPER_SCHEDULES,
                TAPER_GROUPS = TAPER_SCHEDULES, TAPER_EXPLICIT, TAPER_COUNT } Taper;
-static const char *taper_names[TAPER_COUNT] = { "uniform", "cosine", "linear", "sigmoid", "reverse", "groups", "explicit" };
+static const char *taper_names[TAPER_COUNT] =
+    { "uniform", "cosine", "linear", "sigmoid", "reverse", "groups", "explicit" };
 
 static double taper_factor(Taper taper, double x, double s, double e) {
     switch (taper) {
@@ -147,7 +149,8 @@ static int round_schedule(int *widths, const double *f, int L, int H, int multip
     for (int l = 0; l < L; l++) {
         if (widths[l] < 1) {
             snprintf(err, errlen, "%s gives layer %d a width below one multiple of %d "
-                     "(need a larger --mlp-width, a smaller --taper-multiple or a milder taper)", what,
+                     "(need a larger --mlp-width, a smaller --taper-multiple or a milder "
+                     "taper)", what,
                      reversed ? L - 1 - l : l, multiple);
             return -1;
         }
@@ -158,7 +161,8 @@ static int round_schedule(int *widths, const double *f, int L, int H, int multip
 
 static int taper_check_shape(int L, int H, int multiple, char *err, size_t errlen) {
     if (L < 1 || H < 1 || multiple < 1) {
-        snprintf(err, errlen, "layers, width and multiple must be positive (got %d, %d, %d)", L, H, multiple);
+        snprintf(err, errlen, "layers, width and multiple must be positive (got %d, %d, %d)", L,
+                 H, multiple);
         return -1;
     }
     if (H % multiple != 0) {
@@ -176,7 +180,8 @@ static int taper_widths(int *widths, int L, int H, Taper taper, double start, do
         snprintf(err, errlen, "taper id %d is not a schedule", (int)taper);
         return -1;
     }
-    if (taper != TAPER_UNIFORM && (!(start > 0) || !(end > 0) || !isfinite(start) || !isfinite(end))) {
+    if (taper != TAPER_UNIFORM && (!(start > 0) || !(end > 0) || !isfinite(start)
+                                   || !isfinite(end))) {
         snprintf(err, errlen, "taper start and end must be positive (got %g, %g)", start, end);
         return -1;
     }
@@ -184,7 +189,8 @@ static int taper_widths(int *widths, int L, int H, Taper taper, double start, do
     int mirror = taper == TAPER_REVERSE;
     Taper shape = mirror ? TAPER_COSINE : taper;
     double f[L];
-    for (int l = 0; l < L; l++) f[l] = taper_factor(shape, L > 1 ? (double)l / (L - 1) : 0.0, start, end);
+    for (int l = 0; l < L; l++)
+        f[l] = taper_factor(shape, L > 1 ? (double)l / (L - 1) : 0.0, start, end);
     char what[96];
     snprintf(what, sizeof(what), "%s taper %g -> %g", taper_names[taper], start, end);
     if (round_schedule(widths, f, L, H, multiple, mirror, what, err, errlen)) return -1;
@@ -300,9 +306,12 @@ typedef struct {
     int gate_headwise;                      // gated: one gate per head instead of per channel
     int window;                             // titans: sliding-window size of the attention
     int mem_depth, mem_hidden, mem_chunk;   // titans: memory depth (1, 2), MLP width, chunk
-    double mem_lr, mem_clip;                // titans, hope: theta_max, the inner gradient's norm bound
-    int mem_conv, mem_silu;                 // titans, hope: q/k/v conv kernel (0: none), SiLU on q/k/v
-    int cms_levels, cms_width;              // hope: levels incl. the slow SwiGLU; fast levels' width
+    double mem_lr, mem_clip;                // titans, hope: theta_max, the inner gradient's norm
+                                            // bound
+    int mem_conv, mem_silu;                 // titans, hope: q/k/v conv kernel (0: none), SiLU on
+                                            // q/k/v
+    int cms_levels, cms_width;              // hope: levels incl. the slow SwiGLU; fast levels'
+                                            // width
     int cms_chunks[MAX_CMS_LEVELS];         // hope: update period of levels 2..k (index 1..k-1)
     int taper_groups;                       // --taper groups:..: how many groups (else 0)
     double taper_group[MAX_LAYERS];         //   and their multiples of H, first group first
@@ -347,7 +356,8 @@ typedef struct {
     real *wqkv;                     // (3C, C)   q | k | v
     real *wgate;                    // (G, C)    gated: G = C, or NH when headwise
     real *mem_wqkv;                 // (3C, C)   titans: memory q | k | v
-    real *mem_conv;                 // (3C, K)   titans: causal depthwise conv on q | k | v (K = mem_conv)
+    real *mem_conv;                 // (3C, K)   titans: causal depthwise conv on q | k | v (K =
+                                    // mem_conv)
     real *mem_wgates;               // (3NH, C)  titans: step | momentum | forget, per head
     real *mem_bgates;               // (3NH)
     real *mem_w0;                   // (NH, P)   titans: initial memory weights per head
@@ -381,10 +391,12 @@ typedef struct {
     int level;                      // hope: the fast level being declared (0 elsewhere)
 } ParamTable;
 
-static real *declare(ParamTable *pt, const char *name, int layer, int rows, int cols, int is_mlp, int decay, Init init) {
+static real *declare(ParamTable *pt, const char *name, int layer, int rows, int cols, int is_mlp,
+                     int decay, Init init) {
     ParamTensor *t = &pt->tensor[pt->count++];
     snprintf(t->name, sizeof(t->name), "%s", name);
-    t->layer = layer; t->rows = rows; t->cols = cols; t->is_mlp = is_mlp; t->decay = decay; t->init = init;
+    t->layer = layer; t->rows = rows; t->cols = cols;
+    t->is_mlp = is_mlp; t->decay = decay; t->init = init;
     t->level = pt->level;
     t->units = UNITS_NONE;
     t->offset = pt->total;
@@ -419,7 +431,8 @@ static void layout_params(const Config *c, real *base, ParamTable *pt, Weights *
         if (c->arch == ARCH_TITANS) {
             int P = memory_params(c->mem_depth, C / NH, c->mem_hidden);
             lw->mem_wqkv = declare(pt, "mem_wqkv", l, 3 * C, C, 0, 1, INIT_NORMAL);
-            if (c->mem_conv) lw->mem_conv = declare(pt, "mem_conv", l, 3 * C, c->mem_conv, 0, 0, INIT_CONV);
+            if (c->mem_conv)
+                lw->mem_conv = declare(pt, "mem_conv", l, 3 * C, c->mem_conv, 0, 0, INIT_CONV);
             lw->mem_wgates = declare(pt, "mem_wgates", l, 3 * NH, C, 0, 1, INIT_NORMAL);
             lw->mem_bgates = declare(pt, "mem_bgates", l, 1, 3 * NH, 0, 0, INIT_GATE_BIAS);
             lw->mem_w0 = declare(pt, "mem_w0", l, NH, P, 0, 0, INIT_NORMAL);
@@ -436,7 +449,9 @@ static void layout_params(const Config *c, real *base, ParamTable *pt, Weights *
                 pt->level = k;
                 lw->cms_norm[k] = declare(pt, "cms_norm", l, 1, C, 1, 0, INIT_ONES);
                 lw->cms_wqkv[k] = declare(pt, "cms_wqkv", l, 3 * C, C, 1, 1, INIT_NORMAL);
-                if (c->mem_conv) lw->cms_conv[k] = declare(pt, "cms_conv", l, 3 * C, c->mem_conv, 1, 0, INIT_CONV);
+                if (c->mem_conv)
+                    lw->cms_conv[k] = declare(pt, "cms_conv", l, 3 * C, c->mem_conv, 1,
+                                              0, INIT_CONV);
                 lw->cms_wgates[k] = declare(pt, "cms_wgates", l, 3, C, 1, 1, INIT_NORMAL);
                 lw->cms_bgates[k] = declare(pt, "cms_bgates", l, 1, 3, 1, 0, INIT_GATE_BIAS);
                 lw->cms_w0[k] = declare_units(pt, "cms_w0", l, 1, P, 0, INIT_NORMAL, UNITS_MEMORY);
@@ -502,7 +517,8 @@ typedef struct {
     real *dmixed;               // (N, C)
     real *dattn;                // (N, C)
     real *dqkv;                 // (N, 3C)
-    Scratch att_scratch;        // (threads, ATT_BLOCK, T) attention backward: dS of a block of queries
+    Scratch att_scratch;        // (threads, ATT_BLOCK, T) attention backward: dS of a block of
+                                // queries
     real *dgate;                // (N, C)
     real *dh;                   // (N, 2 Fmax)
     real *dhg;                  // (N, Fmax)
@@ -529,7 +545,8 @@ typedef struct {
     ParamTable table;
     size_t num_params;
     real *params, *grads;       // (num_params) each, layout_params order
-    real *micro_grads;          // (num_params) with --grad-accum > 1: a later micro-batch's gradient
+    real *micro_grads;          // (num_params) with --grad-accum > 1: a later micro-batch's
+                                // gradient
     float *adam_m, *adam_v;     // AdamW moments, same layout
     Weights w, g;               // views into params and grads
     int B, T;                   // activation capacity
@@ -560,7 +577,8 @@ typedef struct {
 
 // --- the matmul contract -----------------------------------------------------
 // C (M,N) = A (M,K) B (K,N)  (+ C if accumulate), with
-//   A(i,k) = trans_a ? A[k*lda + i] : A[i*lda + k],   B(k,j) = trans_b ? B[j*ldb + k] : B[k*ldb + j],
+//   A(i,k) = trans_a ? A[k*lda + i] : A[i*lda + k],
+//   B(k,j) = trans_b ? B[j*ldb + k] : B[k*ldb + j],
 //   C(i,j) = C[i*ldc + j].
 // It is this triple loop, and gives its results bit for bit whatever the thread count:
 //   for i < M, j < N:  s = 0;  for k < K: s += A(i,k) B(k,j);  C(i,j) = s (+ C(i,j))
@@ -591,7 +609,8 @@ static void matmul_backward(real *dinp, real *dw, const real *dout, const real *
 // --- token embedding -----------------------------------------------------------
 // x[n,:] = wte[token[n], :]        x (N,C), wte (V,C)
 static void embedding_forward(real *x, const int *tokens, const real *wte, int N, int C) {
-    for (int n = 0; n < N; n++) memcpy(x + (size_t)n * C, wte + (size_t)tokens[n] * C, C * sizeof(real));
+    for (int n = 0; n < N; n++)
+        memcpy(x + (size_t)n * C, wte + (size_t)tokens[n] * C, C * sizeof(real));
 }
 // dwte[token[n], :] += dx[n, :]
 static void embedding_backward(real *dwte, const real *dx, const int *tokens, int N, int C) {
@@ -663,7 +682,8 @@ static void rope_table(real *tab, int T, int hs) {
             tab[(t * (hs / 2) + i) * 2 + 1] = (real)sin(angle);
         }
 }
-static void rope_rotate(real *x, const real *tab, int B, int T, int heads, int hs, int ld, real sign) {
+static void rope_rotate(real *x, const real *tab, int B, int T, int heads, int hs, int ld,
+                        real sign) {
     #pragma omp parallel for
     for (int bt = 0; bt < B * T; bt++) {
         int t = bt % T;
@@ -699,20 +719,27 @@ static void rope_backward(real *dx, const real *tab, int B, int T, int heads, in
 enum { ATT_BLOCK = 64 };
 
 // the keys that queries [i0, i1) can see: [lo, i1)
-static int attention_first_key(int i0, int window) { return window > 0 && i0 - window + 1 > 0 ? i0 - window + 1 : 0; }
+static int attention_first_key(int i0, int window) {
+    return window > 0 && i0 - window + 1 > 0 ? i0 - window + 1 : 0;
+}
 
-static void attention_forward(real *out, real *att, const real *qkv, int B, int T, int C, int NH, int window) {
+static void attention_forward(real *out, real *att, const real *qkv, int B, int T, int C, int NH,
+                              int window) {
     int hs = C / NH;
     real scale = 1 / r_sqrt((real)hs);
     gemm_init();
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
-            const real *q = qkv + (size_t)b * T * 3 * C + h * hs, *k = q + C, *v = q + 2 * C; // rows 3C apart
-            real *p = att + ((size_t)b * NH + h) * T * T;                                      // (T, T)
-            real *o = out + (size_t)b * T * C + h * hs;                                        // rows C apart
+            // rows 3C apart
+            const real *q = qkv + (size_t)b * T * 3 * C + h * hs, *k = q + C, *v = q + 2 * C;
+            // (T, T)
+            real *p = att + ((size_t)b * NH + h) * T * T;
+            // rows C apart
+            real *o = out + (size_t)b * T * C + h * hs;
             for (int i0 = 0; i0 < T; i0 += ATT_BLOCK) {
-                int i1 = i0 + ATT_BLOCK < T ? i0 + ATT_BLOCK : T, lo = attention_first_key(i0, window);
+                int i1 = i0 + ATT_BLOCK < T ? i0 + ATT_BLOCK : T,
+                        lo = attention_first_key(i0, window);
                 // S[i0:i1, lo:i1] = Q[i0:i1] K[lo:i1]^T, written into the rows of p
                 gemm_serial(p + (size_t)i0 * T + lo, q + (size_t)i0 * 3 * C, k + (size_t)lo * 3 * C,
                             i1 - i0, i1 - lo, hs, 0, 3 * C, 1, 3 * C, T, 0);
@@ -733,10 +760,12 @@ static void attention_forward(real *out, real *att, const real *qkv, int B, int 
             }
         }
 }
-// dP = dO V^T ;  dV += P^T dO ;  dS = P * (dP - rowsum(P * dP)) / sqrt(hs) ;  dQ += dS K ;  dK += dS^T Q.
+// dP = dO V^T ;  dV += P^T dO ;  dS = P * (dP - rowsum(P * dP)) / sqrt(hs) ;
+// dQ += dS K ;  dK += dS^T Q.
 // dqkv (B,T,3C) is accumulated. One thread owns one (b, h), so its dk, dv rows never race.
 // scratch: per thread ATT_BLOCK x T, for dS of one block of queries.
-static void attention_backward(real *dqkv, Scratch scratch, const real *dout, const real *qkv, const real *att,
+static void attention_backward(real *dqkv, Scratch scratch, const real *dout, const real *qkv,
+                               const real *att,
                                int B, int T, int C, int NH, int window) {
     int hs = C / NH;
     real scale = 1 / r_sqrt((real)hs);
@@ -746,26 +775,33 @@ static void attention_backward(real *dqkv, Scratch scratch, const real *dout, co
         for (int h = 0; h < NH; h++) {
             const real *q = qkv + (size_t)b * T * 3 * C + h * hs, *k = q + C, *v = q + 2 * C;
             real *dq = dqkv + (size_t)b * T * 3 * C + h * hs, *dk = dq + C, *dv = dq + 2 * C;
-            const real *p = att + ((size_t)b * NH + h) * T * T, *dout_bh = dout + (size_t)b * T * C + h * hs;
+            const real *p = att + ((size_t)b * NH + h) * T * T,
+                    *dout_bh = dout + (size_t)b * T * C + h * hs;
             real *ds = scratch_mine(scratch); // (i1 - i0, i1 - lo), rows i1 - lo apart
             for (int i0 = 0; i0 < T; i0 += ATT_BLOCK) {
-                int i1 = i0 + ATT_BLOCK < T ? i0 + ATT_BLOCK : T, lo = attention_first_key(i0, window);
+                int i1 = i0 + ATT_BLOCK < T ? i0 + ATT_BLOCK : T,
+                        lo = attention_first_key(i0, window);
                 int rows = i1 - i0, keys = i1 - lo;
                 const real *do_blk = dout_bh + (size_t)i0 * C, *p_blk = p + (size_t)i0 * T + lo;
                 // dV[lo:i1] += P[i0:i1, lo:i1]^T dO[i0:i1]
-                gemm_serial(dv + (size_t)lo * 3 * C, p_blk, do_blk, keys, hs, rows, 1, T, 0, C, 3 * C, 1);
+                gemm_serial(dv + (size_t)lo * 3 * C, p_blk, do_blk, keys, hs, rows, 1, T, 0,
+                            C, 3 * C, 1);
                 // dP[i0:i1, lo:i1] = dO[i0:i1] V[lo:i1]^T, then dS in place
-                gemm_serial(ds, do_blk, v + (size_t)lo * 3 * C, rows, keys, hs, 0, C, 1, 3 * C, keys, 0);
+                gemm_serial(ds, do_blk, v + (size_t)lo * 3 * C, rows, keys, hs, 0, C, 1,
+                            3 * C, keys, 0);
                 for (int t = i0; t < i1; t++) {
                     const real *pt = p + (size_t)t * T + lo; // pt[j], dst[j]: key lo + j
                     real *dst = ds + (size_t)(t - i0) * keys, pdp = 0;
                     int j0 = attention_first_key(t, window) - lo, j1 = t - lo; // the keys t sees
                     for (int j = j0; j <= j1; j++) pdp += pt[j] * dst[j];
-                    for (int j = 0; j < keys; j++) dst[j] = j >= j0 && j <= j1 ? pt[j] * (dst[j] - pdp) * scale : 0;
+                    for (int j = 0; j < keys; j++)
+                        dst[j] = j >= j0 && j <= j1 ? pt[j] * (dst[j] - pdp) * scale : 0;
                 }
                 // dQ[i0:i1] += dS K[lo:i1] ;  dK[lo:i1] += dS^T Q[i0:i1]
-                gemm_serial(dq + (size_t)i0 * 3 * C, ds, k + (size_t)lo * 3 * C, rows, hs, keys, 0, keys, 0, 3 * C, 3 * C, 1);
-                gemm_serial(dk + (size_t)lo * 3 * C, ds, q + (size_t)i0 * 3 * C, keys, hs, rows, 1, keys, 0, 3 * C, 3 * C, 1);
+                gemm_serial(dq + (size_t)i0 * 3 * C, ds, k + (size_t)lo * 3 * C, rows, hs, keys, 0,
+                            keys, 0, 3 * C, 3 * C, 1);
+                gemm_serial(dk + (size_t)lo * 3 * C, ds, q + (size_t)i0 * 3 * C, keys, hs, rows, 1,
+                            keys, 0, 3 * C, 3 * C, 1);
             }
         }
 }
@@ -789,7 +825,8 @@ static void gate_forward(real *out, real *g, const real *a, const real *z, int N
     }
 }
 // da += dout * g ;   dz += sum over the gate's channels of dout * a * g (1 - g)
-static void gate_backward(real *da, real *dz, const real *dout, const real *a, const real *g, int N, int C, int G) {
+static void gate_backward(real *da, real *dz, const real *dout, const real *a, const real *g, int N,
+                          int C, int G) {
     int span = C / G;
     if (span == 1) { // elementwise: no sums, one vectorized pass
         #pragma omp parallel for
@@ -888,11 +925,13 @@ static void crossentropy_backward(real *probs, const int *targets, int N, int V,
 typedef struct { int d, m, depth, chunk; real lr, clip; int conv, silu; } MemorySize;
 // Titans' memory (one per head) and Hope's fast level k of layer l (one head as wide as the model)
 static MemorySize titans_memory(const Config *c) {
-    return (MemorySize){ c->dim / c->heads, c->mem_hidden, c->mem_depth, c->mem_chunk, (real)c->mem_lr, (real)c->mem_clip,
+    return (MemorySize){ c->dim / c->heads, c->mem_hidden, c->mem_depth, c->mem_chunk,
+                         (real)c->mem_lr, (real)c->mem_clip,
                          c->mem_conv, c->mem_silu };
 }
 static MemorySize hope_level(const Config *c, int l, int k) {
-    return (MemorySize){ c->dim, c->cms_widths[l], 2, c->cms_chunks[k], (real)c->mem_lr, (real)c->mem_clip,
+    return (MemorySize){ c->dim, c->cms_widths[l], 2, c->cms_chunks[k], (real)c->mem_lr,
+                         (real)c->mem_clip,
                          c->mem_conv, c->mem_silu };
 }
 
@@ -915,7 +954,8 @@ static size_t memory_state_size(int T, MemorySize ms) {
 // and products (memory_chunk_size)
 static size_t memory_chunk_size(int n, int d, int m); // (appendix B)
 static size_t memory_scratch_size(int T, MemorySize ms) {
-    return 2 * (size_t)memory_params(ms.depth, ms.d, ms.m) + memory_chunk_size(memory_chunk_len(T, ms), ms.d, ms.m);
+    return 2 * (size_t)memory_params(ms.depth, ms.d,
+                                     ms.m) + memory_chunk_size(memory_chunk_len(T, ms), ms.d, ms.m);
 }
 // the token-by-token recurrence: W_t and S_t of one chunk (2 n P for a chunk of n), four
 // P-vectors, sixteen vectors of d + m
@@ -934,11 +974,15 @@ static inline size_t memory_recurrence_scratch_size(int T, MemorySize ms) {
 // the memory is the paper's. Chosen over a normalised step (which rescales every token, also
 // the small, well-behaved ones) and over tighter gates (which would tie theta_max to the chunk,
 // the dependence this removes). The scale c = min(1, clip/G) of a gradient of norm G, and dc/dG.
-static inline real memory_clip_factor(real G, real clip) { return clip > 0 && G > clip ? clip / G : 1; }
+static inline real memory_clip_factor(real G,
+                                      real clip) { return clip > 0 && G > clip ? clip / G : 1; }
 
 static inline real silu(real z) { return z * sigmoid(z); }
 static inline real silu_grad(real z) { real s = sigmoid(z); return s * (1 + z * (1 - s)); }
-static inline real silu_grad2(real z) { real s = sigmoid(z); return s * (1 - s) * (2 + z * (1 - 2 * s)); }
+static inline real silu_grad2(real z) {
+    real s = sigmoid(z);
+    return s * (1 - s) * (2 + z * (1 - 2 * s));
+}
 
 // y = M_W(x). vec: scratch of 2m (z, a)
 static void memory_read(real *y, const real *W, const real *x, int d, int m, int depth, real *vec) {
@@ -954,7 +998,8 @@ static void memory_read(real *y, const real *W, const real *x, int d, int m, int
 
 // dW += dM/dW^T dy ; dx += dM/dx^T dy       (y = M_W(x)). vec: scratch of 3m
 static void memory_read_backward(real *restrict dW, real *restrict dx, const real *restrict dy,
-                                  const real *restrict W, const real *restrict x, int d, int m, int depth,
+                                  const real *restrict W, const real *restrict x, int d,
+                                          int m, int depth,
                                   real *restrict vec) {
     if (depth == 1) {
         for (int i = 0; i < d; i++)
@@ -992,9 +1037,11 @@ static void memory_read_backward(real *restrict dW, real *restrict dx, const rea
 
 // g = grad_W |M_W(k) - v|^2
 //   depth 1:  e = W k - v ;  g = 2 e k^T
-//   depth 2:  z = W1 k, a = silu(z), e = k + W2 a - v ;  g2 = 2 e a^T ;  g1 = 2 (W2^T e * silu'(z)) k^T
+//   depth 2:  z = W1 k, a = silu(z), e = k + W2 a - v ;  g2 = 2 e a^T ;  g1 = 2 (W2^T e * silu'(z))
+//   k^T
 // vec: scratch of 3m + d
-static void memory_loss_grad(real *g, const real *W, const real *k, const real *v, int d, int m, int depth, real *vec) {
+static void memory_loss_grad(real *g, const real *W, const real *k, const real *v, int d, int m,
+                             int depth, real *vec) {
     real *e = vec;
     if (depth == 1) {
         for (int i = 0; i < d; i++) {
@@ -1038,10 +1085,12 @@ static void memory_loss_grad(real *g, const real *W, const real *k, const real *
 // Backward of g = grad_W l(W; k, v), for an incoming dg = scale * D:
 //   dW += (dg/dW)^T dg ;  dk += (dg/dk)^T dg ;  dv += (dg/dv)^T dg
 // (the second derivative of the loss: for depth 2 it needs silu''). vec: scratch of 12 max(d, m)
-static void memory_loss_grad_backward(real *dW, real *dk, real *dv, const real *D, real scale, const real *W,
+static void memory_loss_grad_backward(real *dW, real *dk, real *dv, const real *D, real scale,
+                                      const real *W,
                                  const real *k, const real *v, int d, int m, int depth, real *vec) {
     if (depth == 1) {
-        // e = W k - v ; g = 2 e k^T.  de = 2 dg k ; dk += 2 dg^T e ; then through e: dW += de k^T, dk += W^T de, dv -= de
+        // e = W k - v ; g = 2 e k^T.  de = 2 dg k ; dk += 2 dg^T e ; then through e: dW += de k^T,
+        // dk += W^T de, dv -= de
         real *e = vec, *de = vec + d;
         for (int i = 0; i < d; i++) {
             real s = -v[i], t = 0;
@@ -1080,7 +1129,8 @@ static void memory_loss_grad_backward(real *dW, real *dk, real *dv, const real *
         e[i] = s;
     }
     for (int i = 0; i < d; i++)
-        for (int j = 0; j < m; j++) r[j] += W2[i * m + j] * e[i];           // r = W2^T e, u = r * silu'(z)
+        // r = W2^T e, u = r * silu'(z)
+        for (int j = 0; j < m; j++) r[j] += W2[i * m + j] * e[i];
     // g2 = 2 e a^T:  de = 2 dg2 a ;  da = 2 dg2^T e
     // g1 = 2 u k^T:  du = 2 dg1 k ;  dk += 2 dg1^T u
     for (int j = 0; j < m; j++) { da[j] = 0; du[j] = 0; }
@@ -1138,7 +1188,8 @@ static void memory_loss_grad_backward(real *dW, real *dk, real *dv, const real *
 // chunked form of appendix B, which the tests check against this one. y (T, d) from k, v, q
 // (T, d) and the gates theta, eta, alpha (T); states: W_c, S_c at the start of every chunk, in
 // the chunked form's layout (memory_state_size(); the rest of each record unused).
-static inline void memory_recurrence_forward(real *y, real *states, real *scratch, const real *k, const real *v, const real *q,
+static inline void memory_recurrence_forward(real *y, real *states, real *scratch, const real *k,
+                                             const real *v, const real *q,
                            const real *theta, const real *eta, const real *alpha, const real *W0,
                            int T, MemorySize ms, int read_chunk_start) {
     int d = ms.d, m = ms.m, depth = ms.depth, chunk = ms.chunk;
@@ -1158,7 +1209,8 @@ static inline void memory_recurrence_forward(real *y, real *states, real *scratc
                 S[p] = eta[t] * S[p] - step * g[p];
                 W[p] = (1 - alpha[t]) * W[p] + S[p];
             }
-            memory_read(y + (size_t)t * d, read_chunk_start ? Wc : W, q + (size_t)t * d, d, m, depth, vec);
+            memory_read(y + (size_t)t * d, read_chunk_start ? Wc : W, q + (size_t)t * d, d, m,
+                        depth, vec);
         }
     }
     int chunks = (T + chunk - 1) / chunk;
@@ -1173,14 +1225,17 @@ static inline void memory_recurrence_forward(real *y, real *states, real *scratc
 //   S_t = eta S_{t-1} - theta g_t:   dtheta_t = -<g_t, dS> ;  deta_t = <S_{t-1}, dS> ;
 //                                    dg_t = -theta_t dS (into dW_c, dk_t, dv_t) ;  dS <- eta_t dS
 // and at the chunk's start dW += dW_c, since W_c is W_{s-1}. At the very start dW0 += dW.
-static inline void memory_recurrence_backward(real *dk, real *dv, real *dq, real *dtheta, real *deta, real *dalpha, real *dW0,
-                            real *scratch, const real *dy, const real *states, const real *k, const real *v,
+static inline void memory_recurrence_backward(real *dk, real *dv, real *dq, real *dtheta,
+                                              real *deta, real *dalpha, real *dW0,
+                            real *scratch, const real *dy, const real *states, const real *k,
+                                    const real *v,
                             const real *q, const real *theta, const real *eta, const real *alpha,
                             int T, MemorySize ms, int read_chunk_start) {
     int d = ms.d, m = ms.m, depth = ms.depth, chunk = ms.chunk;
     int P = memory_params(depth, d, m), len = memory_chunk_len(T, ms);
     size_t record = memory_record_size(T, ms);
-    real *Wt = scratch, *St = Wt + (size_t)len * P, *dW = St + (size_t)len * P, *dS = dW + P, *dWc = dS + P;
+    real *Wt = scratch, *St = Wt + (size_t)len * P, *dW = St + (size_t)len * P, *dS = dW + P,
+            *dWc = dS + P;
     real *g = dWc + P, *vec = g + P;
     memset(dW, 0, P * sizeof(real));
     memset(dS, 0, P * sizeof(real));
@@ -1191,7 +1246,8 @@ static inline void memory_recurrence_backward(real *dk, real *dv, real *dq, real
         // recompute W_t, S_t of this chunk
         for (int i = 0; i < n; i++) {
             int t = s + i;
-            const real *Wp = i ? Wt + (size_t)(i - 1) * P : Wc, *Sp = i ? St + (size_t)(i - 1) * P : Sc;
+            const real *Wp = i ? Wt + (size_t)(i - 1) * P : Wc,
+                    *Sp = i ? St + (size_t)(i - 1) * P : Sc;
             real *Wi = Wt + (size_t)i * P, *Si = St + (size_t)i * P;
             memory_loss_grad(g, Wc, k + (size_t)t * d, v + (size_t)t * d, d, m, depth, vec);
             real step = theta[t] * memory_clip_factor(r_sqrt(dot(g, g, P)), ms.clip);
@@ -1204,11 +1260,14 @@ static inline void memory_recurrence_backward(real *dk, real *dv, real *dq, real
         for (int i = n - 1; i >= 0; i--) {
             int t = s + i;
             const real *Wi = Wt + (size_t)i * P;
-            const real *Wp = i ? Wt + (size_t)(i - 1) * P : Wc, *Sp = i ? St + (size_t)(i - 1) * P : Sc;
+            const real *Wp = i ? Wt + (size_t)(i - 1) * P : Wc,
+                    *Sp = i ? St + (size_t)(i - 1) * P : Sc;
             if (read_chunk_start)
-                memory_read_backward(dWc, dq + (size_t)t * d, dy + (size_t)t * d, Wc, q + (size_t)t * d, d, m, depth, vec);
+                memory_read_backward(dWc, dq + (size_t)t * d, dy + (size_t)t * d, Wc,
+                                     q + (size_t)t * d, d, m, depth, vec);
             else
-                memory_read_backward(dW, dq + (size_t)t * d, dy + (size_t)t * d, Wi, q + (size_t)t * d, d, m, depth, vec);
+                memory_read_backward(dW, dq + (size_t)t * d, dy + (size_t)t * d, Wi,
+                                     q + (size_t)t * d, d, m, depth, vec);
             real da = 0;
             #pragma omp simd reduction(+ : da)
             for (int p = 0; p < P; p++) {
@@ -1229,10 +1288,12 @@ static inline void memory_recurrence_backward(real *dk, real *dv, real *dq, real
             real G = r_sqrt(dot(g, g, P)), c = memory_clip_factor(G, ms.clip);
             dtheta[t] += c * dth;
             deta[t] += det;
-            memory_loss_grad_backward(dWc, dk + (size_t)t * d, dv + (size_t)t * d, dS, -theta[t] * c, Wc,
+            memory_loss_grad_backward(dWc, dk + (size_t)t * d, dv + (size_t)t * d, dS,
+                                      -theta[t] * c, Wc,
                                  k + (size_t)t * d, v + (size_t)t * d, d, m, depth, vec);
             if (c < 1)
-                memory_loss_grad_backward(dWc, dk + (size_t)t * d, dv + (size_t)t * d, g, -c / (G * G) * theta[t] * dth, Wc,
+                memory_loss_grad_backward(dWc, dk + (size_t)t * d, dv + (size_t)t * d, g,
+                                          -c / (G * G) * theta[t] * dth, Wc,
                                      k + (size_t)t * d, v + (size_t)t * d, d, m, depth, vec);
             for (int p = 0; p < P; p++) dS[p] *= eta[t];
         }
@@ -1245,16 +1306,21 @@ static inline void memory_recurrence_backward(real *dk, real *dv, real *dq, real
 // time in closed form (appendix B). Same arguments, except that the backward does not need v
 // (it reaches it through what the forward kept in `states`); scratch per thread:
 // memory_scratch_size(), states: memory_state_size().
-static void memory_chunked_forward(real *y, real *states, real *scratch, const real *k, const real *v,
-                                   const real *q, const real *theta, const real *eta, const real *alpha,
+static void memory_chunked_forward(real *y, real *states, real *scratch, const real *k,
+                                   const real *v,
+                                   const real *q, const real *theta, const real *eta,
+                                           const real *alpha,
                                    const real *W0, int T, MemorySize ms, int read_chunk_start);
-static void memory_chunked_backward(real *dk, real *dv, real *dq, real *dtheta, real *deta, real *dalpha,
+static void memory_chunked_backward(real *dk, real *dv, real *dq, real *dtheta, real *deta,
+                                    real *dalpha,
                                     real *dW0, real *scratch, const real *dy, const real *states,
-                                    const real *k, const real *q, const real *theta, const real *eta, const real *alpha,
+                                    const real *k, const real *q, const real *theta,
+                                            const real *eta, const real *alpha,
                                     int T, MemorySize ms, int read_chunk_start);
 
 // --- causal depthwise convolution over time (the memory's q, k, v) --------------------------
-// out[b,t,c] = sum_{j<K, j<=t} w[c,j] x[b,t-j,c]      x, out (B,T,CH); w (CH,K), tap 0 the current token
+// out[b,t,c] = sum_{j<K, j<=t} w[c,j] x[b,t-j,c]      x, out (B,T,CH); w (CH,K), tap 0 the current
+// token
 // The loops run over the channels innermost, reading w's taps from a copy wt transposed to (K,CH)
 // (w's rows are a channel's K taps: read in place, each tap would be a stride-K gather).
 static real *conv_taps(const real *w, int CH, int K) { // wt (K,CH), to be freed
@@ -1277,7 +1343,8 @@ static void conv_forward(real *out, const real *x, const real *w, int B, int T, 
         }
     free(wt);
 }
-// dx[b,t,c] += sum_{j, t+j<T} w[c,j] dout[b,t+j,c] ;   dw[c,j] += sum_{b,t>=j} dout[b,t,c] x[b,t-j,c]
+// dx[b,t,c] += sum_{j, t+j<T} w[c,j] dout[b,t+j,c] ;   dw[c,j] += sum_{b,t>=j} dout[b,t,c]
+// x[b,t-j,c]
 // One pass over the rows for both, each thread a range of whole blocks of LANES channels: dw's
 // sums (acc, (K,CH)) run over the rows in order, so they do not depend on the thread count.
 static void conv_backward(real *dx, real *dw, const real *dout, const real *x, const real *w,
@@ -1317,25 +1384,30 @@ static void silu_backward(real *dx, const real *dout, const real *x, size_t n) {
 
 // --- the neural memory module (Titans' mixer branch, Hope's fast levels) -------------------
 // From the normalised block input x (N,C), as Titans' section 4.4 builds its memory branch:
-//   p = x Wqkv^T ;  p <- CausalDepthwiseConv_K(p) ;  p <- silu(p)      (each optional: mem_conv, mem_silu)
+//   p = x Wqkv^T ;  p <- CausalDepthwiseConv_K(p) ;  p <- silu(p)      (each optional: mem_conv,
+//   mem_silu)
 //   q, k, v = split_heads(p),  k <- k/|k|, q <- q/|q|        per head of size hs
 // The convolution mixes each channel over the K = 4 latest tokens (Mamba's and GLA's kernel, which
 // Titans follows): a key then says what the last few tokens were, not one token alone, at
 // 3CK parameters and a cost far below the projection's; it starts as the identity.
-//   z = x Wg^T + b :  theta = mem_lr sigmoid(z_step), eta = eta_max sigmoid(z_mom), alpha = sigmoid(z_forget)
+//   z = x Wg^T + b :  theta = mem_lr sigmoid(z_step), eta = eta_max sigmoid(z_mom), alpha =
+//   sigmoid(z_forget)
 // theta does not depend on the chunk: the chunk only sets how closely the token-by-token
 // recurrence is approximated (its gradients taken at the chunk's start weights); the inner loop's
 // stability comes from the clipped gradient (memory_clip_factor), not from a smaller step.
 //   y = memory recurrence (memory_chunked_forward) per sequence and head, heads merged back (N,C)
 static const real eta_max = (real)0.9;
 
-static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqkv, const real *wconv, const real *wgates,
+static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqkv,
+                                  const real *wconv, const real *wgates,
                                   const real *bgates, const real *w0, Scratch scratch,
-                                  int B, int T, int C, int NH, MemorySize ms, int read_chunk_start) {
+                                  int B, int T, int C, int NH, MemorySize ms,
+                                          int read_chunk_start) {
     int N = B * T, hs = ms.d, P = memory_params(ms.depth, hs, ms.m);
     size_t S = memory_state_size(T, ms);
     matmul_forward(ma->qkv, x, wqkv, N, C, 3 * C);
-    if (ms.conv) conv_forward(ma->conv, ma->qkv, wconv, B, T, 3 * C, ms.conv); // (else ma->conv is ma->qkv)
+    // (else ma->conv is ma->qkv)
+    if (ms.conv) conv_forward(ma->conv, ma->qkv, wconv, B, T, 3 * C, ms.conv);
     matmul_forward(ma->gates, x, wgates, N, C, 3 * NH);
     #pragma omp parallel for collapse(3)
     for (int b = 0; b < B; b++)
@@ -1373,22 +1445,26 @@ static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqk
             size_t bh = (size_t)b * NH + h;
             memory_chunked_forward(ma->yh + bh * T * hs, ma->states + bh * S, scratch_mine(scratch),
                            ma->k + bh * T * hs, ma->v + bh * T * hs, ma->q + bh * T * hs,
-                           ma->theta + bh * T, ma->eta + bh * T, ma->alpha + bh * T, w0 + (size_t)h * P,
+                           ma->theta + bh * T, ma->eta + bh * T, ma->alpha + bh * T,
+                                   w0 + (size_t)h * P,
                            T, ms, read_chunk_start);
         }
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++)
             for (int h = 0; h < NH; h++)
-                memcpy(ma->y + ((size_t)b * T + t) * C + h * hs, ma->yh + (((size_t)b * NH + h) * T + t) * hs, hs * sizeof(real));
+                memcpy(ma->y + ((size_t)b * T + t) * C + h * hs,
+                       ma->yh + (((size_t)b * NH + h) * T + t) * hs, hs * sizeof(real));
 }
 
 // Backward of the module: dy (N,C) in; dx (N,C) and the weight gradients accumulated.
 //   memory_chunked_backward gives dk, dv, dq, dtheta, deta, dalpha and dW0 per sequence and head;
 //   through k <- k/|k|: dk_raw = (dk - k (k . dk)) / |k|  (same for q);
 //   through the gates: dz = dtheta theta (1 - theta/mem_lr), deta eta (1 - eta/eta_max), ...
-static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwconv, real *dwgates, real *dbgates, real *dw0,
-                                   const real *dy, const MemoryActs *ma, const real *x, const real *wqkv, const real *wconv,
+static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwconv, real *dwgates,
+                                   real *dbgates, real *dw0,
+                                   const real *dy, const MemoryActs *ma, const real *x,
+                                           const real *wqkv, const real *wconv,
                                    const real *wgates, int B, int T, int C, int NH,
                                    MemorySize ms, int read_chunk_start) {
     int N = B * T, hs = ms.d, P = memory_params(ms.depth, hs, ms.m);
@@ -1409,14 +1485,17 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwconv,
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++)
             for (int h = 0; h < NH; h++)
-                memcpy(a->dyh + (((size_t)b * NH + h) * T + t) * hs, dy + ((size_t)b * T + t) * C + h * hs, hs * sizeof(real));
+                memcpy(a->dyh + (((size_t)b * NH + h) * T + t) * hs,
+                       dy + ((size_t)b * T + t) * C + h * hs, hs * sizeof(real));
     gemm_init(); // memory_chunked_backward runs gemm_serial inside the loop
     #pragma omp parallel for collapse(2) schedule(dynamic) num_threads(scratch_team(a->mem_scratch))
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++) {
             size_t bh = (size_t)b * NH + h;
-            memory_chunked_backward(a->dmk + bh * T * hs, a->dmv + bh * T * hs, a->dmq + bh * T * hs,
-                            a->dtheta + bh * T, a->deta + bh * T, a->dalpha + bh * T, a->dw0_parts + bh * P,
+            memory_chunked_backward(a->dmk + bh * T * hs, a->dmv + bh * T * hs,
+                                    a->dmq + bh * T * hs,
+                            a->dtheta + bh * T, a->deta + bh * T, a->dalpha + bh * T,
+                                    a->dw0_parts + bh * P,
                             scratch_mine(a->mem_scratch), a->dyh + bh * T * hs,
                             ma->states + bh * S, ma->k + bh * T * hs, ma->q + bh * T * hs,
                             ma->theta + bh * T, ma->eta + bh * T, ma->alpha + bh * T,
@@ -1426,7 +1505,8 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwconv,
     #pragma omp parallel for
     for (int h = 0; h < NH; h++)
         for (int b = 0; b < B; b++)
-            for (int p = 0; p < P; p++) dw0[(size_t)h * P + p] += a->dw0_parts[((size_t)b * NH + h) * P + p];
+            for (int p = 0; p < P; p++)
+                dw0[(size_t)h * P + p] += a->dw0_parts[((size_t)b * NH + h) * P + p];
     real *dqkv = a->dmqkv, *dz = a->dmgates;
     #pragma omp parallel for collapse(3)
     for (int b = 0; b < B; b++)
@@ -1436,7 +1516,8 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwconv,
                 const real *q = ma->q + i * hs, *k = ma->k + i * hs;
                 const real *dq = a->dmq + i * hs, *dk = a->dmk + i * hs, *dv = a->dmv + i * hs;
                 real qdq = dot(q, dq, hs), kdk = dot(k, dk, hs);
-                real *dq_raw = dqkv + n * 3 * C + h * hs, *dk_raw = dq_raw + C, *dv_raw = dq_raw + 2 * C;
+                real *dq_raw = dqkv + n * 3 * C + h * hs, *dk_raw = dq_raw + C,
+                        *dv_raw = dq_raw + 2 * C;
                 for (int j = 0; j < hs; j++) {
                     dq_raw[j] += (dq[j] - q[j] * qdq) * ma->q_inv[i];
                     dk_raw[j] += (dk[j] - k[j] * kdk) * ma->k_inv[i];
@@ -1455,7 +1536,8 @@ static void memory_module_backward(Acts *a, real *dx, real *dwqkv, real *dwconv,
     // back through SiLU (dmqkv -> dmconv), the convolution (-> dmraw), the projection
     const real *dp = dqkv;
     if (ms.silu) { silu_backward(a->dmconv, dp, ma->conv, (size_t)N * 3 * C); dp = a->dmconv; }
-    if (ms.conv) { conv_backward(a->dmraw, dwconv, dp, ma->qkv, wconv, B, T, 3 * C, ms.conv); dp = a->dmraw; }
+    if (ms.conv) { conv_backward(a->dmraw, dwconv, dp, ma->qkv, wconv, B, T, 3 * C,
+                                 ms.conv); dp = a->dmraw; }
     matmul_backward(dx, dwqkv, dp, x, wqkv, N, C, 3 * C);
     matmul_backward(dx, dwgates, dz, x, wgates, N, C, 3 * NH);
 }
@@ -1514,7 +1596,8 @@ static size_t layout_activations(Model *model, real *base, int B, int T) {
             if (s > scratch) scratch = s;
         }
         // transformer and hope feed the attention output straight into W_O
-        la->mixed = c->arch == ARCH_GATED || c->arch == ARCH_TITANS ? take(&cur, base, N * C) : la->attn;
+        la->mixed = c->arch == ARCH_GATED || c->arch == ARCH_TITANS
+                ? take(&cur, base, N * C) : la->attn;
         la->res1 = take(&cur, base, N * C);
         la->ln2 = take(&cur, base, N * C);
         la->ln2_rstd = take(&cur, base, N);
@@ -1546,7 +1629,8 @@ static size_t layout_activations(Model *model, real *base, int B, int T) {
     a->dmixed = take(&cur, base, N * C);
     a->dattn = take(&cur, base, N * C);
     a->dqkv = take(&cur, base, N * 3 * C);
-    a->att_scratch = (Scratch){take(&cur, base, (size_t)num_threads() * ATT_BLOCK * T), (size_t)ATT_BLOCK * T, num_threads()};
+    a->att_scratch = (Scratch){take(&cur, base, (size_t)num_threads() * ATT_BLOCK * T),
+                                (size_t)ATT_BLOCK * T, num_threads()};
     a->dgate = take(&cur, base, N * C);
     a->dh = take(&cur, base, N * 2 * Fmax);
     a->dhg = take(&cur, base, N * Fmax);
@@ -1564,7 +1648,8 @@ static size_t layout_activations(Model *model, real *base, int B, int T) {
         a->dmraw = take(&cur, base, N * 3 * C);
         a->dyh = take(&cur, base, N * C);
         a->dw0_parts = take(&cur, base, (size_t)B * NH * Pmax);
-        a->mem_scratch = (Scratch){take(&cur, base, (size_t)num_threads() * scratch), scratch, num_threads()};
+        a->mem_scratch = (Scratch){take(&cur, base, (size_t)num_threads() * scratch), scratch,
+                                    num_threads()};
     }
     a->tmp = take(&cur, base, N * C);
     return cur;
@@ -1577,7 +1662,8 @@ static int config_widths(const Config *c, int *widths, int H, int fast, char *er
     char why[200];
     int rc = 0;
     if (c->taper == TAPER_GROUPS) {
-        rc = taper_group_widths(widths, L, H, c->taper_group, c->taper_groups, c->taper_multiple, why, sizeof(why));
+        rc = taper_group_widths(widths, L, H, c->taper_group, c->taper_groups, c->taper_multiple,
+                                why, sizeof(why));
     } else if (c->taper == TAPER_EXPLICIT) {
         long sum = 0;
         while (n < L && c->widths_given[n] > 0) sum += c->widths_given[n++];
@@ -1586,7 +1672,8 @@ static int config_widths(const Config *c, int *widths, int H, int fast, char *er
             return -1;
         }
         if (sum != (long)L * c->mlp_width) {
-            snprintf(err, errlen, "--mlp-widths sum to %ld, they must sum to --layers x --mlp-width = %d x %d = %ld",
+            snprintf(err, errlen, "--mlp-widths sum to %ld, they must sum to --layers x "
+                                  "--mlp-width = %d x %d = %ld",
                      sum, L, c->mlp_width, (long)L * c->mlp_width);
             return -1;
         }
@@ -1598,7 +1685,8 @@ static int config_widths(const Config *c, int *widths, int H, int fast, char *er
         for (int l = 0; l < L; l++) f[l] = (double)c->widths_given[l] / c->mlp_width;
         rc = taper_group_widths(widths, L, H, f, L, c->taper_multiple, why, sizeof(why));
     } else {
-        rc = taper_widths(widths, L, H, c->taper, c->taper_start, c->taper_end, c->taper_multiple, why, sizeof(why));
+        rc = taper_widths(widths, L, H, c->taper, c->taper_start, c->taper_end, c->taper_multiple,
+                          why, sizeof(why));
     }
     if (rc) snprintf(err, errlen, "--taper: %s", why);
     return rc;
@@ -1610,11 +1698,13 @@ static int config_widths(const Config *c, int *widths, int H, int fast, char *er
 static int config_finish(Config *c, char *err, size_t n) {
     char why[256];
     if (c->vocab == 0)
-        return snprintf(err, n, "--vocab 0 (from the shards' headers): no vocabulary was found"), -1;
+        return snprintf(err, n, "--vocab 0 (from the shards' headers): no vocabulary was "
+                                "found"), -1;
     if (c->dim % c->heads != 0)
         return snprintf(err, n, "--dim %d must be a multiple of --heads %d", c->dim, c->heads), -1;
     if ((c->dim / c->heads) % 2 != 0)
-        return snprintf(err, n, "head size --dim/--heads = %d must be even for RoPE", c->dim / c->heads), -1;
+        return snprintf(err, n, "head size --dim/--heads = %d must be even for RoPE",
+                        c->dim / c->heads), -1;
     if (config_widths(c, c->mlp_widths, c->mlp_width, 0, why, sizeof(why)))
         return snprintf(err, n, "%s", why), -1;
     if (c->arch != ARCH_HOPE) return 0;
@@ -1645,8 +1735,11 @@ static void match_params(Config *c) {
     Config base = *c;
     base.arch = ARCH_TRANSFORMER;
     double extra = (double)count_params(c) - (double)count_params(&base);
-    int cut = (int)floor(extra / (3.0 * c->dim * c->layers) / c->taper_multiple + 0.5) * c->taper_multiple;
-    if (cut >= c->mlp_width) die("--match-params: the %s additions (%.0f parameters) cost more than the whole MLP", arch_names[c->arch], extra);
+    int cut = (int)floor(extra / (3.0 * c->dim * c->layers) / c->taper_multiple + 0.5)
+              * c->taper_multiple;
+    if (cut >= c->mlp_width)
+        die("--match-params: the %s additions (%.0f parameters) cost more than the whole MLP",
+            arch_names[c->arch], extra);
     c->mlp_width -= cut;
 }
 
@@ -1726,8 +1819,10 @@ static Model *model_create(const Config *cfg, int B, int T) {
     m->cfg = *cfg;
     char err[256];
     if (config_finish(&m->cfg, err, sizeof(err))) die("%s", err);
-    if (T > m->cfg.seq_len) die("--seq-len %d is shorter than the %d tokens asked for", m->cfg.seq_len, T);
-    if (B < 1 || (double)B * T > (1 << 24)) die("--batch %d x --seq-len %d: at most %d tokens per micro-batch", B, T, 1 << 24);
+    if (T > m->cfg.seq_len)
+        die("--seq-len %d is shorter than the %d tokens asked for", m->cfg.seq_len, T);
+    if (B < 1 || (double)B * T > (1 << 24))
+        die("--batch %d x --seq-len %d: at most %d tokens per micro-batch", B, T, 1 << 24);
     Weights scratch;
     layout_params(&m->cfg, NULL, &m->table, &scratch);
     m->num_params = m->table.total;
@@ -1735,8 +1830,10 @@ static Model *model_create(const Config *cfg, int B, int T) {
     double act_bytes = (double)layout_activations(m, NULL, B, T) * sizeof(real);
     double bytes = (double)m->num_params * (2 * sizeof(real) + 2 * sizeof(float)) + act_bytes;
     if (bytes > physical_memory())
-        die("this model needs %.2f GiB (%zu parameters; %.2f GiB of activations for %d x %d tokens), more than the %.2f GiB "
-            "of memory here: make it smaller or lower --batch / --seq-len", bytes / (1 << 30), m->num_params,
+        die("this model needs %.2f GiB (%zu parameters; %.2f GiB of activations for %d x %d "
+            "tokens), more than the %.2f GiB "
+            "of memory here: make it smaller or lower --batch / --seq-len", bytes / (1 << 30),
+                    m->num_params,
             act_bytes / (1 << 30), B, T, physical_memory() / (1 << 30));
     m->params = xcalloc(m->num_params, sizeof(real), "parameters");
     m->grads = xcalloc(m->num_params, sizeof(real), "gradients");
@@ -1778,13 +1875,15 @@ static void attention_branch_forward(Model *m, int l, int B, int T, int window) 
     attention_forward(la->attn, la->att, la->qkv, B, T, C, NH, window);
 }
 // dattn in; dln += (through q, k, v); dWqkv accumulated. a.dqkv: zeroed by the caller
-static void attention_branch_backward(Model *m, int l, int B, int T, int window, const real *dattn) {
+static void attention_branch_backward(Model *m, int l, int B, int T, int window,
+                                      const real *dattn) {
     const Config *c = &m->cfg;
     LayerActs *la = &m->a.layer[l];
     int N = B * T, C = c->dim, NH = c->heads;
     attention_backward(m->a.dqkv, m->a.att_scratch, dattn, la->qkv, la->att, B, T, C, NH, window);
     rope_backward(m->a.dqkv, m->rope, B, T, 2 * NH, C / NH, 3 * C);
-    matmul_backward(m->a.dln, m->g.layer[l].wqkv, m->a.dqkv, la->ln1, m->w.layer[l].wqkv, N, C, 3 * C);
+    matmul_backward(m->a.dln, m->g.layer[l].wqkv, m->a.dqkv, la->ln1, m->w.layer[l].wqkv,
+                    N, C, 3 * C);
 }
 
 static void mixer_forward(Model *m, int l, int B, int T) {
@@ -1804,7 +1903,8 @@ static void mixer_forward(Model *m, int l, int B, int T) {
         break;
     case ARCH_TITANS:
         attention_branch_forward(m, l, B, T, c->window);
-        memory_module_forward(&la->mem, la->ln1, w->mem_wqkv, w->mem_conv, w->mem_wgates, w->mem_bgates, w->mem_w0,
+        memory_module_forward(&la->mem, la->ln1, w->mem_wqkv, w->mem_conv, w->mem_wgates,
+                              w->mem_bgates, w->mem_w0,
                               m->a.mem_scratch, B, T, C, NH,
                               titans_memory(c), 0);
         rmsnorm_forward(la->my_norm, la->my_rstd, la->mem.y, w->mem_norm, N, C);
@@ -1843,8 +1943,10 @@ static void mixer_backward(Model *m, int l, int B, int T) {
     case ARCH_TITANS:
         gate_backward(a->dattn, a->dgate, a->dmixed, la->attn, la->mgate, N, C, C);
         rmsnorm_backward(a->dy, g->mem_norm, a->dgate, la->mem.y, w->mem_norm, la->my_rstd, N, C);
-        memory_module_backward(a, a->dln, g->mem_wqkv, g->mem_conv, g->mem_wgates, g->mem_bgates, g->mem_w0, a->dy,
-                               &la->mem, la->ln1, w->mem_wqkv, w->mem_conv, w->mem_wgates, B, T, C, NH,
+        memory_module_backward(a, a->dln, g->mem_wqkv, g->mem_conv, g->mem_wgates, g->mem_bgates,
+                               g->mem_w0, a->dy,
+                               &la->mem, la->ln1, w->mem_wqkv, w->mem_conv, w->mem_wgates,
+                                       B, T, C, NH,
                                titans_memory(c), 0);
         attention_branch_backward(m, l, B, T, c->window, a->dattn);
         break;
@@ -1854,9 +1956,11 @@ static void mixer_backward(Model *m, int l, int B, int T) {
 
 // --- the MLP slot: where the taper acts ---------------------------------------------------
 // in: la->res1.  out: la->out.
-//   every arch:  res2 = res1 + W2 (silu(W1 u) * W3 u),  u = RMSNorm(res1),  W1, W3 (F_l, C), W2 (C, F_l)
+//   every arch:  res2 = res1 + W2 (silu(W1 u) * W3 u),  u = RMSNorm(res1),  W1, W3 (F_l, C), W2 (C,
+//   F_l)
 //   hope adds the fast levels of its continuum memory, k = 1..levels-1, each with a residual:
-//                res_k = res_{k-1} + scale_k * Memory_k(RMSNorm(res_{k-1})),   hidden width cms_widths[l]
+//                res_k = res_{k-1} + scale_k * Memory_k(RMSNorm(res_{k-1})),   hidden width
+//                cms_widths[l]
 static void mlp_forward(Model *m, int l, int B, int T) {
     const Config *c = &m->cfg;
     LayerActs *la = &m->a.layer[l];
@@ -1872,7 +1976,8 @@ static void mlp_forward(Model *m, int l, int B, int T) {
     for (int k = 1; k < c->cms_levels; k++) {
         const real *in = la->cms_res[k - 1];
         rmsnorm_forward(la->cms_ln[k], la->cms_rstd[k], in, w->cms_norm[k], N, C);
-        memory_module_forward(&la->cms[k], la->cms_ln[k], w->cms_wqkv[k], w->cms_conv[k], w->cms_wgates[k], w->cms_bgates[k],
+        memory_module_forward(&la->cms[k], la->cms_ln[k], w->cms_wqkv[k], w->cms_conv[k],
+                              w->cms_wgates[k], w->cms_bgates[k],
                               w->cms_w0[k], m->a.mem_scratch, B, T, C, 1,
                               hope_level(c, l, k), 1);
         #pragma omp parallel for
@@ -1901,9 +2006,12 @@ static void mlp_backward(Model *m, int l, int B, int T) {
             column_sums(g->cms_scale[k], a->dres, y, NULL, N, C);
             #pragma omp parallel for
             for (int n = 0; n < N; n++)
-                for (int j = 0; j < C; j++) a->dy[(size_t)n * C + j] += a->dres[(size_t)n * C + j] * w->cms_scale[k][j];
-            memory_module_backward(a, a->dln, g->cms_wqkv[k], g->cms_conv[k], g->cms_wgates[k], g->cms_bgates[k],
-                                   g->cms_w0[k], a->dy, &la->cms[k], la->cms_ln[k], w->cms_wqkv[k], w->cms_conv[k],
+                for (int j = 0; j < C; j++)
+                    a->dy[(size_t)n * C + j] += a->dres[(size_t)n * C + j] * w->cms_scale[k][j];
+            memory_module_backward(a, a->dln, g->cms_wqkv[k], g->cms_conv[k], g->cms_wgates[k],
+                                   g->cms_bgates[k],
+                                   g->cms_w0[k], a->dy, &la->cms[k], la->cms_ln[k], w->cms_wqkv[k],
+                                           w->cms_conv[k],
                                    w->cms_wgates[k],
                                    B, T, C, 1, hope_level(c, l, k), 1);
             rmsnorm_backward(a->dres, g->cms_norm[k], a->dln, la->cms_res[k - 1], w->cms_norm[k],
@@ -1926,7 +2034,8 @@ static void mlp_backward(Model *m, int l, int B, int T) {
 // x_0 = wte[tokens] (N = B*T), each token and target checked against the vocabulary
 static void model_embed(Model *m, const int *tokens, const int *targets, int B, int T) {
     int N = B * T, C = m->cfg.dim, V = m->cfg.vocab;
-    if (B > m->B || T > m->T) die("internal: batch %dx%d exceeds the model's %dx%d", B, T, m->B, m->T);
+    if (B > m->B || T > m->T)
+        die("internal: batch %dx%d exceeds the model's %dx%d", B, T, m->B, m->T);
     for (int n = 0; n < N; n++)
         if (tokens[n] < 0 || tokens[n] >= V || (targets && (targets[n] < 0 || targets[n] >= V)))
             die("token %d at position %d is outside the vocabulary of %d",
@@ -2046,7 +2155,8 @@ static double grad_norm(const Model *m) {
         for (; i + 8 <= len; i += 8)
             for (int k = 0; k < 8; k++) lane[k] += (double)g[i + k] * g[i + k];
         for (; i < len; i++) lane[0] += (double)g[i] * g[i];
-        part[b] = ((lane[0] + lane[4]) + (lane[1] + lane[5])) + ((lane[2] + lane[6]) + (lane[3] + lane[7]));
+        part[b] = ((lane[0] + lane[4]) + (lane[1] + lane[5]))
+                  + ((lane[2] + lane[6]) + (lane[3] + lane[7]));
     }
     double total = 0;
     for (size_t b = 0; b < blocks; b++) total += part[b];
@@ -2061,7 +2171,8 @@ static void adamw_step(Model *m, const AdamW *opt, float lr, double norm) {
         m->adam_m = xcalloc(m->num_params, sizeof(float), "AdamW state");
         m->adam_v = xcalloc(m->num_params, sizeof(float), "AdamW state");
     }
-    float clip = opt->grad_clip > 0 && norm > opt->grad_clip ? (float)(opt->grad_clip / norm) : 1.0f;
+    float clip = opt->grad_clip > 0 && norm > opt->grad_clip
+            ? (float)(opt->grad_clip / norm) : 1.0f;
     m->step++;
     const float b1 = opt->beta1, b2 = opt->beta2, eps = opt->eps;
     const float bc1 = 1 - powf(b1, (float)m->step), bc2 = 1 - powf(b2, (float)m->step);
@@ -2095,10 +2206,13 @@ static void adamw_step(Model *m, const AdamW *opt, float lr, double norm) {
 
 // The first tensor whose weights or AdamW moments hold a value that is not finite (or a negative
 // second moment), and in *which what it is; NULL if none: after an update that adamw_step flagged,
-// before anything reaches disk. A pass over the model, in 4096-element blocks (flags in m->norm_parts).
+// before anything reaches disk. A pass over the model, in 4096-element blocks (flags in
+// m->norm_parts).
 static inline int nonfinite_flags(const Model *m, size_t i) { // 1 weight, 2 first moment, 4 second
     int f = !isfinite(m->params[i]);
-    if (m->adam_m) f |= (!isfinite(m->adam_m[i]) ? 2 : 0) | (!(m->adam_v[i] >= 0) || !isfinite(m->adam_v[i]) ? 4 : 0);
+    if (m->adam_m)
+        f |= (!isfinite(m->adam_m[i]) ? 2 : 0) | (!(m->adam_v[i] >= 0)
+                                                  || !isfinite(m->adam_v[i]) ? 4 : 0);
     return f;
 }
 static const ParamTensor *nonfinite_tensor(const Model *m, const char **which) {
@@ -2129,7 +2243,8 @@ static const ParamTensor *nonfinite_tensor(const Model *m, const char **which) {
 static float learning_rate(int step, float lr, int warmup, int decay_steps) {
     if (step < warmup) return lr * (step + 1) / warmup;
     if (step >= decay_steps) return lr * 0.1f;
-    double progress = (double)(step - warmup) / (decay_steps - warmup > 0 ? decay_steps - warmup : 1);
+    double progress = (double)(step - warmup) / (decay_steps - warmup > 0
+                                                 ? decay_steps - warmup : 1);
     return (float)(lr * (0.1 + 0.9 * 0.5 * (1 + cos(PI * progress))));
 }
 
@@ -2220,7 +2335,8 @@ static int descending(const void *a, const void *b) {
 // The next token from one position's logits (V). Temperature 0: greedy, the first largest logit.
 // Else a draw from softmax(logits / temperature), over the top_k largest logits only when
 // top_k > 0 (a tie with the k-th largest is kept). keep: V doubles of scratch.
-static int sample_next(const real *logits, int V, double temperature, int top_k, Rng *rng, double *keep) {
+static int sample_next(const real *logits, int V, double temperature, int top_k, Rng *rng,
+                       double *keep) {
     int best = 0;
     for (int v = 1; v < V; v++) if (logits[v] > logits[best]) best = v;
     if (temperature == 0) return best;
@@ -2272,14 +2388,16 @@ static void sample_text(Model *m, const Tokenizer *tk, int len, uint64_t seed) {
 }
 
 // For each layer l, on the validation batches evaluate() picks: how the layer changes the stream,
-//   rel_update = |x_{l+1} - x_l| / |x_l|   (and split: mixer |res1 - x|/|x|, MLP |out - res1|/|res1|)
+//   rel_update = |x_{l+1} - x_l| / |x_l|   (and split: mixer |res1 - x|/|x|, MLP |out -
+//   res1|/|res1|)
 //   cos_sim    = cos(x_l, x_{l+1})          averaged over positions
 //   cos_mlp_residual = cos(MLP_l output, res1), res1 the residual stream the MLP slot reads and
 //                adds to (the alignment probe: does the MLP refine the stream or turn it?).
 //                Hope: the output of the whole slot, out - res1 (SwiGLU and fast levels), as
 //                rel_mlp and dloss_skip_mlp take it: the levels add to the same stream in turn.
 // and how much the loss rises when the layer's MLP slot, or the whole layer, is skipped.
-typedef struct { double rel_mixer, rel_mlp, rel, cos_sim, cos_mlp_residual, dloss_skip_mlp, dloss_skip_layer; } LayerStats;
+typedef struct { double rel_mixer, rel_mlp, rel, cos_sim, cos_mlp_residual, dloss_skip_mlp,
+                 dloss_skip_layer; } LayerStats;
 
 // The validation loss as evaluate() takes it (the same batches, ranks and order of the sum),
 // with layer `skip`'s MLP slot (whole 0: out = res1) or the whole layer (whole 1: out = x)
@@ -2309,7 +2427,8 @@ static double loss_skipping(Model *m, DataLoader *val, int batches, int B, int T
     return sum / N;
 }
 
-static void analyze_layers(Model *m, DataLoader *val, int batches, int B, int T, LayerStats *stats, double *base_loss) {
+static void analyze_layers(Model *m, DataLoader *val, int batches, int B, int T, LayerStats *stats,
+                           double *base_loss) {
     const Config *c = &m->cfg;
     int L = c->layers, C = c->dim, N = B * T;
     memset(stats, 0, L * sizeof(LayerStats));
@@ -2368,10 +2487,14 @@ static void print_layer_table(const Model *m) {
         else if (t->is_mlp) mlp[t->layer] += t->size;
         else mixer[t->layer] += t->size;
     }
-    printf("%s, %d layers, dim %d, %d heads, vocab %d, seq %d; MLP taper %s %.2g -> %.2g of H = %d\n",
-           arch_names[c->arch], c->layers, c->dim, c->heads, c->vocab, c->seq_len, taper_names[c->taper],
-           c->taper == TAPER_UNIFORM ? 1.0 : c->taper_start, c->taper == TAPER_UNIFORM ? 1.0 : c->taper_end, c->mlp_width);
-    printf("  layer  mlp width%s   mixer params    mlp params  bar\n", c->arch == ARCH_HOPE && c->cms_levels > 1 ? "  fast width" : "");
+    printf("%s, %d layers, dim %d, %d heads, vocab %d, seq %d; MLP taper %s %.2g -> %.2g of H = "
+           "%d\n",
+           arch_names[c->arch], c->layers, c->dim, c->heads, c->vocab, c->seq_len,
+                   taper_names[c->taper],
+           c->taper == TAPER_UNIFORM ? 1.0 : c->taper_start,
+                   c->taper == TAPER_UNIFORM ? 1.0 : c->taper_end, c->mlp_width);
+    printf("  layer  mlp width%s   mixer params    mlp params  bar\n",
+           c->arch == ARCH_HOPE && c->cms_levels > 1 ? "  fast width" : "");
     int maxw = 0;
     for (int l = 0; l < c->layers; l++) if (c->mlp_widths[l] > maxw) maxw = c->mlp_widths[l];
     for (int l = 0; l < c->layers; l++) {
@@ -2408,15 +2531,18 @@ static void tokenizer_path(char *out, size_t n, int vocab) {
 static void settle_vocab(Config *cfg, const DataLoader *train, const DataLoader *val) {
     int vt = train->count ? dataloader_vocab(train) : 0, vv = dataloader_vocab(val);
     if (vt && vv && vt != vv)
-        die("--train %s has vocabulary %d in its header, --val %s has %d: they must be the same tokenization",
+        die("--train %s has vocabulary %d in its header, --val %s has %d: they must be the same "
+            "tokenization",
             train->paths[0], vt, val->paths[0], vv);
     int shards = vt ? vt : vv;
     const char *src = opt.load[0] ? "the checkpoint's" : "--vocab";
     if (!cfg->vocab) cfg->vocab = shards ? shards : 50257;
     else if (shards && cfg->vocab < shards)
-        die("%s vocabulary %d is smaller than the shards' %d (%s)", src, cfg->vocab, shards, vt ? train->paths[0] : val->paths[0]);
+        die("%s vocabulary %d is smaller than the shards' %d (%s)", src, cfg->vocab, shards,
+            vt ? train->paths[0] : val->paths[0]);
     else if (shards && cfg->vocab > shards)
-        printf("note: %s vocabulary %d is larger than the shards' %d: the extra tokens are never seen\n", src, cfg->vocab, shards);
+        printf("note: %s vocabulary %d is larger than the shards' %d: the extra tokens are never "
+               "seen\n", src, cfg->vocab, shards);
 }
 
 // The model the command line asks for: with --load, the checkpoint's (apply_checkpoint_options)
@@ -2438,7 +2564,8 @@ static Model *build_model(DataLoader *train, DataLoader *val, DataPosition *resu
     if (cfg->match_params && !opt.load[0]) {
         int before = cfg->mlp_width;
         match_params(cfg);
-        printf("--match-params: mean MLP width %d -> %d, for the parameters of a transformer of the same shape\n", before, cfg->mlp_width);
+        printf("--match-params: mean MLP width %d -> %d, for the parameters of a transformer of "
+               "the same shape\n", before, cfg->mlp_width);
     }
     train->vocab = val->vocab = cfg->vocab;
     train->seed = (uint64_t)opt.data_seed;
@@ -2452,7 +2579,8 @@ static Model *build_model(DataLoader *train, DataLoader *val, DataPosition *resu
     if (training && opt.save[0]) check_save_path(opt.save, train, val);
     if (opt.log[0]) {
         refuse_input("--log", opt.log, train, val, NULL);
-        if (opt.save[0] && same_file(opt.log, opt.save)) die("--log %s is the --save checkpoint", opt.log);
+        if (opt.save[0] && same_file(opt.log, opt.save))
+            die("--log %s is the --save checkpoint", opt.log);
     }
     Model *m = model_create(cfg, opt.sample ? 1 : opt.batch, cfg->seq_len);
     if (ck) {
@@ -2466,8 +2594,10 @@ static Model *build_model(DataLoader *train, DataLoader *val, DataPosition *resu
     print_layer_table(m);
     printf("threads: %d\n", num_threads());
     if (world.ranks > 1)
-        printf("ranks: %d; global batch %d ranks x %d sequences x %d micro-batches = %lld sequences of %d tokens\n",
-               world.ranks, world.ranks, opt.batch, opt.grad_accum, (long long)world.ranks * opt.batch * opt.grad_accum, cfg->seq_len);
+        printf("ranks: %d; global batch %d ranks x %d sequences x %d micro-batches = %lld "
+               "sequences of %d tokens\n",
+               world.ranks, world.ranks, opt.batch, opt.grad_accum,
+                       (long long)world.ranks * opt.batch * opt.grad_accum, cfg->seq_len);
     return m;
 }
 
@@ -2490,15 +2620,20 @@ static int run_analyze(Model *m, DataLoader *val) {
     analyze_layers(m, val, opt.eval_batches, opt.batch, cfg->seq_len, stats, &base);
     printf("layer contribution analysis on %ld val batches (val loss %.4f)\n",
            eval_count(opt.eval_batches, val_batches(val, opt.batch, cfg->seq_len)), base);
-    printf("  layer  mlp width  |dx|/|x| mixer  |dx|/|x| mlp  |dx|/|x|  cos(x, x')  cos(mlp, resid)  dloss skip mlp"
+    printf("  layer  mlp width  |dx|/|x| mixer  |dx|/|x| mlp  |dx|/|x|  cos(x, x')  cos(mlp, "
+           "resid)  dloss skip mlp"
            "  dloss skip layer\n");
     for (int l = 0; l < cfg->layers; l++) {
-        printf("  %5d  %9d  %14.4f  %12.4f  %8.4f  %10.4f  %15.4f  %14.4f  %16.4f\n", l, cfg->mlp_widths[l],
-               stats[l].rel_mixer, stats[l].rel_mlp, stats[l].rel, stats[l].cos_sim, stats[l].cos_mlp_residual,
+        printf("  %5d  %9d  %14.4f  %12.4f  %8.4f  %10.4f  %15.4f  %14.4f  %16.4f\n", l,
+               cfg->mlp_widths[l],
+               stats[l].rel_mixer, stats[l].rel_mlp, stats[l].rel, stats[l].cos_sim,
+                       stats[l].cos_mlp_residual,
                stats[l].dloss_skip_mlp, stats[l].dloss_skip_layer);
         log_json("{\"event\":\"analysis\",\"layer\":%d,\"mlp_width\":%d,\"rel_update_mixer\":%.6f,"
-                 "\"rel_update_mlp\":%.6f,\"rel_update\":%.6f,\"cos_sim\":%.6f,\"cos_mlp_residual\":%.6f,"
-                 "\"dloss_skip_mlp\":%.6f,\"dloss_skip_layer\":%.6f}", l, cfg->mlp_widths[l], stats[l].rel_mixer,
+                 "\"rel_update_mlp\":%.6f,\"rel_update\":%.6f,\"cos_sim\":%.6f,"
+                 "\"cos_mlp_residual\":%.6f,"
+                 "\"dloss_skip_mlp\":%.6f,\"dloss_skip_layer\":%.6f}", l, cfg->mlp_widths[l],
+                         stats[l].rel_mixer,
                  stats[l].rel_mlp, stats[l].rel, stats[l].cos_sim, stats[l].cos_mlp_residual,
                  stats[l].dloss_skip_mlp, stats[l].dloss_skip_layer);
     }
@@ -2516,9 +2651,13 @@ static int encode_prompt(int **tokens, Tokenizer *tk, int V) {
     int len = (int)strlen(prompt), n = 0;
     char tk_path[TEXT_MAX];
     tokenizer_path(tk_path, sizeof(tk_path), V);
-    if ((V < 256 && !opt.tokenizer[0]) || tokenizer_load(tk, tk_path, V) != 0) { // (no default below 256)
-        if (opt.tokenizer[0]) die("--tokenizer %s: cannot open: %s", opt.tokenizer, strerror(errno));
-        if (V > 256) die("%s: no tokenizer for the model's vocabulary of %d (run `python3 dev/prepare_data.py "
+    // (no default below 256)
+    if ((V < 256 && !opt.tokenizer[0]) || tokenizer_load(tk, tk_path, V) != 0) {
+        if (opt.tokenizer[0])
+            die("--tokenizer %s: cannot open: %s", opt.tokenizer, strerror(errno));
+        if (V > 256)
+            die("%s: no tokenizer for the model's vocabulary of %d (run `python3 "
+                "dev/prepare_data.py "
                          "--tokenizer-only` for GPT-2's, or give --tokenizer)", tk_path, V);
         tk->vocab = V; // bytes print as themselves (print_token)
         tk->eot = '\n';
@@ -2527,7 +2666,9 @@ static int encode_prompt(int **tokens, Tokenizer *tk, int V) {
         *tokens = xcalloc(len + 1 + opt.sample_len, sizeof(int), "prompt");
         for (int i = 0; i < len; i++) {
             unsigned char b = (unsigned char)prompt[i];
-            if (b >= V) die("--prompt: byte 0x%02x at offset %d is outside the model's vocabulary of %d tokens", b, i, V);
+            if (b >= V)
+                die("--prompt: byte 0x%02x at offset %d is outside the model's vocabulary of %d "
+                    "tokens", b, i, V);
             (*tokens)[n++] = b;
         }
         if (!n) (*tokens)[n++] = tk->eot < V ? tk->eot : 0;
@@ -2539,7 +2680,8 @@ static int encode_prompt(int **tokens, Tokenizer *tk, int V) {
         char enc_path[4096];
         size_t k = strlen(tk_path), suffix = strlen("tokenizer.bin");
         if (k < suffix || strcmp(tk_path + k - suffix, "tokenizer.bin"))
-            die("%s: the encoder file for --prompt is looked for beside a tokenizer named *tokenizer.bin "
+            die("%s: the encoder file for --prompt is looked for beside a tokenizer named "
+                "*tokenizer.bin "
                 "(as *encoder.bin)", tk_path);
         snprintf(enc_path, sizeof(enc_path), "%.*sencoder.bin", (int)(k - suffix), tk_path);
         if (encoder_load(&enc, enc_path, tk) != 0)
@@ -2551,10 +2693,12 @@ static int encode_prompt(int **tokens, Tokenizer *tk, int V) {
     (*tokens)[n++] = tk->eot;
     if (len) n += encoder_encode(&enc, prompt, len, *tokens + 1, count, &invalid);
     encoder_free(&enc);
-    if (invalid) fprintf(stderr, "note: --prompt: %d bytes are not UTF-8, read as U+FFFD\n", invalid);
+    if (invalid)
+        fprintf(stderr, "note: --prompt: %d bytes are not UTF-8, read as U+FFFD\n", invalid);
     for (int i = 0; i < n; i++)
         if ((*tokens)[i] < 0 || (*tokens)[i] >= V)
-            die("--prompt: token %d at position %d is outside the model's vocabulary of %d", (*tokens)[i], i, V);
+            die("--prompt: token %d at position %d is outside the model's vocabulary of %d",
+                (*tokens)[i], i, V);
     return n;
 }
 
@@ -2565,7 +2709,8 @@ static int run_sample(Model *m) {
     Tokenizer tk = {0};
     int n = encode_prompt(&tokens, &tk, V);
     if (n + len > T)
-        fprintf(stderr, "note: the prompt and sample (%d tokens) are longer than the model's seq-len %d: "
+        fprintf(stderr, "note: the prompt and sample (%d tokens) are longer than the model's "
+                        "seq-len %d: "
                 "each token is predicted from the last %d\n", n + len, T, T);
     Rng rng = rng_seeded((uint64_t)opt.seed);
     double t0 = wall_time();
@@ -2576,7 +2721,8 @@ static int run_sample(Model *m) {
         printf("\n");
     }
     double seconds = wall_time() - t0;
-    fprintf(stderr, "%d x %d tokens after %d of prompt in %.2f s: %.1f tokens/s (%d threads)\n", opt.samples, len, n,
+    fprintf(stderr, "%d x %d tokens after %d of prompt in %.2f s: %.1f tokens/s (%d threads)\n",
+            opt.samples, len, n,
             seconds, opt.samples * len / seconds, num_threads());
     tokenizer_free(&tk);
     free(tokens);
@@ -2601,7 +2747,8 @@ static void sample_tokenizer(Tokenizer *tk, int vocab) {
     memset(tk, 0, sizeof(*tk));
     if (!opt.sample_every || tokenizer_load(tk, path, vocab) == 0) return;
     if (opt.tokenizer[0]) die("--tokenizer %s: cannot open: %s", opt.tokenizer, strerror(errno));
-    printf("note: no tokenizer at %s, samples print %s\n", path, vocab == 256 ? "bytes" : "token ids");
+    printf("note: no tokenizer at %s, samples print %s\n", path,
+           vocab == 256 ? "bytes" : "token ids");
     tk->vocab = vocab;
     tk->eot = vocab == 256 ? '\n' : 0;
 }
@@ -2621,7 +2768,8 @@ static int step_not_finite(Model *m, int step, double loss, double norm, float l
     // adamw_step flagged it as it wrote; the pass over the model only to name the tensor
     const char *moment = "";
     const ParamTensor *bad = m->update_not_finite ? nonfinite_tensor(m, &moment) : NULL;
-    if (m->update_not_finite && !bad) die("step %d: the update wrote a value that is not finite", step);
+    if (m->update_not_finite && !bad)
+        die("step %d: the update wrote a value that is not finite", step);
     if (!bad) return 0;
     if (world.rank == 0)
         fprintf(stderr, "error: step %d: the update made the %s of %s not finite (lr %g); stopping "
@@ -2642,11 +2790,13 @@ typedef struct {
 static void print_step(const Model *m, const RunStats *r, double loss, float lr, double norm,
                        double dt) {
     double eta = (opt.steps - m->step) * (r->t_train / r->steps_timed);
-    printf("step %5d/%d | loss %.4f | lr %.2e | norm %6.3f | %6.0f ms | %7.0f tok/s | eta %.1f %s\n",
+    printf("step %5d/%d | loss %.4f | lr %.2e | norm %6.3f | %6.0f ms | %7.0f tok/s | eta %.1f "
+           "%s\n",
            m->step, opt.steps, loss, lr, norm, dt * 1000, r->tokens_per_step / dt,
            eta >= 60 ? eta / 60 : eta, eta >= 60 ? "min" : "s");
     log_json("{\"event\":\"train\",\"step\":%d,\"loss\":%.9g,\"lr\":%.6g,\"grad_norm\":%.6f,"
-             "\"ms\":%.2f,\"tokens_per_s\":%.1f,\"tokens\":%zu}", m->step, loss, lr, norm, dt * 1000,
+             "\"ms\":%.2f,\"tokens_per_s\":%.1f,\"tokens\":%zu}", m->step, loss, lr,
+                     norm, dt * 1000,
              r->tokens_per_step / dt, m->step * r->tokens_per_step);
 }
 
@@ -2701,7 +2851,8 @@ static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition 
     Tokenizer tk;
     sample_tokenizer(&tk, m->cfg.vocab);
     if (opt.load[0]) dataloader_seek(train, resume_at, T);
-    AdamW adam = { (float)opt.lr, 0.9f, 0.95f, 1e-8f, (float)opt.weight_decay, (float)opt.grad_clip };
+    AdamW adam = { (float)opt.lr, 0.9f, 0.95f, 1e-8f, (float)opt.weight_decay,
+                   (float)opt.grad_clip };
     int decay_steps = opt.decay_steps ? opt.decay_steps : opt.steps;
     int save_every = opt.save_every ? opt.save_every : opt.eval_every;
     RunStats r = { .t_start = wall_time(), .saved_at = -1,
@@ -2729,10 +2880,12 @@ static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition 
                                   r.tokens_per_step);
         if (opt.sample_every && world.rank == 0 && (m->step % opt.sample_every == 0 || last)) {
             printf("--- sample at step %d ---\n", m->step);
-            sample_text(m, &tk, opt.sample_len < T ? opt.sample_len : T, (uint64_t)opt.seed + m->step);
+            sample_text(m, &tk, opt.sample_len < T ? opt.sample_len : T,
+                        (uint64_t)opt.seed + m->step);
             printf("---\n");
         }
-        if (opt.save[0] && (last || ranks_should_stop() || (save_every && m->step % save_every == 0)))
+        if (opt.save[0] && (last || ranks_should_stop()
+                            || (save_every && m->step % save_every == 0)))
             save_now(m, train, &r);
     }
     tokenizer_free(&tk);
@@ -2797,9 +2950,11 @@ static inline float exp_float(float x) {
     float y = x > 88.0f ? 88.0f : x < -87.0f ? -87.0f : x;
     float t = y * 1.44269504f + shift, n = t - shift;
     float r = (y - n * 0.693359375f) + n * 2.12194440e-4f;
-    float p = 1 + r * (1 + r * (1.0f / 2 + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
+    float p = 1 + r * (1 + r * (1.0f / 2 + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120
+              + r * (1.0f / 720 + r * (1.0f / 5040)))))));
     union { float f; uint32_t u; } bits = { t }, scale;
-    scale.u = (bits.u - 0x4B400000u + 127u) << 23; // 0x4B400000: the bits of `shift`; n + 127 in the exponent
+    scale.u = (bits.u - 0x4B400000u + 127u) << 23; // 0x4B400000: the bits of `shift`; n + 127 in
+                                                   // the exponent
     return x < -87.0f ? 0.0f : p * scale.f;
 }
 
@@ -2828,10 +2983,12 @@ static inline real dot(const real *a, const real *b, int n) {
     if (sizeof(real) == sizeof(float)) {
         const float *af = (const float *)a, *bf = (const float *)b;
         __m512 acc = _mm512_setzero_ps();
-        for (; i + LANES <= n; i += LANES) acc = _mm512_fmadd_ps(_mm512_loadu_ps(af + i), _mm512_loadu_ps(bf + i), acc);
+        for (; i + LANES <= n; i += LANES)
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(af + i), _mm512_loadu_ps(bf + i), acc);
         if (i < n) {
             __mmask16 k = (__mmask16)((1u << (n - i)) - 1);
-            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, af + i), _mm512_maskz_loadu_ps(k, bf + i), acc);
+            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, af + i),
+                                  _mm512_maskz_loadu_ps(k, bf + i), acc);
         }
         return (real)_mm512_reduce_add_ps(acc);
     }
@@ -2925,7 +3082,8 @@ enum {
 #define GEMM_B_BLOCK (256 * 512)
 #endif
 static real *gemm_buffer_raw;  // the allocation, for free()
-static real *gemm_pack_b[2];   // two B blocks (GEMM_B_BLOCK), shared by the threads, 64-byte aligned
+static real *gemm_pack_b[2];   // two B blocks (GEMM_B_BLOCK), shared by the threads, 64-byte
+                               // aligned
 static real *gemm_pack_a;      // per thread: one A strip, MR_MAX*KC_MAX (aligned)
 static real *gemm_pack_b_own;  // per thread: one B block, when a thread computes a product alone
                                // (gemm_serial() and gemm()'s tiles)
@@ -2955,7 +3113,8 @@ static inline void gemm_transpose16(float *dst, int ldd, __mmask16 lanes,
     __m512 r[16], t[16];
     for (int i = 0; i < 16; i++) {
         r[i] = i < rows ? _mm512_loadu_ps(src + i * lds) : _mm512_setzero_ps();
-        if (i < rows) _mm_prefetch((const char *)(src + i * lds + 64), _MM_HINT_T0); // 4 lines ahead
+        // 4 lines ahead
+        if (i < rows) _mm_prefetch((const char *)(src + i * lds + 64), _MM_HINT_T0);
     }
     for (int i = 0; i < 16; i += 2) {
         t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
@@ -2983,7 +3142,8 @@ static inline void gemm_transpose16(float *dst, int ldd, __mmask16 lanes,
 
 // dst[p*ldd + r] = src[r*lds + p] for r < rows, p < kc, and zeros for r in rows..ldd-1:
 // the packing of the operand that is read across its rows (A not transposed, B transposed)
-static void gemm_pack_transposed(real *restrict dst, int ldd, const real *src, int lds, int rows, int kc) {
+static void gemm_pack_transposed(real *restrict dst, int ldd, const real *src, int lds,
+                                 int rows, int kc) {
     int p0 = 0;
 #if HAVE_AVX512
     if (sizeof(real) == sizeof(float)) { // float: 16 x 16 blocks through registers
@@ -2991,7 +3151,8 @@ static void gemm_pack_transposed(real *restrict dst, int ldd, const real *src, i
             for (int r = 0; r < ldd; r += 16) {
                 int n = rows - r < 0 ? 0 : rows - r < 16 ? rows - r : 16;
                 int w = ldd - r < 16 ? ldd - r : 16;
-                gemm_transpose16((float *)dst + (size_t)p0 * ldd + r, ldd, (__mmask16)((1u << w) - 1),
+                gemm_transpose16((float *)dst + (size_t)p0 * ldd + r, ldd,
+                                 (__mmask16)((1u << w) - 1),
                                  (const float *)src + (size_t)r * lds + p0, lds, n);
             }
     }
@@ -3004,16 +3165,20 @@ static void gemm_pack_transposed(real *restrict dst, int ldd, const real *src, i
 
 // dst[p*ldd + r] = src[p*lds + r] for r < rows, p < kc, zeros for r in rows..ldd-1: the
 // packing of the operand whose rows are already contiguous along the strip (A^T, B)
-static void gemm_pack_direct(real *restrict dst, int ldd, const real *src, int lds, int rows, int kc) {
+static void gemm_pack_direct(real *restrict dst, int ldd, const real *src, int lds,
+                             int rows, int kc) {
 #if HAVE_AVX512
-    if (sizeof(real) == sizeof(float)) { // float: masked 16-lane moves (gcc's own loop is scalar for ldd = 14)
+    if (sizeof(real) == sizeof(float)) { // float: masked 16-lane moves (gcc's own loop is scalar
+                                         // for ldd = 14)
         for (int p = 0; p < kc; p++) {
             const float *s = (const float *)src + (size_t)p * lds;
             _mm_prefetch((const char *)(s + 2 * ldd - 1), _MM_HINT_T1); // see the plain loop below
             for (int r = 0; r < ldd; r += 16) {
-                int n = rows - r < 0 ? 0 : rows - r < 16 ? rows - r : 16, w = ldd - r < 16 ? ldd - r : 16;
+                int n = rows - r < 0 ? 0 : rows - r < 16 ? rows - r : 16,
+                        w = ldd - r < 16 ? ldd - r : 16;
                 __m512 v = _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), s + r);
-                _mm512_mask_storeu_ps((float *)dst + (size_t)p * ldd + r, (__mmask16)((1u << w) - 1), v);
+                _mm512_mask_storeu_ps((float *)dst + (size_t)p * ldd + r,
+                                      (__mmask16)((1u << w) - 1), v);
             }
         }
         return;
@@ -3082,8 +3247,10 @@ static void gemm_micro_kernel_c(int kc, const real *restrict a, const real *rest
 // columns of B are read (a mask on those loads makes gcc spill the accumulators): whoever
 // calls it with nr < 32 pads B's rows to 32 columns.
 static inline __attribute__((always_inline))
-void gemm_avx512_rows(int kc, const float *restrict a, size_t a_row, size_t a_step, const float *restrict b,
-                      size_t b_step, float *restrict c, int ldc, int nr, int overwrite, const int MR) {
+void gemm_avx512_rows(int kc, const float *restrict a, size_t a_row, size_t a_step,
+                      const float *restrict b,
+                      size_t b_step, float *restrict c, int ldc, int nr, int overwrite,
+                              const int MR) {
     __m512 c0[GEMM_MR_AVX512], c1[GEMM_MR_AVX512];
     for (int i = 0; i < MR; i++) { // while the k loop runs, bring the C block into L1
         _mm_prefetch((const char *)(c + (size_t)i * ldc), _MM_HINT_T0);
@@ -3125,7 +3292,8 @@ void gemm_avx512_rows(int kc, const float *restrict a, size_t a_row, size_t a_st
 
 // one instance per row count, so that the strips of 13 rows run as fast as those of 14
 static inline __attribute__((always_inline))
-void gemm_avx512_strip(int kc, const float *a, size_t a_row, size_t a_step, const float *b, size_t b_step,
+void gemm_avx512_strip(int kc, const float *a, size_t a_row, size_t a_step, const float *b,
+                       size_t b_step,
                        float *c, int ldc, int mr, int nr, int overwrite) {
     switch (mr) {
     case 14: gemm_avx512_rows(kc, a, a_row, a_step, b, b_step, c, ldc, nr, overwrite, 14); break;
@@ -3145,12 +3313,15 @@ void gemm_avx512_strip(int kc, const float *a, size_t a_row, size_t a_step, cons
     }
 }
 // from packed strips (the strides are constants here, so the loads' offsets are too) ...
-static void gemm_micro_kernel_avx512(int kc, const float *a, const float *b, float *c, int ldc, int mr, int nr, int overwrite) {
+static void gemm_micro_kernel_avx512(int kc, const float *a, const float *b, float *c, int ldc,
+                                     int mr, int nr, int overwrite) {
     gemm_avx512_strip(kc, a, 1, GEMM_MR_AVX512, b, GEMM_NR, c, ldc, mr, nr, overwrite);
 }
 // ... and from the operands where they lie
-static void gemm_micro_kernel_avx512_strided(int kc, const float *a, size_t a_row, size_t a_step, const float *b,
-                                              size_t b_step, float *c, int ldc, int mr, int nr, int overwrite) {
+static void gemm_micro_kernel_avx512_strided(int kc, const float *a, size_t a_row, size_t a_step,
+                                             const float *b,
+                                              size_t b_step, float *c, int ldc, int mr, int nr,
+                                                      int overwrite) {
     gemm_avx512_strip(kc, a, a_row, a_step, b, b_step, c, ldc, mr, nr, overwrite);
 }
 #endif
@@ -3173,19 +3344,23 @@ static int gemm_kc(int N, int K) {
 // share out the row strips and pack the B blocks together; each packs into the buffers of its
 // OpenMP thread number. kc_even: the k slice, fixed by the whole product (gemm_kc), so that
 // however a product is cut between threads every C element sums the same slices in order.
-static void gemm_run(real *C, const real *A, const real *B, int M, int N, int K, int trans_a, int lda,
-                     int trans_b, int ldb, int ldc, int accumulate, int rank, int threads, int kc_even) {
+static void gemm_run(real *C, const real *A, const real *B, int M, int N, int K,
+                     int trans_a, int lda,
+                     int trans_b, int ldb, int ldc, int accumulate, int rank, int threads,
+                             int kc_even) {
     const int avx512 = HAVE_AVX512 && sizeof(real) == sizeof(float);
     const int MR = avx512 ? GEMM_MR_AVX512 : GEMM_MR_C;
     int nc_even = gemm_nc(N);
     // a B block must fit its buffer: kc_even was chosen for the whole product's N, and a
     // tile of gemm()'s grid (fewer columns) can get wider blocks from gemm_nc than that allows
-    if ((size_t)nc_even * kc_even > GEMM_B_BLOCK) nc_even = GEMM_B_BLOCK / kc_even / GEMM_NR * GEMM_NR;
+    if ((size_t)nc_even * kc_even > GEMM_B_BLOCK)
+        nc_even = GEMM_B_BLOCK / kc_even / GEMM_NR * GEMM_NR;
     // row strips: strip s is rows [s*M/strips, (s+1)*M/strips); a multiple of the thread
     // count, so that each thread gets the same number of rows (M = 256: 20 strips of 12.8)
     int strips = ((M + MR - 1) / MR + threads - 1) / threads * threads;
     if (strips > M) strips = M;
-    const int s_lo = (int)((long)rank * strips / threads), s_hi = (int)((long)(rank + 1) * strips / threads);
+    const int s_lo = (int)((long)rank * strips / threads),
+            s_hi = (int)((long)(rank + 1) * strips / threads);
     const int tid = thread_id();
     real *pack_a = gemm_pack_a + (size_t)tid * GEMM_MR_MAX * GEMM_KC_MAX;
     int block = 0; // shared B blocks alternate between two buffers
@@ -3195,10 +3370,13 @@ static void gemm_run(real *C, const real *A, const real *B, int M, int N, int K,
         for (int pc = 0; pc < K; pc += kc_even) {
             int kc = K - pc < kc_even ? K - pc : kc_even;
             int overwrite = pc == 0 && !accumulate;
-            real *pack_b = threads == 1 ? gemm_pack_b_own + (size_t)tid * GEMM_B_BLOCK : gemm_pack_b[block++ & 1];
+            real *pack_b = threads == 1 ? gemm_pack_b_own + (size_t)tid * GEMM_B_BLOCK
+                    : gemm_pack_b[block++ & 1];
             // B block: the threads pack it together, then wait for each other; after that
             // barrier every thread is also done with the block before last, that used this buffer
-            for (int t = (int)((long)rank * b_strips / threads); t < (int)((long)(rank + 1) * b_strips / threads); t++) {
+            int t0 = (int)((long)rank * b_strips / threads);
+            int t1 = (int)((long)(rank + 1) * b_strips / threads);
+            for (int t = t0; t < t1; t++) {
                 int jr = t * GEMM_NR, nr = nc - jr < GEMM_NR ? nc - jr : GEMM_NR;
                 gemm_pack_b_strip(pack_b + (size_t)jr * kc, B, ldb, trans_b, jc + jr, nr, pc, kc);
             }
@@ -3254,10 +3432,12 @@ static void gemm(real *C, const real *A, const real *B, int M, int N, int K,
     const int threads = num_threads(), kc = gemm_kc(N, K), strips = (M + MR - 1) / MR;
     if (strips >= GEMM_ROW_SHARE * threads) {
         #pragma omp parallel
-        gemm_run(C, A, B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, thread_id(), num_threads_here(), kc);
+        gemm_run(C, A, B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, thread_id(),
+                 num_threads_here(), kc);
         return;
     }
-    int tr = 1; // row groups: the largest divisor of the thread count that leaves 4 strips per group
+    int tr = 1; // row groups: the largest divisor of the thread count that leaves 4 strips per
+                // group
     for (int t = 1; t <= threads; t++)
         if (threads % t == 0 && strips >= 4 * t) tr = t;
     const int tc = threads / tr, col_strips = (N + GEMM_NR - 1) / GEMM_NR;
@@ -3266,14 +3446,17 @@ static void gemm(real *C, const real *A, const real *B, int M, int N, int K,
         int id = thread_id(), r = id / tc, c = id % tc;
         if (num_threads_here() == threads) {
             int i0 = (int)((long)r * M / tr), i1 = (int)((long)(r + 1) * M / tr);
-            int j0 = (int)((long)c * col_strips / tc) * GEMM_NR, j1 = (int)((long)(c + 1) * col_strips / tc) * GEMM_NR;
+            int j0 = (int)((long)c * col_strips / tc) * GEMM_NR,
+                    j1 = (int)((long)(c + 1) * col_strips / tc) * GEMM_NR;
             if (j1 > N) j1 = N;
             if (j1 > j0)
                 gemm_run(C + (size_t)i0 * ldc + j0, trans_a ? A + i0 : A + (size_t)i0 * lda,
-                         trans_b ? B + (size_t)j0 * ldb : B + j0, i1 - i0, j1 - j0, K, trans_a, lda, trans_b, ldb, ldc,
+                         trans_b ? B + (size_t)j0 * ldb : B + j0, i1 - i0, j1 - j0, K, trans_a, lda,
+                                 trans_b, ldb, ldc,
                          accumulate, 0, 1, kc);
         } else { // a smaller team than asked for: one thread does it all
-            if (id == 0) gemm_run(C, A, B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, 0, 1, kc);
+            if (id == 0)
+                gemm_run(C, A, B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate, 0, 1, kc);
         }
     }
 }
@@ -3290,7 +3473,8 @@ static void gemm(real *C, const real *A, const real *B, int M, int N, int K,
 static void gemm_small(float *C, const float *A, const float *B, int M, int N, int K,
                        int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
     size_t a_row = trans_a ? 1 : (size_t)lda, a_step = trans_a ? (size_t)lda : 1;
-    float *packed = (float *)gemm_pack_b_own + (size_t)thread_id() * GEMM_B_BLOCK; // this thread's B buffer
+    // this thread's B buffer
+    float *packed = (float *)gemm_pack_b_own + (size_t)thread_id() * GEMM_B_BLOCK;
     // B's 32-column strips: where they lie when trans_b = 0 and the strip is whole, else packed
     // as gemm_run() packs them (K x 32 each, zeros past column N)
     int n_in_place = trans_b ? 0 : N / GEMM_NR * GEMM_NR;
@@ -3304,8 +3488,10 @@ static void gemm_small(float *C, const float *A, const float *B, int M, int N, i
         size_t b_step = j0 < n_in_place ? (size_t)ldb : GEMM_NR;
         for (int s = 0; s < strips; s++) {
             int i0 = (int)((long)s * M / strips), mr = (int)((long)(s + 1) * M / strips) - i0;
-            gemm_micro_kernel_avx512_strided(K, A + i0 * a_row, a_row, a_step, b, b_step, C + (size_t)i0 * ldc + j0,
-                                              ldc, mr, N - j0 < GEMM_NR ? N - j0 : GEMM_NR, !accumulate);
+            gemm_micro_kernel_avx512_strided(K, A + i0 * a_row, a_row, a_step, b, b_step,
+                                             C + (size_t)i0 * ldc + j0,
+                                              ldc, mr, N - j0 < GEMM_NR ? N - j0 : GEMM_NR,
+                                                      !accumulate);
         }
     }
 }
@@ -3318,8 +3504,10 @@ static void gemm_serial(real *C, const real *A, const real *B, int M, int N, int
                         int trans_a, int lda, int trans_b, int ldb, int ldc, int accumulate) {
     if (gemm_empty(C, M, N, K, ldc, accumulate)) return;
 #if HAVE_AVX512
-    if (sizeof(real) == sizeof(float) && K <= GEMM_KC_MAX && (size_t)K * (M + N + GEMM_NR) <= GEMM_SMALL) {
-        gemm_small((float *)C, (const float *)A, (const float *)B, M, N, K, trans_a, lda, trans_b, ldb, ldc, accumulate);
+    if (sizeof(real) == sizeof(float) && K <= GEMM_KC_MAX
+        && (size_t)K * (M + N + GEMM_NR) <= GEMM_SMALL) {
+        gemm_small((float *)C, (const float *)A, (const float *)B, M, N, K, trans_a, lda, trans_b,
+                   ldb, ldc, accumulate);
         return;
     }
 #endif
@@ -3358,14 +3546,16 @@ typedef struct {
     // kept:
     real *E, *Z, *A, *R, *U;        // (n, d), (n, m) x 4: e, z, a, r = W2^T e, u
     real *Zq, *Aq;                  // (n, m) x 2: the read-out's hidden layer (depth 2)
-    real *coef;                     // (n + 1, 3 + 2n): cw, cs, ps, cx (n), ex (n) before token t (row n: the end)
+    real *coef;                     // (n + 1, 3 + 2n): cw, cs, ps, cx (n), ex (n) before token t
+                                    // (row n: the end)
     real *G[2];                     // (n, n) per block: Titans' reads, IN Y^T (unused by Hope)
     // scratch:
     real *dX[2], *dY[2];            // gradients of the factors X and Y of each block
     real *dR, *dZ, *dZq;            // (n, m) x 3
     real *gcoef;                    // (n, 3 + 2n): gradients of the coefficients after token t
     real *T1, *T2, *H, *H2;         // (n, wide) x 2, (n, n) x 2 for the reads
-    real *M1, *M2, *N1, *N2, *Xs;   // (n, wide) x 5 for the end state (M1, M2 also for the reads' backward)
+    real *M1, *M2, *N1, *N2, *Xs;   // (n, wide) x 5 for the end state (M1, M2 also for the reads'
+                                    // backward)
     real *step, *dstep;             // (n) x 2: theta_t c_t (the clipped step) and its gradient
 } MemoryChunk;
 
@@ -3377,16 +3567,20 @@ static void memory_block(int depth, int d, int m, int b, int *rows, int *cols, s
     *cols = depth == 1 || b == 0 ? d : m;
     *offset = b == 0 ? 0 : (size_t)m * d;
 }
-static const real *memory_factor_x(const MemoryChunk *f, int depth, int b) { return depth == 1 || b == 1 ? f->E : f->U; }
-static const real *memory_factor_y(const MemoryChunk *f, int b, const real *K) { return b == 0 ? K : f->A; }
-static real *memory_coef(const MemoryChunk *f, int n, int row) { return f->coef + (size_t)row * (3 + 2 * n); }
+static const real *memory_factor_x(const MemoryChunk *f, int depth,
+                                   int b) { return depth == 1 || b == 1 ? f->E : f->U; }
+static const real *memory_factor_y(const MemoryChunk *f, int b,
+                                   const real *K) { return b == 0 ? K : f->A; }
+static real *memory_coef(const MemoryChunk *f, int n,
+                         int row) { return f->coef + (size_t)row * (3 + 2 * n); }
 
 // What a chunk of n tokens keeps, in its record after W_c and S_c: E (n, d); Z, A, R, U, Zq, Aq
 // (n, m), depth 2 only; coef; G per block. The n x n tables grow as n^2 (n is at most T, so a long
 // chunk costs memory as attention's T x T does).
 static size_t memory_saved_size(int n_tokens, int d, int m, int depth) {
     size_t n = (size_t)n_tokens;
-    return n * d + (depth == 2 ? 6 * n * (size_t)m : 0) + (n + 1) * (3 + 2 * n) + memory_blocks(depth) * n * n;
+    return n * d + (depth == 2 ? 6 * n * (size_t)m
+                    : 0) + (n + 1) * (3 + 2 * n) + memory_blocks(depth) * n * n;
 }
 static void memory_chunk_saved(MemoryChunk *f, real *p, int n_tokens, int d, int m, int depth) {
     size_t n = (size_t)n_tokens, nm = depth == 2 ? n * m : 0;
@@ -3409,14 +3603,17 @@ static void memory_chunk_layout(MemoryChunk *f, real *p, int n_tokens, int d, in
     f->dY[1] = f->dX[1] + n * d;                // (n, m)
     f->dR = f->dY[1] + n * m;  f->dZ = f->dR + n * m;  f->dZq = f->dZ + n * m;
     f->gcoef = f->dZq + n * m;
-    f->T1 = f->gcoef + n * (3 + 2 * n);  f->T2 = f->T1 + n * wide;  f->H = f->T2 + n * wide;  f->H2 = f->H + n * n;
-    f->M1 = f->H2 + n * n;  f->M2 = f->M1 + n * wide;  f->N1 = f->M2 + n * wide;  f->N2 = f->N1 + n * wide;
+    f->T1 = f->gcoef + n * (3 + 2 * n);  f->T2 = f->T1 + n * wide;  f->H =
+        f->T2 + n * wide;  f->H2 = f->H + n * n;
+    f->M1 = f->H2 + n * n;  f->M2 = f->M1 + n * wide;  f->N1 = f->M2 + n * wide;  f->N2 =
+        f->N1 + n * wide;
     f->Xs = f->N2 + n * wide;
     f->step = f->Xs + n * wide;  f->dstep = f->step + n;
 }
 
 // Y (n, d) = M_W(X) for n inputs at once, keeping Z = X W1^T and A = silu(Z) (depth 2)
-static void memory_read_rows(real *Y, real *Z, real *A, const real *W, const real *X, int n, int d, int m, int depth) {
+static void memory_read_rows(real *Y, real *Z, real *A, const real *W, const real *X, int n, int d,
+                             int m, int depth) {
     if (depth == 1) { gemm_serial(Y, X, W, n, d, d, 0, d, 1, d, d, 0); return; }
     const real *W1 = W, *W2 = W + (size_t)m * d;
     gemm_serial(Z, X, W1, n, m, d, 0, d, 1, d, m, 0);
@@ -3425,8 +3622,10 @@ static void memory_read_rows(real *Y, real *Z, real *A, const real *W, const rea
     gemm_serial(Y, A, W2, n, d, m, 0, m, 1, m, d, 1);        // Y = X + A W2^T
 }
 // its backward: dW += dM/dW^T dY, dX += dM/dX^T dY. dZ: scratch (n, m)
-static void memory_read_rows_backward(real *dW, real *dX, const real *dY, const real *W, const real *X,
-                                       const real *Z, const real *A, real *dZ, int n, int d, int m, int depth) {
+static void memory_read_rows_backward(real *dW, real *dX, const real *dY, const real *W,
+                                      const real *X,
+                                       const real *Z, const real *A, real *dZ, int n, int d, int m,
+                                               int depth) {
     if (depth == 1) {
         gemm_serial(dW, dY, X, d, d, n, 1, d, 0, d, d, 1);  // dW += dY^T X
         gemm_serial(dX, dY, W, n, d, d, 0, d, 0, d, d, 1);  // dX += dY W
@@ -3443,7 +3642,8 @@ static void memory_read_rows_backward(real *dW, real *dX, const real *dY, const 
 }
 
 // the factors of the chunk's n tokens (keys K, values V) at the chunk's start weights Wc
-static void memory_factors(MemoryChunk *f, const real *Wc, const real *K, const real *V, int n, int d, int m, int depth) {
+static void memory_factors(MemoryChunk *f, const real *Wc, const real *K, const real *V, int n,
+                           int d, int m, int depth) {
     memory_read_rows(f->E, f->Z, f->A, Wc, K, n, d, m, depth);
     for (size_t i = 0; i < (size_t)n * d; i++) f->E[i] -= V[i];
     if (depth == 1) return;
@@ -3451,11 +3651,14 @@ static void memory_factors(MemoryChunk *f, const real *Wc, const real *K, const 
     for (size_t i = 0; i < (size_t)n * m; i++) f->U[i] = f->R[i] * silu_grad(f->Z[i]);
 }
 // ... and their gradients (in f->dX, f->dY) back through that batch: dWc, dK, dV accumulated.
-//   depth 2:  u = r * silu'(z):  dr = du silu'(z), dz = du r silu''(z) ;  r = W2c^T e: de += dr W2c^T, dW2 += e^T dr
-//             e = k + W2c a - v: dk += de, dv -= de, dW2 += de^T a, da += de W2c ;  a = silu(z): dz += da silu'(z)
+//   depth 2:  u = r * silu'(z):  dr = du silu'(z), dz = du r silu''(z) ;  r = W2c^T e: de += dr
+//   W2c^T, dW2 += e^T dr
+//             e = k + W2c a - v: dk += de, dv -= de, dW2 += de^T a, da += de W2c ;  a = silu(z): dz
+//             += da silu'(z)
 //             z = W1c k: dW1 += dz^T k, dk += dz W1c          (and dk += the Y gradient of block 0)
 //   depth 1:  e = Wc k - v: dW += de^T k, dk += de Wc, dv -= de
-static void memory_factors_backward(MemoryChunk *f, real *dWc, real *dK, real *dV, const real *Wc, const real *K,
+static void memory_factors_backward(MemoryChunk *f, real *dWc, real *dK, real *dV, const real *Wc,
+                                    const real *K,
                                     int n, int d, int m, int depth) {
     for (size_t i = 0; i < (size_t)n * d; i++) dK[i] += f->dY[0][i];
     if (depth == 1) {
@@ -3484,22 +3687,27 @@ static void memory_factors_backward(MemoryChunk *f, real *dWc, real *dK, real *d
 // The clipped steps theta_t c_t of the chunk's tokens, c_t = min(1, clip / |g_t|) (section 4), with
 // |g_t|^2 = 4 |e|^2 |k|^2 (depth 1) or 4 (|u|^2 |k|^2 + |e|^2 |a|^2) (depth 2), from the factors.
 // sigma: (n) the |g_t|^2 / 4.
-static void memory_clip_sigma(real *sigma, const MemoryChunk *f, const real *K, int n, int d, int m, int depth) {
+static void memory_clip_sigma(real *sigma, const MemoryChunk *f, const real *K, int n, int d, int m,
+                              int depth) {
     for (int t = 0; t < n; t++) {
         const real *e = f->E + (size_t)t * d, *kt = K + (size_t)t * d;
         real ee = dot(e, e, d), kk = dot(kt, kt, d);
         sigma[t] = depth == 1 ? ee * kk
-                 : dot(f->U + (size_t)t * m, f->U + (size_t)t * m, m) * kk + ee * dot(f->A + (size_t)t * m, f->A + (size_t)t * m, m);
+                 : dot(f->U + (size_t)t * m, f->U + (size_t)t * m,
+                       m) * kk + ee * dot(f->A + (size_t)t * m, f->A + (size_t)t * m, m);
     }
 }
-static void memory_clip_steps(MemoryChunk *f, const real *K, const real *theta, int n, int d, int m, int depth, real clip) {
+static void memory_clip_steps(MemoryChunk *f, const real *K, const real *theta, int n, int d, int m,
+                              int depth, real clip) {
     memory_clip_sigma(f->step, f, K, n, d, m, depth);
-    for (int t = 0; t < n; t++) f->step[t] = theta[t] * memory_clip_factor(2 * r_sqrt(f->step[t]), clip);
+    for (int t = 0; t < n; t++)
+        f->step[t] = theta[t] * memory_clip_factor(2 * r_sqrt(f->step[t]), clip);
 }
 // its backward, given dstep: dtheta += c dstep ; where clipped (c = clip/G, G = 2 sqrt(sigma)):
 // dsigma = theta dstep dc/dsigma = -2 c theta dstep / G^2, into the factors' gradients f->dX, f->dY
 // (depth 1: de += 2 e |k|^2 dsigma, dk += 2 k |e|^2 dsigma; depth 2 also du, da likewise)
-static void memory_clip_steps_backward(MemoryChunk *f, real *dtheta, const real *K, const real *theta,
+static void memory_clip_steps_backward(MemoryChunk *f, real *dtheta, const real *K,
+                                       const real *theta,
                                        int n, int d, int m, int depth, real clip) {
     real *sigma = f->step; // the steps themselves are not needed again
     memory_clip_sigma(sigma, f, K, n, d, m, depth);
@@ -3510,9 +3718,13 @@ static void memory_clip_steps_backward(MemoryChunk *f, real *dtheta, const real 
         real ds = -2 * c * theta[t] * f->dstep[t] / (G * G);
         const real *e = f->E + (size_t)t * d, *kt = K + (size_t)t * d;
         real ee = dot(e, e, d), kk = dot(kt, kt, d);
-        real *de = (depth == 1 ? f->dX[0] : f->dX[1]) + (size_t)t * d, *dk = f->dY[0] + (size_t)t * d;
+        real *de = (depth == 1 ? f->dX[0] : f->dX[1]) + (size_t)t * d,
+                *dk = f->dY[0] + (size_t)t * d;
         if (depth == 1) {
-            for (int i = 0; i < d; i++) { de[i] += 2 * e[i] * kk * ds; dk[i] += 2 * kt[i] * ee * ds; }
+            for (int i = 0; i < d; i++) {
+                de[i] += 2 * e[i] * kk * ds;
+                dk[i] += 2 * kt[i] * ee * ds;
+            }
             continue;
         }
         const real *u = f->U + (size_t)t * m, *a = f->A + (size_t)t * m;
@@ -3524,7 +3736,8 @@ static void memory_clip_steps_backward(MemoryChunk *f, real *dtheta, const real 
 }
 // The coefficients before each token t (row t of f->coef: cw, cs, ps, cx_0..n-1, ex_0..n-1;
 // row n: after the last token), by the recurrence above.
-static void memory_coefficients(MemoryChunk *f, const real *eta, const real *theta, const real *alpha, int n) {
+static void memory_coefficients(MemoryChunk *f, const real *eta, const real *theta,
+                                const real *alpha, int n) {
     real *c = memory_coef(f, n, 0);
     memset(c, 0, (3 + 2 * (size_t)n) * sizeof(real));
     c[0] = c[2] = 1;
@@ -3540,11 +3753,13 @@ static void memory_coefficients(MemoryChunk *f, const real *eta, const real *the
 }
 // Reverse mode through memory_coefficients: f->gcoef row t holds the gradients of the values
 // after token t (used up); deta, dalpha, dtheta are accumulated.
-static void memory_coefficients_backward(MemoryChunk *f, const real *eta, const real *alpha, real *deta, real *dalpha,
+static void memory_coefficients_backward(MemoryChunk *f, const real *eta, const real *alpha,
+                                         real *deta, real *dalpha,
                                          real *dtheta, int n) {
     for (int t = n - 1; t >= 0; t--) {
         real *g = f->gcoef + (size_t)t * (3 + 2 * n), *gcx = g + 3, *gex = gcx + n;
-        const real *p = memory_coef(f, n, t), *pcx = p + 3, *pex = pcx + n; // the values before token t
+        // the values before token t
+        const real *p = memory_coef(f, n, t), *pcx = p + 3, *pex = pcx + n;
         real a = 1 - alpha[t], da = 0, de = 0;
         // only s <= t: cx_s and ex_s of a later token s are the constant 0 before it (what
         // those entries of the gradient rows hold is never used)
@@ -3576,7 +3791,8 @@ static void memory_coefficients_backward(MemoryChunk *f, const real *eta, const 
 // The chunk's end state W, S (the next chunk's start) from its start Wc, Sc:
 //   W = cw Wc + cs Sc + (diag(cx) X)^T Y ;  S = ps Sc + (diag(ex) X)^T Y
 // with the coefficients after the chunk's last token (row n of f->coef: cx_s = cx_{n-1,s})
-static void memory_chunk_advance(real *restrict W, real *restrict S, const real *restrict Wc, const real *restrict Sc,
+static void memory_chunk_advance(real *restrict W, real *restrict S, const real *restrict Wc,
+                                 const real *restrict Sc,
                                  MemoryChunk *f, const real *K, int n, int d, int m, int depth) {
     int P = memory_params(depth, d, m);
     const real *c = memory_coef(f, n, n);
@@ -3592,16 +3808,21 @@ static void memory_chunk_advance(real *restrict W, real *restrict S, const real 
         for (int target = 0; target < 2; target++) {
             const real *coef = c + 3 + (target == 0 ? 0 : n); // cx, then ex
             for (int s = 0; s < n; s++)
-                for (int r = 0; r < rows; r++) f->Xs[(size_t)s * rows + r] = coef[s] * X[(size_t)s * rows + r];
-            gemm_serial((target == 0 ? W : S) + off, f->Xs, Y, rows, cols, n, 1, rows, 0, cols, cols, 1);
+                for (int r = 0; r < rows; r++)
+                    f->Xs[(size_t)s * rows + r] = coef[s] * X[(size_t)s * rows + r];
+            gemm_serial((target == 0 ? W : S) + off, f->Xs, Y, rows, cols, n, 1, rows, 0,
+                        cols, cols, 1);
         }
     }
 }
 // Its backward. dW, dS: the adjoints of the end state in, of W_c, S_c out (without the share of
 // the factors and reads at W_c, S_c, that the caller adds next). Into the last row of f->gcoef:
-//   g_cw = <dW, W_c>, g_cs = <dW, S_c>, g_ps = <dS, S_c>, g_cx_s = x_s^T dW y_s, g_ex_s = x_s^T dS y_s ;
-// into f->dX, f->dY (accumulated): dx_s = cx_s dW y_s + ex_s dS y_s, dy_s = cx_s dW^T x_s + ex_s dS^T x_s.
-static void memory_chunk_advance_backward(real *dW, real *dS, MemoryChunk *f, const real *Wc, const real *Sc,
+//   g_cw = <dW, W_c>, g_cs = <dW, S_c>, g_ps = <dS, S_c>, g_cx_s = x_s^T dW y_s, g_ex_s = x_s^T dS
+//   y_s ;
+// into f->dX, f->dY (accumulated): dx_s = cx_s dW y_s + ex_s dS y_s, dy_s = cx_s dW^T x_s + ex_s
+// dS^T x_s.
+static void memory_chunk_advance_backward(real *dW, real *dS, MemoryChunk *f, const real *Wc,
+                                          const real *Sc,
                                           const real *K, int n, int d, int m, int depth) {
     int P = memory_params(depth, d, m);
     const real *c = memory_coef(f, n, n), *cx = c + 3, *ex = cx + n;
@@ -3611,12 +3832,15 @@ static void memory_chunk_advance_backward(real *dW, real *dS, MemoryChunk *f, co
         size_t off;
         memory_block(depth, d, m, b, &rows, &cols, &off);
         const real *X = memory_factor_x(f, depth, b), *Y = memory_factor_y(f, b, K);
-        gemm_serial(f->M1, Y, dW + off, n, rows, cols, 0, cols, 1, cols, rows, 0); // M1 = Y dW^T   (n, rows)
+        // M1 = Y dW^T   (n, rows)
+        gemm_serial(f->M1, Y, dW + off, n, rows, cols, 0, cols, 1, cols, rows, 0);
         gemm_serial(f->M2, Y, dS + off, n, rows, cols, 0, cols, 1, cols, rows, 0); // M2 = Y dS^T
-        gemm_serial(f->N1, X, dW + off, n, cols, rows, 0, rows, 0, cols, cols, 0); // N1 = X dW     (n, cols)
+        // N1 = X dW     (n, cols)
+        gemm_serial(f->N1, X, dW + off, n, cols, rows, 0, rows, 0, cols, cols, 0);
         gemm_serial(f->N2, X, dS + off, n, cols, rows, 0, rows, 0, cols, cols, 0); // N2 = X dS
         for (int s = 0; s < n; s++) {
-            const real *x = X + (size_t)s * rows, *m1 = f->M1 + (size_t)s * rows, *m2 = f->M2 + (size_t)s * rows;
+            const real *x = X + (size_t)s * rows, *m1 = f->M1 + (size_t)s * rows,
+                    *m2 = f->M2 + (size_t)s * rows;
             const real *n1 = f->N1 + (size_t)s * cols, *n2 = f->N2 + (size_t)s * cols;
             real *dx = f->dX[b] + (size_t)s * rows, *dy = f->dY[b] + (size_t)s * cols;
             gcx[s] += dot(x, m1, rows);
@@ -3645,15 +3869,20 @@ static void memory_chunk_advance_backward(real *dW, real *dS, MemoryChunk *f, co
 // Titans' reads through one block: row t of OUT (n, rows) is W_t's block times row t of IN
 // (n, cols):  OUT = diag(cw) IN Wc^T + diag(cs) IN Sc^T + (cx o G) X,  G = IN Y^T (n, n, kept)
 // (cw, cs, cx after token t; cx_s = 0 for s > t)
-static void memory_block_read(real *OUT, real *G, const real *IN, const real *Wcb, const real *Scb, MemoryChunk *f,
+static void memory_block_read(real *OUT, real *G, const real *IN, const real *Wcb, const real *Scb,
+                              MemoryChunk *f,
                               const real *X, const real *Y, int n, int rows, int cols) {
     gemm_serial(f->T1, IN, Wcb, n, rows, cols, 0, cols, 1, cols, rows, 0);
     gemm_serial(f->T2, IN, Scb, n, rows, cols, 0, cols, 1, cols, rows, 0);
     gemm_serial(G, IN, Y, n, n, cols, 0, cols, 1, cols, n, 0);
     for (int t = 0; t < n; t++) {
         const real *c = memory_coef(f, n, t + 1), *cx = c + 3;
-        for (int r = 0; r < rows; r++) OUT[(size_t)t * rows + r] = c[0] * f->T1[(size_t)t * rows + r] + c[1] * f->T2[(size_t)t * rows + r];
-        for (int s = 0; s < n; s++) f->H[(size_t)t * n + s] = s <= t ? cx[s] * G[(size_t)t * n + s] : 0;
+        for (int r = 0; r < rows; r++) {
+            size_t i = (size_t)t * rows + r;
+            OUT[i] = c[0] * f->T1[i] + c[1] * f->T2[i];
+        }
+        for (int s = 0; s < n; s++)
+            f->H[(size_t)t * n + s] = s <= t ? cx[s] * G[(size_t)t * n + s] : 0;
     }
     gemm_serial(OUT, f->H, X, n, rows, n, 0, n, 0, rows, rows, 1);
 }
@@ -3664,16 +3893,20 @@ static void memory_block_read(real *OUT, real *G, const real *IN, const real *Wc
 //   dWc += (cw o dOUT)^T IN,  dSc += (cs o dOUT)^T IN
 // and the third through dH = dOUT X^T: g_cx_ts += dH_ts G_ts, dG = cx o dH, then through H = cx o G
 // and G = IN Y^T:  dX += H^T dOUT,  dIN += dG Y,  dY += dG^T IN
-static void memory_block_read_backward(real *dIN, real *dWcb, real *dScb, real *dX, real *dY, const real *dOUT,
-                                       const real *G, const real *IN, const real *Wcb, const real *Scb,
-                                       MemoryChunk *f, const real *X, const real *Y, int n, int rows, int cols) {
+static void memory_block_read_backward(real *dIN, real *dWcb, real *dScb, real *dX, real *dY,
+                                       const real *dOUT,
+                                       const real *G, const real *IN, const real *Wcb,
+                                               const real *Scb,
+                                       MemoryChunk *f, const real *X, const real *Y, int n,
+                                               int rows, int cols) {
     real *P1 = f->T1, *P2 = f->T2, *D1 = f->M1, *D2 = f->M2, *dH = f->H, *H = f->H2;
     gemm_serial(P1, dOUT, Wcb, n, cols, rows, 0, rows, 0, cols, cols, 0);
     gemm_serial(P2, dOUT, Scb, n, cols, rows, 0, rows, 0, cols, cols, 0);
     gemm_serial(dH, dOUT, X, n, n, rows, 0, rows, 1, rows, n, 0);
     for (int t = 0; t < n; t++) {
         const real *c = memory_coef(f, n, t + 1), *cx = c + 3, *dout = dOUT + (size_t)t * rows;
-        const real *in = IN + (size_t)t * cols, *p1 = P1 + (size_t)t * cols, *p2 = P2 + (size_t)t * cols;
+        const real *in = IN + (size_t)t * cols, *p1 = P1 + (size_t)t * cols,
+                *p2 = P2 + (size_t)t * cols;
         real *g = f->gcoef + (size_t)t * (3 + 2 * n), *gcx = g + 3, *din = dIN + (size_t)t * cols;
         g[0] += dot(p1, in, cols);
         g[1] += dot(p2, in, cols);
@@ -3699,7 +3932,8 @@ static void memory_block_read_backward(real *dIN, real *dWcb, real *dScb, real *
 
 // Titans' read-out of the chunk, y_t = M_{W_t}(q_t):  Z = reads of Q through W1, A = silu(Z),
 // Y = Q + reads of A through W2  (depth 1: Y = reads of Q through W)
-static void memory_chunk_read(real *Yout, const real *Q, const real *Wc, const real *Sc, MemoryChunk *f,
+static void memory_chunk_read(real *Yout, const real *Q, const real *Wc, const real *Sc,
+                              MemoryChunk *f,
                               const real *K, int n, int d, int m, int depth) {
     if (depth == 1) { memory_block_read(Yout, f->G[0], Q, Wc, Sc, f, f->E, K, n, d, d); return; }
     size_t o2 = (size_t)m * d;
@@ -3708,24 +3942,30 @@ static void memory_chunk_read(real *Yout, const real *Q, const real *Wc, const r
     memory_block_read(Yout, f->G[1], f->Aq, Wc + o2, Sc + o2, f, f->E, f->A, n, d, m);
     for (size_t i = 0; i < (size_t)n * d; i++) Yout[i] += Q[i];
 }
-static void memory_chunk_read_backward(real *dQ, real *dWc, real *dSc, const real *dYout, const real *Q,
-                                       const real *Wc, const real *Sc, MemoryChunk *f, const real *K,
+static void memory_chunk_read_backward(real *dQ, real *dWc, real *dSc, const real *dYout,
+                                       const real *Q,
+                                       const real *Wc, const real *Sc, MemoryChunk *f,
+                                               const real *K,
                                        int n, int d, int m, int depth) {
     if (depth == 1) {
-        memory_block_read_backward(dQ, dWc, dSc, f->dX[0], f->dY[0], dYout, f->G[0], Q, Wc, Sc, f, f->E, K, n, d, d);
+        memory_block_read_backward(dQ, dWc, dSc, f->dX[0], f->dY[0], dYout, f->G[0], Q, Wc, Sc, f,
+                                   f->E, K, n, d, d);
         return;
     }
     size_t o2 = (size_t)m * d; // the hidden layer Zq, Aq: kept by the forward
     memset(f->dZq, 0, (size_t)n * m * sizeof(real));
     for (size_t i = 0; i < (size_t)n * d; i++) dQ[i] += dYout[i];
-    memory_block_read_backward(f->dZq, dWc + o2, dSc + o2, f->dX[1], f->dY[1], dYout, f->G[1], f->Aq, Wc + o2,
+    memory_block_read_backward(f->dZq, dWc + o2, dSc + o2, f->dX[1], f->dY[1], dYout, f->G[1],
+                               f->Aq, Wc + o2,
                                Sc + o2, f, f->E, f->A, n, d, m);
     for (size_t i = 0; i < (size_t)n * m; i++) f->dZq[i] *= silu_grad(f->Zq[i]);
-    memory_block_read_backward(dQ, dWc, dSc, f->dX[0], f->dY[0], f->dZq, f->G[0], Q, Wc, Sc, f, f->U, K, n, m, d);
+    memory_block_read_backward(dQ, dWc, dSc, f->dX[0], f->dY[0], f->dZq, f->G[0], Q, Wc, Sc, f,
+                               f->U, K, n, m, d);
 }
 
 // y (T, d) from k, v, q (T, d) and the gates (T); states: see memory_state_size().
-static void memory_chunked_forward(real *y, real *states, real *scratch, const real *k, const real *v, const real *q,
+static void memory_chunked_forward(real *y, real *states, real *scratch, const real *k,
+                                   const real *v, const real *q,
                            const real *theta, const real *eta, const real *alpha, const real *W0,
                            int T, MemorySize ms, int read_chunk_start) {
     int d = ms.d, m = ms.m, depth = ms.depth, chunk = ms.chunk;
@@ -3745,8 +3985,12 @@ static void memory_chunked_forward(real *y, real *states, real *scratch, const r
         memory_factors(&f, Wc, K, v + (size_t)s * d, n, d, m, depth);
         memory_clip_steps(&f, K, theta + s, n, d, m, depth, ms.clip);
         memory_coefficients(&f, eta + s, f.step, alpha + s, n);
-        if (read_chunk_start) memory_read_rows(y + (size_t)s * d, f.Zq, f.Aq, Wc, Q, n, d, m, depth); // Hope
-        else                  memory_chunk_read(y + (size_t)s * d, Q, Wc, Sc, &f, K, n, d, m, depth);  // Titans
+        // Hope
+        if (read_chunk_start)
+            memory_read_rows(y + (size_t)s * d, f.Zq, f.Aq, Wc, Q, n, d, m, depth);
+        // Titans
+        else                  memory_chunk_read(y + (size_t)s * d, Q, Wc, Sc, &f, K, n,
+                                                d, m, depth);
         memory_chunk_advance(Wn, Sn, Wc, Sc, &f, K, n, d, m, depth);
     }
 }
@@ -3756,7 +4000,8 @@ static void memory_chunked_forward(real *y, real *states, real *scratch, const r
 // the end of the sequence); each chunk's backward first turns them into those of its start W_c,
 // S_c, then adds what the chunk's reads and factors contributed at W_c, S_c. At the very start
 // dW0 += dW. (v reaches it through the kept factors.)
-static void memory_chunked_backward(real *dk, real *dv, real *dq, real *dtheta, real *deta, real *dalpha, real *dW0,
+static void memory_chunked_backward(real *dk, real *dv, real *dq, real *dtheta, real *deta,
+                                    real *dalpha, real *dW0,
                             real *scratch, const real *dy, const real *states, const real *k,
                             const real *q, const real *theta, const real *eta, const real *alpha,
                             int T, MemorySize ms, int read_chunk_start) {
@@ -3771,13 +4016,16 @@ static void memory_chunked_backward(real *dk, real *dv, real *dq, real *dtheta, 
     int chunks = (T + chunk - 1) / chunk;
     for (int c = chunks - 1; c >= 0; c--) {
         int s = c * chunk, n = T - s < chunk ? T - s : chunk;
-        const real *Wc = states + c * record, *Sc = Wc + P, *K = k + (size_t)s * d, *Q = q + (size_t)s * d;
-        memory_chunk_saved(&f, (real *)Sc + P, len, d, m, depth); // the forward's factors and coefficients
+        const real *Wc = states + c * record, *Sc = Wc + P, *K = k + (size_t)s * d,
+                *Q = q + (size_t)s * d;
+        memory_chunk_saved(&f, (real *)Sc + P, len, d, m, depth); // the forward's factors and
+                                                                  // coefficients
 #if defined(__GNUC__)
         // the record of the chunk before was written long ago (the whole forward ran since): start
         // bringing it into L2 now, while this chunk computes, instead of waiting on each line later
         if (c > 0)
-            for (size_t i = 0; i < record; i += 64 / sizeof(real)) __builtin_prefetch(Wc - record + i, 0, 2);
+            for (size_t i = 0; i < record; i += 64 / sizeof(real))
+                __builtin_prefetch(Wc - record + i, 0, 2);
 #endif
         memset(f.gcoef, 0, (size_t)n * (3 + 2 * n) * sizeof(real));
         int nx0 = depth == 1 ? d : m;
@@ -3790,14 +4038,17 @@ static void memory_chunked_backward(real *dk, real *dv, real *dq, real *dtheta, 
         // the last chunk's end state is not used: its adjoints are zero, and so is all this
         if (c < chunks - 1) memory_chunk_advance_backward(dW, dS, &f, Wc, Sc, K, n, d, m, depth);
         if (read_chunk_start) { // Hope: the reads at W_c, one batch (Zq, Aq kept by the forward)
-            memory_read_rows_backward(dW, dq + (size_t)s * d, dy + (size_t)s * d, Wc, Q, f.Zq, f.Aq, f.dZq, n, d, m, depth);
+            memory_read_rows_backward(dW, dq + (size_t)s * d, dy + (size_t)s * d, Wc, Q, f.Zq, f.Aq,
+                                      f.dZq, n, d, m, depth);
         } else {
-            memory_chunk_read_backward(dq + (size_t)s * d, dW, dS, dy + (size_t)s * d, Q, Wc, Sc, &f, K, n, d, m, depth);
+            memory_chunk_read_backward(dq + (size_t)s * d, dW, dS, dy + (size_t)s * d, Q, Wc, Sc,
+                                       &f, K, n, d, m, depth);
         }
         memset(f.dstep, 0, (size_t)n * sizeof(real));
         memory_coefficients_backward(&f, eta + s, alpha + s, deta + s, dalpha + s, f.dstep, n);
         memory_clip_steps_backward(&f, dtheta + s, K, theta + s, n, d, m, depth, ms.clip);
-        memory_factors_backward(&f, dW, dk + (size_t)s * d, dv + (size_t)s * d, Wc, K, n, d, m, depth);
+        memory_factors_backward(&f, dW, dk + (size_t)s * d, dv + (size_t)s * d, Wc, K, n,
+                                d, m, depth);
     }
     for (int p = 0; p < P; p++) dW0[p] += dW[p];
 }

@@ -34,7 +34,7 @@ mutate "memory: forgetting gradient sign"     's/^        dalpha\[t\] += da;/   
 mutate "memory: end state's gradient lost"    's/        dW\[p\] = c\[0\] \* w;/        dW[p] = 0;/'
 mutate "memory: reads give S_c no gradient"   's/    gemm_serial(dScb, D2, IN, rows, cols, n, 1, rows, 0, cols, cols, 1);/    (void)D2;/'
 mutate "memory: closed form drops eta"        's/        de += g\[2\] \* p\[2\];  /        de += 0;  /'
-mutate "attention: dV not accumulated"        's/gemm_serial(dv + (size_t)lo \* 3 \* C, p_blk, do_blk, keys, hs, rows, 1, T, 0, C, 3 \* C, 1);/(void)p_blk;/'
+mutate "attention: dV not accumulated"        's/^\( *\)gemm_serial(dv + (size_t)lo \* 3 \* C, p_blk, do_blk, keys, hs, rows, 1, T, 0,$/\1if (0) gemm_serial(dv, p_blk, do_blk, keys, hs, rows, 1, T, 0,/'
 mutate "memory: L2 norm backward skipped"     's/dq_raw\[j\] += (dq\[j\] - q\[j\] \* qdq) \* ma->q_inv\[i\];/dq_raw[j] += dq[j] * ma->q_inv[i];/'
 mutate "RoPE backward rotates the wrong way"  's/rope_rotate(dx, tab, B, T, heads, hs, ld, -1);/rope_rotate(dx, tab, B, T, heads, hs, ld, 1);/'
 mutate "AdamW: no bias correction"            's/float update = (mj \/ bc1) \/ (sqrtf(vj \/ bc2) + eps)/float update = mj \/ (sqrtf(vj) + eps)/'
