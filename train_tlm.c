@@ -18,9 +18,9 @@
  *
  * The only place the architectures differ is mixer_forward/backward and mlp_forward/
  * backward. The taper is section 1: taper_widths() turns a schedule into per-layer widths
- * (taper_group_widths() the grouped form; config_widths(), in section 5, takes the options
- * there), and its output, mlp_widths[l], is the width every MLP tensor of layer l is
- * allocated with. Nothing else in the method depends on the taper.
+ * (taper_group_widths() the grouped form; taper_layer_widths() the route from the options),
+ * and its output, mlp_widths[l], is the width every MLP tensor of layer l is allocated with.
+ * Nothing else in the method depends on the taper.
  *
  * Sections, in reading order:
  *    1. THE TAPER: per-layer MLP widths at a fixed budget
@@ -237,6 +237,58 @@ static int taper_group_widths(int *widths, int L, int H, const double *groups, i
     return round_schedule(widths, f, L, H, multiple, 0, "groups taper", err, errlen);
 }
 
+// --- the taper's route: from the options to every layer's width ------------------------------
+enum { MAX_LAYERS = 64, MAX_CMS_LEVELS = 4 }; // the deepest stack; Hope's levels (section 2)
+
+// The options that choose a taper (--taper and its --taper-start/end, groups:.., --mlp-widths,
+// --taper-multiple, --mlp-width; in the Config of section 2, which config_finish passes here).
+typedef struct {
+    Taper taper;           // a schedule, TAPER_GROUPS or TAPER_EXPLICIT
+    double start, end;     // a schedule's first and last layer's width in multiples of H
+    int multiple;          // --taper-multiple
+    const double *group;   // groups: each group's multiple of H (groups values)
+    int groups;
+    const int *given;      // explicit: --mlp-widths (0 after the last), summing to L * mean
+    int mean;              // --mlp-width, the mean width H of the MLPs
+} TaperOptions;
+
+// The widths of a taper at mean width H (the MLP's, or with `fast` Hope's fast levels, which
+// follow the same taper; explicit widths then act as L groups of w_l / mlp_width). Returns 0,
+// or -1 with a one-line reason in err naming the flag.
+static int taper_layer_widths(int *widths, int L, int H, const TaperOptions *t, int fast,
+                              char *err, size_t errlen) {
+    int n = 0;
+    char why[200];
+    int rc = 0;
+    if (t->taper == TAPER_GROUPS) {
+        rc = taper_group_widths(widths, L, H, t->group, t->groups, t->multiple, why, sizeof(why));
+    } else if (t->taper == TAPER_EXPLICIT) {
+        long sum = 0;
+        while (n < L && t->given[n] > 0) sum += t->given[n++];
+        if (n != L) {
+            snprintf(err, errlen, "--mlp-widths gives %d widths for --layers %d", n, L);
+            return -1;
+        }
+        if (sum != (long)L * t->mean) {
+            snprintf(err, errlen, "--mlp-widths sum to %ld, they must sum to --layers x "
+                                  "--mlp-width = %d x %d = %ld",
+                     sum, L, t->mean, (long)L * t->mean);
+            return -1;
+        }
+        if (!fast) {
+            for (int l = 0; l < L; l++) widths[l] = t->given[l];
+            return 0;
+        }
+        double f[MAX_LAYERS];
+        for (int l = 0; l < L; l++) f[l] = (double)t->given[l] / t->mean;
+        rc = taper_group_widths(widths, L, H, f, L, t->multiple, why, sizeof(why));
+    } else {
+        rc = taper_widths(widths, L, H, t->taper, t->start, t->end, t->multiple, why, sizeof(why));
+    }
+    if (rc) snprintf(err, errlen, "--taper: %s", why);
+    return rc;
+}
+
 // ----------------------------------------------------------------------------
 // 2. the model's structures: precision and workspace, config, parameter table, per-layer
 //    weight views, activations
@@ -292,8 +344,6 @@ static void zero_parallel(real *x, size_t n) {
 
 typedef enum { ARCH_TRANSFORMER, ARCH_GATED, ARCH_TITANS, ARCH_HOPE, ARCH_COUNT } Arch;
 static const char *arch_names[ARCH_COUNT] = { "transformer", "gated", "titans", "hope" };
-
-enum { MAX_LAYERS = 64, MAX_CMS_LEVELS = 4 };
 
 typedef struct {
     Arch arch;
@@ -1655,48 +1705,14 @@ static size_t layout_activations(Model *model, real *base, int B, int T) {
     return cur;
 }
 
-// The widths of a config's taper at mean width H (the MLP's, or with `fast` Hope's fast levels,
-// which follow the same taper; explicit widths then act as L groups of w_l / mlp_width).
-static int config_widths(const Config *c, int *widths, int H, int fast, char *err, size_t errlen) {
-    int L = c->layers, n = 0;
-    char why[200];
-    int rc = 0;
-    if (c->taper == TAPER_GROUPS) {
-        rc = taper_group_widths(widths, L, H, c->taper_group, c->taper_groups, c->taper_multiple,
-                                why, sizeof(why));
-    } else if (c->taper == TAPER_EXPLICIT) {
-        long sum = 0;
-        while (n < L && c->widths_given[n] > 0) sum += c->widths_given[n++];
-        if (n != L) {
-            snprintf(err, errlen, "--mlp-widths gives %d widths for --layers %d", n, L);
-            return -1;
-        }
-        if (sum != (long)L * c->mlp_width) {
-            snprintf(err, errlen, "--mlp-widths sum to %ld, they must sum to --layers x "
-                                  "--mlp-width = %d x %d = %ld",
-                     sum, L, c->mlp_width, (long)L * c->mlp_width);
-            return -1;
-        }
-        if (!fast) {
-            for (int l = 0; l < L; l++) widths[l] = c->widths_given[l];
-            return 0;
-        }
-        double f[MAX_LAYERS];
-        for (int l = 0; l < L; l++) f[l] = (double)c->widths_given[l] / c->mlp_width;
-        rc = taper_group_widths(widths, L, H, f, L, c->taper_multiple, why, sizeof(why));
-    } else {
-        rc = taper_widths(widths, L, H, c->taper, c->taper_start, c->taper_end, c->taper_multiple,
-                          why, sizeof(why));
-    }
-    if (rc) snprintf(err, errlen, "--taper: %s", why);
-    return rc;
-}
-
 // What the option table cannot check (each option's range is its row's, checked as it is parsed
 // from the command line or a checkpoint): how a config's options combine. Then the per-layer
 // widths. Returns 0, or -1 with a one-line reason in err naming the flag.
 static int config_finish(Config *c, char *err, size_t n) {
-    char why[256];
+    char why[240];
+    TaperOptions taper = { c->taper, c->taper_start, c->taper_end, c->taper_multiple,
+                           c->taper_group, c->taper_groups, c->widths_given, c->mlp_width };
+    int L = c->layers;
     if (c->vocab == 0)
         return snprintf(err, n, "--vocab 0 (from the shards' headers): no vocabulary was "
                                 "found"), -1;
@@ -1705,14 +1721,15 @@ static int config_finish(Config *c, char *err, size_t n) {
     if ((c->dim / c->heads) % 2 != 0)
         return snprintf(err, n, "head size --dim/--heads = %d must be even for RoPE",
                         c->dim / c->heads), -1;
-    if (config_widths(c, c->mlp_widths, c->mlp_width, 0, why, sizeof(why)))
+    if (taper_layer_widths(c->mlp_widths, L, c->mlp_width, &taper, 0, why, sizeof(why)))
         return snprintf(err, n, "%s", why), -1;
     if (c->arch != ARCH_HOPE) return 0;
     for (int k = 1; k < c->cms_levels; k++)
         if (c->cms_chunks[k] < 1)
             return snprintf(err, n, "--cms-chunks: --cms-levels %d needs a chunk size for level %d",
                             c->cms_levels, k + 1), -1;
-    if (c->cms_levels > 1 && config_widths(c, c->cms_widths, c->cms_width, 1, why, sizeof(why)))
+    if (c->cms_levels > 1
+        && taper_layer_widths(c->cms_widths, L, c->cms_width, &taper, 1, why, sizeof(why)))
         return snprintf(err, n, "--cms-width: %s", why), -1;
     return 0;
 }
