@@ -869,6 +869,9 @@ static void test_shard_loader(void) {
     check(dies_with(open_train, (void *)tmp_path("trail.bin"), "trailing"), "shard: trailing bytes refused");
     write_shard(tmp_path("vocab.bin"), 100, SHARD_MAGIC, 1, 100, 11, 50, 0);
     check(dies_with(open_train, (void *)tmp_path("vocab.bin"), "not below the vocabulary"), "shard: token >= vocab refused");
+    write_shard(tmp_path("vocab1.bin"), 100, SHARD_MAGIC, 1, 100, 1, 1, 0); // (--vocab: 2..65536)
+    check(dies_with(open_train, (void *)tmp_path("vocab1.bin"), "bad vocabulary size 1"),
+          "shard: a header vocabulary of 1 refused");
     write_shard(tmp_path("version.bin"), 100, SHARD_MAGIC, 7, 100, 11, 11, 0);
     check(dies_with(open_train, (void *)tmp_path("version.bin"), "version"), "shard: unknown version refused");
     FILE *f = open_file(tmp_path("short.bin"), "wb");
