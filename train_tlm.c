@@ -356,12 +356,9 @@ typedef struct {
     int gate_headwise;                      // gated: one gate per head instead of per channel
     int window;                             // titans: sliding-window size of the attention
     int mem_depth, mem_hidden, mem_chunk;   // titans: memory depth (1, 2), MLP width, chunk
-    double mem_lr, mem_clip;                // titans, hope: theta_max, the inner gradient's norm
-                                            // bound
-    int mem_conv, mem_silu;                 // titans, hope: q/k/v conv kernel (0: none), SiLU on
-                                            // q/k/v
-    int cms_levels, cms_width;              // hope: levels incl. the slow SwiGLU; fast levels'
-                                            // width
+    double mem_lr, mem_clip;                // titans, hope: theta_max, inner-gradient norm bound
+    int mem_conv, mem_silu;                 // titans, hope: q/k/v conv kernel (0: none), SiLU
+    int cms_levels, cms_width;              // hope: levels incl. the slow SwiGLU; fast width
     int cms_chunks[MAX_CMS_LEVELS];         // hope: update period of levels 2..k (index 1..k-1)
     int taper_groups;                       // --taper groups:..: how many groups (else 0)
     double taper_group[MAX_LAYERS];         //   and their multiples of H, first group first
@@ -567,8 +564,7 @@ typedef struct {
     real *dmixed;               // (N, C)
     real *dattn;                // (N, C)
     real *dqkv;                 // (N, 3C)
-    Scratch att_scratch;        // (threads, ATT_BLOCK, T) attention backward: dS of a block of
-                                // queries
+    Scratch att_scratch;        // (threads, ATT_BLOCK, T) attention backward: a query block's dS
     real *dgate;                // (N, C)
     real *dh;                   // (N, 2 Fmax)
     real *dhg;                  // (N, Fmax)
@@ -595,8 +591,7 @@ typedef struct {
     ParamTable table;
     size_t num_params;
     real *params, *grads;       // (num_params) each, layout_params order
-    real *micro_grads;          // (num_params) with --grad-accum > 1: a later micro-batch's
-                                // gradient
+    real *micro_grads;          // (num_params) --grad-accum > 1: a later micro-batch's gradient
     float *adam_m, *adam_v;     // AdamW moments, same layout
     Weights w, g;               // views into params and grads
     int B, T;                   // activation capacity
@@ -1369,8 +1364,7 @@ static void memory_chunked_backward(real *dk, real *dv, real *dq, real *dtheta, 
                                     int T, MemorySize ms, int read_chunk_start);
 
 // --- causal depthwise convolution over time (the memory's q, k, v) --------------------------
-// out[b,t,c] = sum_{j<K, j<=t} w[c,j] x[b,t-j,c]      x, out (B,T,CH); w (CH,K), tap 0 the current
-// token
+// out[b,t,c] = sum_{j<K, j<=t} w[c,j] x[b,t-j,c]    x, out (B,T,CH); w (CH,K), tap 0 this token
 // The loops run over the channels innermost, reading w's taps from a copy wt transposed to (K,CH)
 // (w's rows are a channel's K taps: read in place, each tap would be a stride-K gather).
 static real *conv_taps(const real *w, int CH, int K) { // wt (K,CH), to be freed
@@ -3099,8 +3093,7 @@ enum {
 #define GEMM_B_BLOCK (256 * 512)
 #endif
 static real *gemm_buffer_raw;  // the allocation, for free()
-static real *gemm_pack_b[2];   // two B blocks (GEMM_B_BLOCK), shared by the threads, 64-byte
-                               // aligned
+static real *gemm_pack_b[2];   // two B blocks (GEMM_B_BLOCK), shared by the threads, aligned 64
 static real *gemm_pack_a;      // per thread: one A strip, MR_MAX*KC_MAX (aligned)
 static real *gemm_pack_b_own;  // per thread: one B block, when a thread computes a product alone
                                // (gemm_serial() and gemm()'s tiles)
@@ -3453,8 +3446,7 @@ static void gemm(real *C, const real *A, const real *B, int M, int N, int K,
                  num_threads_here(), kc);
         return;
     }
-    int tr = 1; // row groups: the largest divisor of the thread count that leaves 4 strips per
-                // group
+    int tr = 1; // row groups: the largest divisor of the thread count leaving 4 strips a group
     for (int t = 1; t <= threads; t++)
         if (threads % t == 0 && strips >= 4 * t) tr = t;
     const int tc = threads / tr, col_strips = (N + GEMM_NR - 1) / GEMM_NR;
@@ -3571,8 +3563,8 @@ typedef struct {
     real *dR, *dZ, *dZq;            // (n, m) x 3
     real *gcoef;                    // (n, 3 + 2n): gradients of the coefficients after token t
     real *T1, *T2, *H, *H2;         // (n, wide) x 2, (n, n) x 2 for the reads
-    real *M1, *M2, *N1, *N2, *Xs;   // (n, wide) x 5 for the end state (M1, M2 also for the reads'
-                                    // backward)
+    // (n, wide) x 5 for the end state (M1, M2 also for the reads' backward)
+    real *M1, *M2, *N1, *N2, *Xs;
     real *step, *dstep;             // (n) x 2: theta_t c_t (the clipped step) and its gradient
 } MemoryChunk;
 
@@ -4035,8 +4027,8 @@ static void memory_chunked_backward(real *dk, real *dv, real *dq, real *dtheta, 
         int s = c * chunk, n = T - s < chunk ? T - s : chunk;
         const real *Wc = states + c * record, *Sc = Wc + P, *K = k + (size_t)s * d,
                 *Q = q + (size_t)s * d;
-        memory_chunk_saved(&f, (real *)Sc + P, len, d, m, depth); // the forward's factors and
-                                                                  // coefficients
+        // the forward's factors and coefficients
+        memory_chunk_saved(&f, (real *)Sc + P, len, d, m, depth);
 #if defined(__GNUC__)
         // the record of the chunk before was written long ago (the whole forward ran since): start
         // bringing it into L2 now, while this chunk computes, instead of waiting on each line later
