@@ -62,6 +62,13 @@ static int test_rename(const char *from, const char *to) {
 
 static int passed, failed;
 
+// fopen, or die naming the file (the trainer's inputs go through open_regular)
+static FILE *open_file(const char *path, const char *mode) {
+    FILE *f = fopen(path, mode);
+    if (!f) die("%s: cannot open: %s", path, strerror(errno));
+    return f;
+}
+
 static void check(int ok, const char *fmt, ...) {
     if (ok) { passed++; return; }
     failed++;
@@ -1312,7 +1319,7 @@ static void test_option_table(void) {
     check(!strcmp(text, "groups:1.5,1,0.5"), "options: the groups taper formats as typed (%s)", text);
     check(!parses("--taper groups:") && !parses("--taper groups:1,-1") && !parses("--taper groups:1,,2") &&
           !parses("--taper groups:1,2,"), "options: malformed groups refused");
-    check(parses("--mlp-widths 64,32") && opt.cfg.taper == TAPER_EXPLICIT && opt.cfg.widths_given[1] == 32 && !opt.cfg.widths_given[2],
+    check(parses("--layers 2 --mlp-widths 64,32") && opt.cfg.taper == TAPER_EXPLICIT && opt.cfg.widths_given[1] == 32 && !opt.cfg.widths_given[2],
           "options: --mlp-widths parsed, the taper is explicit");
     check(!parses("--mlp-widths 64,32 --taper cosine") && strstr(tlm_last_error, "--taper"), "options: --mlp-widths with --taper refused");
     check(!parses("--mlp-widths 64,0") && !parses("--mlp-widths 64,x"), "options: bad --mlp-widths refused");
@@ -2075,7 +2082,7 @@ static void test_cli(void) {
     snprintf(args, sizeof(args), "%s --train %s", data, tmp_path("magic.bin"));
     check(run_trainer(args) == 1 && output_has("bad magic"), "cli: a bad shard is a one-line error");
     snprintf(args, sizeof(args), "%s --train %s", data, tmp_path(""));
-    check(run_trainer(args) == 1 && output_has("Is a directory"), "cli: a directory as a shard: the read error, not 'truncated'");
+    check(run_trainer(args) == 1 && output_has("is a directory, not a regular file"), "cli: a directory as a shard: refused as such, not 'truncated'");
     // bit-exact resume through the binary: 6 steps straight vs 3 + save + load + 3
     snprintf(args, sizeof(args), "%s --steps 6 --eval-every 3 --log %s", data, tmp_path("straight.jsonl"));
     remove(tmp_path("straight.jsonl"));
@@ -2417,7 +2424,7 @@ static void test_cli_resume_and_guards(void) {
           "load: a version-1 checkpoint refused, naming the file and the version");
     // SIGPIPE: the reader of stdout goes away (| tee, then Ctrl-C): saved, non-zero, a line on stderr
     remove(tmp_path("pipe.ckpt"));
-    snprintf(cmd, sizeof(cmd), "bash -c 'OMP_NUM_THREADS=1 %s %s --steps 100000 --eval-every 0 --save %s 2> %s | head -n 3 > /dev/null; "
+    snprintf(cmd, sizeof(cmd), "bash -c 'OMP_NUM_THREADS=1 %s %s --steps 100000 --eval-every 0 --save %s 2> %s | head -n 30 > /dev/null; "
              "exit ${PIPESTATUS[0]}'", trainer(), data, tmp_path("pipe.ckpt"), tmp_path("cli.out"));
     status = system(cmd);
     check(WIFEXITED(status) && WEXITSTATUS(status) == 1 && output_has("stdout: write failed") && output_has("checkpoint saved") &&
@@ -2457,8 +2464,8 @@ static void test_cli_resume_and_guards(void) {
     char trace[1024], dir[1024], tmpq[1100], renameq[2300];
     snprintf(trace, sizeof(trace), "%s", tmp_path("strace.txt"));
     snprintf(dir, sizeof(dir), "\"%s\", O_RDONLY|O_DIRECTORY", tmpdir);
-    snprintf(tmpq, sizeof(tmpq), "\"%s.tmp\"", st);
-    snprintf(renameq, sizeof(renameq), "rename(\"%s.tmp\", \"%s\")", st, st);
+    snprintf(tmpq, sizeof(tmpq), "\"%s.tmp.", st); // (.tmp.PID: the process's own)
+    snprintf(renameq, sizeof(renameq), "\", \"%s\")", st);
     snprintf(cmd, sizeof(cmd), "command -v strace > /dev/null && OMP_NUM_THREADS=1 strace -f -e trace=open,openat,fsync,rename "
              "-o %s %s %s --steps 1 --save %s > /dev/null 2>&1", trace, trainer(), data, st);
     if (system(cmd) == 0) {
@@ -2470,7 +2477,7 @@ static void test_cli_resume_and_guards(void) {
             int fd = eq ? atoi(eq + 1) : -1;
             if (strstr(line, tmpq) && strstr(line, "O_CREAT") && strstr(line, "O_EXCL") && strstr(line, "O_NOFOLLOW")) tmp_fd = fd;
             else if (fs && tmp_fd >= 0 && !renamed && atoi(fs + 6) == tmp_fd && fd == 0) synced = 1;
-            else if (strstr(line, renameq) && fd == 0) renamed = synced;
+            else if (strstr(line, "rename(") && strstr(line, tmpq) && strstr(line, renameq) && fd == 0) renamed = synced;
             else if (renamed && strstr(line, dir)) dir_fd = fd;
             else if (fs && dir_fd >= 0 && atoi(fs + 6) == dir_fd && fd == 0) dir_synced = 1;
         }
@@ -2535,74 +2542,275 @@ static void test_failed_save_keeps_old(void) {
     model_free(m);
 }
 
-// Ctrl-C before the first step (during the step-0 evaluation, where the flag is first looked at):
-// the model is saved as it is, and "checkpoint saved" is printed only when the file was written;
-// a save that fails says "no checkpoint written" (it said "checkpoint saved" and wrote nothing).
-// In this process (a forked child would hang in OpenMP's pool), stdout and stderr sent to a file,
-// the flag set as the handler would set it; a failing save by a file-size limit.
+// Ctrl-C before the first step (during the step-0 evaluation, where the flag is first looked at;
+// issue 29, item 5): nothing is saved unless the run loaded the very file it would write, so an
+// untrained model never replaces a checkpoint; the note says why, the last line "no checkpoint
+// written" (and "checkpoint saved" only when the file was written). In this process (a forked
+// child would hang in OpenMP's pool), stdout and stderr sent to a file, the flag set as the
+// handler would set it.
+static int run_in_process(const char *line, int interrupt, const char *out) {
+    char copy[4096];
+    snprintf(copy, sizeof(copy), "%s", line);
+    parse_line(copy);
+    DataLoader train = {0}, val = {0};
+    DataPosition at = { 0, 0, 0 };
+    fflush(stdout);
+    fflush(stderr);
+    int out_fd = dup(1), err_fd = dup(2), fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    close(fd);
+    Model *m = build_model(&train, &val, &at);
+    interrupted = interrupt ? SIGINT : 0; // Ctrl-C, arrived before the step-0 evaluation ended
+    int rc = run_train(m, &train, &val, at);
+    fflush(stdout);
+    fflush(stderr);
+    dup2(out_fd, 1);
+    dup2(err_fd, 2);
+    close(out_fd);
+    close(err_fd);
+    interrupted = 0;
+    model_free(m);
+    dataloader_free(&train);
+    dataloader_free(&val);
+    return rc;
+}
 static void test_interrupt_before_first_step(void) {
-    const char *ck = tmp_path("i0.ckpt"), *out = tmp_path("i0.out");
+    const char *ck = tmp_path("i0.ckpt"), *other = tmp_path("i0_other.ckpt"), *out = tmp_path("i0.out");
     write_shard(tmp_path("i0_train.bin"), 3000, SHARD_MAGIC, 1, 3000, 11, 11, 0);
     write_shard(tmp_path("i0_val.bin"), 600, SHARD_MAGIC, 1, 600, 11, 11, 0);
     Options *before = xcalloc(1, sizeof(Options), "t");
     *before = opt;
-    for (int fail = 0; fail < 2; fail++) {
-        remove(ck);
-        char line[2048];
-        snprintf(line, sizeof(line), "--train %s --val %s --layers 2 --dim 16 --heads 2 --mlp-width 32 "
-                 "--taper-multiple 8 --seq-len 8 --batch 2 --eval-batches 2 --sample-every 0 --steps 5 --save %s",
-                 tmp_path("i0_train.bin"), tmp_path("i0_val.bin"), ck);
-        parse_line(line);
-        DataLoader train = {0}, val = {0};
-        DataPosition at = { 0, 0, 0 };
-        fflush(stdout);
-        fflush(stderr);
-        int out_fd = dup(1), err_fd = dup(2), fd = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        dup2(fd, 1);
-        dup2(fd, 2);
-        close(fd);
-        Model *m = build_model(&train, &val, &at);
-        struct rlimit lim, old;
-        getrlimit(RLIMIT_FSIZE, &old);
-        void (*old_xfsz)(int) = signal(SIGXFSZ, SIG_IGN);
-        if (fail) { // the checkpoint (~30 KB) does not fit, the output so far (~1 KB) does
-            lim = old;
-            lim.rlim_cur = 16384;
-            setrlimit(RLIMIT_FSIZE, &lim);
-        }
-        interrupted = SIGINT; // Ctrl-C, arrived before the step-0 evaluation ended
-        int rc = run_train(m, &train, &val, at);
-        fflush(stdout);
-        fflush(stderr);
-        setrlimit(RLIMIT_FSIZE, &old);
-        signal(SIGXFSZ, old_xfsz);
-        dup2(out_fd, 1);
-        dup2(err_fd, 2);
-        close(out_fd);
-        close(err_fd);
-        interrupted = 0;
-        model_free(m);
-        dataloader_free(&train);
-        dataloader_free(&val);
-        char *text = read_text(out);
-        if (!fail) {
-            int step = -1;
-            if (access(ck, R_OK) == 0) {
-                Config c;
-                int32_t h[H_SIZE];
-                read_checkpoint_config(ck, &c, h);
-                step = h[H_STEP];
-            }
-            check(rc == 130 && strstr(text, "interrupted at step 0, checkpoint saved") && step == 0,
-                  "signals: Ctrl-C before the first step saves the step-0 model and says so (exit %d, step %d)", rc, step);
-        } else {
-            check(rc == 130 && strstr(text, "interrupted at step 0, no checkpoint written") && !strstr(text, "saved") &&
-                  access(ck, F_OK) != 0, "signals: Ctrl-C before the first step, the save failing: 'no checkpoint written' (exit %d)", rc);
-        }
-        free(text);
+    char base[2048], line[4096];
+    snprintf(base, sizeof(base), "--train %s --val %s --layers 2 --dim 16 --heads 2 --mlp-width 32 "
+             "--taper-multiple 8 --seq-len 8 --batch 2 --eval-batches 2 --sample-every 0 --steps 5",
+             tmp_path("i0_train.bin"), tmp_path("i0_val.bin"));
+    remove(ck);
+    snprintf(line, sizeof(line), "%s --steps 1 --save %s", base, ck);
+    int rc = run_in_process(line, 0, out);
+    char cmd[2 * TEXT_MAX];
+    snprintf(cmd, sizeof(cmd), "cp %s %s.before", ck, ck);
+    check(rc == 0 && system(cmd) == 0, "signals: (a checkpoint at step 1 to start from: exit %d)", rc);
+    // a new run over it, stopped before its first step: the checkpoint is kept as it was
+    snprintf(line, sizeof(line), "%s --seed 5 --save %s", base, ck);
+    rc = run_in_process(line, 1, out);
+    char *text = read_text(out);
+    snprintf(cmd, sizeof(cmd), "cmp -s %s %s.before", ck, ck);
+    check(rc == 130 && strstr(text, "not written: no step trained since the start") &&
+          strstr(text, "interrupted at step 0, no checkpoint written") && system(cmd) == 0,
+          "signals: Ctrl-C before a new run's first step writes nothing over --save, and says why (exit %d)", rc);
+    free(text);
+    // --load X --save Y stopped before a step: Y not written, the note names X
+    remove(other);
+    snprintf(line, sizeof(line), "%s --load %s --save %s", base, ck, other);
+    rc = run_in_process(line, 1, out);
+    text = read_text(out);
+    check(rc == 130 && strstr(text, "no step trained since --load ") && strstr(text, "i0.ckpt (step 1)") &&
+          access(other, F_OK) != 0, "signals: Ctrl-C before the first step after --load X --save Y: Y not written (exit %d)", rc);
+    free(text);
+    // --load X --save X: the file it loaded, saved again as it is (the run's options with it)
+    snprintf(line, sizeof(line), "%s --load %s --save %s", base, ck, ck);
+    rc = run_in_process(line, 1, out);
+    text = read_text(out);
+    int step = -1;
+    if (access(ck, R_OK) == 0) {
+        Config c;
+        int32_t h[H_SIZE];
+        read_checkpoint_config(ck, &c, h);
+        step = h[H_STEP];
     }
+    check(rc == 130 && strstr(text, "interrupted at step 1, checkpoint saved") && step == 1,
+          "signals: Ctrl-C before the first step of --load X --save X saves X (exit %d, step %d)", rc, step);
+    free(text);
     opt = *before;
     free(before);
+}
+
+// --- issue 29: checkpoints and logs under contention, paths that collide, inputs that slipped
+// through. Each through the binary (two processes where the issue had two), bounded in time.
+static int sh(const char *fmt, ...) { // a shell command's exit status (-1: killed)
+    char cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof(cmd), fmt, ap);
+    va_end(ap);
+    int status = system(cmd);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+// a copy of a checkpoint with header slots set and the checksum made right again (so that the
+// copy reaches the checks after the checksum)
+static void patch_checkpoint_summed(const char *from, const char *to, int n, const int *slots,
+                                    const int32_t *values) {
+    patch_checkpoint(from, to, n, slots, values);
+    FILE *f = open_file(to, "rb+");
+    long size = file_size(f);
+    unsigned char *b = xcalloc(size, 1, "test");
+    read_exact(b, 1, size, f, to);
+    uint32_t crc = crc32c(0, b, size - 4);
+    fseek(f, size - 4, SEEK_SET);
+    fwrite(&crc, 4, 1, f);
+    fclose(f);
+    free(b);
+}
+static void test_contention(void) {
+    if (access(trainer(), X_OK) != 0) return; // (test_cli says so)
+    char data[2048], args[4096], slow[2400], ck[512];
+    snprintf(ck, sizeof(ck), "%s", tmp_path("c29.ckpt")); // (tmp_path's buffers are reused)
+    snprintf(data, sizeof(data), "--train %s --val %s --layers 2 --dim 16 --heads 2 --mlp-width 32 --taper-multiple 8 "
+             "--seq-len 8 --batch 2 --eval-batches 2 --sample-every 0", tmp_path("cli_train.bin"), tmp_path("cli_val.bin"));
+    snprintf(slow, sizeof(slow), "%s --steps 100000 --eval-every 0 --save-every 1", data);
+    // item 1: two trainers on one --save. The first holds the path's lock; the second is refused
+    // at its start naming the first's pid, and the checkpoint the first leaves loads.
+    remove(ck);
+    int rc = sh("OMP_NUM_THREADS=1 %s %s --save %s > %s 2>&1 & pid=$!; echo $pid > %s; "
+                "for i in $(seq 500); do grep -q '^saved' %s && break; sleep 0.01; done; "
+                "OMP_NUM_THREADS=1 timeout 30 %s %s --save %s > %s 2>&1; rc=$?; kill -TERM $pid; wait $pid; exit $rc",
+                trainer(), slow, ck, tmp_path("c29_first.out"), tmp_path("c29.pid"), tmp_path("c29_first.out"),
+                trainer(), slow, ck, tmp_path("cli.out"));
+    char *pid = read_text(tmp_path("c29.pid")), want[128];
+    pid[strcspn(pid, "\n")] = 0;
+    snprintf(want, sizeof(want), "another run (pid %s) is writing this checkpoint", pid);
+    check(rc == 1 && output_has(want) && !output_has("step     1"),
+          "one writer: a second trainer on one --save refused at its start, naming the holder (exit %d)", rc);
+    snprintf(args, sizeof(args), "%s --load %s --eval-only", data, ck);
+    check(run_trainer(args) == 0, "one writer: the first trainer's checkpoint loads");
+    free(pid);
+    // a lock left by a killed run blocks nobody; the temporaries of killed runs are removed
+    sh("OMP_NUM_THREADS=1 %s %s --save %s > /dev/null 2>&1 & pid=$!; sleep 1; kill -KILL $pid; wait $pid", trainer(), slow, ck);
+    sh("echo x > %s.tmp.99999999; echo x > %s.tmp; echo x > %s.tmpkeep", ck, ck, ck);
+    snprintf(args, sizeof(args), "%s --steps 1 --save %s", data, ck);
+    char lockp[1024], t1[1024], t2[1024], t3[1024];
+    snprintf(lockp, sizeof(lockp), "%s.lock", ck);
+    snprintf(t1, sizeof(t1), "%s.tmp.99999999", ck);
+    snprintf(t2, sizeof(t2), "%s.tmp", ck);
+    snprintf(t3, sizeof(t3), "%s.tmpkeep", ck);
+    rc = run_trainer(args);
+    check(rc == 0 && access(t1, F_OK) != 0 && access(t2, F_OK) != 0 && access(t3, F_OK) == 0 && access(lockp, F_OK) != 0,
+          "one writer: after kill -9, the next run is not blocked, removes the stale temporaries (only those) and its lock (exit %d)", rc);
+    // many pairs started together: one trains, the other is refused; the checkpoint always loads
+    int broken = 0, refused = 0;
+    for (int i = 0; i < 4; i++) {
+        remove(ck);
+        sh("for k in 1 2; do OMP_NUM_THREADS=1 %s %s --steps 30 --save %s > %s.$k 2>&1 & done; wait",
+           trainer(), slow, ck, tmp_path("c29_pair"));
+        refused += sh("cat %s.1 %s.2 | grep -q 'another run (pid'", tmp_path("c29_pair"), tmp_path("c29_pair")) == 0;
+        snprintf(args, sizeof(args), "%s --load %s --eval-only", data, ck);
+        broken += run_trainer(args) != 0;
+    }
+    check(broken == 0 && refused == 4, "one writer: 4 pairs of trainers started at once: %d refused, %d broken checkpoints", refused, broken);
+    // item 3: --log and --save one file that does not exist yet; the same by another name; a
+    // dangling link (caught once the log is open)
+    remove(ck);
+    snprintf(args, sizeof(args), "%s --steps 1 --log %s --save %s", data, ck, ck);
+    check(run_trainer(args) == 1 && output_has("is the --save checkpoint") && access(ck, F_OK) != 0,
+          "paths: --log X --save X, X new: refused before anything is written");
+    snprintf(args, sizeof(args), "%s --steps 1 --log %s/./c29.ckpt --save %s", data, tmpdir, ck);
+    check(run_trainer(args) == 1 && output_has("is the --save checkpoint"), "paths: --log DIR/./X --save X refused");
+    sh("ln -sf %s %s", tmp_path("c29_target"), tmp_path("c29_link"));
+    remove(tmp_path("c29_target"));
+    snprintf(args, sizeof(args), "%s --steps 1 --log %s --save %s", data, tmp_path("c29_link"), tmp_path("c29_target"));
+    check(run_trainer(args) == 1 && output_has("is the --save checkpoint"), "paths: --log a dangling link to --save refused");
+    // item 4: --log onto a checkpoint (not the one loaded), a shard, a binary file
+    snprintf(args, sizeof(args), "%s --steps 1 --save %s", data, ck);
+    run_trainer(args);
+    sh("cp %s %s.before", ck, ck);
+    snprintf(args, sizeof(args), "%s --steps 1 --log %s", data, ck);
+    check(run_trainer(args) == 1 && output_has("is a tlm checkpoint, not a JSONL log") && sh("cmp -s %s %s.before", ck, ck) == 0,
+          "paths: --log onto a checkpoint refused, the file untouched");
+    write_shard(tmp_path("c29_shard.bin"), 600, SHARD_MAGIC, 1, 600, 11, 11, 0);
+    snprintf(args, sizeof(args), "%s --steps 1 --log %s", data, tmp_path("c29_shard.bin"));
+    check(run_trainer(args) == 1 && output_has("is a token shard"), "paths: --log onto a shard refused");
+    sh("printf '{\"a\":1}\\n\\001\\002' > %s", tmp_path("c29_bin"));
+    snprintf(args, sizeof(args), "%s --steps 1 --log %s", data, tmp_path("c29_bin"));
+    check(run_trainer(args) == 1 && output_has("not a JSONL log (binary data"), "paths: --log onto binary data refused");
+    // --save onto a file that is not a checkpoint
+    sh("echo 'my notes' > %s", tmp_path("c29_notes"));
+    snprintf(args, sizeof(args), "%s --steps 1 --save %s", data, tmp_path("c29_notes"));
+    check(run_trainer(args) == 1 && output_has("exists and is not a tlm checkpoint") && !output_has("step     1") &&
+          sh("grep -q 'my notes' %s", tmp_path("c29_notes")) == 0, "paths: --save onto a file that is not a checkpoint refused, kept");
+    // item 6: --match-params resumes with its own command line
+    remove(tmp_path("c29_mp.ckpt"));
+    snprintf(args, sizeof(args), "%s --arch gated --match-params --steps 2 --save %s", data, tmp_path("c29_mp.ckpt"));
+    rc = run_trainer(args);
+    snprintf(args, sizeof(args), "%s --arch gated --match-params --steps 3 --save %s --load %s", data, tmp_path("c29_mp.ckpt"),
+             tmp_path("c29_mp.ckpt"));
+    check(rc == 0 && run_trainer(args) == 0 && output_has("saved") && output_has("(step 3)"),
+          "match-params: resumes with the command line that started it");
+    snprintf(args, sizeof(args), "%s --arch gated --match-params --mlp-width 64 --steps 3 --load %s", data, tmp_path("c29_mp.ckpt"));
+    check(run_trainer(args) == 1 && output_has("different --mlp-width"), "match-params: another --mlp-width still refused");
+    // item 7: --mlp-widths one a layer; a file that stored extra widths reloads with the right ones
+    snprintf(args, sizeof(args), "%s --steps 1 --mlp-widths 40,24,5", data);
+    check(run_trainer(args) == 2 && output_has("gives 3 widths for --layers 2"), "mlp-widths: 3 widths for 2 layers refused");
+    snprintf(args, sizeof(args), "%s --steps 1 --mlp-widths 40,24 --taper-start 2", data);
+    check(run_trainer(args) == 2 && output_has("drop --taper-start"), "mlp-widths: with --taper-start refused");
+    snprintf(args, sizeof(args), "%s --steps 1 --mlp-widths 40,24 --save %s", data, tmp_path("c29_w.ckpt"));
+    run_trainer(args);
+    edit_option_line(tmp_path("c29_w.ckpt"), tmp_path("c29_w3.ckpt"), "mlp-widths", "40,24,5");
+    snprintf(args, sizeof(args), "%s --steps 2 --mlp-widths 40,24 --load %s", data, tmp_path("c29_w3.ckpt"));
+    check(run_trainer(args) == 0, "mlp-widths: a file storing a width past --layers reloads with the right widths");
+    // item 8: header slots and the derived --grad-accum within their options' ranges
+    int slot = H_RANKS;
+    int32_t big = 1 << 30;
+    patch_checkpoint_summed(ck, tmp_path("c29_r.ckpt"), 1, &slot, &big);
+    snprintf(args, sizeof(args), "%s --steps 3 --load %s", data, tmp_path("c29_r.ckpt"));
+    check(run_trainer(args) == 1 && output_has("bad rank count 1073741824"), "ranges: a rank slot of 2^30 refused");
+    int32_t sixteen = 16;
+    edit_option_line(ck, tmp_path("c29_a.ckpt"), "grad-accum", "1048576");
+    patch_checkpoint_summed(tmp_path("c29_a.ckpt"), tmp_path("c29_a.ckpt"), 1, &slot, &sixteen);
+    snprintf(args, sizeof(args), "%s --steps 3 --load %s", data, tmp_path("c29_a.ckpt"));
+    check(run_trainer(args) == 1 && output_has("give --batch and --grad-accum") && !output_has("step     2"),
+          "ranges: a --grad-accum derived past its range (16 ranks x 1048576) refused");
+    write_shard(tmp_path("c29_small.bin"), 60, SHARD_MAGIC, 1, 60, 11, 11, 0);
+    snprintf(args, sizeof(args), "%s --train %s --steps 1 --save %s", data, tmp_path("c29_small.bin"), tmp_path("c29_e.ckpt"));
+    run_trainer(args);
+    int eslots[2] = { H_DATA_EPOCH, H_DATA_EPOCH_HI };
+    int32_t emax[2] = { -1, INT32_MAX }, eint[2] = { INT32_MAX, 0 };
+    patch_checkpoint_summed(tmp_path("c29_e.ckpt"), tmp_path("c29_e1.ckpt"), 2, eslots, eint);
+    snprintf(args, sizeof(args), "%s --train %s --steps 12 --load %s", data, tmp_path("c29_small.bin"), tmp_path("c29_e1.ckpt"));
+    check(run_trainer(args) == 0, "ranges: an epoch of INT_MAX wraps on (64-bit epochs)");
+    patch_checkpoint_summed(tmp_path("c29_e.ckpt"), tmp_path("c29_e2.ckpt"), 2, eslots, emax);
+    snprintf(args, sizeof(args), "%s --train %s --steps 12 --load %s", data, tmp_path("c29_small.bin"), tmp_path("c29_e2.ckpt"));
+    check(run_trainer(args) == 1 && output_has("epoch counter is full"), "ranges: the last epoch ends in one line");
+    // item 9: SIGHUP saves and stops; a file-size limit fails the save with its message, the
+    // previous checkpoint kept; FIFOs refused as inputs (bounded: timeout)
+    remove(ck);
+    rc = sh("OMP_NUM_THREADS=1 %s %s --save %s > %s 2>&1 & pid=$!; "
+            "for i in $(seq 500); do grep -q '^saved' %s && break; sleep 0.01; done; kill -HUP $pid; wait $pid",
+            trainer(), slow, ck, tmp_path("cli.out"), tmp_path("cli.out"));
+    snprintf(args, sizeof(args), "%s --load %s --eval-only", data, ck);
+    int hup_ok = rc == 129 && output_has("interrupted at step") && output_has("checkpoint saved");
+    check(hup_ok && run_trainer(args) == 0, "signals: SIGHUP saves and stops (exit %d)", rc);
+    snprintf(args, sizeof(args), "%s --steps 3 --save %s", data, ck);
+    run_trainer(args);
+    sh("cp %s %s.before", ck, ck);
+    rc = sh("bash -c 'ulimit -f 40; OMP_NUM_THREADS=1 exec %s %s --steps 200 --eval-every 0 --load %s --save %s' > %s 2>&1",
+            trainer(), data, ck, ck, tmp_path("cli.out"));
+    check(rc == 1 && output_has("writing checkpoint failed: File too large") && sh("cmp -s %s %s.before", ck, ck) == 0 &&
+          sh("ls %s.tmp.* > /dev/null 2>&1", ck) != 0, "signals: a file-size limit fails the save with EFBIG, the checkpoint kept (exit %d)", rc);
+    remove(tmp_path("c29_fifo"));
+    sh("mkfifo %s", tmp_path("c29_fifo"));
+    const char *as[3] = { "--load", "--train", "--val" };
+    int fifo_refused = 0;
+    for (int k = 0; k < 3; k++) {
+        snprintf(args, sizeof(args), "%s --steps 1 %s %s", data, as[k], tmp_path("c29_fifo"));
+        char cmd[8192];
+        snprintf(cmd, sizeof(cmd), "OMP_NUM_THREADS=1 timeout 20 %s %s > %s 2>&1", trainer(), args, tmp_path("cli.out"));
+        int status = system(cmd);
+        fifo_refused += WIFEXITED(status) && WEXITSTATUS(status) == 1 && output_has("is a FIFO, not a regular file");
+    }
+    check(fifo_refused == 3, "inputs: a FIFO as --load, --train, --val refused at once (%d of 3)", fifo_refused);
+    // item 10: a shard of a glob too short to use; a --save whose temporary's name is too long
+    write_shard(tmp_path("c29g_a.bin"), 3000, SHARD_MAGIC, 1, 3000, 11, 11, 0);
+    write_shard(tmp_path("c29g_b.bin"), 10, SHARD_MAGIC, 1, 10, 11, 11, 0);
+    snprintf(args, sizeof(args), "%s --steps 1 --train '%s'", data, tmp_path("c29g_*.bin"));
+    check(run_trainer(args) == 0 && output_has("1 of 2 shards hold fewer than the 17 tokens") && output_has("c29g_b.bin"),
+          "quiet mistakes: a shard of a glob too short for a batch is named in a note");
+    char longname[400];
+    memset(longname, 'n', 250);
+    longname[250] = 0;
+    snprintf(args, sizeof(args), "%s --steps 1 --save %s/%s", data, tmpdir, longname);
+    check(run_trainer(args) == 1 && output_has("too long for its temporary") && !output_has("step     1"),
+          "quiet mistakes: a --save name whose temporary exceeds NAME_MAX refused before the first step");
 }
 
 int main(void) {
@@ -2648,6 +2856,7 @@ int main(void) {
     test_cli_data_and_eval();
     test_sample_cli();
     test_cli_resume_and_guards();
+    test_contention();
     snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
     if (system(cmd) != 0) printf("note: could not remove %s\n", tmpdir);
     printf("%.1f s\n", wall_time() - t0);

@@ -17,6 +17,12 @@
 #include "fuzz_encoder_vocab.h"
 #include <sys/stat.h>
 
+static FILE *open_file(const char *path, const char *mode) {
+    FILE *f = fopen(path, mode);
+    if (!f) die("%s: cannot open: %s", path, strerror(errno));
+    return f;
+}
+
 static char dir[2048];
 static int written;
 

@@ -3,14 +3,16 @@
  * save, the one-descriptor open and load, a resume on another number of ranks, the options a
  * checkpoint restores, and the paths a run refuses to write.
  *
- * Provides: checkpoint_save (to PATH.tmp, synced, renamed over PATH: a crash never leaves half a
- *   file; 0 or -1, having said why), ranks_save (the same on rank 0, once every rank holds the
- *   same parameters), checkpoint_open / checkpoint_load / checkpoint_close (header, options and
+ * Provides: checkpoint_save (to PATH.tmp.PID, synced, renamed over PATH: a crash never leaves half
+ *   a file; 0 or -1, having said why), ranks_save (the same on rank 0, once every rank holds the
+ *   same parameters, and only once this run has trained a step or loaded that file),
+ *   checkpoint_open / checkpoint_load / checkpoint_close (header, options and
  *   CRC-32C checked once, then the parameters read through the same descriptor: the bytes
  *   checked are the bytes loaded), apply_checkpoint_options (--load: model options must agree,
- *   training options not given are restored), ranks_check_resume, crc32c, same_file,
- *   refuse_input and check_save_path (--save and --log never write over an input), H_* (the
- *   header's slots), path_directory.
+ *   training options not given are restored; --match-params compared before its shrinking),
+ *   ranks_check_resume, crc32c, refuse_input and check_save_path (--save and --log never write
+ *   over an input; --save never over a file that is not a checkpoint; one writer a path: its
+ *   lock, save_lock), H_* (the header's slots).
  * Needs, from the includer: Model (cfg, params, adam_m, adam_v, num_params, step, table) and
  *   config_finish (train_tlm.c); dev/tlmc/utils.h, ranks.h, dataloader.h (DataPosition,
  *   DataLoader), options.h (opt, the option area's text).
@@ -19,6 +21,7 @@
  */
 #ifndef TLMC_CHECKPOINT_H
 #define TLMC_CHECKPOINT_H
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -31,7 +34,7 @@
 // layout_params() order, then, if has_optimizer, AdamW's first and second moments in the same
 // order, and last a CRC-32C of all the bytes before it. (Version 1, before the option area and
 // the checksum, is no longer read.)
-// A checkpoint is written to PATH.tmp (created anew, never through a link) with the signals
+// A checkpoint is written to PATH.tmp.PID (created anew, never through a link) with the signals
 // held back, synced, renamed over PATH and the directory synced: a crash, a full disk or a
 // second Ctrl-C never leaves a half-written checkpoint behind.
 
@@ -47,7 +50,8 @@ enum {
     H_MLP_WIDTHS = 64,  // MAX_LAYERS slots
     H_CMS_WIDTHS = 128, // MAX_LAYERS slots
     H_SIZE = 256,
-    MAX_OPTION_BYTES = 1 << 20
+    MAX_OPTION_BYTES = 1 << 20,
+    MAX_RANKS = 1 << 16 // (ranks x --batch x --grad-accum then fits in 64 bits)
 };
 
 
@@ -104,16 +108,9 @@ static int write_floats(FILE *f, const void *src, int src_is_real, size_t n, uin
     return 1;
 }
 
-// The directory a path lies in, for the fsync after the rename.
-static void path_directory(char *dir, size_t n, const char *path) {
-    const char *slash = strrchr(path, '/');
-    if (!slash) snprintf(dir, n, ".");
-    else if (slash == path) snprintf(dir, n, "/");
-    else snprintf(dir, n, "%.*s", (int)(slash - path), path);
-}
-
 static int checkpoint_write(const Model *m, const char *path, const char *tmp, DataPosition pos) {
-    // a stale PATH.tmp from a killed run: removed (a link itself, never what it points to)
+    // this process's own temporary, left by a save that failed: removed (a link itself, never
+    // what it points to)
     if (unlink(tmp) != 0 && errno != ENOENT) {
         fprintf(stderr, "error: %s: cannot remove the stale %s: %s\n", path, tmp, strerror(errno));
         return -1;
@@ -162,19 +159,22 @@ static int checkpoint_write(const Model *m, const char *path, const char *tmp, D
 }
 
 // Returns 0 on success; on failure prints why and leaves any previous checkpoint untouched.
-// SIGINT and SIGTERM are held back while it writes: the save always completes.
+// The temporary is PATH.tmp.PID, this process's own: two processes saving to one path never
+// write into one file (and a run's lock, save_lock below, keeps a second run off the path).
+// SIGINT, SIGTERM and SIGHUP are held back while it writes: the save always completes.
 static int checkpoint_save(const Model *m, const char *path, DataPosition pos) {
-    if (strlen(path) + 5 > TEXT_MAX - 1) {
+    if (strlen(path) + SAVE_SUFFIX > TEXT_MAX - 1) {
         fprintf(stderr, "error: %.60s...: path too long for a checkpoint (at most %d characters)\n",
-                path, TEXT_MAX - 6);
+                path, TEXT_MAX - 1 - SAVE_SUFFIX);
         return -1;
     }
     char tmp[TEXT_MAX];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
     sigset_t hold, old;
     sigemptyset(&hold);
     sigaddset(&hold, SIGINT);
     sigaddset(&hold, SIGTERM);
+    sigaddset(&hold, SIGHUP);
     sigprocmask(SIG_BLOCK, &hold, &old);
     int rc = checkpoint_write(m, path, tmp, pos);
     sigprocmask(SIG_SETMASK, &old, NULL);
@@ -200,7 +200,7 @@ static Checkpoint *checkpoint_open(const char *path, int *named) {
     Checkpoint *ck = xcalloc(1, sizeof(Checkpoint), "checkpoint");
     int32_t *h = ck->h;
     ck->path = path;
-    ck->f = open_file(path, "rb");
+    ck->f = open_regular(path);
     ck->saved = xcalloc(1, options_size(), "checkpoint options");
     FILE *f = ck->f;
     long size = ck->size = file_size(f);
@@ -217,6 +217,9 @@ static Checkpoint *checkpoint_open(const char *path, int *named) {
     if (bytes < 0 || bytes > MAX_OPTION_BYTES || bytes % 4 || (long)(H_SIZE * 4) + bytes + 4 > size)
         die("%s: bad option area size %ld", path, bytes);
     if (h[H_HAS_OPTIMIZER] != 0 && h[H_HAS_OPTIMIZER] != 1) die("%s: bad optimizer flag", path);
+    if (h[H_STEP] < 0) die("%s: bad step %d", path, h[H_STEP]);
+    if (h[H_RANKS] < 0 || h[H_RANKS] > MAX_RANKS)
+        die("%s: bad rank count %d in its header (0..%d)", path, h[H_RANKS], MAX_RANKS);
     size_t n = (size_t)(uint32_t)h[H_NUM_PARAMS_LO] | ((size_t)(uint32_t)h[H_NUM_PARAMS_HI] << 32);
     double expect = (double)(H_SIZE * 4) + bytes + (double)n * 4 * (h[H_HAS_OPTIMIZER] ? 3 : 1) + 4;
     if ((double)size != expect)
@@ -245,6 +248,8 @@ static Checkpoint *checkpoint_open(const char *path, int *named) {
     Config check = *options_config(ck->saved);
     char err[256];
     if (config_finish(&check, err, sizeof(err))) die("%s: checkpoint header: %s", path, err);
+    // (a file written before --mlp-widths was counted stores the widths past --layers too)
+    for (int l = check.layers; l < MAX_LAYERS; l++) ck->saved->cfg.widths_given[l] = 0;
     for (int l = 0; l < check.layers; l++)
         if (check.mlp_widths[l] != h[H_MLP_WIDTHS + l]
             || (check.arch == ARCH_HOPE && check.cms_levels > 1
@@ -259,6 +264,11 @@ static void checkpoint_close(Checkpoint *ck) {
     free(ck->saved);
     free(ck);
 }
+
+// Where this run's model started, for ranks_save: the step, whether it was loaded (--load) and
+// whether from the --save file itself. check_save_path resets it, checkpoint_load sets it.
+typedef struct { int step, loaded, loaded_save; } SaveStart;
+static SaveStart save_start;
 
 // the tensor that holds parameter i, for messages
 static const char *tensor_of(const Model *m, size_t i) {
@@ -279,7 +289,6 @@ static void checkpoint_load(Checkpoint *ck, Model *m, DataPosition *pos) {
     size_t n = (size_t)(uint32_t)h[H_NUM_PARAMS_LO] | ((size_t)(uint32_t)h[H_NUM_PARAMS_HI] << 32);
     if (n != m->num_params)
         die("%s: holds %zu parameters, the model has %zu", path, n, m->num_params);
-    if (h[H_STEP] < 0) die("%s: bad step %d", path, h[H_STEP]);
     fseek(f, (long)(H_SIZE * sizeof(int32_t)) + h[H_OPTION_BYTES], SEEK_SET);
     float buf[4096];
     for (size_t i = 0; i < n; i += 4096) {
@@ -309,6 +318,10 @@ static void checkpoint_load(Checkpoint *ck, Model *m, DataPosition *pos) {
         }
     }
     m->step = h[H_STEP];
+    struct stat here, there;
+    save_start = (SaveStart){ m->step, 1, opt.save[0] && fstat(fileno(f), &here) == 0
+            && stat(opt.save, &there) == 0 && here.st_dev == there.st_dev
+            && here.st_ino == there.st_ino };
     if (pos) { // (checked against the data by dataloader_seek)
         pos->shard = h[H_DATA_SHARD];
         uint64_t slot_hi = (uint32_t)h[H_DATA_SLOT_HI], epoch_hi = (uint32_t)h[H_DATA_EPOCH_HI];
@@ -318,8 +331,17 @@ static void checkpoint_load(Checkpoint *ck, Model *m, DataPosition *pos) {
 }
 
 // --save on rank 0, once every rank has checked that it holds the parameters written: 0 saved,
-// -1 failed (rank 0 says why), 1 on the other ranks
+// -1 failed or refused (rank 0 says why), 1 on the other ranks. Refused unless this run has
+// trained a step since its start, or loaded the very file it would write (save_start): a run
+// stopped before its first step never writes an untrained model over a checkpoint.
 static int ranks_save(const Model *m, const char *path, DataPosition pos) {
+    if (ranks_max(m->step == save_start.step && !save_start.loaded_save)) { // (rank 0's say)
+        if (world.rank == 0)
+            fprintf(stderr, "note: --save %s not written: no step trained since %s%s (step %d)\n",
+                    path, save_start.loaded ? "--load " : "the start, a new model",
+                    save_start.loaded ? opt.load : "", m->step);
+        return -1;
+    }
     ranks_check_same(m->params, m->num_params, m->step);
     return world.rank == 0 ? checkpoint_save(m, path, pos) : 1;
 }
@@ -334,7 +356,9 @@ static void ranks_check_resume(const char *path, int saved_ranks, int saved_batc
     if (saved_ranks == world.ranks) return;
     long long global = (long long)saved_ranks * saved_batch * saved_accum,
             per_accum = (long long)world.ranks * batch;
-    if (!grad_accum_given && global % per_accum == 0) *grad_accum = (int)(global / per_accum);
+    const Option *row = option_named("grad-accum"); // (its range: the table's)
+    if (!grad_accum_given && global % per_accum == 0 && global / per_accum <= row->hi)
+        *grad_accum = (int)(global / per_accum);
     if ((long long)world.ranks * batch * *grad_accum != global)
         die("%s: saved by %d rank(s) at a global batch of %lld sequences a step; here %d ranks x "
             "--batch %d x --grad-accum %d: give --batch and --grad-accum that make %lld, or run "
@@ -362,11 +386,21 @@ static void apply_checkpoint_options(const Checkpoint *ck, const int *stored) {
             die("%s: written before --%s (its options have none), which training from it needs: "
                 "it cannot resume (--eval-only, --analyze and --sample still read it)", opt.load,
                 options[k].name);
+    // --match-params: the file stores the shrunk mean width; a width asked for is shrunk alike
+    // (the file's model at that width) before the comparison, so that the command line that
+    // started the run resumes it
+    Options *asked = xcalloc(1, sizeof(Options), "options");
+    *asked = opt;
+    if (saved->cfg.match_params && opt.cfg.match_params && given(&opt.cfg.mlp_width)) {
+        asked->cfg = saved->cfg;
+        asked->cfg.mlp_width = opt.cfg.mlp_width;
+        match_params(&asked->cfg);
+    }
     char mine[TEXT_MAX], theirs[TEXT_MAX], why[256];
     for (int k = 0; k < NUM_OPTIONS; k++) {
         const Option *o = &options[k];
         if (o->kind == KIND_RUN) continue;
-        option_format(o, &opt, mine, sizeof(mine));
+        option_format(o, asked, mine, sizeof(mine));
         option_format(o, saved, theirs, sizeof(theirs));
         int same = !strcmp(mine, theirs);
         if (o->kind == KIND_MODEL) {
@@ -381,6 +415,7 @@ static void apply_checkpoint_options(const Checkpoint *ck, const int *stored) {
             printf("--%s %s overrides the checkpoint's %s\n", o->name, mine, theirs);
         }
     }
+    free(asked);
     for (int k = 0; k < NUM_OPTIONS; k++) keep[k] = option_given[k] || stored[k];
     options_follow(&opt, keep); // (an option the file lacks follows the one its default names)
     opt.cfg = saved->cfg;
@@ -389,13 +424,9 @@ static void apply_checkpoint_options(const Checkpoint *ck, const int *stored) {
                            &opt.grad_accum, given(&opt.grad_accum));
 }
 
-// --- paths that must not be written ---------------------------------------------------------
-static int same_file(const char *a, const char *b) {
-    struct stat sa, sb;
-    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev
-            && sa.st_ino == sb.st_ino;
-}
-// dies if path is one of the input files (the shards, the tokenizer, except `allowed`)
+// --- paths that must not be written -------------------------------------------------------
+// dies if path is one of the input files (the shards, the tokenizer, except `allowed`): by name,
+// whether or not path exists yet, and by device and inode (same_file, dev/tlmc/utils.h)
 static void refuse_input(const char *flag, const char *path, const DataLoader *train,
                          const DataLoader *val,
                          const char *allowed) {
@@ -410,21 +441,114 @@ static void refuse_input(const char *flag, const char *path, const DataLoader *t
     if (opt.load[0] && same_file(path, opt.load) && (!allowed || strcmp(allowed, opt.load)))
         die("%s %s is the --load checkpoint: refusing to write over it", flag, path);
 }
-// --save: checked before the first step, so that a bad path costs no training time
+
+// One writer per checkpoint: a run that saves holds an advisory lock (fcntl F_SETLK) on
+// PATH.lock from its start to its exit, so a second run given the same --save is refused at
+// its start, naming the holder's pid. The kernel drops a dead process's lock: a lock file
+// left by a killed run blocks nobody. Holding it, the run removes the temporaries that killed
+// runs left (PATH.tmp.PID; PATH.tmp of older versions): no other writer can be writing one.
+static int save_lock_fd = -1;
+static char save_lock_path[TEXT_MAX + SAVE_SUFFIX];
+static void save_unlock(void) { // (at exit: the file first, while the lock still holds it)
+    if (save_lock_fd < 0) return;
+    unlink(save_lock_path);
+    close(save_lock_fd);
+    save_lock_fd = -1;
+}
+static void remove_stale_temporaries(const char *path) {
+    char dir[TEXT_MAX], mine[TEXT_MAX + SAVE_SUFFIX];
+    path_directory(dir, sizeof(dir), path);
+    const char *slash = strrchr(path, '/'), *name = slash ? slash + 1 : path;
+    size_t len = strlen(name);
+    snprintf(mine, sizeof(mine), "%s.tmp.%ld", name, (long)getpid());
+    DIR *d = opendir(dir);
+    for (struct dirent *e; d && (e = readdir(d));) {
+        const char *rest = e->d_name + len;
+        if (strncmp(e->d_name, name, len) || strncmp(rest, ".tmp", 4) || !strcmp(e->d_name, mine))
+            continue;
+        rest += 4;
+        if (*rest == '.' && rest[1]) rest += strspn(rest + 1, "0123456789") + 1;
+        if (*rest) continue;
+        char stale[2 * TEXT_MAX + 2];
+        snprintf(stale, sizeof(stale), "%s/%s", dir, e->d_name);
+        unlink(stale); // (a link itself, never what it points to)
+    }
+    if (d) closedir(d);
+}
+static void save_lock(const char *path) {
+    char want[TEXT_MAX + SAVE_SUFFIX];
+    snprintf(want, sizeof(want), "%s.lock", path);
+    if (save_lock_fd >= 0 && !strcmp(want, save_lock_path)) return; // (held: a test's second run)
+    save_unlock();
+    snprintf(save_lock_path, sizeof(save_lock_path), "%s", want);
+    for (int tries = 0;; tries++) {
+        int fd = open(save_lock_path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
+        if (fd < 0) die("--save %s: cannot create its lock %s: %s", path, save_lock_path,
+                        strerror(errno));
+        struct flock lock = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+        if (fcntl(fd, F_SETLK, &lock) != 0) {
+            int err = errno;
+            struct flock holder = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+            int known = fcntl(fd, F_GETLK, &holder) == 0 && holder.l_type != F_UNLCK;
+            close(fd);
+            if (err != EACCES && err != EAGAIN)
+                die("--save %s: cannot lock %s: %s", path, save_lock_path, strerror(err));
+            if (known)
+                die("--save %s: another run (pid %ld) is writing this checkpoint (it holds %s): "
+                    "refusing to start a second writer", path, (long)holder.l_pid,
+                    save_lock_path);
+            if (tries < 100) continue; // (its holder just let go: try again)
+            die("--save %s: %s is held by another run", path, save_lock_path);
+        }
+        // a holder that exited removed the file it locked: ours must be the one at the path
+        struct stat held, named;
+        if (fstat(fd, &held) == 0 && stat(save_lock_path, &named) == 0
+            && held.st_dev == named.st_dev && held.st_ino == named.st_ino) {
+            save_lock_fd = fd;
+            break;
+        }
+        close(fd);
+        if (tries >= 100) die("--save %s: cannot hold %s", path, save_lock_path);
+    }
+    static int at_exit;
+    if (!at_exit) at_exit = !atexit(save_unlock);
+    remove_stale_temporaries(path);
+}
+
+// whether the file at path starts like a tlm checkpoint (its magic)
+static int is_checkpoint_file(const char *path) {
+    int32_t magic = 0;
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    int ok = fd >= 0 && read(fd, &magic, sizeof(magic)) == (ssize_t)sizeof(magic)
+            && magic == CKPT_MAGIC;
+    if (fd >= 0) close(fd);
+    return ok;
+}
+
+// --save: checked before the first step, so that a bad path costs no training time; then held
+// (save_lock) on rank 0, the one that writes
 static void check_save_path(const char *path, const DataLoader *train, const DataLoader *val) {
     struct stat st;
-    char dir[TEXT_MAX], tmp[TEXT_MAX + 8];
+    char dir[TEXT_MAX];
+    save_start = (SaveStart){ 0, 0, 0 };
     if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode))
         die("--save %s is %s, not a checkpoint file: refusing to replace it", path,
-            S_ISDIR(st.st_mode) ? "a directory" : S_ISFIFO(st.st_mode) ? "a FIFO"
-                    : S_ISSOCK(st.st_mode) ? "a socket" : "a device");
+            file_kind(st.st_mode));
     path_directory(dir, sizeof(dir), path);
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) die("--save %s: no directory %s", path, dir);
     if (access(dir, W_OK | X_OK) != 0)
         die("--save %s: directory %s is not writable: %s", path, dir, strerror(errno));
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    if (lstat(tmp, &st) == 0 && S_ISDIR(st.st_mode)) die("--save %s: %s is a directory", path, tmp);
+    const char *slash = strrchr(path, '/'), *name = slash ? slash + 1 : path;
+    long name_max = pathconf(dir, _PC_NAME_MAX);
+    if (name_max > 0 && (long)strlen(name) + SAVE_SUFFIX - 1 > name_max)
+        die("--save %s: the name is too long for its temporary %s.tmp.PID (%ld characters at "
+            "most in %s)", path, name, name_max, dir);
     refuse_input("--save", path, train, val, path);
+    if (stat(path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 && !is_checkpoint_file(path)
+        && !(opt.load[0] && same_file(path, opt.load)))
+        die("--save %s exists and is not a tlm checkpoint: refusing to replace it (move it, or "
+            "give another --save)", path);
+    if (world.rank == 0) save_lock(path);
 }
 
 #endif // TLMC_CHECKPOINT_H

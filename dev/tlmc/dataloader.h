@@ -40,6 +40,8 @@ typedef struct {
     int vocab;              // tokens must be below this (checked as each shard is read)
     uint16_t *tokens;       // the current shard
     int loaded;             // index of the shard in tokens, -1 none
+    const char *flag;       // --train or --val, for messages
+    int noted;              // the note on shards too short for a batch given (short_shards_note)
     // the training order
     uint64_t seed;          // --data-seed
     DataPosition at;        // where the next batch starts
@@ -53,7 +55,7 @@ typedef struct {
 
 // Checks one shard's header and size; returns its token count and header vocabulary.
 static size_t shard_check(const char *path, int *vocab_in_header) {
-    FILE *f = open_file(path, "rb");
+    FILE *f = open_regular(path);
     int32_t h[SHARD_HEADER];
     if (file_size(f) < (long)sizeof(h))
         die("%s: not a token shard (shorter than its 1024-byte header)", path);
@@ -86,14 +88,20 @@ static void dataloader_open(DataLoader *d, const char *pattern, const char *flag
         if (r == 0) globfree(&g);
         die("%s %s: no such file (run `make data` to prepare the default data)", flag, pattern);
     }
+    d->flag = flag;
     d->count = (int)g.gl_pathc;
     d->paths = xcalloc(d->count, sizeof(char *), "shard list");
     d->ntok = xcalloc(d->count, sizeof(size_t), "shard list");
+    uint64_t list = 0; // (MPI: every rank must see the same shards)
     for (int i = 0; i < d->count; i++) {
         d->paths[i] = strdup(g.gl_pathv[i]);
         d->ntok[i] = shard_check(d->paths[i], NULL);
+        list = key_mix(key_mix(list, fnv1a64(d->paths[i])), d->ntok[i]);
     }
     globfree(&g);
+    char what[64];
+    snprintf(what, sizeof(what), "%s shards", flag);
+    ranks_check_agree(list, what);
 }
 
 // the vocabulary the shards' headers give (0: none does); shards that disagree are refused
@@ -120,7 +128,7 @@ static void dataloader_load_shard(DataLoader *d, int i) {
     if (d->loaded == i) return;
     free(d->tokens);
     d->tokens = xcalloc(d->ntok[i], sizeof(uint16_t), "token shard");
-    FILE *f = open_file(d->paths[i], "rb");
+    FILE *f = open_regular(d->paths[i]);
     fseek(f, SHARD_HEADER * sizeof(int32_t), SEEK_SET);
     read_exact(d->tokens, sizeof(uint16_t), d->ntok[i], f, d->paths[i]);
     fclose(f);
@@ -129,6 +137,20 @@ static void dataloader_load_shard(DataLoader *d, int i) {
             die("%s: token %u at position %zu is not below the vocabulary size %d", d->paths[i],
                 d->tokens[j], j, d->vocab);
     d->loaded = i;
+}
+
+// Once per loader: a note naming the shards too short to give a batch of B x T tokens and its
+// last target, which are never read (the rule above; the validation batches alike).
+static void short_shards_note(DataLoader *d, int B, int T) {
+    if (d->noted) return;
+    d->noted = 1;
+    int n = 0, first = -1;
+    for (int i = 0; i < d->count; i++)
+        if (d->ntok[i] - 1 < (size_t)B * T) { n++; if (first < 0) first = i; }
+    if (n && n < d->count) // (none holds a batch: an error, where the batches are read)
+        printf("note: %s: %d of %d shards hold fewer than the %zu tokens of a batch (--batch x "
+               "--seq-len + 1) and are skipped: %s%s\n", d->flag ? d->flag : "shards", n,
+               d->count, (size_t)B * T + 1, d->paths[first], n > 1 ? ", ..." : "");
 }
 
 // a = a permutation of 0..n-1 (n < 2^32): Fisher-Yates from the identity on the stream of
@@ -174,6 +196,7 @@ static void dataloader_next(DataLoader *d, int *tokens, int *targets, int B, int
     if (shard_slots(d, largest, T) < (size_t)B)
         die("%s: holds %zu tokens, a batch needs %zu (lower --batch or --seq-len)",
             d->paths[largest], d->ntok[largest], (size_t)B * T + 1);
+    short_shards_note(d, B, T);
     for (;;) {
         if (d->at.shard == d->count) {
             if (d->at.epoch == INT64_MAX) die("the training data's epoch counter is full");
@@ -214,7 +237,8 @@ static void dataloader_seek(DataLoader *d, DataPosition at, int T) {
 // Batches of the validation split (not shuffled): its shards in the glob's order, each cut
 // from its start into whole batches of B x T + 1 tokens, batch b of a shard being tokens
 // [b B T, b B T + B T] (B sequences of T, each target the next token). val_batches: how many.
-static long val_batches(const DataLoader *val, int B, int T) {
+static long val_batches(DataLoader *val, int B, int T) {
+    short_shards_note(val, B, T);
     long n = 0;
     for (int i = 0; i < val->count; i++) n += (long)((val->ntok[i] - 1) / ((size_t)B * T));
     return n;

@@ -5,8 +5,10 @@
  *   first failed write's errno: training then stops cleanly, dev/tlmc/signals.h), json_string
  *   (a C string as a JSON string), open_log (opens --log and writes the run's config record:
  *   every stored option of the table, --mlp-widths as built, the Hope widths, the parameter
- *   count, the threads, the step resumed from, the ranks).
- * Needs, from the includer: Model (cfg, num_params, step); dev/tlmc/utils.h, options.h.
+ *   count, the threads, the step resumed from, the ranks; an existing file that is not a
+ *   JSONL log, a checkpoint or a shard, refused).
+ * Needs, from the includer: Model (cfg, num_params, step); dev/tlmc/utils.h, options.h,
+ *   CKPT_MAGIC (checkpoint.h) and SHARD_MAGIC (dataloader.h), the files a log is not.
  * The records (config, train, val, analysis, error, done) are listed in README.md.
  */
 #ifndef TLMC_LOG_H
@@ -42,13 +44,43 @@ static void json_string(char *out, size_t n, const char *s) {
     out[k] = 0;
 }
 
+// An existing --log must be a JSONL log to be appended to: its first bytes a JSON record's '{'
+// and text; a checkpoint, a shard or other binary data is refused (appending would spoil it).
+static void refuse_non_jsonl(const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size == 0) return;
+    unsigned char head[4096];
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    ssize_t n = fd < 0 ? 0 : read(fd, head, sizeof(head));
+    if (fd >= 0) close(fd);
+    int32_t magic = 0;
+    if (n >= 4) memcpy(&magic, head, 4);
+    if (magic == CKPT_MAGIC || magic == SHARD_MAGIC)
+        die("--log %s is a %s, not a JSONL log: refusing to append to it", path,
+            magic == CKPT_MAGIC ? "tlm checkpoint" : "token shard");
+    for (ssize_t i = 0; i < n; i++)
+        if ((head[i] < 32 && head[i] != '\n' && head[i] != '\r' && head[i] != '\t')
+            || (i == 0 && head[i] != '{'))
+            die("--log %s is not a JSONL log (%s at byte %zd): refusing to append to it", path,
+                i == 0 ? "no '{'" : "binary data", i);
+}
+
 // --log: open the JSONL log and write the run's config record: every stored option of the table
-// (the model's as built), then the widths, the parameter count and the threads
+// (the model's as built), then the widths, the parameter count and the threads. The log once
+// open is compared with --save and --load by device and inode (the names were compared before
+// the first step, build_model): a link made between then and now is caught too.
 static void open_log(const Model *m) {
     if (!opt.log[0] || world.rank > 0) return;
     const Config *cfg = &m->cfg;
+    refuse_non_jsonl(opt.log);
     log_file = fopen(opt.log, "a");
     if (!log_file) die("--log %s: cannot open: %s", opt.log, strerror(errno));
+    struct stat here, there;
+    const char *other[2] = { opt.save, opt.load }, *name[2] = { "--save", "--load" };
+    for (int k = 0; k < 2; k++)
+        if (other[k][0] && fstat(fileno(log_file), &here) == 0 && stat(other[k], &there) == 0
+            && here.st_dev == there.st_dev && here.st_ino == there.st_ino)
+            die("--log %s is the %s checkpoint %s", opt.log, name[k], other[k]);
     Options *v = xcalloc(1, sizeof(Options), "options");
     *v = opt;
     v->cfg = *cfg;

@@ -434,6 +434,17 @@ static void options_from_text(Options *saved, const char *text, const char *path
     }
 }
 
+// a hash of every option's value (MPI: the ranks must agree, ranks_check_agree)
+static uint64_t options_hash(const Options *v) {
+    uint64_t h = 0;
+    char value[TEXT_MAX];
+    for (int k = 0; k < NUM_OPTIONS; k++) {
+        option_format(&options[k], v, value, sizeof(value));
+        h = key_mix(key_mix(h, fnv1a64(options[k].name)), fnv1a64(value));
+    }
+    return h;
+}
+
 static void usage(FILE *out) {
     fprintf(out, "usage: ./train_tlm [options]\n"
                  "Trains a (tapered) language model; with no options a small cosine-tapered "
@@ -501,19 +512,27 @@ static int parse_args(int argc, char **argv) {
     if (c->widths_given[0]) {
         if (given(&c->taper) && c->taper != TAPER_EXPLICIT)
             usage_error("--mlp-widths gives the widths: drop --taper %s", taper_names[c->taper]);
+        if (given(&c->taper_start) || given(&c->taper_end))
+            usage_error("--mlp-widths gives the widths: drop --taper-%s (it shapes a taper)",
+                        given(&c->taper_start) ? "start" : "end");
+        int n = 0;
+        while (n < MAX_LAYERS && c->widths_given[n] > 0) n++;
+        if (n != c->layers && (!opt.load[0] || given(&c->layers))) // (--load: the file's layers)
+            usage_error("--mlp-widths gives %d widths for --layers %d: one a layer", n, c->layers);
         c->taper = TAPER_EXPLICIT;
     }
     if ((opt.eval_only || opt.analyze) && !opt.load[0])
         usage_error("--eval-only and --analyze need --load");
-    if (opt.save[0] && strlen(opt.save) + 5 > TEXT_MAX - 1)
-        usage_error("--save: the path is too long (at most %d characters, for its .tmp)",
-                    TEXT_MAX - 6);
+    if (opt.save[0] && strlen(opt.save) + SAVE_SUFFIX > TEXT_MAX - 1)
+        usage_error("--save: the path is too long (at most %d characters, for its .tmp.PID)",
+                    TEXT_MAX - 1 - SAVE_SUFFIX);
     if (opt.sample && !opt.load[0])
         usage_error("--sample needs --load, the checkpoint to sample from");
     if (opt.sample + opt.eval_only + opt.analyze > 1)
         usage_error("--sample, --eval-only and --analyze are separate runs: give one");
     if (!opt.sample && (opt.prompt[0] || opt.temperature != 1 || opt.top_k || opt.samples != 1))
         usage_error("--prompt, --temperature, --top-k and --samples go with --sample");
+    ranks_check_agree(options_hash(&opt), "options"); // (MPI: the same command on every rank)
     return 0;
 }
 

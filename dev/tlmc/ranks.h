@@ -14,7 +14,8 @@
  *
  * Provides: ranks_start (sets world, dev/tlmc/utils.h), ranks_end, ranks_sum_step (a training
  * step's gradient and losses summed over the ranks), ranks_sum_doubles, ranks_max,
- * ranks_check_same (before a save: every rank holds the parameters written), allreduce_seconds.
+ * ranks_check_same (before a save: every rank holds the parameters written), ranks_check_agree
+ * (every rank was given the same options, the same shards), allreduce_seconds.
  * Needs: real (float, or double with TLM_DOUBLE) and dev/tlmc/utils.h.
  */
 #ifndef TLMC_RANKS_H
@@ -85,6 +86,27 @@ static int ranks_max(int x) {
     MPI_Allreduce(MPI_IN_PLACE, &x, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
 #endif
     return x;
+}
+
+// Every rank must hold the same `what` (a hash of it): else one line, and every rank stops.
+// (Ranks given different options or data would train different models, or stop in MPI's own
+// error at the first all-reduce whose sizes differ.)
+static void ranks_check_agree(uint64_t hash, const char *what) {
+    if (world.ranks == 1) return;
+#ifdef TLM_MPI
+    uint64_t root = hash;
+    MPI_Bcast(&root, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+    int first = hash != root ? world.rank : world.ranks; // the first rank that differs
+    MPI_Allreduce(MPI_IN_PLACE, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    if (first == world.ranks) return;
+    if (world.rank == 0)
+        fprintf(stderr, "error: rank %d was given other %s than rank 0: every rank must run the "
+                "same command on the same data\n", first, what);
+    MPI_Finalize();
+    exit(1);
+#else
+    (void)hash; (void)what;
+#endif
 }
 
 // Before rank 0 saves: every rank holds the very parameters it writes (a checksum of their bits).

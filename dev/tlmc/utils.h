@@ -6,10 +6,13 @@
  *   dev/tlmc/ranks.h, says otherwise); die(fmt, ...): one line on stderr, "error: " and the
  *   message (naming the file or flag and what was wrong), then exit status 1, and with
  *   -DTLM_MPI on more than one rank every rank stops; TEXT_MAX, the longest path an option
- *   holds; xcalloc (dies naming what it was for), open_file, read_exact (a short read is a
- *   truncated file), write_all, file_size; physical_memory; wall_time; num_threads,
- *   num_threads_here, thread_id; PI; Rng, xorshift64* random numbers (rng_seeded, rng_u32,
- *   rng_uniform, rng_normal, rng_below) and named streams (splitmix64, fnv1a64, key_mix).
+ *   holds; xcalloc (dies naming what it was for), read_exact (a short read is a
+ *   truncated file), write_all, file_size; open_regular (an input that must be a regular file:
+ *   a FIFO never blocks the run), path_directory, canonical_path and same_file (two paths that
+ *   are one file, by name even before it exists, and by device and inode); physical_memory;
+ *   wall_time; num_threads, num_threads_here, thread_id; PI; Rng, xorshift64* random numbers
+ *   (rng_seeded, rng_u32, rng_uniform, rng_normal, rng_below) and named streams (splitmix64,
+ *   fnv1a64, key_mix); SAVE_SUFFIX.
  * Needs: _XOPEN_SOURCE 700 defined before the first system header (train_tlm.c's first line).
  * The tests and the fuzz harness catch die()'s exit by interposing exit and fprintf (test_tlm.c,
  * dev/fuzz/fuzz_common.h); nothing here knows about them.
@@ -17,6 +20,8 @@
 #ifndef TLMC_UTILS_H
 #define TLMC_UTILS_H
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -24,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -33,6 +39,7 @@
 #endif
 
 enum { TEXT_MAX = 4096 }; // the longest path (or list) an option holds, with its NUL
+enum { SAVE_SUFFIX = 16 }; // the longest suffix a save adds to a path: .tmp.PID (.lock shorter)
 static const double PI = 3.14159265358979323846;
 
 // This process among the ranks of an MPI run: rank 0 of 1 without -DTLM_MPI.
@@ -59,10 +66,54 @@ static void *xcalloc(size_t n, size_t size, const char *what) {
     return p;
 }
 
-static FILE *open_file(const char *path, const char *mode) {
-    FILE *f = fopen(path, mode);
+// Opens an input (--load, --train, --val) for reading, refusing anything but a regular file:
+// opened without blocking (a FIFO's open would wait for a writer forever), checked by fstat on
+// that descriptor, then read as usual.
+static const char *file_kind(mode_t mode) {
+    return S_ISDIR(mode) ? "a directory" : S_ISFIFO(mode) ? "a FIFO" : S_ISSOCK(mode) ? "a socket"
+            : "a device";
+}
+static FILE *open_regular(const char *path) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
+    if (fd < 0) die("%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) die("%s: cannot open: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        die("%s is %s, not a regular file", path, file_kind(st.st_mode));
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    FILE *f = fdopen(fd, "rb");
     if (!f) die("%s: cannot open: %s", path, strerror(errno));
     return f;
+}
+// The directory a path lies in ("." for a bare name).
+static void path_directory(char *dir, size_t n, const char *path) {
+    const char *slash = strrchr(path, '/');
+    if (!slash) snprintf(dir, n, ".");
+    else if (slash == path) snprintf(dir, n, "/");
+    else snprintf(dir, n, "%.*s", (int)(slash - path), path);
+}
+// The file a path names, as an absolute path without links, '.' or '..': realpath(3) if it
+// exists, else its directory's real path and its name (a file not yet written has a name too).
+// 0 if neither can be resolved.
+static int canonical_path(const char *path, char *out, size_t n) {
+    char real_path[PATH_MAX], dir[TEXT_MAX];
+    if (realpath(path, real_path)) return snprintf(out, n, "%s", real_path) > 0;
+    path_directory(dir, sizeof(dir), path);
+    const char *slash = strrchr(path, '/'), *name = slash ? slash + 1 : path;
+    if (!*name || !realpath(dir, real_path)) return 0;
+    return snprintf(out, n, "%s/%s", strcmp(real_path, "/") ? real_path : "", name) > 0;
+}
+// whether a and b are one file: the same canonical path (whether or not it exists yet), or, if
+// both exist, the same device and inode (hard links)
+static int same_file(const char *a, const char *b) {
+    char ca[PATH_MAX + TEXT_MAX], cb[PATH_MAX + TEXT_MAX];
+    if (canonical_path(a, ca, sizeof(ca)) && canonical_path(b, cb, sizeof(cb)) && !strcmp(ca, cb))
+        return 1;
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev
+            && sa.st_ino == sb.st_ino;
 }
 // Reads exactly n items or dies naming the file: a short read means a truncated file.
 static void read_exact(void *buf, size_t size, size_t n, FILE *f, const char *path) {
