@@ -902,7 +902,9 @@ class Run:
         return cmd + (["--load", self.ckpt] if self.resume else [])
 
     def remove_files(self):
-        for p in (self.jsonl, self.ckpt, self.ckpt + ".tmp", self.logfile):
+        # (the trainer's temporaries: PATH.tmp.PID, and PATH.tmp of older versions; its lock)
+        stale = glob.glob(glob.escape(self.ckpt) + ".tmp*") + [self.ckpt + ".lock"]
+        for p in (self.jsonl, self.ckpt, self.logfile, *stale):
             if os.path.exists(p):
                 os.remove(p)
 

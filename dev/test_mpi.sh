@@ -93,16 +93,37 @@ grep -q "saved by 2 rank(s) at a global batch of 4 sequences a step; here 1 rank
     || fail "refusal: $(cat "$dir/err")"
 echo "test_mpi: resume on 2 ranks and on one process bit for bit; another global batch refused"
 
-# faults: a shard missing on rank 1 alone (MPMD: rank 1 is given another path)
-if "${mpirun[@]}" -np 1 ./train_tlm_mpi "${a[@]}" --steps 2 : -np 1 ./train_tlm_mpi "${a[@]}" --steps 2 \
-    --train "$dir/missing.bin" > /dev/null 2> "$dir/err"; then fail "a missing shard on rank 1 passed"; fi
-grep -q "^error: rank 1: --train $dir/missing.bin: no such file" "$dir/err" || fail "missing shard: $(head -3 "$dir/err")"
-# rank 1 alone with a huge learning rate: its parameters blow up, its loss or gradient is not finite
-if "${mpirun[@]}" -np 1 ./train_tlm_mpi "${a[@]}" --steps 20 : -np 1 ./train_tlm_mpi "${a[@]}" --steps 20 --lr 1e30 \
-    > /dev/null 2> "$dir/err"; then fail "a non-finite loss on rank 1 passed"; fi
-grep -q -E "^error: rank 1: step [0-9]+: (the loss of micro-batch 1|this rank's gradient norm) is -?nan; stopping every rank" "$dir/err" \
+# faults: a shard missing on rank 1 alone (MPMD: the same relative --train, rank 1 in a directory
+# without it)
+mkdir -p "$dir/w0" "$dir/w1"
+cp "$dir/train.bin" "$dir/w0/t.bin"
+if "${mpirun[@]}" -np 1 --wdir "$dir/w0" "$PWD/train_tlm_mpi" "${a[@]}" --train t.bin : \
+    -np 1 --wdir "$dir/w1" "$PWD/train_tlm_mpi" "${a[@]}" --train t.bin > /dev/null 2> "$dir/err"; then
+    fail "a missing shard on rank 1 passed"; fi
+grep -q "^error: rank 1: --train t.bin: no such file" "$dir/err" || fail "missing shard: $(head -3 "$dir/err")"
+# a huge learning rate: the parameters blow up, a loss or gradient is not finite; the rank that
+# sees it first stops every rank with its reason (the ranks must be given one command: below)
+if "${mpirun[@]}" -np 2 ./train_tlm_mpi "${a[@]}" --steps 20 --lr 1e30 > /dev/null 2> "$dir/err"; then
+    fail "a non-finite loss passed"; fi
+grep -q -E "^error: rank [01]: step [0-9]+: (the loss of micro-batch [01]|this rank's gradient norm) is -?nan; stopping every rank" "$dir/err" \
     || fail "non-finite loss: $(head -3 "$dir/err")"
-echo "test_mpi: a missing shard and a non-finite gradient on rank 1 stop both ranks with rank 1's reason"
+# ranks given different options, or different shards under one name (each its own directory):
+# one line before the first step, not MPI's MPI_ERR_TRUNCATE or a silent run
+if "${mpirun[@]}" -np 1 ./train_tlm_mpi "${a[@]}" --steps 2 : -np 1 ./train_tlm_mpi "${a[@]}" --steps 2 --batch 4 \
+    > "$dir/out" 2> "$dir/err"; then fail "ranks given different --batch passed"; fi
+grep -q "^error: rank 1 was given other options than rank 0" "$dir/err" && ! grep -q "step  *1" "$dir/out" \
+    || fail "different --batch: $(head -3 "$dir/err")"
+python3 - "$dir/train.bin" "$dir/w1/t.bin" <<'PY'
+import struct, sys
+b = open(sys.argv[1], "rb").read()
+n = 5000
+open(sys.argv[2], "wb").write(struct.pack("<3i", 20240520, 1, n) + b[12:1024 + 2 * n])
+PY
+if "${mpirun[@]}" -np 1 --wdir "$dir/w0" "$PWD/train_tlm_mpi" "${a[@]}" --train t.bin --steps 2 : \
+    -np 1 --wdir "$dir/w1" "$PWD/train_tlm_mpi" "${a[@]}" --train t.bin --steps 2 > "$dir/out" 2> "$dir/err"; then
+    fail "ranks given different shards passed"; fi
+grep -q "^error: rank 1 was given other --train shards than rank 0" "$dir/err" || fail "different shards: $(head -3 "$dir/err")"
+echo "test_mpi: a missing shard on rank 1, a non-finite gradient, ranks given other options or shards: one line, every rank stops"
 # a killed rank, and Ctrl-C (mpirun sends the ranks SIGTERM; they finish the step, rank 0 saves)
 for what in kill interrupt; do
     "${mpirun[@]}" -np 2 ./train_tlm_mpi "${a[@]}" --steps 100000 --eval-every 0 --save "$dir/int.ckpt" \
