@@ -11,7 +11,7 @@
  * Why a shim for memory: a loader that dies half-way leaves its calloc'd blocks, strdup'd
  * strings, open FILEs and glob_t behind. In the real program that cannot matter (die() exits); in a fuzzer it would
  * be reported as a leak on every refused input and would run out of file descriptors. So,
- * for the trainer's code only, calloc/malloc/strdup/free, fopen/fclose and glob/globfree are
+ * for the trainer's code only, calloc/malloc/strdup/free, fopen/fdopen/fclose and glob/globfree are
  * routed through wrappers that remember what is live between fz_begin() and fz_end():
  *   fz_end(FZ_ERROR)  after a die(): everything the trainer still holds is released;
  *   fz_end(FZ_OK)     after a normal return: the list is only forgotten, so anything the
@@ -124,6 +124,7 @@ static void *fz_malloc(size_t size) { void *p = malloc(size); fz_add(p, FZ_HEAP)
 static char *fz_strdup(const char *s) { char *p = strdup(s); fz_add(p, FZ_HEAP); return p; }
 static void fz_free(void *p) { fz_remove(p); free(p); }
 static FILE *fz_fopen(const char *path, const char *mode) { FILE *f = fopen(path, mode); fz_add(f, FZ_FILE); return f; }
+static FILE *fz_fdopen(int fd, const char *mode) { FILE *f = fdopen(fd, mode); fz_add(f, FZ_FILE); return f; }
 static int fz_fclose(FILE *f) { fz_remove(f); return fclose(f); }
 static int fz_glob(const char *pattern, int flags, int (*errfunc)(const char *, int), glob_t *g) {
     int r = glob(pattern, flags, errfunc, g);
@@ -169,6 +170,7 @@ static void fz_end(int how) {
 #define strdup fz_strdup
 #define free fz_free
 #define fopen fz_fopen
+#define fdopen fz_fdopen
 #define fclose fz_fclose
 #define glob fz_glob
 #define globfree fz_globfree
@@ -182,6 +184,7 @@ static void fz_end(int how) {
 #undef strdup
 #undef free
 #undef fopen
+#undef fdopen
 #undef fclose
 #undef glob
 #undef globfree
