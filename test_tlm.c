@@ -2811,6 +2811,15 @@ static void test_contention(void) {
     snprintf(args, sizeof(args), "%s --steps 1 --save %s/%s", data, tmpdir, longname);
     check(run_trainer(args) == 1 && output_has("too long for its temporary") && !output_has("step     1"),
           "quiet mistakes: a --save name whose temporary exceeds NAME_MAX refused before the first step");
+    // --train and --val one file (also by another name, or a hard link)
+    sh("ln -f %s %s", tmp_path("cli_train.bin"), tmp_path("c29_hard.bin"));
+    const char *val_as[3] = { "cli_train.bin", "./cli_train.bin", "c29_hard.bin" };
+    int same_refused = 0;
+    for (int k = 0; k < 3; k++) {
+        snprintf(args, sizeof(args), "%s --steps 1 --val %s/%s", data, tmpdir, val_as[k]);
+        same_refused += run_trainer(args) == 1 && output_has("is the --val shard") && !output_has("step     1");
+    }
+    check(same_refused == 3, "quiet mistakes: --train and --val one file refused (%d of 3 names)", same_refused);
 }
 
 int main(void) {

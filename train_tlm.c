@@ -2570,6 +2570,7 @@ static Model *build_model(DataLoader *train, DataLoader *val, DataPosition *resu
     if (training) dataloader_open(train, opt.train, "--train");
     if (!opt.sample) {
         dataloader_open(val, opt.val, "--val");
+        if (training) refuse_shared_shards(train, val);
         settle_vocab(cfg, train, val);
     }
     if (cfg->match_params && !opt.load[0]) {

@@ -18,7 +18,8 @@
  *
  * Provides: DataPosition (where the training order stands: epochs done, shards of this epoch's
  *   order done, slots of that shard's order taken), DataLoader, dataloader_open (a file or a
- *   glob of shards, each checked), dataloader_vocab, dataloader_free, dataloader_next (the next
+ *   glob of shards, each checked), refuse_shared_shards (--train and --val),
+ *   dataloader_vocab, dataloader_free, dataloader_next (the next
  *   batch of the training order), dataloader_seek (resume at a checkpoint's position),
  *   val_batches and val_batch (the validation split's batches, read in place).
  * Needs: dev/tlmc/utils.h (die, xcalloc, checked file I/O, Rng and its named streams).
@@ -102,6 +103,17 @@ static void dataloader_open(DataLoader *d, const char *pattern, const char *flag
     char what[64];
     snprintf(what, sizeof(what), "%s shards", flag);
     ranks_check_agree(list, what);
+}
+
+// --train and --val must not share a shard (same_file: by name or device and inode): the
+// validation loss would be measured on the training data
+static void refuse_shared_shards(const DataLoader *train, const DataLoader *val) {
+    for (int i = 0; i < train->count; i++)
+        for (int j = 0; j < val->count; j++)
+            if (same_file(train->paths[i], val->paths[j]))
+                die("--train shard %s is the --val shard %s: the validation loss would be measured "
+                    "on the training data (give --val the held-out split)", train->paths[i],
+                    val->paths[j]);
 }
 
 // the vocabulary the shards' headers give (0: none does); shards that disagree are refused
