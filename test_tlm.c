@@ -2256,7 +2256,8 @@ static void test_sample_cli(void) {
     char args[2048], load[1024];
     // a byte model (vocabulary 256), one step from a shard of ASCII
     write_shard(tmp_path("sb_train.bin"), 3000, SHARD_MAGIC, 1, 3000, 256, 128, 0);
-    snprintf(args, sizeof(args), "%s --train %s --val %s --save %s", shape, tmp_path("sb_train.bin"), tmp_path("sb_train.bin"),
+    write_shard(tmp_path("sb_val.bin"), 3000, SHARD_MAGIC, 1, 3000, 256, 128, 0);
+    snprintf(args, sizeof(args), "%s --train %s --val %s --save %s", shape, tmp_path("sb_train.bin"), tmp_path("sb_val.bin"),
              tmp_path("sb.ckpt"));
     check(run_trainer(args) == 0, "sample cli: a byte model to sample from");
     snprintf(load, sizeof(load), "--load %s --sample --train %s", tmp_path("sb.ckpt"), tmp_path("no_such_dir/x.bin"));
@@ -2285,7 +2286,8 @@ static void test_sample_cli(void) {
     free(text);
     // a model whose vocabulary the prompt's bytes fall outside
     write_shard(tmp_path("s11_train.bin"), 3000, SHARD_MAGIC, 1, 3000, 11, 11, 0);
-    snprintf(args, sizeof(args), "%s --train %s --val %s --save %s", shape, tmp_path("s11_train.bin"), tmp_path("s11_train.bin"),
+    write_shard(tmp_path("s11_val.bin"), 3000, SHARD_MAGIC, 1, 3000, 11, 11, 0);
+    snprintf(args, sizeof(args), "%s --train %s --val %s --save %s", shape, tmp_path("s11_train.bin"), tmp_path("s11_val.bin"),
              tmp_path("s11.ckpt"));
     run_trainer(args);
     snprintf(args, sizeof(args), "--load %s --sample --prompt hello", tmp_path("s11.ckpt"));
@@ -2293,7 +2295,8 @@ static void test_sample_cli(void) {
           "sample cli: a prompt outside the vocabulary is an error");
     // BPE: the tiny tokenizer and encoder of test_encoder, the encoder beside the tokenizer
     write_shard(tmp_path("sp_train.bin"), 3000, SHARD_MAGIC, 1, 3000, TINY_VOCAB, 11, 0);
-    snprintf(args, sizeof(args), "%s --train %s --val %s --save %s", shape, tmp_path("sp_train.bin"), tmp_path("sp_train.bin"),
+    write_shard(tmp_path("sp_val.bin"), 3000, SHARD_MAGIC, 1, 3000, TINY_VOCAB, 11, 0);
+    snprintf(args, sizeof(args), "%s --train %s --val %s --save %s", shape, tmp_path("sp_train.bin"), tmp_path("sp_val.bin"),
              tmp_path("sp.ckpt"));
     check(run_trainer(args) == 0, "sample cli: a BPE model to sample from");
     write_tiny_tokenizer(tmp_path("sp_tokenizer.bin"), 0);
