@@ -117,6 +117,86 @@ static void load_checkpoint_file(Model *m, const char *path, DataPosition *pos) 
     checkpoint_close(ck);
 }
 
+// --- sampling with a cache: the cached forward is the full forward, one row at a time ------------
+// (both precisions: run_gradient_tests in double, main in float)
+// The configs: every architecture, and the memory's variants (depth 1, Hope's 3 levels, the
+// gated model's headwise gate); seq-len 70 crosses an attention block (ATT_BLOCK 64) and many
+// memory chunks.
+static int sample_cache_configs(Config *out) {
+    int n = 0;
+    for (int arch = 0; arch < ARCH_COUNT; arch++) out[n++] = tiny_config((Arch)arch, TAPER_COSINE);
+    out[n] = tiny_config(ARCH_TITANS, TAPER_COSINE); out[n].mem_depth = 1; out[n++].mem_chunk = 4;
+    out[n] = tiny_config(ARCH_HOPE, TAPER_COSINE); out[n].cms_levels = 3;
+    out[n].cms_chunks[1] = 1; out[n++].cms_chunks[2] = 4;
+    out[n] = tiny_config(ARCH_GATED, TAPER_COSINE); out[n++].gate_headwise = 1;
+    for (int i = 0; i < n; i++) out[i].seq_len = 70;
+    return n;
+}
+static const char *sample_cache_label(const Config *c, char *buf, size_t n) {
+    snprintf(buf, n, "%s%s%s%s", arch_names[c->arch], c->mem_depth == 1 && c->arch == ARCH_TITANS
+             ? " depth 1" : "", c->arch == ARCH_HOPE && c->cms_levels == 3 ? " 3 levels" : "",
+             c->gate_headwise ? " headwise" : "");
+    return buf;
+}
+// Continues the same prompt with and without the cache (the same seed), past seq-len:
+// 1 if the tokens agree
+static int sample_cache_same_tokens(Model *a, Model *b, double temperature, int seed) {
+    int T = a->T, n0 = 3, len = T + 6, same;
+    int *x = xcalloc(n0 + len, sizeof(int), "test"), *y = xcalloc(n0 + len, sizeof(int), "test");
+    for (int i = 0; i < n0; i++) x[i] = y[i] = (5 * i + 1) % a->cfg.vocab;
+    Rng ra = rng_seeded(seed), rb = rng_seeded(seed);
+    generate(a, x, n0, len, temperature, 0, &ra, NULL, 1);
+    generate(b, y, n0, len, temperature, 0, &rb, NULL, 0);
+    same = !memcmp(x, y, (n0 + len) * sizeof(int));
+    free(x); free(y);
+    return same;
+}
+// The largest difference between the logits of model_step at every position p < T and those of
+// the last row of a full forward over tokens 0..p (two models with the same weights)
+static double sample_cache_logit_gap(Model *cached, Model *full) {
+    int T = cached->T, V = cached->cfg.vocab;
+    int *tok = xcalloc(T, sizeof(int), "test");
+    real *step = xcalloc(V, sizeof(real), "test");
+    for (int t = 0; t < T; t++) tok[t] = (7 * t + 3) % V;
+    double gap = 0;
+    for (int p = 0; p < T; p++) {
+        head_forward(cached, model_step(cached, tok[p], p), NULL, NULL, 1);
+        memcpy(step, cached->a.logits, V * sizeof(real));
+        model_forward(full, tok, NULL, 1, p + 1);
+        const real *l = full->a.logits + (size_t)p * V;
+        for (int v = 0; v < V; v++) {
+            double d = fabs((double)step[v] - (double)l[v]);
+            if (d > gap || d != d) gap = d != d ? INFINITY : d;
+        }
+    }
+    free(tok); free(step);
+    return gap;
+}
+static void test_sample_cache(void) {
+    Config cs[8];
+    char label[64];
+    int n = sample_cache_configs(cs);
+    for (int i = 0; i < n; i++) {
+        Model *a = model_create(&cs[i], 1, cs[i].seq_len), *b = model_create(&cs[i], 1, cs[i].seq_len);
+        init_params(a, 21);
+        // every weight moved off its initial value, so that the conv's taps past the first (an
+        // identity at initialisation) and the gates' biases take part
+        for (size_t j = 0; j < a->num_params; j++) a->params[j] += (real)(0.1 * sin(0.7 * j + 1));
+        memcpy(b->params, a->params, a->num_params * sizeof(real));
+        sample_cache_label(&cs[i], label, sizeof(label));
+        double gap = sample_cache_logit_gap(a, b);
+#ifdef TLM_DOUBLE
+        check(gap == 0, "sample cache: %s: every position's logits are the full forward's, bit for bit in double (largest gap %.3g)", label, gap);
+#else
+        check(gap < 1e-4, "sample cache: %s: every position's logits within 1e-4 of the full forward's in float (largest gap %.3g)", label, gap);
+#endif
+        check(sample_cache_same_tokens(a, b, 1.0, 17) && sample_cache_same_tokens(a, b, 0, 18),
+              "sample cache: %s: the same tokens as without the cache (seed fixed, temperature 1 and 0, to seq-len + 6)", label);
+        model_free(a);
+        model_free(b);
+    }
+}
+
 #ifdef TLM_DOUBLE
 // ----------------------------------------------------------------------------
 // gradient checks, in double precision
@@ -235,6 +315,7 @@ int run_gradient_tests(int *p, int *f) {
         int bad = gradcheck(v[i].label, c);
         printf("  gradients %-22s %s\n", v[i].label, bad ? "FAIL" : "ok");
     }
+    test_sample_cache();
     *p = passed;
     *f = failed;
     return failed;
@@ -1961,7 +2042,7 @@ static void test_sampling(void) {
         int *tokens = xcalloc(n0 + len, sizeof(int), "test");
         for (int i = 0; i < n0; i++) tokens[i] = (5 * i + 1) % c.vocab;
         Rng r = rng_seeded(1);
-        generate(m, tokens, n0, len, 0, 0, &r, NULL);
+        generate(m, tokens, n0, len, 0, 0, &r, NULL, 1);
         int argmax = 1, in_vocab = 1;
         for (int n = n0; n < n0 + len; n++) {
             int window = n < T ? n : T;
@@ -1978,9 +2059,9 @@ static void test_sampling(void) {
         memcpy(again, tokens, n0 * sizeof(int));
         memcpy(other, tokens, n0 * sizeof(int));
         Rng r1 = rng_seeded(4), r2 = rng_seeded(4), r3 = rng_seeded(5);
-        generate(m, tokens, n0, len, 1.0, 0, &r1, NULL);
-        generate(m, again, n0, len, 1.0, 0, &r2, NULL);
-        generate(m, other, n0, len, 1.0, 0, &r3, NULL);
+        generate(m, tokens, n0, len, 1.0, 0, &r1, NULL, 1);
+        generate(m, again, n0, len, 1.0, 0, &r2, NULL, 1);
+        generate(m, other, n0, len, 1.0, 0, &r3, NULL, 1);
         check(!memcmp(tokens, again, (n0 + len) * sizeof(int)) && memcmp(tokens, other, (n0 + len) * sizeof(int)),
               "sample: %s: the same seed gives the same tokens, another seed others", arch_names[arch]);
         free(tokens); free(again); free(other);
@@ -2863,6 +2944,7 @@ int main(void) {
     test_encoder();
     test_encoder_matches_python();
     test_sampling();
+    test_sample_cache();
     test_alignment_probe();
     test_cli();
     test_cli_data_and_eval();

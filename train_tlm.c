@@ -768,6 +768,18 @@ static int attention_first_key(int i0, int window) {
     return window > 0 && i0 - window + 1 > 0 ? i0 - window + 1 : 0;
 }
 
+// Query t's row of p (T), from its scores s_tu (u in [first key, t]): p_tu = softmax, 0 elsewhere
+static void attention_softmax_row(real *pt, int t, int T, int window, real scale) {
+    int u0 = attention_first_key(t, window);
+    real maxs = -FLT_MAX;
+    for (int u = u0; u <= t; u++) maxs = pt[u] > maxs ? pt[u] : maxs;
+    for (int u = u0; u <= t; u++) pt[u] = r_exp((pt[u] - maxs) * scale);
+    real inv = 1 / sum16(pt + u0, t + 1 - u0);
+    for (int u = u0; u <= t; u++) pt[u] *= inv;
+    for (int u = 0; u < u0; u++) pt[u] = 0;
+    for (int u = t + 1; u < T; u++) pt[u] = 0;
+}
+
 static void attention_forward(real *out, real *att, const real *qkv, int B, int T, int C, int NH,
                               int window) {
     int hs = C / NH;
@@ -788,17 +800,8 @@ static void attention_forward(real *out, real *att, const real *qkv, int B, int 
                 // S[i0:i1, lo:i1] = Q[i0:i1] K[lo:i1]^T, written into the rows of p
                 gemm_serial(p + (size_t)i0 * T + lo, q + (size_t)i0 * 3 * C, k + (size_t)lo * 3 * C,
                             i1 - i0, i1 - lo, hs, 0, 3 * C, 1, 3 * C, T, 0);
-                for (int t = i0; t < i1; t++) {
-                    real *pt = p + (size_t)t * T;
-                    int u0 = attention_first_key(t, window);
-                    real maxs = -FLT_MAX;
-                    for (int u = u0; u <= t; u++) maxs = pt[u] > maxs ? pt[u] : maxs;
-                    for (int u = u0; u <= t; u++) pt[u] = r_exp((pt[u] - maxs) * scale);
-                    real inv = 1 / sum16(pt + u0, t + 1 - u0);
-                    for (int u = u0; u <= t; u++) pt[u] *= inv;
-                    for (int u = 0; u < u0; u++) pt[u] = 0;
-                    for (int u = t + 1; u < T; u++) pt[u] = 0;
-                }
+                for (int t = i0; t < i1; t++)
+                    attention_softmax_row(p + (size_t)t * T, t, T, window, scale);
                 // O[i0:i1] = P[i0:i1, lo:i1] V[lo:i1]
                 gemm_serial(o + (size_t)i0 * C, p + (size_t)i0 * T + lo, v + (size_t)lo * 3 * C,
                             i1 - i0, hs, i1 - lo, 0, T, 0, 3 * C, C, 0);
@@ -1356,6 +1359,14 @@ static void memory_chunked_forward(real *y, real *states, real *scratch, const r
                                    const real *q, const real *theta, const real *eta,
                                            const real *alpha,
                                    const real *W0, int T, MemorySize ms, int read_chunk_start);
+// The same forward for the token at position p alone, its earlier tokens already run (sampling
+// with a cache): p's chunk c again, tokens c*chunk..p, from W_c, S_c in its record (p = 0: the
+// first record set to W0, 0), which writes y's rows of the chunk so far and, at its last token,
+// the next chunk's start. Every array laid out for T tokens, as memory_chunked_forward lays it.
+static void memory_chunked_forward_at(real *y, real *states, real *scratch, const real *k,
+                                      const real *v, const real *q, const real *theta,
+                                      const real *eta, const real *alpha, const real *W0, int T,
+                                      int p, MemorySize ms, int read_chunk_start);
 static void memory_chunked_backward(real *dk, real *dv, real *dq, real *dtheta, real *deta,
                                     real *dalpha,
                                     real *dW0, real *scratch, const real *dy, const real *states,
@@ -1373,17 +1384,21 @@ static real *conv_taps(const real *w, int CH, int K) { // wt (K,CH), to be freed
         for (int j = 0; j < K; j++) wt[(size_t)j * CH + c] = w[(size_t)c * K + j];
     return wt;
 }
+// one row: o (CH) at position t, from x_t (CH) and the rows before it (x_t - j CH)
+static void conv_row(real *o, const real *x_t, const real *wt, int CH, int K, int t) {
+    for (int c = 0; c < CH; c++) o[c] = 0;
+    for (int j = 0; j < K && j <= t; j++) {
+        const real *xr = x_t - (size_t)j * CH, *wj = wt + (size_t)j * CH;
+        for (int c = 0; c < CH; c++) o[c] += wj[c] * xr[c];
+    }
+}
 static void conv_forward(real *out, const real *x, const real *w, int B, int T, int CH, int K) {
     real *wt = conv_taps(w, CH, K);
     #pragma omp parallel for collapse(2)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
-            real *o = out + ((size_t)b * T + t) * CH;
-            for (int c = 0; c < CH; c++) o[c] = 0;
-            for (int j = 0; j < K && j <= t; j++) {
-                const real *xr = x + ((size_t)b * T + t - j) * CH, *wj = wt + (size_t)j * CH;
-                for (int c = 0; c < CH; c++) o[c] += wj[c] * xr[c];
-            }
+            size_t row = ((size_t)b * T + t) * CH;
+            conv_row(out + row, x + row, wt, CH, K, t);
         }
     free(wt);
 }
@@ -1442,6 +1457,35 @@ static void silu_backward(real *dx, const real *dout, const real *x, size_t n) {
 //   y = memory recurrence (memory_chunked_forward) per sequence and head, heads merged back (N,C)
 static const real eta_max = (real)0.9;
 
+// The memory's inputs for sequence b, head h, token t, from its projections (after the conv):
+// silu, then k, q l2-normalised (1/|k|, 1/|q| kept); the gates theta, eta, alpha from z + bias
+static void memory_inputs(MemoryActs *ma, const real *bgates, int b, int h, int t, int T, int C,
+                          int NH, MemorySize ms) {
+    int hs = ms.d;
+    size_t n = (size_t)b * T + t, i = ((size_t)b * NH + h) * T + t;
+    const real *p = ma->conv + n * 3 * C + h * hs;
+    real q[hs], k[hs], v[hs]; // p's head, after SiLU
+    for (int j = 0; j < hs; j++) {
+        q[j] = ms.silu ? silu(p[j]) : p[j];
+        k[j] = ms.silu ? silu(p[C + j]) : p[C + j];
+        v[j] = ms.silu ? silu(p[2 * C + j]) : p[2 * C + j];
+    }
+    real qq = dot(q, q, hs), kk = dot(k, k, hs);
+    real q_inv = 1 / r_sqrt(qq + (real)1e-12), k_inv = 1 / r_sqrt(kk + (real)1e-12);
+    for (int j = 0; j < hs; j++) {
+        ma->q[i * hs + j] = q[j] * q_inv;
+        ma->k[i * hs + j] = k[j] * k_inv;
+        ma->v[i * hs + j] = v[j];
+    }
+    ma->q_inv[i] = q_inv;
+    ma->k_inv[i] = k_inv;
+    real *z = ma->gates + n * 3 * NH;
+    for (int g = 0; g < 3; g++) z[g * NH + h] += bgates[g * NH + h];
+    ma->theta[i] = ms.lr * sigmoid(z[h]);
+    ma->eta[i] = eta_max * sigmoid(z[NH + h]);
+    ma->alpha[i] = sigmoid(z[2 * NH + h]);
+}
+
 static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqkv,
                                   const real *wconv, const real *wgates,
                                   const real *bgates, const real *w0, Scratch scratch,
@@ -1456,30 +1500,7 @@ static void memory_module_forward(MemoryActs *ma, const real *x, const real *wqk
     #pragma omp parallel for collapse(3)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)
-            for (int t = 0; t < T; t++) {
-                size_t n = (size_t)b * T + t, i = ((size_t)b * NH + h) * T + t;
-                const real *p = ma->conv + n * 3 * C + h * hs;
-                real q[hs], k[hs], v[hs]; // p's head, after SiLU
-                for (int j = 0; j < hs; j++) {
-                    q[j] = ms.silu ? silu(p[j]) : p[j];
-                    k[j] = ms.silu ? silu(p[C + j]) : p[C + j];
-                    v[j] = ms.silu ? silu(p[2 * C + j]) : p[2 * C + j];
-                }
-                real qq = dot(q, q, hs), kk = dot(k, k, hs);
-                real q_inv = 1 / r_sqrt(qq + (real)1e-12), k_inv = 1 / r_sqrt(kk + (real)1e-12);
-                for (int j = 0; j < hs; j++) {
-                    ma->q[i * hs + j] = q[j] * q_inv;
-                    ma->k[i * hs + j] = k[j] * k_inv;
-                    ma->v[i * hs + j] = v[j];
-                }
-                ma->q_inv[i] = q_inv;
-                ma->k_inv[i] = k_inv;
-                real *z = ma->gates + n * 3 * NH;
-                for (int g = 0; g < 3; g++) z[g * NH + h] += bgates[g * NH + h];
-                ma->theta[i] = ms.lr * sigmoid(z[h]);
-                ma->eta[i] = eta_max * sigmoid(z[NH + h]);
-                ma->alpha[i] = sigmoid(z[2 * NH + h]);
-            }
+            for (int t = 0; t < T; t++) memory_inputs(ma, bgates, b, h, t, T, C, NH, ms);
     gemm_init(); // memory_chunked_forward runs gemm_serial inside the loop
     // one task per sequence and head, handed out as threads come free: each writes only its
     // own outputs, so the results do not depend on which thread runs it
@@ -2370,18 +2391,178 @@ static int sample_next(const real *logits, int V, double temperature, int top_k,
     return best;
 }
 
+// --- sampling with a cache: one position's forward per token ---------------------------------
+// The forward is causal, so position p's output depends on the tokens 0..p only, and every
+// kernel of the forward works row by row except where positions meet: attention, the memory's
+// convolution and its recurrence. The cache is the model's own activations for one sequence
+// (B = 1, laid out for T = seq-len tokens): model_step(p) computes row p of every layer and reads
+// from the rows before it what the earlier steps left there:
+//   attention:  k_u, v_u for u < p (RoPE applied at their positions): the key-value cache;
+//               s_pu = q_p . k_u / sqrt(hs), p_p = softmax(s_p), out_p = sum_u p_pu v_u over
+//               t-window < u <= p (Titans' sliding window: the window's keys only)
+//   memory:     the conv's inputs of the K - 1 tokens before p;  W_c, S_c, the state at the
+//               start of p's chunk c (its record), and the chunk's tokens so far. The chunk's
+//               closed form is run again over tokens s = c*chunk .. p from W_c, S_c:
+//                 S_t = eta_t S_{t-1} - theta_t c_t g_t(W_c),  W_t = (1 - alpha_t) W_{t-1} + S_t
+//                 y_p = M_{W_p}(q_p) (Titans), M_{W_c}(q_p) (Hope)
+//               and at the chunk's last token its end W, S become the next chunk's W_c, S_c.
+// Each step runs the very kernels of the full forward on the same numbers, so its logits are
+// those of a forward over tokens 0..p, bit for bit in double (test_tlm.c checks every
+// architecture). Cost: one row of every matmul, attention over p keys, a memory chunk of at most
+// mem-chunk tokens, where the full forward costs p + 1 rows of everything.
+
+// Attention for query p over the cached keys 0..p: la->qkv row p (RoPE at p) and la->att row p
+static void attention_step(Model *m, int l, int p, int window) {
+    const Config *c = &m->cfg;
+    LayerActs *la = &m->a.layer[l];
+    int C = c->dim, NH = c->heads, hs = C / NH, T = m->T;
+    real scale = 1 / r_sqrt((real)hs), *qkv = la->qkv + (size_t)p * 3 * C;
+    matmul_forward(qkv, la->ln1 + (size_t)p * C, m->w.layer[l].wqkv, 1, C, 3 * C);
+    rope_forward(qkv, m->rope + (size_t)p * hs, 1, 1, 2 * NH, hs, 3 * C);
+    int u0 = attention_first_key(p, window);
+    #pragma omp parallel for
+    for (int h = 0; h < NH; h++) {
+        const real *q = qkv + h * hs, *k = la->qkv + C + h * hs, *v = k + C;
+        real *pt = la->att + ((size_t)h * T + p) * T;
+        // s_pu = q_p . k_u  (u0 <= u <= p), then the row's softmax; out_p = P_p V
+        gemm_serial(pt + u0, q, k + (size_t)u0 * 3 * C, 1, p + 1 - u0, hs, 0, 3 * C, 1, 3 * C,
+                    T, 0);
+        attention_softmax_row(pt, p, T, window, scale);
+        gemm_serial(la->attn + (size_t)p * C + h * hs, pt + u0, v + (size_t)u0 * 3 * C, 1, hs,
+                    p + 1 - u0, 0, T, 0, 3 * C, C, 0);
+    }
+}
+
+// The memory module for the token at p (one sequence, laid out for T tokens): its projections,
+// conv and gates, then each head's chunk again from W_c (memory_chunked_forward_at); y row p
+static void memory_module_step(MemoryActs *ma, const real *x, const real *wqkv, const real *wconv,
+                               const real *wgates, const real *bgates, const real *w0,
+                               Scratch scratch, int p, int T, int C, int NH, MemorySize ms,
+                               int read_chunk_start) {
+    int hs = ms.d, P = memory_params(ms.depth, hs, ms.m);
+    size_t S = memory_state_size(T, ms);
+    matmul_forward(ma->qkv + (size_t)p * 3 * C, x + (size_t)p * C, wqkv, 1, C, 3 * C);
+    if (ms.conv) {
+        real *wt = conv_taps(wconv, 3 * C, ms.conv);
+        conv_row(ma->conv + (size_t)p * 3 * C, ma->qkv + (size_t)p * 3 * C, wt, 3 * C, ms.conv, p);
+        free(wt);
+    }
+    matmul_forward(ma->gates + (size_t)p * 3 * NH, x + (size_t)p * C, wgates, 1, C, 3 * NH);
+    for (int h = 0; h < NH; h++) memory_inputs(ma, bgates, 0, h, p, T, C, NH, ms);
+    #pragma omp parallel for schedule(dynamic) num_threads(scratch_team(scratch))
+    for (int h = 0; h < NH; h++) {
+        size_t at = (size_t)h * T * hs, g = (size_t)h * T;
+        memory_chunked_forward_at(ma->yh + at, ma->states + h * S, scratch_mine(scratch),
+                                  ma->k + at, ma->v + at, ma->q + at, ma->theta + g, ma->eta + g,
+                                  ma->alpha + g, w0 + (size_t)h * P, T, p, ms, read_chunk_start);
+        memcpy(ma->y + (size_t)p * C + h * hs, ma->yh + at + (size_t)p * hs, hs * sizeof(real));
+    }
+}
+
+// Row p of block l's mixer slot and MLP slot: the mixer_forward and mlp_forward above, one row
+static void block_step(Model *m, int l, const real *x, int p) {
+    const Config *c = &m->cfg;
+    LayerActs *la = &m->a.layer[l];
+    const LayerWeights *w = &m->w.layer[l];
+    int C = c->dim, NH = c->heads, F = c->mlp_widths[l], T = m->T, G = gate_width(c);
+    size_t r = (size_t)p * C;
+    real *tmp = m->a.tmp;
+    // res1 = x + W_O Mixer(RMSNorm(x))
+    rmsnorm_forward(la->ln1 + r, la->ln1_rstd + p, x + r, w->attn_norm, 1, C);
+    switch (c->arch) {
+    case ARCH_TRANSFORMER:
+    case ARCH_HOPE:
+        attention_step(m, l, p, 0);
+        break;
+    case ARCH_GATED:
+        attention_step(m, l, p, 0);
+        matmul_forward(tmp, la->ln1 + r, w->wgate, 1, C, G);
+        gate_forward(la->mixed + r, la->gate + (size_t)p * G, la->attn + r, tmp, 1, C, G);
+        break;
+    case ARCH_TITANS:
+        attention_step(m, l, p, c->window);
+        memory_module_step(&la->mem, la->ln1, w->mem_wqkv, w->mem_conv, w->mem_wgates,
+                           w->mem_bgates, w->mem_w0, m->a.mem_scratch, p, T, C, NH,
+                           titans_memory(c), 0);
+        rmsnorm_forward(la->my_norm + r, la->my_rstd + p, la->mem.y + r, w->mem_norm, 1, C);
+        gate_forward(la->mixed + r, la->mgate + r, la->attn + r, la->my_norm + r, 1, C, C);
+        break;
+    default: break;
+    }
+    matmul_forward(tmp, la->mixed + r, w->wo, 1, C, C);
+    for (int i = 0; i < C; i++) la->res1[r + i] = x[r + i] + tmp[i];
+    // res2 = res1 + W2 (silu(W1 u) * W3 u), u = RMSNorm(res1); Hope: then its fast levels
+    rmsnorm_forward(la->ln2 + r, la->ln2_rstd + p, la->res1 + r, w->mlp_norm, 1, C);
+    matmul_forward(la->h + (size_t)p * 2 * F, la->ln2 + r, w->w1, 1, C, 2 * F);
+    swiglu_forward(la->hg + (size_t)p * F, la->h + (size_t)p * 2 * F, 1, F);
+    matmul_forward(tmp, la->hg + (size_t)p * F, w->w2, 1, F, C);
+    for (int i = 0; i < C; i++) la->res2[r + i] = la->res1[r + i] + tmp[i];
+    if (c->arch != ARCH_HOPE) return;
+    for (int k = 1; k < c->cms_levels; k++) { // res_k = res_{k-1} + scale_k Memory_k(RMSNorm(..))
+        const real *in = la->cms_res[k - 1];
+        rmsnorm_forward(la->cms_ln[k] + r, la->cms_rstd[k] + p, in + r, w->cms_norm[k], 1, C);
+        memory_module_step(&la->cms[k], la->cms_ln[k], w->cms_wqkv[k], w->cms_conv[k],
+                           w->cms_wgates[k], w->cms_bgates[k], w->cms_w0[k], m->a.mem_scratch,
+                           p, T, C, 1, hope_level(c, l, k), 1);
+        for (int j = 0; j < C; j++)
+            la->cms_res[k][r + j] = in[r + j] + w->cms_scale[k][j] * la->cms[k].y[r + j];
+    }
+}
+
+// Position p's forward, positions 0..p-1 already run by earlier steps (p < T): x_L row p (C)
+static const real *model_step(Model *m, int token, int p) {
+    int C = m->cfg.dim;
+    if (p >= m->T) die("internal: model_step at %d past the cache's %d", p, m->T);
+    if (token < 0 || token >= m->cfg.vocab)
+        die("token %d at position %d is outside the vocabulary of %d", token, p, m->cfg.vocab);
+    embedding_forward(m->a.x0 + (size_t)p * C, &token, m->w.wte, 1, C);
+    const real *x = m->a.x0;
+    for (int l = 0; l < m->cfg.layers; l++) {
+        block_step(m, l, x, p);
+        x = m->a.layer[l].out;
+    }
+    return x + (size_t)p * C;
+}
+
+// A step is a few small kernels per layer, each a parallel region of its own: below this many
+// parameters (a step of under ~16 MFLOP) their forks and joins cost more than the threads save
+// (on a loaded machine, far more: a thread that waits at a join for one that is not running),
+// so a small model's steps run on one thread.
+enum { step_serial_params = 8 << 20 };
+static void set_threads(int n) {
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#else
+    (void)n;
+#endif
+}
+
 // Continues tokens[0..n) (n >= 1; room for n + len) by len tokens, each from the last position's
-// logits of a forward over the last seq-len tokens so far, as one sequence (B = 1). Nothing is
-// cached between tokens: Titans' and Hope's memories are learned in context, so each forward
-// relearns them over the window, as training does. Prints each token as it comes if tk is given.
+// logits of the forward over the last seq-len tokens so far, as one sequence (B = 1). With cache:
+// while the text fits in seq-len, each position's forward is one model_step (the prompt's too);
+// past seq-len the window slides, every position's RoPE angle and chunk changes, and each new
+// token is a full forward over the last seq-len tokens, as without the cache (the same tokens
+// either way). cache 0: every token a full forward. Titans' and Hope's memories are learned in
+// context, so a full forward relearns them over the window, as training does. Prints each token
+// as it comes if tk is given.
 static void generate(Model *m, int *tokens, int n, int len, double temperature, int top_k, Rng *rng,
-                     const Tokenizer *tk) {
-    int T = m->T, V = m->cfg.vocab;
+                     const Tokenizer *tk, int cache) {
+    int T = m->T, V = m->cfg.vocab, cached = 0; // cached: the positions model_step has run
     double *keep = xcalloc(V, sizeof(double), "sample");
+    int threads = num_threads();
     for (int i = 0; i < len; i++, n++) {
-        int window = n < T ? n : T;
-        const real *x = model_blocks(m, tokens + n - window, NULL, 1, window);
-        head_forward(m, x + (size_t)(window - 1) * m->cfg.dim, NULL, NULL, 1); // the last position
+        const real *x = NULL;
+        int serial = cache && n <= T && m->num_params < step_serial_params;
+        if (serial) set_threads(1);
+        if (cache && n <= T) {
+            while (cached < n) { x = model_step(m, tokens[cached], cached); cached++; }
+        } else {
+            int window = n < T ? n : T;
+            x = model_blocks(m, tokens + n - window, NULL, 1, window);
+            x += (size_t)(window - 1) * m->cfg.dim; // the last position
+        }
+        head_forward(m, x, NULL, NULL, 1);
+        if (serial) set_threads(threads);
         tokens[n] = sample_next(m->a.logits, V, temperature, top_k, rng, keep);
         if (tk) { print_token(tk, tokens[n]); fflush(stdout); }
     }
@@ -2389,11 +2570,11 @@ static void generate(Model *m, int *tokens, int n, int len, double temperature, 
 }
 
 // Training's samples: `len` tokens after the end-of-text token, at temperature 1.
-static void sample_text(Model *m, const Tokenizer *tk, int len, uint64_t seed) {
+static void sample_text(Model *m, const Tokenizer *tk, int len, uint64_t seed, int cache) {
     Rng rng = rng_seeded(seed);
     int *tokens = xcalloc(len + 1, sizeof(int), "sample");
     tokens[0] = tk->eot < m->cfg.vocab ? tk->eot : 0;
-    generate(m, tokens, 1, len, 1.0, 0, &rng, tk);
+    generate(m, tokens, 1, len, 1.0, 0, &rng, tk, cache);
     printf("\n");
     free(tokens);
 }
@@ -2729,7 +2910,7 @@ static int run_sample(Model *m) {
     for (int s = 0; s < opt.samples; s++) {
         if (s) printf("---\n");
         fputs(opt.prompt, stdout);
-        generate(m, tokens, n, len, opt.temperature, opt.top_k, &rng, &tk);
+        generate(m, tokens, n, len, opt.temperature, opt.top_k, &rng, &tk, opt.sample_cache);
         printf("\n");
     }
     double seconds = wall_time() - t0;
@@ -2893,7 +3074,7 @@ static int run_train(Model *m, DataLoader *train, DataLoader *val, DataPosition 
         if (opt.sample_every && world.rank == 0 && (m->step % opt.sample_every == 0 || last)) {
             printf("--- sample at step %d ---\n", m->step);
             sample_text(m, &tk, opt.sample_len < T ? opt.sample_len : T,
-                        (uint64_t)opt.seed + m->step);
+                        (uint64_t)opt.seed + m->step, opt.sample_cache);
             printf("---\n");
         }
         if (opt.save[0] && (last || ranks_should_stop()
@@ -3973,6 +4154,27 @@ static void memory_chunk_read_backward(real *dQ, real *dWc, real *dSc, const rea
                                f->U, K, n, m, d);
 }
 
+// One chunk: its n tokens from s, starting from W_c, S_c at Wc (its record, record long; len: the
+// chunk length the records are laid out for); y's rows s..s+n from k, v, q and the gates (rows
+// from 0); its end state W, S into the next record (after the last chunk: the two P-vectors).
+static void memory_chunk_forward(real *y, real *Wc, size_t record, MemoryChunk *f, int len,
+                                 const real *k, const real *v, const real *q, const real *theta,
+                                 const real *eta, const real *alpha, int s, int n, MemorySize ms,
+                                 int read_chunk_start) {
+    int d = ms.d, m = ms.m, depth = ms.depth, P = memory_params(depth, d, m);
+    real *Sc = Wc + P, *Wn = Wc + record, *Sn = Wn + P;
+    const real *K = k + (size_t)s * d, *Q = q + (size_t)s * d;
+    memory_chunk_saved(f, Sc + P, len, d, m, depth);
+    memory_factors(f, Wc, K, v + (size_t)s * d, n, d, m, depth);
+    memory_clip_steps(f, K, theta + s, n, d, m, depth, ms.clip);
+    memory_coefficients(f, eta + s, f->step, alpha + s, n);
+    if (read_chunk_start) // Hope
+        memory_read_rows(y + (size_t)s * d, f->Zq, f->Aq, Wc, Q, n, d, m, depth);
+    else                  // Titans
+        memory_chunk_read(y + (size_t)s * d, Q, Wc, Sc, f, K, n, d, m, depth);
+    memory_chunk_advance(Wn, Sn, Wc, Sc, f, K, n, d, m, depth);
+}
+
 // y (T, d) from k, v, q (T, d) and the gates (T); states: see memory_state_size().
 static void memory_chunked_forward(real *y, real *states, real *scratch, const real *k,
                                    const real *v, const real *q,
@@ -3985,24 +4187,26 @@ static void memory_chunked_forward(real *y, real *states, real *scratch, const r
     memory_chunk_layout(&f, scratch, len, d, m);
     memcpy(states, W0, P * sizeof(real)); // the first chunk's start
     memset(states + P, 0, P * sizeof(real));
-    for (int c = 0, s = 0; s < T; c++, s += chunk) {
-        int n = T - s < chunk ? T - s : chunk;
-        // the chunk's start, in its record; its end goes to the next record (after the last chunk:
-        // to the two P-vectors after the records)
-        real *Wc = states + c * record, *Sc = Wc + P, *Wn = Wc + record, *Sn = Wn + P;
-        const real *K = k + (size_t)s * d, *Q = q + (size_t)s * d;
-        memory_chunk_saved(&f, Sc + P, len, d, m, depth);
-        memory_factors(&f, Wc, K, v + (size_t)s * d, n, d, m, depth);
-        memory_clip_steps(&f, K, theta + s, n, d, m, depth, ms.clip);
-        memory_coefficients(&f, eta + s, f.step, alpha + s, n);
-        // Hope
-        if (read_chunk_start)
-            memory_read_rows(y + (size_t)s * d, f.Zq, f.Aq, Wc, Q, n, d, m, depth);
-        // Titans
-        else                  memory_chunk_read(y + (size_t)s * d, Q, Wc, Sc, &f, K, n,
-                                                d, m, depth);
-        memory_chunk_advance(Wn, Sn, Wc, Sc, &f, K, n, d, m, depth);
+    for (int c = 0, s = 0; s < T; c++, s += chunk)
+        memory_chunk_forward(y, states + c * record, record, &f, len, k, v, q, theta, eta, alpha,
+                             s, T - s < chunk ? T - s : chunk, ms, read_chunk_start);
+}
+
+static void memory_chunked_forward_at(real *y, real *states, real *scratch, const real *k,
+                                      const real *v, const real *q, const real *theta,
+                                      const real *eta, const real *alpha, const real *W0, int T,
+                                      int p, MemorySize ms, int read_chunk_start) {
+    int P = memory_params(ms.depth, ms.d, ms.m), len = memory_chunk_len(T, ms);
+    int c = p / ms.chunk, s = c * ms.chunk;
+    size_t record = memory_record_size(T, ms);
+    MemoryChunk f;
+    memory_chunk_layout(&f, scratch, len, ms.d, ms.m);
+    if (p == 0) {
+        memcpy(states, W0, P * sizeof(real));
+        memset(states + P, 0, P * sizeof(real));
     }
+    memory_chunk_forward(y, states + c * record, record, &f, len, k, v, q, theta, eta, alpha, s,
+                         p + 1 - s, ms, read_chunk_start);
 }
 
 // Accumulates the gradients of every input of memory_chunked_forward, given dy (T, d), going back

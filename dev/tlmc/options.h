@@ -55,7 +55,7 @@ struct Options {
     double lr, weight_decay, grad_clip;
     long seed, data_seed;
     char prompt[TEXT_MAX];                              // --sample
-    int sample, top_k, samples;
+    int sample, top_k, samples, sample_cache;
     double temperature;
 };
 
@@ -192,6 +192,8 @@ static const Option options[] = {
       "--sample: draw from the k likeliest tokens only (0: from all)" },
     { "samples", OPT_INT, KIND_RUN, OFF(samples), "1", 1, 1 << 20, 0,
       "--sample: how many continuations" },
+    { "sample-cache", OPT_INT, KIND_RUN, OFF(sample_cache), "1", 0, 1, 0,
+      "samples: cache keys, values and memory states (0: a full forward per token)" },
 };
 #pragma GCC diagnostic pop
 #undef OFF
