@@ -14,7 +14,12 @@
  * the model's shapes beside the machine's multiply-add peak (what no kernel can beat).
  *
  *   ./dev/bench_tlm [--threads 1,2] [--only NAME|matmul|memory] [--seconds S]
- *                   [--mem-conv K] [--mem-silu 0|1] [--mem-clip X]
+ *                   [--mem-conv K] [--mem-silu 0|1] [--mem-clip X] [--profile]
+ * --profile: no timing; per config one warm-up step, then one step in profiled_step(), for an
+ * instruction count per kernel where timing is unreliable (a shared machine; valgrind has no
+ * AVX-512: build with -mno-avx512f):
+ *   valgrind --tool=callgrind --toggle-collect=profiled_step ./bench_noavx512 --only
+ *       default-titans --threads 1 --profile ; callgrind_annotate --inclusive=yes callgrind.out.*
  * The --mem-* options change the Titans and Hope configs' memory from train_tlm's defaults (conv
  * 4, SiLU 1, clip 1), e.g. --mem-conv 0 --mem-silu 0 --mem-clip 0 to see what those parts cost.
  */
@@ -76,6 +81,19 @@ static void timed_step(Model *m, const AdamW *adam, int B, int T, double part[3]
     *all += wall_time() - t_start;
 }
 
+// one training step, as the bench times it; profiled_step: the one that --profile counts
+static void bench_step(Model *m, const AdamW *adam, int B, int T) {
+    model_zero_grad(m);
+    model_forward(m, m->tokens, m->targets, B, T);
+    model_backward(m, B, T, 1);
+    adamw_step(m, adam, adam->lr, grad_norm(m));
+}
+__attribute__((noinline)) static void profiled_step(Model *m, const AdamW *adam, int B, int T) {
+    bench_step(m, adam, B, T);
+}
+
+static int profile_only; // --profile
+
 static void bench_config(const BenchConfig *bc, double seconds, MemoryParts mp) {
     Config c = { .arch = bc->arch, .layers = bc->layers, .dim = bc->dim, .heads = bc->heads, .vocab = bc->vocab,
                  .seq_len = bc->seq_len, .mlp_width = bc->mlp_width, .taper = TAPER_COSINE, .taper_start = 1.5,
@@ -89,6 +107,13 @@ static void bench_config(const BenchConfig *bc, double seconds, MemoryParts mp) 
     Rng rng = rng_seeded(2);
     for (int i = 0; i < B * T; i++) { m->tokens[i] = rng_u32(&rng) % c.vocab; m->targets[i] = rng_u32(&rng) % c.vocab; }
     AdamW adam = { 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f };
+    if (profile_only) {
+        bench_step(m, &adam, B, T); // a warm-up
+        profiled_step(m, &adam, B, T);
+        printf("%-20s %3d %11zu  (--profile: one step counted, no timing)\n", bc->name, num_threads(), m->num_params);
+        model_free(m);
+        return;
+    }
     int steps = 0;
     double elapsed = 0, fastest = 1e30;
     for (int s = -1; elapsed < seconds || steps < 2; s++) {
@@ -227,9 +252,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--mem-conv") && i + 1 < argc) mp.conv = (int)number_arg("--mem-conv", argv[++i], 0, 64, 1);
         else if (!strcmp(argv[i], "--mem-silu") && i + 1 < argc) mp.silu = (int)number_arg("--mem-silu", argv[++i], 0, 1, 1);
         else if (!strcmp(argv[i], "--mem-clip") && i + 1 < argc) mp.clip = number_arg("--mem-clip", argv[++i], 0, 1e6, 0);
+        else if (!strcmp(argv[i], "--profile")) profile_only = 1;
         else {
             fprintf(stderr, "usage: %s [--threads 1,2] [--only NAME|matmul|memory] [--seconds S] "
-                    "[--mem-conv K] [--mem-silu 0|1] [--mem-clip X]\n", argv[0]);
+                    "[--mem-conv K] [--mem-silu 0|1] [--mem-clip X] [--profile]\n", argv[0]);
             return 2;
         }
     }
